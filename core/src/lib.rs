@@ -1,0 +1,24 @@
+//! # rota-core
+//!
+//! The heart of rota: a Helix-style cluster model and the pure decisions made over it.
+//!
+//! - [`model`]: instances, resources, ideal state (intent), current state (observation), external
+//!   view, live instances and state-transition messages, with versioned serialized forms.
+//! - [`state_model`]: state model definitions (states, bounds, transitions, next-hop routing), the
+//!   built-in OnlineOffline, MasterSlave and LeaderStandby, and validation of user-defined ones.
+//! - [`rebalancer`]: a pure, deterministic function from (resource, instances, previous assignment)
+//!   to a new assignment that is even, zone-aware and moves as little as possible.
+//! - [`planner`]: a pure function from (current states, pending messages, target) to the next
+//!   state-transition messages, never exceeding a state's bound and fencing top-state grants with
+//!   a per-partition epoch.
+//!
+//! Nothing in this crate performs I/O: the controller reads a snapshot, calls these functions and
+//! writes what they return.
+
+pub mod model;
+pub mod planner;
+pub mod rebalancer;
+pub mod state_model;
+
+pub use model::*;
+pub use state_model::{Bound, StateModel, StateModelError, StateModelSpec};
