@@ -2,10 +2,14 @@
 //! messages, targets, throttle limits) to the next state-transition messages to send.
 //!
 //! Guarantees (checked by the property tests):
-//! - **bounds**: for every partition and state, the replicas in that state counted over current
-//!   *and* pending states never exceed the state's bound. A replica leaving a state still counts
-//!   in it until its transition completes, so demotions always finish before the promotions they
-//!   make room for are sent (demote before promote);
+//! - **bounds**: a promotion into a state is sent only while the replicas in that state, counted
+//!   over current *and* pending states, are below the state's bound. A replica leaving a state
+//!   still counts in it until its transition completes, so demotions always finish before the
+//!   promotions they make room for are sent (demote before promote). Nothing is ever demoted into
+//!   the top state, so the top state's bound (one MASTER, one LEADER) is never exceeded, at any
+//!   moment. Demotions are not held back by the bound of the state below (as in Helix): a lower
+//!   state may briefly hold one replica more than its bound while two replicas trade places,
+//!   which is what keeps such trades from deadlocking;
 //! - **routing**: each message is one legal step on a shortest path to the target state;
 //! - **one step at a time**: no replica gets a message while one is pending for it;
 //! - **throttling**: messages in flight (pending plus new) never exceed the per-instance,
@@ -142,8 +146,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let view = views[c.resource]
             .get_mut(&c.partition)
             .expect("candidates come from views");
+        // Promotions respect bounds; demotions never wait for room below, so two replicas trading
+        // places can never deadlock, and the top state, which nothing is demoted into, is never
+        // over its bound.
+        let promotion = c.to < c.from;
         let bound = model.bound(c.to).resolve(res.replicas, res.eligible);
-        if bound.is_some_and(|b| view.counts[c.to] >= b) {
+        if promotion && bound.is_some_and(|b| view.counts[c.to] >= b) {
             continue;
         }
         let instance_used = in_flight_instance.get(&c.instance).copied().unwrap_or(0);
@@ -278,4 +286,59 @@ fn candidates_for(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PartitionCurrent, RebalanceMode, StateName};
+
+    fn replica(state: &str, epoch: Epoch) -> PartitionCurrent {
+        PartitionCurrent {
+            state: StateName::new(state),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn drops_unwanted_replicas_step_by_step() {
+        let model = StateModel::builtin("MasterSlave").unwrap();
+        let target = IdealState {
+            resource: "r".into(),
+            state_model: "MasterSlave".into(),
+            mode: RebalanceMode::FullAuto,
+            partitions: vec![Default::default()],
+        };
+        let sessions = BTreeMap::from([(InstanceId::new("a"), SessionId::new("s"))]);
+        let mut state = "MASTER".to_owned();
+        let mut seen = vec![state.clone()];
+        for _ in 0..5 {
+            let current = vec![CurrentState {
+                instance: InstanceId::new("a"),
+                session: SessionId::new("s"),
+                resource: "r".into(),
+                partitions: BTreeMap::from([(0, replica(&state, 1))]),
+            }];
+            let decided = plan(&PlanInput {
+                resources: vec![ResourcePlan {
+                    resource: "r",
+                    state_model: &model,
+                    replicas: 1,
+                    eligible: 0,
+                    target: &target,
+                    current: &current,
+                    pending: &[],
+                    epochs: &BTreeMap::new(),
+                }],
+                sessions: &sessions,
+                throttle: Throttle::default(),
+            });
+            let Some(t) = decided.transitions.first() else {
+                break;
+            };
+            state = t.to.to_string();
+            seen.push(state.clone());
+        }
+        assert_eq!(seen, ["MASTER", "SLAVE", "OFFLINE", "DROPPED"]);
+    }
 }

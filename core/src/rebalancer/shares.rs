@@ -118,9 +118,8 @@ pub(crate) fn water_fill(total: Ratio, weights: &[u64], caps: &[Ratio]) -> Vec<R
 }
 
 /// Rounds real shares to integers that are each the floor or ceiling of their share and sum to
-/// `total` (which lies between the sum of floors and the sum of ceilings). Ceilings go first to
-/// items the previous assignment already had more of, then to larger fractional parts, then to
-/// lower indices.
+/// `total` (which lies between the sum of floors and the sum of ceilings), keeping as much of
+/// `previous` as any such rounding can.
 pub(crate) fn round_shares(shares: &[Ratio], total: u64, previous: &[u64]) -> Vec<u64> {
     let mut out: Vec<u64> = shares.iter().map(|s| s.floor()).collect();
     let floor_sum: u64 = out.iter().sum();
@@ -128,9 +127,12 @@ pub(crate) fn round_shares(shares: &[Ratio], total: u64, previous: &[u64]) -> Ve
     let mut candidates: Vec<usize> = (0..shares.len())
         .filter(|&i| !shares[i].is_integer())
         .collect();
+    // Rounding up keeps one more previous replica exactly where the previous count reaches the
+    // ceiling; among those (and among the rest) larger fractions go first.
+    let keeps_more = |i: usize| previous[i] > shares[i].floor();
     candidates.sort_by(|&a, &b| {
-        previous[b]
-            .cmp(&previous[a])
+        keeps_more(b)
+            .cmp(&keeps_more(a))
             .then_with(|| shares[b].frac_cmp(shares[a]))
             .then(a.cmp(&b))
     });
