@@ -301,6 +301,21 @@ fn full_auto(input: &RebalanceInput<'_>, cluster: &Cluster) -> Vec<PartitionInte
         .collect();
     let quota = shares::zone_quota(&cluster.zone_sizes, cluster.replicas);
     let zone_quota: Vec<usize> = cluster.zone_sizes.iter().map(|&s| s.min(quota)).collect();
+    let model = input.state_model;
+    let eligible = cluster.nodes() as u32;
+    let top_per_partition =
+        model.top_count(cluster.replicas as u32, input.resource.replicas, eligible);
+    let replica_hi: Vec<u64> = range.iter().map(|r| r.1).collect();
+    let previous_top_counts = counts(&previous_top, cluster.nodes());
+    let top_rich: Vec<bool> = shares::top_shares(
+        partitions as u64 * u64::from(top_per_partition),
+        &cluster.weights,
+        &replica_hi,
+    )
+    .into_iter()
+    .zip(&previous_top_counts)
+    .map(|(share, &held)| held > share.floor())
+    .collect();
     let parts = placement::place(&placement::Problem {
         partitions,
         replicas: cluster.replicas,
@@ -309,11 +324,9 @@ fn full_auto(input: &RebalanceInput<'_>, cluster: &Cluster) -> Vec<PartitionInte
         range: &range,
         previous: &previous,
         previous_top: &previous_top,
+        top_rich: &top_rich,
         seed: cluster.seed,
     });
-
-    let model = input.state_model;
-    let eligible = cluster.nodes() as u32;
     let top_count: Vec<usize> = parts
         .iter()
         .map(|holders| {

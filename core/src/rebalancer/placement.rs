@@ -32,6 +32,10 @@ pub(crate) struct Problem<'a> {
     pub previous: &'a [Vec<usize>],
     /// Per partition, the previous top-state holders that are still eligible.
     pub previous_top: &'a [Vec<usize>],
+    /// Per node, whether it led more partitions before than its fair share of top states now.
+    /// A replica moved into a partition led by such a node can take the top state from it
+    /// directly, so such partitions are passed on first.
+    pub top_rich: &'a [bool],
     pub seed: u64,
 }
 
@@ -92,12 +96,20 @@ impl State<'_, '_> {
     }
 
     /// Partitions of `node`, those it does not lead first (moving those changes no top state).
+    /// Among those, partitions led by a node with tops to spare come first.
     fn sheddable(&self, node: usize) -> impl Iterator<Item = usize> + '_ {
-        let led = move |p: &usize| self.problem.previous_top[*p].contains(&node);
+        let tops = &self.problem.previous_top;
+        let led = move |p: &usize| tops[*p].contains(&node);
+        let rich = move |p: &usize| tops[*p].iter().any(|&t| self.problem.top_rich[t]);
         let parts = &self.node_parts[node];
+        let (first, second) = (
+            move |p: &&usize| !led(p) && rich(p),
+            move |p: &&usize| !led(p) && !rich(p),
+        );
         parts
             .iter()
-            .filter(move |p| !led(p))
+            .filter(first)
+            .chain(parts.iter().filter(second))
             .chain(parts.iter().filter(move |p| led(p)))
             .copied()
     }
@@ -273,14 +285,24 @@ fn gather(state: &mut State<'_, '_>) {
     for taker in 0..state.nodes() {
         let mut failures = 0;
         while state.count(taker) < state.lo(taker) && failures <= 3 {
-            let direct = (0..state.problem.partitions).find_map(|p| {
+            // First from a non-leader of a partition led by a node with tops to spare (the taker
+            // can then take that top directly), then from anyone above `lo`.
+            let tops = &state.problem.previous_top;
+            let rich = |p: usize| tops[p].iter().any(|&t| state.problem.top_rich[t]);
+            let source = |p: usize, preferred: bool| {
                 state.parts[p]
                     .iter()
                     .copied()
                     .filter(|&k| state.count(k) > state.lo(k))
+                    .filter(|k| !preferred || (rich(p) && !tops[p].contains(k)))
                     .find(|&k| state.fits(p, taker, Some(k)))
                     .map(|k| (p, k))
-            });
+            };
+            let partitions = 0..state.problem.partitions;
+            let direct = partitions
+                .clone()
+                .find_map(|p| source(p, true))
+                .or_else(|| partitions.clone().find_map(|p| source(p, false)));
             if let Some((p, from)) = direct {
                 state.move_replica(p, from, taker);
                 continue;
@@ -353,6 +375,7 @@ mod tests {
             range: &range,
             previous: &empty,
             previous_top: &empty,
+            top_rich: &[false; 6],
             seed: 1,
         };
         let parts = place(&problem);
