@@ -4,6 +4,8 @@
 //! room, messages follow legal next hops, throttles hold, top
 //! grants carry strictly increasing epochs, and the cluster converges to the target.
 
+mod common;
+
 use proptest::prelude::*;
 use rota_core::planner::{PlanInput, ResourcePlan, Throttle, plan};
 use rota_core::rebalancer::{RebalanceInput, rebalance};
@@ -12,14 +14,6 @@ use rota_core::{
     ResourceConfig, SessionId, StateModel, Transition,
 };
 use std::collections::{BTreeMap, HashMap};
-
-fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
-        config.rng_seed = proptest::test_runner::RngSeed::Fixed(0x0070_a7e5);
-    }
-    config
-}
 
 #[derive(Debug, Clone)]
 struct Setup {
@@ -308,7 +302,7 @@ fn converged_on(
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(0x0070_a7e5))]
 
     #[test]
     fn plans_are_safe_and_converge(s in setup()) {

@@ -3,21 +3,13 @@
 //! weight changes), including the edge cases (no instances, more replicas than instances, one
 //! partition, 10k partitions).
 
+mod common;
+
 use proptest::prelude::*;
 use rota_core::rebalancer::stats::{lower_bound_moves, measure, per_instance};
 use rota_core::rebalancer::{RebalanceInput, rebalance, replica_targets};
 use rota_core::{IdealState, InstanceConfig, ResourceConfig, StateModel};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-/// 256 cases by default (`PROPTEST_CASES` raises it); a fixed seed unless `PROPTEST_RNG_SEED`
-/// is set, so CI is reproducible and a wider random sweep is one variable away.
-fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
-        config.rng_seed = proptest::test_runner::RngSeed::Fixed(0x0005_eed0_707a);
-    }
-    config
-}
 
 #[derive(Debug, Clone)]
 struct Cluster {
@@ -184,29 +176,32 @@ fn check(c: &Cluster, ideal: &IdealState) -> Result<(), TestCaseError> {
         let total = (p_count * r) as f64;
         let weights: Vec<f64> = eligible.iter().map(|i| f64::from(i.weight)).collect();
         let shares = water_fill(total, &weights, &vec![p_count as f64; n]);
-        for (i, inst) in eligible.iter().enumerate() {
-            let got = of(inst).0 as f64;
-            prop_assert!(
-                (got - shares[i]).abs() < 1.0 + 1e-9,
-                "{} holds {} share {}",
-                inst.id,
-                got,
-                shares[i]
-            );
-        }
+        within_one("holds", &eligible, |i| of(i).0, &shares)?;
         let total_top: u64 = counts.values().map(|c| c.1).sum();
         let caps: Vec<f64> = eligible.iter().map(|i| of(i).0 as f64).collect();
         let top_shares = water_fill(total_top as f64, &weights, &caps);
-        for (i, inst) in eligible.iter().enumerate() {
-            let got = of(inst).1 as f64;
-            prop_assert!(
-                (got - top_shares[i]).abs() < 1.0 + 1e-9,
-                "{} leads {} share {}",
-                inst.id,
-                got,
-                top_shares[i]
-            );
-        }
+        within_one("leads", &eligible, |i| of(i).1, &top_shares)?;
+    }
+    Ok(())
+}
+
+/// Each instance's count is within one of its real share.
+fn within_one(
+    what: &str,
+    eligible: &[InstanceConfig],
+    count: impl Fn(&InstanceConfig) -> u64,
+    shares: &[f64],
+) -> Result<(), TestCaseError> {
+    for (inst, share) in eligible.iter().zip(shares) {
+        let got = count(inst) as f64;
+        prop_assert!(
+            (got - share).abs() < 1.0 + 1e-9,
+            "{} {} {} share {}",
+            inst.id,
+            what,
+            got,
+            share
+        );
     }
     Ok(())
 }
@@ -316,7 +311,7 @@ fn check_change(before: &Cluster, after: &Cluster, extra_slack: u64) -> Result<(
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(0x0005_eed0_707a))]
 
     #[test]
     fn assignments_are_valid_even_and_zone_separated(c in cluster(24, 200, false)) {
@@ -407,7 +402,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(0x0005_eed0_707a))]
 
     #[test]
     fn ten_thousand_partitions_stay_even_and_minimal(

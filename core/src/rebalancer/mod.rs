@@ -154,7 +154,8 @@ struct Cluster {
     ids: Vec<InstanceId>,
     index: HashMap<InstanceId, usize>,
     zone_of: Vec<usize>,
-    zone_sizes: Vec<usize>,
+    /// Per zone, how many replicas of one partition it may hold.
+    zone_quota: Vec<usize>,
     weights: Vec<u64>,
     replicas: usize,
     seed: u64,
@@ -197,7 +198,10 @@ impl Cluster {
             zone_sizes[z] += 1;
         }
         let ids: Vec<InstanceId> = eligible.iter().map(|i| i.id.clone()).collect();
+        let replicas = (input.resource.replicas as usize).min(eligible.len());
+        let quota = shares::zone_quota(&zone_sizes, replicas);
         Ok(Self {
+            zone_quota: zone_sizes.iter().map(|&s| s.min(quota)).collect(),
             index: ids
                 .iter()
                 .cloned()
@@ -206,9 +210,8 @@ impl Cluster {
                 .collect(),
             ids,
             zone_of,
-            zone_sizes,
             weights: eligible.iter().map(|i| u64::from(i.weight)).collect(),
-            replicas: (input.resource.replicas as usize).min(eligible.len()),
+            replicas,
             seed: fnv1a(input.resource.name.as_bytes()),
         })
     }
@@ -244,15 +247,35 @@ impl Cluster {
     }
 
     fn replica_shares(&self, partitions: u64) -> Vec<shares::Ratio> {
-        let quota = shares::zone_quota(&self.zone_sizes, self.replicas);
         shares::replica_shares(
             partitions,
             self.replicas as u64,
             &self.zone_of,
-            self.zone_sizes.len(),
-            quota,
+            &self.zone_quota,
             &self.weights,
         )
+    }
+
+    /// Per node, whether it led more partitions before than its fair share of top states now,
+    /// estimated with every partition fully replicated and every node at the top of its range.
+    fn top_rich(
+        &self,
+        input: &RebalanceInput<'_>,
+        range: &[(u64, u64)],
+        previous_top: &[Vec<usize>],
+    ) -> Vec<bool> {
+        let per_partition = input.state_model.top_count(
+            self.replicas as u32,
+            input.resource.replicas,
+            self.nodes() as u32,
+        );
+        let total = u64::from(input.resource.partitions) * u64::from(per_partition);
+        let caps: Vec<u64> = range.iter().map(|r| r.1).collect();
+        shares::top_shares(total, &self.weights, &caps)
+            .into_iter()
+            .zip(counts(previous_top, self.nodes()))
+            .map(|(share, held)| held > share.floor())
+            .collect()
     }
 
     fn intent(&self, holders: &[usize], input: &RebalanceInput<'_>) -> PartitionIntent {
@@ -299,34 +322,20 @@ fn full_auto(input: &RebalanceInput<'_>, cluster: &Cluster) -> Vec<PartitionInte
         .into_iter()
         .map(shares::range)
         .collect();
-    let quota = shares::zone_quota(&cluster.zone_sizes, cluster.replicas);
-    let zone_quota: Vec<usize> = cluster.zone_sizes.iter().map(|&s| s.min(quota)).collect();
-    let model = input.state_model;
-    let eligible = cluster.nodes() as u32;
-    let top_per_partition =
-        model.top_count(cluster.replicas as u32, input.resource.replicas, eligible);
-    let replica_hi: Vec<u64> = range.iter().map(|r| r.1).collect();
-    let previous_top_counts = counts(&previous_top, cluster.nodes());
-    let top_rich: Vec<bool> = shares::top_shares(
-        partitions as u64 * u64::from(top_per_partition),
-        &cluster.weights,
-        &replica_hi,
-    )
-    .into_iter()
-    .zip(&previous_top_counts)
-    .map(|(share, &held)| held > share.floor())
-    .collect();
+    let top_rich = cluster.top_rich(input, &range, &previous_top);
     let parts = placement::place(&placement::Problem {
         partitions,
         replicas: cluster.replicas,
         zone_of: &cluster.zone_of,
-        zone_quota: &zone_quota,
+        zone_quota: &cluster.zone_quota,
         range: &range,
         previous: &previous,
         previous_top: &previous_top,
         top_rich: &top_rich,
         seed: cluster.seed,
     });
+    let model = input.state_model;
+    let eligible = cluster.nodes() as u32;
     let top_count: Vec<usize> = parts
         .iter()
         .map(|holders| {

@@ -158,18 +158,17 @@ pub(crate) fn zone_quota(zone_sizes: &[usize], replicas: usize) -> usize {
 }
 
 /// Real replica shares per node: zones water-filled first (each capped at its per-partition
-/// quota of every partition), then the nodes of each zone (each capped at one replica per
+/// quota, already limited to its size, of every partition), then the nodes of each zone (each capped at one replica per
 /// partition).
 pub(crate) fn replica_shares(
     partitions: u64,
     replicas: u64,
     zone_of: &[usize],
-    zone_count: usize,
-    quota: usize,
+    zone_quota: &[usize],
     weights: &[u64],
 ) -> Vec<Ratio> {
     let total = partitions * replicas;
-    let mut zone_nodes: Vec<Vec<usize>> = vec![Vec::new(); zone_count];
+    let mut zone_nodes: Vec<Vec<usize>> = vec![Vec::new(); zone_quota.len()];
     for (node, &zone) in zone_of.iter().enumerate() {
         zone_nodes[zone].push(node);
     }
@@ -177,9 +176,9 @@ pub(crate) fn replica_shares(
         .iter()
         .map(|nodes| nodes.iter().map(|&n| weights[n]).sum())
         .collect();
-    let zone_caps: Vec<Ratio> = zone_nodes
+    let zone_caps: Vec<Ratio> = zone_quota
         .iter()
-        .map(|nodes| Ratio::int(partitions * nodes.len().min(quota) as u64))
+        .map(|&quota| Ratio::int(partitions * quota as u64))
         .collect();
     let zone_shares = water_fill(Ratio::int(total), &zone_weights, &zone_caps);
     let mut shares = vec![Ratio::int(0); zone_of.len()];
@@ -219,7 +218,7 @@ mod tests {
 
     #[test]
     fn uniform_shares_round_to_floor_or_ceil_favouring_previous_holders() {
-        let shares = replica_shares(10, 3, &[0, 1, 2, 3], 4, 1, &[1; 4]);
+        let shares = replica_shares(10, 3, &[0, 1, 2, 3], &[1; 4], &[1; 4]);
         assert_eq!(ranges(shares.clone()), vec![(7, 8); 4]);
         assert_eq!(round_shares(&shares, 30, &[0, 0, 9, 0]), vec![8, 7, 8, 7]);
     }
@@ -227,7 +226,7 @@ mod tests {
     #[test]
     fn a_small_zone_is_capped_and_the_rest_spread() {
         // Zones: {0}, {1,2}, {3,4}; 3 replicas, 10 partitions: zone 0 must hold all 10.
-        let shares = replica_shares(10, 3, &[0, 1, 1, 2, 2], 3, 1, &[1; 5]);
+        let shares = replica_shares(10, 3, &[0, 1, 1, 2, 2], &[1; 3], &[1; 5]);
         assert_eq!(
             ranges(shares),
             vec![(10, 10), (5, 5), (5, 5), (5, 5), (5, 5)]
@@ -236,7 +235,7 @@ mod tests {
 
     #[test]
     fn weights_are_proportional_and_capped_at_one_replica_per_partition() {
-        let shares = replica_shares(10, 2, &[0, 1, 2], 3, 1, &[100, 100, 1000]);
+        let shares = replica_shares(10, 2, &[0, 1, 2], &[1; 3], &[100, 100, 1000]);
         assert_eq!(ranges(shares), vec![(5, 5), (5, 5), (10, 10)]);
         let tops = top_shares(10, &[1, 1, 1], &[2, 9, 9]);
         assert_eq!(ranges(tops), vec![(2, 2), (4, 4), (4, 4)]);
