@@ -2,6 +2,8 @@
 //!
 //! The heart of rota: a Helix-style cluster model and the pure decisions made over it.
 //!
+//! - [`coordination`]: the coordination-store trait (sessions, ephemeral keys, versions,
+//!   transactions, gap-free watches) that ZooKeeper, etcd and memory backends implement.
 //! - [`model`]: instances, resources, ideal state (intent), current state (observation), external
 //!   view, live instances and state-transition messages, with versioned serialized forms.
 //! - [`state_model`]: state model definitions (states, bounds, transitions, next-hop routing), the
@@ -15,6 +17,7 @@
 //! Nothing in this crate performs I/O: the controller reads a snapshot, calls these functions and
 //! writes what they return.
 
+pub mod coordination;
 pub mod model;
 pub mod planner;
 pub mod rebalancer;

@@ -1,0 +1,122 @@
+//! The coordination conformance suite on the in-memory backend, plus its fault injection.
+
+use async_trait::async_trait;
+use rota_core::SessionId;
+use rota_core::coordination::conformance::{Faults, Harness};
+use rota_core::coordination::{Coordination, CreateMode, SessionState, WatchEvent};
+use rota_memory::MemoryCoordination;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct MemoryFaults(MemoryCoordination);
+
+#[async_trait]
+impl Faults for MemoryFaults {
+    async fn expire(&self, session: &SessionId) {
+        self.0.expire(session);
+    }
+}
+
+async fn harness() -> Harness {
+    let store = MemoryCoordination::new();
+    Harness {
+        store: Arc::new(store.clone()),
+        faults: Arc::new(MemoryFaults(store)),
+        root: "/conformance".into(),
+    }
+}
+
+rota_core::coordination_conformance!(harness);
+
+#[tokio::test(start_paused = true)]
+async fn suspended_session_expires_after_its_timeout_unless_resumed() {
+    let store = MemoryCoordination::new();
+    let a = store.connect(Duration::from_secs(10)).await.unwrap();
+    let b = store.connect(Duration::from_secs(10)).await.unwrap();
+    a.create("/k", vec![], CreateMode::Ephemeral).await.unwrap();
+
+    store.suspend(&a.id());
+    assert_eq!(*a.state().borrow(), SessionState::Suspended);
+    assert!(a.get("/k").await.unwrap_err().retryable());
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    store.resume(&a.id());
+    assert_eq!(*a.state().borrow(), SessionState::Connected);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        b.get("/k").await.unwrap().is_some(),
+        "resumed in time: key stays"
+    );
+
+    store.suspend(&a.id());
+    let mut state = a.state();
+    state
+        .wait_for(|s| *s == SessionState::Expired)
+        .await
+        .unwrap();
+    assert!(
+        b.get("/k").await.unwrap().is_none(),
+        "expired: ephemeral key gone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_handle_expires_after_its_timeout() {
+    let store = MemoryCoordination::new();
+    let a = store.connect(Duration::from_secs(3)).await.unwrap();
+    let b = store.connect(Duration::from_secs(3)).await.unwrap();
+    a.create("/k", vec![], CreateMode::Ephemeral).await.unwrap();
+    let mut watch = b.watch("/k", false).await.unwrap();
+    drop(a);
+    assert!(
+        b.get("/k").await.unwrap().is_some(),
+        "not gone before the timeout"
+    );
+    assert_eq!(
+        watch.next().await,
+        Some(WatchEvent::Deleted { key: "/k".into() })
+    );
+}
+
+#[tokio::test]
+async fn held_watch_events_arrive_in_order_and_dropped_ones_become_resync() {
+    let store = MemoryCoordination::new();
+    let writer = store.connect(Duration::from_secs(10)).await.unwrap();
+    let reader = store.connect(Duration::from_secs(10)).await.unwrap();
+    let mut watch = reader.watch("/w", true).await.unwrap();
+
+    store.hold_watches(&reader.id(), true);
+    writer
+        .create("/w/a", vec![], CreateMode::Persistent)
+        .await
+        .unwrap();
+    writer
+        .create("/w/b", vec![], CreateMode::Persistent)
+        .await
+        .unwrap();
+    assert_eq!(watch.try_next(), None, "held");
+    store.hold_watches(&reader.id(), false);
+    let keys: Vec<_> = [watch.try_next(), watch.try_next()]
+        .into_iter()
+        .map(|e| match e {
+            Some(WatchEvent::Put { key, .. }) => key,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, ["/w/a", "/w/b"]);
+
+    store.drop_watches(&reader.id());
+    writer
+        .create("/w/c", vec![], CreateMode::Persistent)
+        .await
+        .unwrap();
+    assert_eq!(
+        watch.try_next(),
+        Some(WatchEvent::Resync),
+        "a lost event is announced"
+    );
+    writer
+        .create("/w/d", vec![], CreateMode::Persistent)
+        .await
+        .unwrap();
+    assert!(matches!(watch.try_next(), Some(WatchEvent::Put { key, .. }) if key == "/w/d"));
+}
