@@ -17,6 +17,7 @@
 //! Nothing in this crate performs I/O: the controller reads a snapshot, calls these functions and
 //! writes what they return.
 
+pub mod cluster;
 pub mod coordination;
 pub mod model;
 pub mod planner;

@@ -7,6 +7,7 @@
 //! Fault injection, by session id: [`MemoryCoordination::expire`] (the store ends the session
 //! now), [`MemoryCoordination::suspend`] / [`MemoryCoordination::resume`] (the session loses
 //! contact; it expires when its timeout passes while suspended), and
+//! [`MemoryCoordination::refuse_new_sessions`] (no new client gets through),
 //! [`MemoryCoordination::hold_watches`] / [`MemoryCoordination::drop_watches`] (delay or lose
 //! watch delivery to one session; a lost event is always replaced by a
 //! [`WatchEvent::Resync`], as the contract requires).
@@ -34,6 +35,7 @@ struct Inner {
     sessions: HashMap<u64, SessionEntry>,
     watchers: Vec<Watcher>,
     next_session: u64,
+    refuse_new_sessions: bool,
 }
 
 #[derive(Clone)]
@@ -184,6 +186,12 @@ impl MemoryCoordination {
             }
         }
         inner.flush(n);
+    }
+
+    /// While set, [`Coordination::connect`] fails with `ConnectionLoss`, as when the store is
+    /// out of reach for new clients (existing sessions are not affected).
+    pub fn refuse_new_sessions(&self, refuse: bool) {
+        self.lock().refuse_new_sessions = refuse;
     }
 
     /// Number of keys stored, for tests.
@@ -417,6 +425,9 @@ fn too_large(key: &str, value: &[u8]) -> Result<(), CoordError> {
 impl Coordination for MemoryCoordination {
     async fn connect(&self, timeout: Duration) -> Result<Arc<dyn Session>, CoordError> {
         let mut inner = self.lock();
+        if inner.refuse_new_sessions {
+            return Err(CoordError::ConnectionLoss);
+        }
         inner.next_session += 1;
         let n = inner.next_session;
         let (state, state_rx) = watch::channel(SessionState::Connected);

@@ -1,0 +1,591 @@
+//! A whole Helix-style cluster in one process on the in-memory store: controllers (leader and
+//! standby) and participants, for each built-in state model, under the invariant checker.
+//! Time is paused (tokio's clock advances when every task waits), so session timeouts and
+//! delay windows pass without slowing the tests; waits are polls with a deadline.
+
+use async_trait::async_trait;
+use rota_core::cluster::ClusterError;
+use rota_core::cluster::admin::Admin;
+use rota_core::cluster::checker::Checker;
+use rota_core::cluster::controller::{Controller, ControllerConfig, ControllerStatus, LeaderLease};
+use rota_core::cluster::keys::ClusterKeys;
+use rota_core::cluster::participant::{
+    Participant, ParticipantConfig, ParticipantHandle, ParticipantStatus, TransitionHandler,
+    TransitionRequest,
+};
+use rota_core::coordination::{Coordination, Op, Session};
+use rota_core::rebalancer::{RebalanceInput, rebalance};
+use rota_core::{ExternalView, IdealState, InstanceConfig, InstanceId, ResourceConfig, StateModel};
+use rota_memory::MemoryCoordination;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const CLUSTER: &str = "test";
+const RESOURCE: &str = "res";
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of every wait, on tokio's (paused) clock.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A handler that takes `delay` (on tokio's clock) per transition.
+struct Work {
+    delay: Duration,
+}
+
+#[async_trait]
+impl TransitionHandler for Work {
+    async fn on_transition(&self, _: &TransitionRequest) -> Result<(), String> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(())
+    }
+}
+
+struct Running<H> {
+    task: JoinHandle<Result<(), ClusterError>>,
+    stop: watch::Sender<bool>,
+    handle: H,
+}
+
+struct TestCluster {
+    store: MemoryCoordination,
+    admin: Admin,
+    checker: Checker,
+    model: StateModel,
+    resource: ResourceConfig,
+    work: Duration,
+    controllers: BTreeMap<String, Running<watch::Receiver<ControllerStatus>>>,
+    participants: BTreeMap<String, Running<ParticipantHandle>>,
+}
+
+impl TestCluster {
+    async fn new(model: &str, resource: ResourceConfig, work: Duration) -> Self {
+        let store = MemoryCoordination::new();
+        let session = store.connect(TIMEOUT).await.unwrap();
+        let admin = Admin::new(session, CLUSTER);
+        admin.add_resource(&resource).await.unwrap();
+        let model = StateModel::builtin(model).unwrap();
+        let bound = model.bound(0).resolve(resource.replicas, 100).unwrap() as usize;
+        Self {
+            checker: Checker::new(model.top_state().as_str(), bound),
+            store,
+            admin,
+            model,
+            resource,
+            work,
+            controllers: BTreeMap::new(),
+            participants: BTreeMap::new(),
+        }
+    }
+
+    fn start_controller(&mut self, name: &str) {
+        let (controller, status) = Controller::new(
+            Arc::new(self.store.clone()),
+            ControllerConfig {
+                cluster: CLUSTER.into(),
+                name: name.into(),
+                session_timeout: TIMEOUT,
+                interval: Duration::from_secs(1),
+            },
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(controller.run(stopped));
+        self.controllers.insert(
+            name.into(),
+            Running {
+                task,
+                stop,
+                handle: status,
+            },
+        );
+    }
+
+    fn start_participant(&mut self, id: &str) {
+        let handler = self.checker.wrap(Arc::new(Work { delay: self.work }));
+        let (participant, handle) = Participant::new(
+            Arc::new(self.store.clone()),
+            ParticipantConfig {
+                cluster: CLUSTER.into(),
+                instance: InstanceConfig::new(id),
+                session_timeout: TIMEOUT,
+                max_parallel: 8,
+            },
+            handler,
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(participant.run(stopped));
+        self.participants
+            .insert(id.into(), Running { task, stop, handle });
+    }
+
+    /// Graceful stop: replicas offline, session closed.
+    async fn stop_participant(&mut self, id: &str) {
+        let p = self.participants.remove(id).unwrap();
+        p.stop.send_replace(true);
+        p.task.await.unwrap().unwrap();
+    }
+
+    /// A crash: the task dies; its session expires after the timeout.
+    fn kill_participant(&mut self, id: &str) {
+        self.participants.remove(id).unwrap().task.abort();
+        self.checker.crashed(&InstanceId::new(id));
+    }
+
+    fn kill_controller(&mut self, name: &str) {
+        self.controllers.remove(name).unwrap().task.abort();
+    }
+
+    async fn leader(&self) -> Option<(String, u64)> {
+        for (name, c) in &self.controllers {
+            if let ControllerStatus::Leader { epoch } = *c.handle.borrow() {
+                return Some((name.clone(), epoch));
+            }
+        }
+        None
+    }
+
+    fn live_instances(&self) -> Vec<InstanceConfig> {
+        self.participants
+            .keys()
+            .map(|id| InstanceConfig::new(id.as_str()))
+            .collect()
+    }
+
+    /// The external view as a map partition -> instance -> state.
+    fn view_map(view: &ExternalView) -> BTreeMap<u32, BTreeMap<String, String>> {
+        view.partitions
+            .iter()
+            .map(|(p, m)| {
+                (
+                    *p,
+                    m.iter()
+                        .map(|(i, s)| (i.to_string(), s.to_string()))
+                        .collect(),
+                )
+            })
+            .filter(|(_, m): &(u32, BTreeMap<String, String>)| !m.is_empty())
+            .collect()
+    }
+
+    fn ideal_map(ideal: &IdealState) -> BTreeMap<u32, BTreeMap<String, String>> {
+        ideal
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, intent)| {
+                (
+                    p as u32,
+                    intent
+                        .replicas
+                        .iter()
+                        .map(|(i, s)| (i.to_string(), s.to_string()))
+                        .collect(),
+                )
+            })
+            .filter(|(_, m): &(u32, BTreeMap<String, String>)| !m.is_empty())
+            .collect()
+    }
+
+    /// Converged: the ideal state is the best possible assignment over the given instances (the
+    /// rebalancer's fixed point), and the external view equals it.
+    async fn converged_over(&self, instances: &[InstanceConfig]) -> bool {
+        let (Some(ideal), Some(view)) = (
+            self.admin.ideal_state(RESOURCE).await.unwrap(),
+            self.admin.external_view(RESOURCE).await.unwrap(),
+        ) else {
+            return false;
+        };
+        let best = rebalance(&RebalanceInput {
+            resource: &self.resource,
+            state_model: &self.model,
+            instances,
+            previous: Some(&ideal),
+        })
+        .unwrap();
+        best == ideal && Self::view_map(&view) == Self::ideal_map(&ideal)
+    }
+
+    async fn wait_converged(&self) {
+        let instances = self.live_instances();
+        self.wait_for("convergence", || self.converged_over(&instances))
+            .await;
+    }
+
+    async fn wait_for<F, Fut>(&self, what: &str, mut condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !condition().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {what} within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.checker.assert_ok();
+    }
+
+    async fn shutdown(mut self) {
+        for (_, p) in std::mem::take(&mut self.participants) {
+            p.stop.send_replace(true);
+            let _ = p.task.await;
+        }
+        for (_, c) in std::mem::take(&mut self.controllers) {
+            c.stop.send_replace(true);
+            let _ = c.task.await;
+        }
+        self.checker.assert_ok();
+    }
+}
+
+fn resource(model: &str, partitions: u32, replicas: u32) -> ResourceConfig {
+    ResourceConfig::new(RESOURCE, partitions, replicas, model)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_builtin_model_converges_with_a_standby_controller() {
+    for model in StateModel::BUILTINS {
+        let mut c = TestCluster::new(model, resource(model, 12, 3), Duration::from_millis(5)).await;
+        c.start_controller("c1");
+        c.start_controller("c2");
+        for id in ["p1", "p2", "p3", "p4"] {
+            c.start_participant(id);
+        }
+        c.wait_converged().await;
+        let leaders = c
+            .controllers
+            .values()
+            .filter(|r| matches!(*r.handle.borrow(), ControllerStatus::Leader { .. }))
+            .count();
+        assert_eq!(leaders, 1, "{model}: exactly one leader");
+        assert!(!c.checker.calls().is_empty());
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn participants_join_leave_and_crash() {
+    let mut c = TestCluster::new(
+        "MasterSlave",
+        resource("MasterSlave", 16, 2),
+        Duration::from_millis(5),
+    )
+    .await;
+    c.start_controller("c1");
+    for id in ["p1", "p2", "p3"] {
+        c.start_participant(id);
+    }
+    c.wait_converged().await;
+    c.start_participant("p4");
+    c.wait_converged().await;
+    c.stop_participant("p2").await;
+    c.wait_converged().await;
+    c.kill_participant("p3");
+    c.wait_converged().await;
+    let view = c.admin.external_view(RESOURCE).await.unwrap().unwrap();
+    assert!(
+        view.partitions
+            .values()
+            .all(|m| !m.contains_key("p3") && !m.contains_key("p2"))
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_expiring_mid_transition_loses_nothing() {
+    let mut c = TestCluster::new(
+        "MasterSlave",
+        resource("MasterSlave", 24, 3),
+        Duration::from_millis(200),
+    )
+    .await;
+    c.start_controller("c1");
+    for id in ["p1", "p2", "p3", "p4"] {
+        c.start_participant(id);
+    }
+    // Wait until transitions are under way, then expire one participant's session.
+    c.wait_for("transitions in flight", || async {
+        c.checker.calls().len() > 10
+    })
+    .await;
+    let ParticipantStatus::Live(session) = c.participants["p2"].handle.status().borrow().clone()
+    else {
+        panic!("p2 not live");
+    };
+    c.store.expire(&session);
+    // The participant registers again with a new session and the cluster converges over all.
+    c.wait_converged().await;
+    let status = c.participants["p2"].handle.status().borrow().clone();
+    assert!(matches!(status, ParticipantStatus::Live(s) if s != session));
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killing_the_leader_mid_reconcile_hands_over_without_double_grants() {
+    let mut c = TestCluster::new(
+        "LeaderStandby",
+        resource("LeaderStandby", 20, 3),
+        Duration::from_millis(50),
+    )
+    .await;
+    c.start_controller("c1");
+    c.wait_for("a leader", || async { c.leader().await.is_some() })
+        .await;
+    c.start_controller("c2");
+    for id in ["p1", "p2", "p3"] {
+        c.start_participant(id);
+    }
+    c.wait_for("transitions in flight", || async {
+        c.checker.calls().len() > 5
+    })
+    .await;
+    let (old, old_epoch) = c.leader().await.unwrap();
+    c.kill_controller(&old);
+    c.wait_for("a new leader", || async {
+        c.leader().await.is_some_and(|(_, e)| e > old_epoch)
+    })
+    .await;
+    c.wait_converged().await;
+    let history = c.admin.history().await.unwrap();
+    assert_eq!(history.changes.len(), 2, "{history:?}");
+    assert!(history.changes[1].epoch > history.changes[0].epoch);
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deposed_leaders_write_is_refused_by_the_store() {
+    let store = MemoryCoordination::new();
+    let keys = ClusterKeys::new(CLUSTER);
+    let a: Arc<dyn Session> = store.connect(TIMEOUT).await.unwrap();
+    let b: Arc<dyn Session> = store.connect(TIMEOUT).await.unwrap();
+    let lease_a = LeaderLease::acquire(a.clone(), &keys, "a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        LeaderLease::acquire(b.clone(), &keys, "b")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let probe = format!("{}/probe", keys.root());
+    let create = |v: &str| Op::Create {
+        key: format!("{probe}-{v}"),
+        value: vec![],
+        mode: rota_core::coordination::CreateMode::Persistent,
+    };
+    lease_a.write(vec![create("a1")]).await.unwrap();
+    // The store loses a's leader key (as when its session expires there) while a still runs.
+    b.delete(&keys.leader(), None).await.unwrap();
+    let lease_b = LeaderLease::acquire(b.clone(), &keys, "b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lease_b.epoch() > lease_a.epoch());
+    assert_eq!(
+        lease_a.write(vec![create("a2")]).await,
+        Err(ClusterError::Deposed {
+            epoch: lease_a.epoch()
+        })
+    );
+    assert!(
+        b.get(&format!("{probe}-a2")).await.unwrap().is_none(),
+        "late write applied"
+    );
+    lease_b.write(vec![create("b1")]).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_participant_cut_off_steps_down_before_anyone_else_is_granted() {
+    let mut c = TestCluster::new(
+        "MasterSlave",
+        resource("MasterSlave", 12, 2),
+        Duration::from_millis(20),
+    )
+    .await;
+    c.start_controller("c1");
+    for id in ["p1", "p2", "p3"] {
+        c.start_participant(id);
+    }
+    c.wait_converged().await;
+    let before = c.checker.calls().len();
+    let ParticipantStatus::Live(session) = c.participants["p1"].handle.status().borrow().clone()
+    else {
+        panic!("p1 not live");
+    };
+    let masters_of_p1 = c
+        .admin
+        .external_view(RESOURCE)
+        .await
+        .unwrap()
+        .unwrap()
+        .partitions
+        .values()
+        .filter(|m| m.get("p1").is_some_and(|s| s == "MASTER"))
+        .count();
+    assert!(masters_of_p1 > 0);
+    // Cut p1 off from the store (its process keeps running), and keep it from reconnecting
+    // until the others have taken over its masters.
+    c.store.refuse_new_sessions(true);
+    c.store.suspend(&session);
+    c.wait_for("masters granted elsewhere", || async {
+        let view = c.admin.external_view(RESOURCE).await.unwrap().unwrap();
+        (0..12u32).all(|p| {
+            view.partitions
+                .get(&p)
+                .is_some_and(|m| m.iter().any(|(i, s)| s == "MASTER" && i.as_str() != "p1"))
+        })
+    })
+    .await;
+    c.store.refuse_new_sessions(false);
+    c.wait_converged().await;
+    let calls = c.checker.calls();
+    let p1 = InstanceId::new("p1");
+    let first_new_grant = calls[before..]
+        .iter()
+        .position(|call| call.request.instance != p1 && call.request.to == "MASTER")
+        .expect("masters granted elsewhere");
+    let p1_demotions_after = calls[before + first_new_grant..]
+        .iter()
+        .filter(|call| call.request.instance == p1 && call.request.from == "MASTER")
+        .count();
+    assert_eq!(
+        p1_demotions_after, 0,
+        "p1 still stepping down after a new grant"
+    );
+    let p1_demotions = calls[before..]
+        .iter()
+        .filter(|call| call.request.instance == p1 && call.request.from == "MASTER")
+        .count();
+    assert!(
+        p1_demotions >= masters_of_p1,
+        "p1 stepped down from every master"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_instance_is_emptied() {
+    let mut c = TestCluster::new(
+        "OnlineOffline",
+        resource("OnlineOffline", 10, 2),
+        Duration::ZERO,
+    )
+    .await;
+    c.start_controller("c1");
+    for id in ["p1", "p2", "p3"] {
+        c.start_participant(id);
+    }
+    c.wait_converged().await;
+    c.admin
+        .set_enabled(&InstanceId::new("p3"), false)
+        .await
+        .unwrap();
+    let enabled = vec![InstanceConfig::new("p1"), InstanceConfig::new("p2")];
+    c.wait_for("p3 emptied", || c.converged_over(&enabled))
+        .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_restores_top_states_but_moves_nothing() {
+    let mut c = TestCluster::new(
+        "MasterSlave",
+        resource("MasterSlave", 12, 2),
+        Duration::ZERO,
+    )
+    .await;
+    c.start_controller("c1");
+    for id in ["p1", "p2", "p3"] {
+        c.start_participant(id);
+    }
+    c.wait_converged().await;
+    c.admin.set_maintenance(true).await.unwrap();
+    let ideal_before = c.admin.ideal_state(RESOURCE).await.unwrap().unwrap();
+    c.kill_participant("p3");
+    let p3_partitions: Vec<u32> = (0..12)
+        .filter(|p| {
+            ideal_before.partitions[*p as usize]
+                .state_of(&InstanceId::new("p3"))
+                .is_some()
+        })
+        .collect();
+    // Every partition regains a MASTER among its remaining holders; none gains a new replica.
+    c.wait_for("top states restored", || async {
+        let view = c.admin.external_view(RESOURCE).await.unwrap().unwrap();
+        (0..12u32).all(|p| {
+            let holders = view.partitions.get(&p).cloned().unwrap_or_default();
+            let masters = holders.values().filter(|s| *s == "MASTER").count();
+            let expected: Vec<_> = ideal_before.partitions[p as usize]
+                .instances()
+                .filter(|i| i.as_str() != "p3")
+                .cloned()
+                .collect();
+            masters == 1
+                && holders.keys().cloned().collect::<Vec<_>>() == {
+                    let mut e = expected;
+                    e.sort();
+                    e
+                }
+        })
+    })
+    .await;
+    assert_eq!(
+        c.admin.ideal_state(RESOURCE).await.unwrap().unwrap(),
+        ideal_before
+    );
+    assert!(!p3_partitions.is_empty());
+    c.admin.set_maintenance(false).await.unwrap();
+    c.wait_converged().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn delayed_rebalance_waits_for_the_window_and_keeps_a_master() {
+    let mut r = resource("MasterSlave", 12, 2);
+    r.delay_window_ms = Some(60_000);
+    r.min_active_replicas = Some(1);
+    let mut c = TestCluster::new("MasterSlave", r, Duration::ZERO).await;
+    c.start_controller("c1");
+    for id in ["p1", "p2", "p3"] {
+        c.start_participant(id);
+    }
+    c.wait_converged().await;
+    let started = tokio::time::Instant::now();
+    c.kill_participant("p3");
+    // Within the window: p3 keeps its place in the ideal state, and every partition has a
+    // MASTER on a live instance.
+    c.wait_for("masters on live instances", || async {
+        let view = c.admin.external_view(RESOURCE).await.unwrap().unwrap();
+        (0..12u32).all(|p| {
+            view.partitions.get(&p).is_some_and(|m| {
+                m.iter()
+                    .filter(|(i, s)| *s == "MASTER" && i.as_str() != "p3")
+                    .count()
+                    == 1
+                    && !m.contains_key("p3")
+            })
+        })
+    })
+    .await;
+    let ideal = c.admin.ideal_state(RESOURCE).await.unwrap().unwrap();
+    assert!(
+        ideal
+            .partitions
+            .iter()
+            .any(|p| p.state_of(&InstanceId::new("p3")).is_some()),
+        "p3 moved out before its delay window ended"
+    );
+    // After the window: rebalanced over the live instances.
+    c.wait_converged().await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(60),
+        "rebalanced before the window ended"
+    );
+    c.shutdown().await;
+}

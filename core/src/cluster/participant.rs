@@ -1,0 +1,639 @@
+//! A participant: one instance that holds partition replicas and moves them between states
+//! when the controller asks.
+//!
+//! Per session it registers (auto-joins the cluster with its stable id, clears the current
+//! states of its own earlier sessions, publishes its ephemeral live-instance key), then serves
+//! the messages addressed to it: each runs the user's [`TransitionHandler`] (bounded
+//! parallelism, one transition at a time per partition) and then, in one transaction, records
+//! the new state in its current state and deletes the message. A failing handler leaves the
+//! replica in ERROR until [`ParticipantHandle::reset`].
+//!
+//! Messages for another session, from an older leader, or whose `from` state is not the
+//! replica's state are discarded.
+//!
+//! **No zombie keeps acting.** When the session is suspended (no contact with the store) the
+//! participant at once stops starting transitions and takes every replica it holds to the
+//! initial state through the handler. The store cannot expire the session, and the controller
+//! cannot grant those replicas elsewhere, before the session timeout has passed since contact
+//! was lost; the participant starts stepping down at that moment, so it has stopped unless its
+//! handler takes about as long as the whole timeout. If contact returns in time it reports the
+//! replicas as offline and the controller brings them back; if the session expires it
+//! registers again with a new one.
+
+use super::ClusterError;
+use super::keys::ClusterKeys;
+use crate::coordination::{
+    CoordError, Coordination, CreateMode, Op, Session, SessionState, WatchEvent,
+};
+use crate::model::{
+    CurrentState, Epoch, InstanceConfig, InstanceId, LiveInstance, Message, PartitionCurrent,
+    PartitionId, Record, ResourceConfig, SessionId, StateName,
+};
+use crate::state_model::{StateModel, StateModelSpec};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
+use tokio::sync::{Mutex, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// One state transition of one replica, as handed to the user's handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransitionRequest {
+    /// This instance.
+    pub instance: InstanceId,
+    /// Resource.
+    pub resource: String,
+    /// Partition.
+    pub partition: PartitionId,
+    /// State the replica is in.
+    pub from: StateName,
+    /// State to move it to.
+    pub to: StateName,
+    /// Partition epoch: a grant of the top state carries a new, higher one. Pass it to storage
+    /// with every write the replica's role allows, so that writes of a superseded holder fail.
+    pub epoch: Epoch,
+}
+
+/// The user's code: what moving a replica from one state to another means.
+#[async_trait]
+pub trait TransitionHandler: Send + Sync + 'static {
+    /// Performs the transition. An error puts the replica in ERROR.
+    async fn on_transition(&self, request: &TransitionRequest) -> Result<(), String>;
+}
+
+/// How a participant runs.
+#[derive(Clone, Debug)]
+pub struct ParticipantConfig {
+    /// Cluster name.
+    pub cluster: String,
+    /// This instance (registered if the cluster does not know it yet).
+    pub instance: InstanceConfig,
+    /// Coordination session timeout.
+    pub session_timeout: Duration,
+    /// Transitions run at the same time, at most.
+    pub max_parallel: usize,
+}
+
+/// What a participant is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantStatus {
+    /// Connecting or registering.
+    Connecting,
+    /// Registered and serving on this session.
+    Live(SessionId),
+    /// Out of contact with the store; replicas taken offline.
+    Suspended,
+    /// Shut down.
+    Stopped,
+}
+
+/// Handle to a running participant.
+#[derive(Clone)]
+pub struct ParticipantHandle {
+    status: watch::Receiver<ParticipantStatus>,
+    resets: mpsc::UnboundedSender<(String, PartitionId)>,
+}
+
+impl ParticipantHandle {
+    /// The participant's status.
+    pub fn status(&self) -> watch::Receiver<ParticipantStatus> {
+        self.status.clone()
+    }
+
+    /// Asks the participant to reset a replica in ERROR to the initial state.
+    pub fn reset(&self, resource: &str, partition: PartitionId) {
+        let _ = self.resets.send((resource.to_owned(), partition));
+    }
+}
+
+/// A participant.
+pub struct Participant {
+    store: Arc<dyn Coordination>,
+    config: ParticipantConfig,
+    handler: Arc<dyn TransitionHandler>,
+    keys: ClusterKeys,
+    status: watch::Sender<ParticipantStatus>,
+    resets: mpsc::UnboundedReceiver<(String, PartitionId)>,
+}
+
+/// A replica of this instance: (resource, partition).
+type Replica = (String, PartitionId);
+
+/// State of one session of a participant.
+struct Serving {
+    session: Arc<dyn Session>,
+    instance: InstanceId,
+    keys: ClusterKeys,
+    handler: Arc<dyn TransitionHandler>,
+    /// The replicas held, by resource: the participant's own truth, written to its current
+    /// states.
+    replicas: Mutex<BTreeMap<String, BTreeMap<PartitionId, PartitionCurrent>>>,
+    /// Resources whose current-state key exists in this session.
+    written: SyncMutex<BTreeSet<String>>,
+    partition_locks: SyncMutex<HashMap<Replica, Arc<Mutex<()>>>>,
+    models: Mutex<HashMap<String, StateModel>>,
+    /// False while suspended or stopping: no transition starts.
+    active: AtomicBool,
+    highest_leader: AtomicU64,
+    permits: Semaphore,
+}
+
+enum Ended {
+    Shutdown,
+    SessionLost,
+}
+
+impl Participant {
+    /// A participant running `handler`; the handle reports status and accepts resets.
+    pub fn new(
+        store: Arc<dyn Coordination>,
+        config: ParticipantConfig,
+        handler: Arc<dyn TransitionHandler>,
+    ) -> (Self, ParticipantHandle) {
+        let (status, status_rx) = watch::channel(ParticipantStatus::Connecting);
+        let (resets_tx, resets) = mpsc::unbounded_channel();
+        let keys = ClusterKeys::new(&config.cluster);
+        (
+            Self {
+                store,
+                config,
+                handler,
+                keys,
+                status,
+                resets,
+            },
+            ParticipantHandle {
+                status: status_rx,
+                resets: resets_tx,
+            },
+        )
+    }
+
+    /// Serves until `shutdown` becomes true; then takes its replicas offline and leaves.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ClusterError> {
+        while !*shutdown.borrow() {
+            self.status.send_replace(ParticipantStatus::Connecting);
+            let session = match self.store.connect(self.config.session_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "participant cannot connect; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            };
+            match self.serve(session.clone(), &mut shutdown).await {
+                Ok(Ended::Shutdown) => {
+                    let _ = session.close().await;
+                    break;
+                }
+                Ok(Ended::SessionLost) => {}
+                Err(e) => {
+                    debug!(error = %e, "session ended");
+                    if *shutdown.borrow() {
+                        let _ = session.close().await;
+                        break;
+                    }
+                }
+            }
+            if !session.state().borrow().is_final() {
+                // Not expired yet (for instance a refused registration): give it up.
+                let _ = session.close().await;
+            }
+        }
+        self.status.send_replace(ParticipantStatus::Stopped);
+        Ok(())
+    }
+
+    async fn register(&self, session: &Arc<dyn Session>) -> Result<(), ClusterError> {
+        let id = &self.config.instance.id;
+        match session
+            .create(
+                &self.keys.instance_config(id),
+                self.config.instance.encode(),
+                CreateMode::Persistent,
+            )
+            .await
+        {
+            Ok(()) | Err(CoordError::Exists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Current states of earlier sessions are stale: remove them.
+        let dir = self.keys.current_states(id);
+        for old in session.children(&dir).await? {
+            if old == session.id().as_str() {
+                continue;
+            }
+            for resource in session.children(&format!("{dir}/{old}")).await? {
+                match session
+                    .delete(&format!("{dir}/{old}/{resource}"), None)
+                    .await
+                {
+                    Ok(()) | Err(CoordError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let live = LiveInstance {
+            id: id.clone(),
+            session: session.id(),
+            host: self.config.instance.host.clone(),
+            started_at_ms: super::now_ms(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let key = self.keys.live_instance(id);
+        let mut state = session.state();
+        loop {
+            // Watch first, so the deletion of a previous session's key cannot be missed.
+            let mut previous = session.watch(&key, false).await?;
+            match session
+                .create(&key, live.encode(), CreateMode::Ephemeral)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(CoordError::Exists(_)) => {
+                    info!(instance = %id, "an earlier session is still live; waiting for it to end");
+                    tokio::select! {
+                        _ = previous.next() => {}
+                        _ = state.changed() => {
+                            if *state.borrow() != SessionState::Connected {
+                                return Err(CoordError::ConnectionLoss.into());
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        session: Arc<dyn Session>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Ended, ClusterError> {
+        let mut messages = session
+            .watch(&self.keys.messages(&self.config.instance.id), true)
+            .await?;
+        self.register(&session).await?;
+        let serving = Arc::new(Serving {
+            session: session.clone(),
+            instance: self.config.instance.id.clone(),
+            keys: self.keys.clone(),
+            handler: self.handler.clone(),
+            replicas: Mutex::new(BTreeMap::new()),
+            written: SyncMutex::new(BTreeSet::new()),
+            partition_locks: SyncMutex::new(HashMap::new()),
+            models: Mutex::new(HashMap::new()),
+            active: AtomicBool::new(true),
+            highest_leader: AtomicU64::new(0),
+            permits: Semaphore::new(self.config.max_parallel.max(1)),
+        });
+        self.status
+            .send_replace(ParticipantStatus::Live(session.id()));
+        info!(instance = %serving.instance, session = %session.id(), "participant live");
+        let mut tasks = JoinSet::new();
+        serving.process_all(&mut tasks).await?;
+        let mut state = session.state();
+        loop {
+            tokio::select! {
+                event = messages.next() => match event {
+                    Some(WatchEvent::Put { key, .. }) => {
+                        let s = serving.clone();
+                        tasks.spawn(async move { s.process(&key).await });
+                    }
+                    Some(WatchEvent::Deleted { .. }) => {}
+                    Some(WatchEvent::Resync) => serving.process_all(&mut tasks).await?,
+                    None => return Ok(Ended::SessionLost),
+                },
+                _ = state.changed() => {
+                    let now = *state.borrow();
+                    match now {
+                        SessionState::Suspended => {
+                            self.status.send_replace(ParticipantStatus::Suspended);
+                            warn!(instance = %serving.instance, "session suspended: taking replicas offline");
+                            serving.active.store(false, Ordering::SeqCst);
+                            serving.go_offline().await;
+                        }
+                        SessionState::Connected => {
+                            // Contact is back within the session: report the truth and serve again.
+                            serving.active.store(true, Ordering::SeqCst);
+                            serving.publish_all().await?;
+                            serving.process_all(&mut tasks).await?;
+                            self.status.send_replace(ParticipantStatus::Live(session.id()));
+                        }
+                        SessionState::Expired | SessionState::Closed => {
+                            serving.active.store(false, Ordering::SeqCst);
+                            serving.go_offline().await;
+                            return Ok(Ended::SessionLost);
+                        }
+                    }
+                }
+                Some((resource, partition)) = self.resets.recv() => {
+                    serving.reset(&resource, partition).await?;
+                }
+                Some(result) = tasks.join_next(), if !tasks.is_empty() => {
+                    match result {
+                        Ok(Err(e)) => debug!(error = %e, "message not processed"),
+                        Err(e) => warn!(error = %e, "message task failed"),
+                        Ok(Ok(())) => {}
+                    }
+                }
+                _ = shutdown.changed() => {
+                    serving.active.store(false, Ordering::SeqCst);
+                    while tasks.join_next().await.is_some() {}
+                    serving.go_offline().await;
+                    // Best effort: tell the controller before leaving.
+                    let _ = serving.publish_all().await;
+                    return Ok(Ended::Shutdown);
+                }
+            }
+        }
+    }
+}
+
+impl Serving {
+    fn partition_lock(&self, resource: &str, partition: PartitionId) -> Arc<Mutex<()>> {
+        let mut locks = self
+            .partition_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        locks
+            .entry((resource.to_owned(), partition))
+            .or_default()
+            .clone()
+    }
+
+    async fn model(&self, resource: &str) -> Result<StateModel, ClusterError> {
+        if let Some(model) = self.models.lock().await.get(resource) {
+            return Ok(model.clone());
+        }
+        let node = self
+            .session
+            .get(&self.keys.resource_config(resource))
+            .await?
+            .ok_or_else(|| ClusterError::Invalid(format!("unknown resource {resource}")))?;
+        let config = ResourceConfig::decode(&node.value)?;
+        let model = match StateModel::builtin(&config.state_model) {
+            Some(model) => model,
+            None => {
+                let node = self
+                    .session
+                    .get(&self.keys.state_model(&config.state_model))
+                    .await?
+                    .ok_or_else(|| {
+                        ClusterError::Invalid(format!("unknown state model {}", config.state_model))
+                    })?;
+                StateModel::compile(StateModelSpec::decode(&node.value)?)
+                    .map_err(|e| ClusterError::Invalid(e.to_string()))?
+            }
+        };
+        self.models
+            .lock()
+            .await
+            .insert(resource.to_owned(), model.clone());
+        Ok(model)
+    }
+
+    /// Spawns processing of every message present.
+    async fn process_all(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<Result<(), ClusterError>>,
+    ) -> Result<(), ClusterError> {
+        let dir = self.keys.messages(&self.instance);
+        for name in self.session.children(&dir).await? {
+            let s = self.clone();
+            let key = format!("{dir}/{name}");
+            tasks.spawn(async move { s.process(&key).await });
+        }
+        Ok(())
+    }
+
+    async fn discard(&self, key: &str, why: &str) -> Result<(), ClusterError> {
+        debug!(%key, why, "discarding message");
+        match self.session.delete(key, None).await {
+            Ok(()) | Err(CoordError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn process(self: Arc<Self>, key: &str) -> Result<(), ClusterError> {
+        let _permit = self.permits.acquire().await.expect("never closed");
+        let Some(node) = self.session.get(key).await? else {
+            return Ok(()); // Already processed.
+        };
+        let message = match Message::decode(&node.value) {
+            Ok(m) => m,
+            Err(e) => return self.discard(key, &e.to_string()).await,
+        };
+        let t = &message.transition;
+        if t.session != self.session.id() {
+            return self.discard(key, "addressed to another session").await;
+        }
+        let highest = self
+            .highest_leader
+            .fetch_max(message.leader_epoch, Ordering::SeqCst);
+        if message.leader_epoch < highest {
+            return self.discard(key, "from a deposed leader").await;
+        }
+        let lock = self.partition_lock(&t.resource, t.partition);
+        let _guard = lock.lock().await;
+        if !self.active.load(Ordering::SeqCst) || self.session.get(key).await?.is_none() {
+            return Ok(());
+        }
+        let model = self.model(&t.resource).await?;
+        let state = self.state_of(&t.resource, t.partition, &model).await;
+        if state != t.from {
+            warn!(resource = %t.resource, partition = t.partition, expected = %t.from, actual = %state, "message does not match the replica's state");
+            self.discard(key, "from-state does not match").await?;
+            return self.publish(&t.resource).await;
+        }
+        let request = TransitionRequest {
+            instance: self.instance.clone(),
+            resource: t.resource.clone(),
+            partition: t.partition,
+            from: t.from.clone(),
+            to: t.to.clone(),
+            epoch: t.epoch,
+        };
+        let reached = match self.handler.on_transition(&request).await {
+            Ok(()) => t.to.clone(),
+            Err(error) => {
+                warn!(resource = %t.resource, partition = t.partition, from = %t.from, to = %t.to, %error, "transition failed; replica in ERROR");
+                StateName::error()
+            }
+        };
+        self.set_state(&t.resource, t.partition, reached, t.epoch)
+            .await;
+        self.publish_with(
+            &t.resource,
+            vec![Op::Delete {
+                key: key.to_owned(),
+                expected: None,
+            }],
+        )
+        .await
+    }
+
+    async fn state_of(
+        &self,
+        resource: &str,
+        partition: PartitionId,
+        model: &StateModel,
+    ) -> StateName {
+        self.replicas
+            .lock()
+            .await
+            .get(resource)
+            .and_then(|m| m.get(&partition))
+            .map_or_else(|| model.initial().clone(), |r| r.state.clone())
+    }
+
+    async fn set_state(
+        &self,
+        resource: &str,
+        partition: PartitionId,
+        state: StateName,
+        epoch: Epoch,
+    ) {
+        let mut replicas = self.replicas.lock().await;
+        let map = replicas.entry(resource.to_owned()).or_default();
+        if state == StateName::dropped() {
+            map.remove(&partition);
+        } else {
+            map.insert(partition, PartitionCurrent { state, epoch });
+        }
+    }
+
+    async fn publish(&self, resource: &str) -> Result<(), ClusterError> {
+        self.publish_with(resource, Vec::new()).await
+    }
+
+    /// Writes the current state of `resource` together with `extra` operations, atomically.
+    async fn publish_with(&self, resource: &str, extra: Vec<Op>) -> Result<(), ClusterError> {
+        let replicas = self.replicas.lock().await;
+        let current = CurrentState {
+            instance: self.instance.clone(),
+            session: self.session.id(),
+            resource: resource.to_owned(),
+            partitions: replicas.get(resource).cloned().unwrap_or_default(),
+        };
+        let key = self
+            .keys
+            .current_state(&self.instance, &self.session.id(), resource);
+        let exists = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(resource);
+        let write = if exists {
+            Op::Set {
+                key,
+                value: current.encode(),
+                expected: None,
+            }
+        } else {
+            Op::Create {
+                key,
+                value: current.encode(),
+                mode: CreateMode::Persistent,
+            }
+        };
+        let mut ops = vec![write];
+        ops.extend(extra);
+        self.session.transaction(ops).await?;
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(resource.to_owned());
+        Ok(())
+    }
+
+    async fn publish_all(&self) -> Result<(), ClusterError> {
+        let resources: Vec<String> = self.replicas.lock().await.keys().cloned().collect();
+        for resource in resources {
+            self.publish(&resource).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes every replica to the initial state through the handler, in parallel up to the
+    /// permit count. Replicas in ERROR are left alone: they are not acting.
+    async fn go_offline(self: &Arc<Self>) {
+        let held: Vec<(String, PartitionId)> = self
+            .replicas
+            .lock()
+            .await
+            .iter()
+            .flat_map(|(r, m)| m.keys().map(move |p| (r.clone(), *p)))
+            .collect();
+        let mut steps = JoinSet::new();
+        for (resource, partition) in held {
+            let s = self.clone();
+            steps.spawn(async move { s.step_down(&resource, partition).await });
+        }
+        while steps.join_next().await.is_some() {}
+    }
+
+    async fn step_down(&self, resource: &str, partition: PartitionId) {
+        let _permit = self.permits.acquire().await.expect("never closed");
+        let lock = self.partition_lock(resource, partition);
+        let _guard = lock.lock().await;
+        let Ok(model) = self.model_cached(resource).await else {
+            return;
+        };
+        loop {
+            let (state, epoch) = {
+                let replicas = self.replicas.lock().await;
+                match replicas.get(resource).and_then(|m| m.get(&partition)) {
+                    Some(r) => (r.state.clone(), r.epoch),
+                    None => return,
+                }
+            };
+            let (Some(from), initial) = (model.index_of(state.as_str()), model.initial_index())
+            else {
+                return;
+            };
+            if from == initial || from == model.error_index() {
+                return;
+            }
+            let Some(next) = model.next_hop(from, initial) else {
+                return;
+            };
+            let request = TransitionRequest {
+                instance: self.instance.clone(),
+                resource: resource.to_owned(),
+                partition,
+                from: state,
+                to: model.name_of(next).clone(),
+                epoch,
+            };
+            let reached = match self.handler.on_transition(&request).await {
+                Ok(()) => request.to.clone(),
+                Err(_) => StateName::error(),
+            };
+            self.set_state(resource, partition, reached, epoch).await;
+        }
+    }
+
+    /// The model of a resource from the cache only (no store access while suspended).
+    async fn model_cached(&self, resource: &str) -> Result<StateModel, ()> {
+        self.models.lock().await.get(resource).cloned().ok_or(())
+    }
+
+    async fn reset(&self, resource: &str, partition: PartitionId) -> Result<(), ClusterError> {
+        let model = self.model(resource).await?;
+        let lock = self.partition_lock(resource, partition);
+        let _guard = lock.lock().await;
+        if self.state_of(resource, partition, &model).await != StateName::error() {
+            return Ok(());
+        }
+        self.set_state(resource, partition, model.initial().clone(), 0)
+            .await;
+        self.publish(resource).await
+    }
+}
