@@ -3,254 +3,37 @@
 //! Time is paused (tokio's clock advances when every task waits), so session timeouts and
 //! delay windows pass without slowing the tests; waits are polls with a deadline.
 
-use async_trait::async_trait;
 use rota_core::cluster::ClusterError;
-use rota_core::cluster::admin::Admin;
-use rota_core::cluster::checker::Checker;
-use rota_core::cluster::controller::{Controller, ControllerConfig, ControllerStatus, LeaderLease};
+use rota_core::cluster::controller::{ControllerStatus, LeaderLease};
+use rota_core::cluster::harness::{RESOURCE, TIMEOUT, TestCluster, resource};
 use rota_core::cluster::keys::ClusterKeys;
-use rota_core::cluster::participant::{
-    Participant, ParticipantConfig, ParticipantHandle, ParticipantStatus, TransitionHandler,
-    TransitionRequest,
-};
+use rota_core::cluster::participant::ParticipantStatus;
 use rota_core::coordination::{Coordination, Op, Session};
-use rota_core::rebalancer::{RebalanceInput, rebalance};
-use rota_core::{ExternalView, IdealState, InstanceConfig, InstanceId, ResourceConfig, StateModel};
+use rota_core::{InstanceConfig, InstanceId, StateModel};
 use rota_memory::MemoryCoordination;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-const CLUSTER: &str = "test";
-const RESOURCE: &str = "res";
-const TIMEOUT: Duration = Duration::from_secs(3);
-/// Deadline of every wait, on tokio's (paused) clock.
-const DEADLINE: Duration = Duration::from_secs(120);
+const CLUSTER: &str = rota_core::cluster::harness::CLUSTER;
 
-/// A handler that takes `delay` (on tokio's clock) per transition.
-struct Work {
-    delay: Duration,
-}
-
-#[async_trait]
-impl TransitionHandler for Work {
-    async fn on_transition(&self, _: &TransitionRequest) -> Result<(), String> {
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
-        Ok(())
-    }
-}
-
-struct Running<H> {
-    task: JoinHandle<Result<(), ClusterError>>,
-    stop: watch::Sender<bool>,
-    handle: H,
-}
-
-struct TestCluster {
-    store: MemoryCoordination,
-    admin: Admin,
-    checker: Checker,
-    model: StateModel,
-    resource: ResourceConfig,
+/// A cluster on a fresh memory store; the store is returned for fault injection.
+async fn cluster(
+    model: &str,
+    r: rota_core::ResourceConfig,
     work: Duration,
-    controllers: BTreeMap<String, Running<watch::Receiver<ControllerStatus>>>,
-    participants: BTreeMap<String, Running<ParticipantHandle>>,
-}
-
-impl TestCluster {
-    async fn new(model: &str, resource: ResourceConfig, work: Duration) -> Self {
-        let store = MemoryCoordination::new();
-        let session = store.connect(TIMEOUT).await.unwrap();
-        let admin = Admin::new(session, CLUSTER);
-        admin.add_resource(&resource).await.unwrap();
-        let model = StateModel::builtin(model).unwrap();
-        let bound = model.bound(0).resolve(resource.replicas, 100).unwrap() as usize;
-        Self {
-            checker: Checker::new(model.top_state().as_str(), bound),
-            store,
-            admin,
-            model,
-            resource,
-            work,
-            controllers: BTreeMap::new(),
-            participants: BTreeMap::new(),
-        }
-    }
-
-    fn start_controller(&mut self, name: &str) {
-        let (controller, status) = Controller::new(
-            Arc::new(self.store.clone()),
-            ControllerConfig {
-                cluster: CLUSTER.into(),
-                name: name.into(),
-                session_timeout: TIMEOUT,
-                interval: Duration::from_secs(1),
-            },
-        );
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(controller.run(stopped));
-        self.controllers.insert(
-            name.into(),
-            Running {
-                task,
-                stop,
-                handle: status,
-            },
-        );
-    }
-
-    fn start_participant(&mut self, id: &str) {
-        let handler = self.checker.wrap(Arc::new(Work { delay: self.work }));
-        let (participant, handle) = Participant::new(
-            Arc::new(self.store.clone()),
-            ParticipantConfig {
-                cluster: CLUSTER.into(),
-                instance: InstanceConfig::new(id),
-                session_timeout: TIMEOUT,
-                max_parallel: 8,
-            },
-            handler,
-        );
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(participant.run(stopped));
-        self.participants
-            .insert(id.into(), Running { task, stop, handle });
-    }
-
-    /// Graceful stop: replicas offline, session closed.
-    async fn stop_participant(&mut self, id: &str) {
-        let p = self.participants.remove(id).unwrap();
-        p.stop.send_replace(true);
-        p.task.await.unwrap().unwrap();
-    }
-
-    /// A crash: the task dies; its session expires after the timeout.
-    fn kill_participant(&mut self, id: &str) {
-        self.participants.remove(id).unwrap().task.abort();
-        self.checker.crashed(&InstanceId::new(id));
-    }
-
-    fn kill_controller(&mut self, name: &str) {
-        self.controllers.remove(name).unwrap().task.abort();
-    }
-
-    async fn leader(&self) -> Option<(String, u64)> {
-        for (name, c) in &self.controllers {
-            if let ControllerStatus::Leader { epoch } = *c.handle.borrow() {
-                return Some((name.clone(), epoch));
-            }
-        }
-        None
-    }
-
-    fn live_instances(&self) -> Vec<InstanceConfig> {
-        self.participants
-            .keys()
-            .map(|id| InstanceConfig::new(id.as_str()))
-            .collect()
-    }
-
-    /// The external view as a map partition -> instance -> state.
-    fn view_map(view: &ExternalView) -> BTreeMap<u32, BTreeMap<String, String>> {
-        view.partitions
-            .iter()
-            .map(|(p, m)| {
-                (
-                    *p,
-                    m.iter()
-                        .map(|(i, s)| (i.to_string(), s.to_string()))
-                        .collect(),
-                )
-            })
-            .filter(|(_, m): &(u32, BTreeMap<String, String>)| !m.is_empty())
-            .collect()
-    }
-
-    fn ideal_map(ideal: &IdealState) -> BTreeMap<u32, BTreeMap<String, String>> {
-        ideal
-            .partitions
-            .iter()
-            .enumerate()
-            .map(|(p, intent)| {
-                (
-                    p as u32,
-                    intent
-                        .replicas
-                        .iter()
-                        .map(|(i, s)| (i.to_string(), s.to_string()))
-                        .collect(),
-                )
-            })
-            .filter(|(_, m): &(u32, BTreeMap<String, String>)| !m.is_empty())
-            .collect()
-    }
-
-    /// Converged: the ideal state is the best possible assignment over the given instances (the
-    /// rebalancer's fixed point), and the external view equals it.
-    async fn converged_over(&self, instances: &[InstanceConfig]) -> bool {
-        let (Some(ideal), Some(view)) = (
-            self.admin.ideal_state(RESOURCE).await.unwrap(),
-            self.admin.external_view(RESOURCE).await.unwrap(),
-        ) else {
-            return false;
-        };
-        let best = rebalance(&RebalanceInput {
-            resource: &self.resource,
-            state_model: &self.model,
-            instances,
-            previous: Some(&ideal),
-        })
-        .unwrap();
-        best == ideal && Self::view_map(&view) == Self::ideal_map(&ideal)
-    }
-
-    async fn wait_converged(&self) {
-        let instances = self.live_instances();
-        self.wait_for("convergence", || self.converged_over(&instances))
-            .await;
-    }
-
-    async fn wait_for<F, Fut>(&self, what: &str, mut condition: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !condition().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {what} within {DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.checker.assert_ok();
-    }
-
-    async fn shutdown(mut self) {
-        for (_, p) in std::mem::take(&mut self.participants) {
-            p.stop.send_replace(true);
-            let _ = p.task.await;
-        }
-        for (_, c) in std::mem::take(&mut self.controllers) {
-            c.stop.send_replace(true);
-            let _ = c.task.await;
-        }
-        self.checker.assert_ok();
-    }
-}
-
-fn resource(model: &str, partitions: u32, replicas: u32) -> ResourceConfig {
-    ResourceConfig::new(RESOURCE, partitions, replicas, model)
+) -> (TestCluster, MemoryCoordination) {
+    let store = MemoryCoordination::new();
+    (
+        TestCluster::new(Arc::new(store.clone()), model, r, work).await,
+        store,
+    )
 }
 
 #[tokio::test(start_paused = true)]
 async fn every_builtin_model_converges_with_a_standby_controller() {
     for model in StateModel::BUILTINS {
-        let mut c = TestCluster::new(model, resource(model, 12, 3), Duration::from_millis(5)).await;
+        let (mut c, _store) =
+            cluster(model, resource(model, 12, 3), Duration::from_millis(5)).await;
         c.start_controller("c1");
         c.start_controller("c2");
         for id in ["p1", "p2", "p3", "p4"] {
@@ -270,7 +53,7 @@ async fn every_builtin_model_converges_with_a_standby_controller() {
 
 #[tokio::test(start_paused = true)]
 async fn participants_join_leave_and_crash() {
-    let mut c = TestCluster::new(
+    let (mut c, _store) = cluster(
         "MasterSlave",
         resource("MasterSlave", 16, 2),
         Duration::from_millis(5),
@@ -298,7 +81,7 @@ async fn participants_join_leave_and_crash() {
 
 #[tokio::test(start_paused = true)]
 async fn a_session_expiring_mid_transition_loses_nothing() {
-    let mut c = TestCluster::new(
+    let (mut c, store) = cluster(
         "MasterSlave",
         resource("MasterSlave", 24, 3),
         Duration::from_millis(200),
@@ -317,7 +100,7 @@ async fn a_session_expiring_mid_transition_loses_nothing() {
     else {
         panic!("p2 not live");
     };
-    c.store.expire(&session);
+    store.expire(&session);
     // The participant registers again with a new session and the cluster converges over all.
     c.wait_converged().await;
     let status = c.participants["p2"].handle.status().borrow().clone();
@@ -327,7 +110,7 @@ async fn a_session_expiring_mid_transition_loses_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn killing_the_leader_mid_reconcile_hands_over_without_double_grants() {
-    let mut c = TestCluster::new(
+    let (mut c, _store) = cluster(
         "LeaderStandby",
         resource("LeaderStandby", 20, 3),
         Duration::from_millis(50),
@@ -402,7 +185,7 @@ async fn a_deposed_leaders_write_is_refused_by_the_store() {
 
 #[tokio::test(start_paused = true)]
 async fn a_participant_cut_off_steps_down_before_anyone_else_is_granted() {
-    let mut c = TestCluster::new(
+    let (mut c, store) = cluster(
         "MasterSlave",
         resource("MasterSlave", 12, 2),
         Duration::from_millis(20),
@@ -431,8 +214,8 @@ async fn a_participant_cut_off_steps_down_before_anyone_else_is_granted() {
     assert!(masters_of_p1 > 0);
     // Cut p1 off from the store (its process keeps running), and keep it from reconnecting
     // until the others have taken over its masters.
-    c.store.refuse_new_sessions(true);
-    c.store.suspend(&session);
+    store.refuse_new_sessions(true);
+    store.suspend(&session);
     c.wait_for("masters granted elsewhere", || async {
         let view = c.admin.external_view(RESOURCE).await.unwrap().unwrap();
         (0..12u32).all(|p| {
@@ -442,7 +225,7 @@ async fn a_participant_cut_off_steps_down_before_anyone_else_is_granted() {
         })
     })
     .await;
-    c.store.refuse_new_sessions(false);
+    store.refuse_new_sessions(false);
     c.wait_converged().await;
     let calls = c.checker.calls();
     let p1 = InstanceId::new("p1");
@@ -471,7 +254,7 @@ async fn a_participant_cut_off_steps_down_before_anyone_else_is_granted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_disabled_instance_is_emptied() {
-    let mut c = TestCluster::new(
+    let (mut c, _store) = cluster(
         "OnlineOffline",
         resource("OnlineOffline", 10, 2),
         Duration::ZERO,
@@ -494,7 +277,7 @@ async fn a_disabled_instance_is_emptied() {
 
 #[tokio::test(start_paused = true)]
 async fn maintenance_restores_top_states_but_moves_nothing() {
-    let mut c = TestCluster::new(
+    let (mut c, _store) = cluster(
         "MasterSlave",
         resource("MasterSlave", 12, 2),
         Duration::ZERO,
@@ -550,7 +333,7 @@ async fn delayed_rebalance_waits_for_the_window_and_keeps_a_master() {
     let mut r = resource("MasterSlave", 12, 2);
     r.delay_window_ms = Some(60_000);
     r.min_active_replicas = Some(1);
-    let mut c = TestCluster::new("MasterSlave", r, Duration::ZERO).await;
+    let (mut c, _store) = cluster("MasterSlave", r, Duration::ZERO).await;
     c.start_controller("c1");
     for id in ["p1", "p2", "p3"] {
         c.start_participant(id);
@@ -587,5 +370,74 @@ async fn delayed_rebalance_waits_for_the_window_and_keeps_a_master() {
         started.elapsed() >= Duration::from_secs(60),
         "rebalanced before the window ended"
     );
+    c.shutdown().await;
+}
+
+/// Fails the first transition into `MASTER` of partition 0, then works.
+struct FailOnce {
+    failed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl rota_core::cluster::participant::TransitionHandler for FailOnce {
+    async fn on_transition(
+        &self,
+        r: &rota_core::cluster::participant::TransitionRequest,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        if r.partition == 0 && r.to == "MASTER" && !self.failed.swap(true, Ordering::SeqCst) {
+            return Err("disk full".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_transition_leaves_error_until_reset() {
+    let (mut c, _store) =
+        cluster("MasterSlave", resource("MasterSlave", 4, 1), Duration::ZERO).await;
+    c.start_controller("c1");
+    let failing = Arc::new(FailOnce {
+        failed: Default::default(),
+    });
+    c.start_participant_with("p1", failing);
+    c.wait_for("partition 0 in ERROR", || async {
+        let view = c.admin.external_view(RESOURCE).await.unwrap();
+        view.is_some_and(|v| {
+            v.partitions
+                .get(&0)
+                .is_some_and(|m| m.get("p1").is_some_and(|s| s == "ERROR"))
+        })
+    })
+    .await;
+    // Nothing moves a replica out of ERROR but a reset.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let view = c.admin.external_view(RESOURCE).await.unwrap().unwrap();
+        assert_eq!(
+            view.partitions[&0].get("p1").map(|s| s.as_str()),
+            Some("ERROR")
+        );
+    }
+    c.participants["p1"].handle.reset(RESOURCE, 0);
+    c.wait_converged().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_partitions_converge_and_absorb_a_join() {
+    let (mut c, _store) = cluster(
+        "MasterSlave",
+        resource("MasterSlave", 1000, 3),
+        Duration::ZERO,
+    )
+    .await;
+    c.start_controller("c1");
+    for id in ["p1", "p2", "p3", "p4", "p5"] {
+        c.start_participant(id);
+    }
+    c.wait_converged().await;
+    c.start_participant("p6");
+    c.wait_converged().await;
     c.shutdown().await;
 }

@@ -38,6 +38,8 @@ pub struct ControllerConfig {
     pub session_timeout: Duration,
     /// Reconcile at least this often, events or not.
     pub interval: Duration,
+    /// After a change, wait this long for more before reconciling (a few milliseconds).
+    pub settle: Duration,
 }
 
 /// What a controller is doing, for status reports and tests.
@@ -282,7 +284,9 @@ impl Controller {
                     if event.is_none() {
                         return Err(CoordError::SessionExpired.into());
                     }
-                    // Coalesce: one reconcile covers everything already queued.
+                    // Coalesce: let a burst of changes (participants reporting transitions one
+                    // by one) settle briefly, then one reconcile covers all of them.
+                    tokio::time::sleep(self.config.settle).await;
                     while events.try_next().is_some() {}
                 }
                 _ = tokio::time::sleep(wait) => {}

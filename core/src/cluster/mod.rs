@@ -6,6 +6,8 @@ pub mod admin;
 #[cfg(any(test, feature = "testing"))]
 pub mod checker;
 pub mod controller;
+#[cfg(any(test, feature = "testing"))]
+pub mod harness;
 pub mod keys;
 pub mod participant;
 pub mod reconcile;

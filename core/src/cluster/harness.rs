@@ -1,0 +1,286 @@
+//! A cluster in one process for tests and benchmarks, over any coordination store: controllers
+//! and participants as tokio tasks, every participant's handler wrapped by the invariant
+//! [`Checker`], and convergence checks against the rebalancer's fixed point. Waits are polls with
+//! a deadline on tokio's clock, so paused-time tests run fast.
+
+use super::ClusterError;
+use super::admin::Admin;
+use super::checker::Checker;
+use super::controller::{Controller, ControllerConfig, ControllerStatus};
+use super::participant::{
+    Participant, ParticipantConfig, ParticipantHandle, TransitionHandler, TransitionRequest,
+};
+use crate::coordination::Coordination;
+use crate::model::{ExternalView, IdealState, InstanceConfig, InstanceId, ResourceConfig};
+use crate::rebalancer::{RebalanceInput, rebalance};
+use crate::state_model::StateModel;
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Cluster name used by the harness.
+pub const CLUSTER: &str = "test";
+/// The harness's one resource.
+pub const RESOURCE: &str = "res";
+/// Session timeout of every controller and participant.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of every wait, on tokio's clock.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A handler that takes `delay` (on tokio's clock) per transition.
+pub struct Work {
+    /// Time per transition.
+    pub delay: Duration,
+}
+
+#[async_trait]
+impl TransitionHandler for Work {
+    async fn on_transition(&self, _: &TransitionRequest) -> Result<(), String> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(())
+    }
+}
+
+/// A running controller or participant.
+pub struct Running<H> {
+    /// Its task.
+    pub task: JoinHandle<Result<(), ClusterError>>,
+    /// Set to stop it gracefully.
+    pub stop: watch::Sender<bool>,
+    /// Its status handle.
+    pub handle: H,
+}
+
+/// Controllers and participants of one cluster with one resource.
+pub struct TestCluster {
+    /// The store.
+    pub store: Arc<dyn Coordination>,
+    /// Operator access.
+    pub admin: Admin,
+    /// The invariant checker every participant's handler is wrapped in.
+    pub checker: Checker,
+    /// The resource's state model.
+    pub model: StateModel,
+    /// The resource.
+    pub resource: ResourceConfig,
+    /// Time each transition takes.
+    pub work: Duration,
+    /// Running controllers by name.
+    pub controllers: BTreeMap<String, Running<watch::Receiver<ControllerStatus>>>,
+    /// Running participants by id.
+    pub participants: BTreeMap<String, Running<ParticipantHandle>>,
+}
+
+impl TestCluster {
+    /// A cluster with `resource` (of a built-in `model`) created and nothing running.
+    pub async fn new(
+        store: Arc<dyn Coordination>,
+        model: &str,
+        resource: ResourceConfig,
+        work: Duration,
+    ) -> Self {
+        let session = store.connect(TIMEOUT).await.unwrap();
+        let admin = Admin::new(session, CLUSTER);
+        admin.add_resource(&resource).await.unwrap();
+        let model = StateModel::builtin(model).unwrap();
+        let bound = model.bound(0).resolve(resource.replicas, 100).unwrap() as usize;
+        Self {
+            checker: Checker::new(model.top_state().as_str(), bound),
+            store,
+            admin,
+            model,
+            resource,
+            work,
+            controllers: BTreeMap::new(),
+            participants: BTreeMap::new(),
+        }
+    }
+
+    /// Starts a controller candidate.
+    pub fn start_controller(&mut self, name: &str) {
+        let (controller, status) = Controller::new(
+            self.store.clone(),
+            ControllerConfig {
+                cluster: CLUSTER.into(),
+                name: name.into(),
+                session_timeout: TIMEOUT,
+                interval: Duration::from_secs(1),
+                settle: Duration::from_millis(5),
+            },
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(controller.run(stopped));
+        self.controllers.insert(
+            name.into(),
+            Running {
+                task,
+                stop,
+                handle: status,
+            },
+        );
+    }
+
+    /// Starts a participant with a stable id.
+    pub fn start_participant(&mut self, id: &str) {
+        let work = Arc::new(Work { delay: self.work });
+        self.start_participant_with(id, work);
+    }
+
+    /// Starts a participant with its own handler (wrapped by the checker).
+    pub fn start_participant_with(&mut self, id: &str, handler: Arc<dyn TransitionHandler>) {
+        let handler = self.checker.wrap(handler);
+        let (participant, handle) = Participant::new(
+            self.store.clone(),
+            ParticipantConfig {
+                cluster: CLUSTER.into(),
+                instance: InstanceConfig::new(id),
+                session_timeout: TIMEOUT,
+                max_parallel: 8,
+            },
+            handler,
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(participant.run(stopped));
+        self.participants
+            .insert(id.into(), Running { task, stop, handle });
+    }
+
+    /// Graceful stop: replicas offline, session closed.
+    pub async fn stop_participant(&mut self, id: &str) {
+        let p = self.participants.remove(id).unwrap();
+        p.stop.send_replace(true);
+        p.task.await.unwrap().unwrap();
+    }
+
+    /// A crash: the task dies; its session expires after the timeout.
+    pub fn kill_participant(&mut self, id: &str) {
+        self.participants.remove(id).unwrap().task.abort();
+        self.checker.crashed(&InstanceId::new(id));
+    }
+
+    /// Aborts a controller's task: its session expires after the timeout.
+    pub fn kill_controller(&mut self, name: &str) {
+        self.controllers.remove(name).unwrap().task.abort();
+    }
+
+    /// The leading controller and its epoch, if any.
+    pub async fn leader(&self) -> Option<(String, u64)> {
+        for (name, c) in &self.controllers {
+            if let ControllerStatus::Leader { epoch } = *c.handle.borrow() {
+                return Some((name.clone(), epoch));
+            }
+        }
+        None
+    }
+
+    /// Instances of the running participants.
+    pub fn live_instances(&self) -> Vec<InstanceConfig> {
+        self.participants
+            .keys()
+            .map(|id| InstanceConfig::new(id.as_str()))
+            .collect()
+    }
+
+    /// The external view as a map partition -> instance -> state.
+    /// An external view as partition -> instance -> state, empty partitions left out.
+    pub fn view_map(view: &ExternalView) -> BTreeMap<u32, BTreeMap<String, String>> {
+        view.partitions
+            .iter()
+            .map(|(p, m)| {
+                (
+                    *p,
+                    m.iter()
+                        .map(|(i, s)| (i.to_string(), s.to_string()))
+                        .collect(),
+                )
+            })
+            .filter(|(_, m): &(u32, BTreeMap<String, String>)| !m.is_empty())
+            .collect()
+    }
+
+    /// An ideal state as partition -> instance -> state, empty partitions left out.
+    pub fn ideal_map(ideal: &IdealState) -> BTreeMap<u32, BTreeMap<String, String>> {
+        ideal
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, intent)| {
+                (
+                    p as u32,
+                    intent
+                        .replicas
+                        .iter()
+                        .map(|(i, s)| (i.to_string(), s.to_string()))
+                        .collect(),
+                )
+            })
+            .filter(|(_, m): &(u32, BTreeMap<String, String>)| !m.is_empty())
+            .collect()
+    }
+
+    /// Converged: the ideal state is the best possible assignment over the given instances (the
+    /// rebalancer's fixed point), and the external view equals it.
+    pub async fn converged_over(&self, instances: &[InstanceConfig]) -> bool {
+        let (Some(ideal), Some(view)) = (
+            self.admin.ideal_state(RESOURCE).await.unwrap(),
+            self.admin.external_view(RESOURCE).await.unwrap(),
+        ) else {
+            return false;
+        };
+        let best = rebalance(&RebalanceInput {
+            resource: &self.resource,
+            state_model: &self.model,
+            instances,
+            previous: Some(&ideal),
+        })
+        .unwrap();
+        best == ideal && Self::view_map(&view) == Self::ideal_map(&ideal)
+    }
+
+    /// Waits until converged over the running participants (checker asserted).
+    pub async fn wait_converged(&self) {
+        let instances = self.live_instances();
+        self.wait_for("convergence", || self.converged_over(&instances))
+            .await;
+    }
+
+    /// Polls `condition` until it holds (checker asserted), failing at the deadline.
+    pub async fn wait_for<F, Fut>(&self, what: &str, mut condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !condition().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {what} within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.checker.assert_ok();
+    }
+
+    /// Stops everything gracefully and asserts the checker.
+    pub async fn shutdown(mut self) {
+        for (_, p) in std::mem::take(&mut self.participants) {
+            p.stop.send_replace(true);
+            let _ = p.task.await;
+        }
+        for (_, c) in std::mem::take(&mut self.controllers) {
+            c.stop.send_replace(true);
+            let _ = c.task.await;
+        }
+        self.checker.assert_ok();
+    }
+}
+
+/// A resource named [`RESOURCE`].
+pub fn resource(model: &str, partitions: u32, replicas: u32) -> ResourceConfig {
+    ResourceConfig::new(RESOURCE, partitions, replicas, model)
+}
