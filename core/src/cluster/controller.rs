@@ -213,10 +213,9 @@ impl Controller {
                 Ok(None) => {}
                 Err(e) => debug!(error = %e, "campaign interrupted"),
             }
-            if *shutdown.borrow() || session.state().borrow().is_final() {
-                // Closing releases the leader key at once, so a standby takes over.
-                let _ = session.close().await;
-            }
+            // This session is done with (shutdown, lost contact, deposed): closing it releases
+            // the leader key at once where the store is reachable, so a standby takes over.
+            let _ = session.close().await;
         }
         self.status.send_replace(ControllerStatus::Stopped);
         Ok(())
