@@ -193,15 +193,15 @@ impl Controller {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ClusterError> {
         while !*shutdown.borrow() {
             self.status.send_replace(ControllerStatus::Standby);
-            let session = match self.store.connect(self.config.session_timeout).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "controller cannot connect; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = shutdown.changed() => break,
-                    }
-                }
+            let Some(session) = super::connect(
+                &*self.store,
+                self.config.session_timeout,
+                &mut shutdown,
+                "controller",
+            )
+            .await
+            else {
+                break;
             };
             match self.campaign(session.clone(), &mut shutdown).await {
                 Ok(Some(lease)) => {

@@ -14,9 +14,11 @@ pub mod reconcile;
 pub mod records;
 pub mod snapshot;
 
-use crate::coordination::CoordError;
+use crate::coordination::{CoordError, Coordination, Session};
 use crate::model::RecordError;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Errors of the cluster machinery.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,4 +55,29 @@ pub fn monotonic_ms() -> u64 {
     tokio::time::Instant::now()
         .saturating_duration_since(base)
         .as_millis() as u64
+}
+
+/// Opens a session, retrying every second while the store is unreachable; `None` once
+/// `shutdown` becomes true.
+async fn connect(
+    store: &dyn Coordination,
+    timeout: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    who: &str,
+) -> Option<Arc<dyn Session>> {
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        match store.connect(timeout).await {
+            Ok(session) => return Some(session),
+            Err(e) => {
+                tracing::warn!(error = %e, "{who} cannot connect; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
 }

@@ -176,15 +176,15 @@ impl Participant {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ClusterError> {
         while !*shutdown.borrow() {
             self.status.send_replace(ParticipantStatus::Connecting);
-            let session = match self.store.connect(self.config.session_timeout).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "participant cannot connect; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = shutdown.changed() => break,
-                    }
-                }
+            let Some(session) = super::connect(
+                &*self.store,
+                self.config.session_timeout,
+                &mut shutdown,
+                "participant",
+            )
+            .await
+            else {
+                break;
             };
             match self.serve(session.clone(), &mut shutdown).await {
                 Ok(Ended::Shutdown) => {
