@@ -23,6 +23,7 @@ pub mod model;
 pub mod planner;
 pub mod rebalancer;
 pub mod state_model;
+pub mod task;
 
 pub use model::*;
 pub use state_model::{Bound, StateModel, StateModelError, StateModelSpec};

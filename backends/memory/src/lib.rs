@@ -1,6 +1,6 @@
 //! # rota-memory
 //!
-//! An in-memory [`Coordination`] store: a real backend for `rota dev` and single-process tests,
+//! In-memory backends: a task store ([`MemoryTaskStore`]) and a [`Coordination`] store: a real backend for `rota dev` and single-process tests,
 //! passing the same conformance suite as ZooKeeper and etcd. Session timeouts run on tokio's
 //! clock, so tests can use paused time.
 //!
@@ -11,6 +11,10 @@
 //! [`MemoryCoordination::hold_watches`] / [`MemoryCoordination::drop_watches`] (delay or lose
 //! watch delivery to one session; a lost event is always replaced by a
 //! [`WatchEvent::Resync`], as the contract requires).
+
+mod tasks;
+
+pub use tasks::MemoryTaskStore;
 
 use async_trait::async_trait;
 use rota_core::SessionId;

@@ -1,0 +1,400 @@
+//! An in-memory [`TaskStore`]: for tests and embedders that need no durability. Passes the same
+//! conformance suite as SQLite and PostgreSQL.
+
+use rota_core::task::{
+    CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis, NewTask,
+    Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
+};
+use rota_core::{Epoch, InstanceId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::broadcast;
+
+/// The in-memory task store.
+pub struct MemoryTaskStore {
+    inner: Mutex<Inner>,
+    inserted: broadcast::Sender<u32>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tasks: BTreeMap<TaskId, Task>,
+    keys: HashMap<String, TaskId>,
+    owners: HashMap<u32, (InstanceId, Epoch)>,
+    /// PENDING tasks by partition, in due order.
+    due: HashMap<u32, BTreeSet<(Millis, TaskId)>>,
+    /// RUNNING tasks by partition.
+    running: HashMap<u32, BTreeSet<TaskId>>,
+    next_id: TaskId,
+}
+
+impl Default for MemoryTaskStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryTaskStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            inserted: broadcast::channel(1024).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    fn owns(&self, owner: &InstanceId, claim: &Claim) -> bool {
+        self.owners
+            .get(&claim.partition)
+            .is_some_and(|(o, e)| o == owner && *e == claim.epoch)
+    }
+
+    /// Moves a task to `status`, keeping the indexes right.
+    fn set_status(&mut self, id: TaskId, status: TaskStatus) {
+        let task = self.tasks.get_mut(&id).expect("indexed task exists");
+        let p = task.partition;
+        match task.status {
+            TaskStatus::Pending => {
+                self.due
+                    .entry(p)
+                    .or_default()
+                    .remove(&(task.scheduled_at, id));
+            }
+            TaskStatus::Running => {
+                self.running.entry(p).or_default().remove(&id);
+            }
+            _ => {}
+        }
+        task.status = status;
+        match status {
+            TaskStatus::Pending => {
+                self.due
+                    .entry(p)
+                    .or_default()
+                    .insert((task.scheduled_at, id));
+            }
+            TaskStatus::Running => {
+                self.running.entry(p).or_default().insert(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends a claim that will not complete: back to PENDING, or FAILED without attempts left.
+    fn requeue(&mut self, id: TaskId, now: Millis, error: &str) {
+        let task = self.tasks.get_mut(&id).expect("exists");
+        task.owner = None;
+        task.lease_until = None;
+        let status = if task.attempts >= task.max_attempts {
+            task.last_error = Some(error.to_owned());
+            task.finished_at = Some(now);
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Pending
+        };
+        self.set_status(id, status);
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskStore for MemoryTaskStore {
+    async fn insert(
+        &self,
+        tasks: Vec<NewTask>,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<Vec<(Task, bool)>, StoreError> {
+        for t in &tasks {
+            validate(t)?;
+        }
+        let mut inner = self.lock();
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut notify = BTreeSet::new();
+        for t in tasks {
+            if let Some(existing) = t.idempotency_key.as_ref().and_then(|k| inner.keys.get(k)) {
+                out.push((inner.tasks[existing].clone(), false));
+                continue;
+            }
+            inner.next_id += 1;
+            let id = inner.next_id;
+            let task = Task {
+                id,
+                partition: partition_for(t.partition_key.as_deref(), id, partitions),
+                name: t.name,
+                payload: t.payload,
+                handler: t.handler,
+                partition_key: t.partition_key,
+                status: TaskStatus::Pending,
+                scheduled_at: t.scheduled_at,
+                attempts: 0,
+                max_attempts: t.max_attempts,
+                last_error: None,
+                owner: None,
+                epoch: None,
+                lease_until: None,
+                idempotency_key: t.idempotency_key,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+            };
+            if let Some(key) = &task.idempotency_key {
+                inner.keys.insert(key.clone(), id);
+            }
+            inner
+                .due
+                .entry(task.partition)
+                .or_default()
+                .insert((task.scheduled_at, id));
+            notify.insert(task.partition);
+            out.push((task.clone(), true));
+            inner.tasks.insert(id, task);
+        }
+        drop(inner);
+        for p in notify {
+            let _ = self.inserted.send(p);
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        Ok(self.lock().tasks.get(&id).cloned())
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        let inner = self.lock();
+        let limit = filter.limit.max(1);
+        let start = filter.after.map_or(TaskId::MIN, |a| a.saturating_add(1));
+        let tasks: Vec<Task> = inner
+            .tasks
+            .range(start..)
+            .map(|(_, t)| t)
+            .filter(|t| filter.status.is_none_or(|s| t.status == s))
+            .filter(|t| filter.name.as_ref().is_none_or(|n| &t.name == n))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        Ok(page(tasks, limit))
+    }
+
+    async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
+        let mut inner = self.lock();
+        let Some(task) = inner.tasks.get(&id) else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        if task.status != TaskStatus::Pending {
+            return Ok(CancelOutcome::Conflict(task.clone()));
+        }
+        inner.set_status(id, TaskStatus::Cancelled);
+        let task = inner.tasks.get_mut(&id).expect("exists");
+        task.finished_at = Some(now);
+        Ok(CancelOutcome::Cancelled(task.clone()))
+    }
+
+    async fn acquire(
+        &self,
+        partition: u32,
+        owner: &InstanceId,
+        epoch: Epoch,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        if let Some((current_owner, current)) = inner.owners.get(&partition) {
+            if *current > epoch || (*current == epoch && current_owner != owner) {
+                return Err(StoreError::StaleEpoch {
+                    partition,
+                    current: *current,
+                    given: epoch,
+                });
+            }
+        }
+        inner.owners.insert(partition, (owner.clone(), epoch));
+        let stale: Vec<TaskId> = inner
+            .running
+            .get(&partition)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| {
+                let t = &inner.tasks[id];
+                t.owner.as_ref() != Some(owner) || t.epoch != Some(epoch)
+            })
+            .collect();
+        for &id in &stale {
+            inner.requeue(id, now, "claim lost: the partition moved to another worker");
+        }
+        Ok(stale.len() as u64)
+    }
+
+    async fn claim(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Claimed, StoreError> {
+        let mut inner = self.lock();
+        let (mut valid, mut refused) = (Vec::new(), Vec::new());
+        for claim in partitions {
+            if inner.owns(owner, claim) {
+                valid.push(*claim);
+            } else {
+                refused.push(claim.partition);
+            }
+        }
+        // Candidates: the first `limit` due tasks of each partition, and expired leases.
+        let mut candidates: Vec<(Millis, TaskId, Epoch)> = Vec::new();
+        for claim in &valid {
+            let due = inner.due.get(&claim.partition).into_iter().flatten();
+            candidates.extend(
+                due.take_while(|(at, _)| *at <= now)
+                    .take(limit)
+                    .map(|&(at, id)| (at, id, claim.epoch)),
+            );
+            let expired = inner.running.get(&claim.partition).into_iter().flatten();
+            candidates.extend(expired.filter_map(|id| {
+                let t = &inner.tasks[id];
+                t.lease_until
+                    .filter(|&l| l < now)
+                    .map(|_| (t.scheduled_at, *id, claim.epoch))
+            }));
+        }
+        candidates.sort_unstable();
+        candidates.truncate(limit);
+        let mut tasks = Vec::with_capacity(candidates.len());
+        for (_, id, epoch) in candidates {
+            inner.set_status(id, TaskStatus::Running);
+            let t = inner.tasks.get_mut(&id).expect("exists");
+            t.owner = Some(owner.clone());
+            t.epoch = Some(epoch);
+            t.attempts += 1;
+            t.started_at = Some(now);
+            t.lease_until = Some(now + lease_ms);
+            tasks.push(t.clone());
+        }
+        Ok(Claimed { tasks, refused })
+    }
+
+    async fn complete(
+        &self,
+        owner: &InstanceId,
+        completions: &[Completion],
+        now: Millis,
+    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let mut inner = self.lock();
+        let mut out = Vec::with_capacity(completions.len());
+        for c in completions {
+            let Some(t) = inner.tasks.get(&c.id) else {
+                out.push(None);
+                continue;
+            };
+            let claim = Claim {
+                partition: t.partition,
+                epoch: c.epoch,
+            };
+            let current = t.status == TaskStatus::Running
+                && t.owner.as_ref() == Some(owner)
+                && t.epoch == Some(c.epoch)
+                && inner.owns(owner, &claim);
+            if !current {
+                out.push(None);
+                continue;
+            }
+            let status = match &c.outcome {
+                CompletionOutcome::Succeeded => TaskStatus::Completed,
+                CompletionOutcome::Failed { .. } if t.attempts >= t.max_attempts => {
+                    TaskStatus::Failed
+                }
+                CompletionOutcome::Failed { .. } => TaskStatus::Pending,
+            };
+            {
+                let t = inner.tasks.get_mut(&c.id).expect("exists");
+                t.owner = None;
+                t.lease_until = None;
+                if let CompletionOutcome::Failed { error, retry_at } = &c.outcome {
+                    t.last_error = Some(error.clone());
+                    if status == TaskStatus::Pending {
+                        t.scheduled_at = *retry_at;
+                    }
+                }
+                if status.is_final() {
+                    t.finished_at = Some(now);
+                }
+            }
+            inner.set_status(c.id, status);
+            out.push(Some(status));
+        }
+        Ok(out)
+    }
+
+    async fn renew(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        lease_until: Millis,
+    ) -> Result<Vec<u32>, StoreError> {
+        let mut inner = self.lock();
+        let mut refused = Vec::new();
+        for claim in partitions {
+            if !inner.owns(owner, claim) {
+                refused.push(claim.partition);
+                continue;
+            }
+            let ids: Vec<TaskId> = inner
+                .running
+                .get(&claim.partition)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+            for id in ids {
+                let t = inner.tasks.get_mut(&id).expect("exists");
+                if t.owner.as_ref() == Some(owner) && t.epoch == Some(claim.epoch) {
+                    t.lease_until = Some(lease_until);
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {
+        let inner = self.lock();
+        Ok(partitions
+            .iter()
+            .filter_map(|p| inner.due.get(p).and_then(|d| d.first()).map(|(at, _)| *at))
+            .min())
+    }
+
+    fn inserted(&self) -> broadcast::Receiver<u32> {
+        self.inserted.subscribe()
+    }
+}
+
+/// Checks what every store refuses the same way.
+pub fn validate(t: &NewTask) -> Result<(), StoreError> {
+    if t.name.trim().is_empty() {
+        return Err(StoreError::Invalid("a task needs a non-empty name".into()));
+    }
+    if t.max_attempts == 0 {
+        return Err(StoreError::Invalid("maxAttempts must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Cuts `limit + 1` fetched tasks into a page and its cursor.
+pub fn page(mut tasks: Vec<Task>, limit: usize) -> Page {
+    let more = tasks.len() > limit;
+    tasks.truncate(limit);
+    let next = if more {
+        tasks.last().map(|t| t.id)
+    } else {
+        None
+    };
+    Page { tasks, next }
+}

@@ -1,0 +1,546 @@
+//! The conformance suite every task store must pass (memory, SQLite, PostgreSQL). A backend's
+//! tests call [`task_store_conformance!`] with an async function returning a fresh, empty store;
+//! the macro expands to one `#[tokio::test]` per case.
+
+use super::store::{CancelOutcome, Claim, Completion, CompletionOutcome, ListFilter, TaskStore};
+use super::{Millis, NewTask, TaskStatus, partition_for};
+use crate::model::InstanceId;
+use std::sync::Arc;
+
+const PARTITIONS: u32 = 4;
+const NOW: Millis = 1_700_000_000_000;
+
+fn task(name: &str, due: Millis, key: Option<&str>) -> NewTask {
+    NewTask {
+        name: name.to_owned(),
+        payload: serde_json::json!({"n": name}),
+        scheduled_at: due,
+        partition_key: key.map(str::to_owned),
+        max_attempts: 3,
+        handler: None,
+        idempotency_key: None,
+    }
+}
+
+/// A partition key that lands on `partition`.
+fn key_for(partition: u32) -> String {
+    (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| partition_for(Some(k), 0, PARTITIONS) == partition)
+        .expect("some key lands on every partition")
+}
+
+fn all(epoch: u64) -> Vec<Claim> {
+    (0..PARTITIONS)
+        .map(|partition| Claim { partition, epoch })
+        .collect()
+}
+
+async fn own_all(store: &dyn TaskStore, owner: &InstanceId, epoch: u64) {
+    for p in 0..PARTITIONS {
+        store.acquire(p, owner, epoch, NOW).await.unwrap();
+    }
+}
+
+/// Insert, read back, ids unique, partitions from the key or the id.
+pub async fn insert_and_get(store: Arc<dyn TaskStore>) {
+    let inserted = store
+        .insert(
+            vec![task("a", NOW, None), task("b", NOW, Some("customer-1"))],
+            PARTITIONS,
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted.len(), 2);
+    let (a, b) = (&inserted[0].0, &inserted[1].0);
+    assert!(inserted.iter().all(|(_, created)| *created));
+    assert_ne!(a.id, b.id);
+    assert_eq!(a.partition, partition_for(None, a.id, PARTITIONS));
+    assert_eq!(
+        b.partition,
+        partition_for(Some("customer-1"), b.id, PARTITIONS)
+    );
+    assert_eq!(
+        (a.status, a.attempts, a.created_at),
+        (TaskStatus::Pending, 0, NOW)
+    );
+    assert_eq!(store.get(a.id).await.unwrap().as_ref(), Some(a));
+    assert_eq!(
+        store.get(b.id).await.unwrap().unwrap().payload,
+        serde_json::json!({"n": "b"})
+    );
+    assert_eq!(store.get(a.id.max(b.id) + 1000).await.unwrap(), None);
+}
+
+/// A repeated idempotency key returns the original task, within a batch and across batches.
+pub async fn idempotency_keys(store: Arc<dyn TaskStore>) {
+    let mut t = task("once", NOW, None);
+    t.idempotency_key = Some("req-1".into());
+    let first = store
+        .insert(vec![t.clone()], PARTITIONS, NOW)
+        .await
+        .unwrap();
+    let mut changed = t.clone();
+    changed.name = "other".into();
+    let again = store
+        .insert(vec![changed, t.clone()], PARTITIONS, NOW + 5)
+        .await
+        .unwrap();
+    assert!(first[0].1);
+    assert_eq!(again[0], (first[0].0.clone(), false));
+    assert_eq!(again[1], (first[0].0.clone(), false));
+    let page = store
+        .list(&ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 1);
+}
+
+/// One claim takes due tasks across partitions in due order; future and unowned ones stay.
+pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
+    let owner = InstanceId::new("w1");
+    let (k0, k1, k2) = (key_for(0), key_for(1), key_for(2));
+    let ids: Vec<_> = store
+        .insert(
+            vec![
+                task("late", NOW - 10, Some(&k1)),
+                task("early", NOW - 30, Some(&k0)),
+                task("middle", NOW - 20, Some(&k1)),
+                task("future", NOW + 60_000, Some(&k0)),
+                task("elsewhere", NOW - 40, Some(&k2)),
+            ],
+            PARTITIONS,
+            NOW,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(t, _)| t.id)
+        .collect();
+    store.acquire(0, &owner, 1, NOW).await.unwrap();
+    store.acquire(1, &owner, 1, NOW).await.unwrap();
+    let claims = [
+        Claim {
+            partition: 0,
+            epoch: 1,
+        },
+        Claim {
+            partition: 1,
+            epoch: 1,
+        },
+    ];
+    let claimed = store.claim(&owner, &claims, NOW, 10, 30_000).await.unwrap();
+    assert!(claimed.refused.is_empty());
+    let names: Vec<_> = claimed.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["early", "middle", "late"]);
+    for t in &claimed.tasks {
+        assert_eq!(t.status, TaskStatus::Running);
+        assert_eq!(
+            (t.owner.as_ref(), t.epoch, t.attempts),
+            (Some(&owner), Some(1), 1)
+        );
+        assert_eq!(
+            (t.started_at, t.lease_until),
+            (Some(NOW), Some(NOW + 30_000))
+        );
+    }
+    // Nothing is claimed twice; the limit holds.
+    assert!(
+        store
+            .claim(&owner, &claims, NOW, 10, 30_000)
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
+    assert_eq!(
+        store.get(ids[3]).await.unwrap().unwrap().status,
+        TaskStatus::Pending
+    );
+    assert_eq!(
+        store.get(ids[4]).await.unwrap().unwrap().status,
+        TaskStatus::Pending
+    );
+    assert_eq!(store.next_due(&[0, 1]).await.unwrap(), Some(NOW + 60_000));
+    assert_eq!(store.next_due(&[2]).await.unwrap(), Some(NOW - 40));
+    assert_eq!(store.next_due(&[3]).await.unwrap(), None);
+}
+
+/// Batch completion: success, retry, and failure once attempts are used up.
+pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
+    let owner = InstanceId::new("w1");
+    let mut last = task("flaky", NOW, None);
+    last.max_attempts = 1;
+    let inserted = store
+        .insert(
+            vec![task("ok", NOW, None), task("retry", NOW, None), last],
+            PARTITIONS,
+            NOW,
+        )
+        .await
+        .unwrap();
+    own_all(&*store, &owner, 1).await;
+    let claimed = store
+        .claim(&owner, &all(1), NOW, 10, 30_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(claimed.len(), 3);
+    let failed = |id| Completion {
+        id,
+        epoch: 1,
+        outcome: CompletionOutcome::Failed {
+            error: "boom".into(),
+            retry_at: NOW + 1_000,
+        },
+    };
+    let results = store
+        .complete(
+            &owner,
+            &[
+                Completion {
+                    id: inserted[0].0.id,
+                    epoch: 1,
+                    outcome: CompletionOutcome::Succeeded,
+                },
+                failed(inserted[1].0.id),
+                failed(inserted[2].0.id),
+            ],
+            NOW + 10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        [
+            Some(TaskStatus::Completed),
+            Some(TaskStatus::Pending),
+            Some(TaskStatus::Failed)
+        ]
+    );
+    let ok = store.get(inserted[0].0.id).await.unwrap().unwrap();
+    assert_eq!(
+        (ok.status, ok.finished_at),
+        (TaskStatus::Completed, Some(NOW + 10))
+    );
+    let retry = store.get(inserted[1].0.id).await.unwrap().unwrap();
+    assert_eq!(
+        (retry.status, retry.scheduled_at),
+        (TaskStatus::Pending, NOW + 1_000)
+    );
+    assert_eq!(
+        (retry.attempts, retry.last_error.as_deref()),
+        (1, Some("boom"))
+    );
+    assert!(
+        store
+            .claim(&owner, &all(1), NOW + 999, 10, 30_000)
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
+    let again = store
+        .claim(&owner, &all(1), NOW + 1_000, 10, 30_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!((again.len(), again[0].attempts), (1, 2));
+    let dead = store.get(inserted[2].0.id).await.unwrap().unwrap();
+    assert_eq!(
+        (dead.status, dead.last_error.as_deref()),
+        (TaskStatus::Failed, Some("boom"))
+    );
+    // A second completion of a finished attempt is refused.
+    let twice = store
+        .complete(
+            &owner,
+            &[Completion {
+                id: ok.id,
+                epoch: 1,
+                outcome: CompletionOutcome::Succeeded,
+            }],
+            NOW + 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(twice, [None]);
+}
+
+/// A new owner's epoch fences the old one: its claims come back at once, and its claim,
+/// completion and renewal are refused.
+pub async fn fencing(store: Arc<dyn TaskStore>) {
+    let (old, new) = (InstanceId::new("old"), InstanceId::new("new"));
+    let k0 = key_for(0);
+    store
+        .insert(
+            vec![task("t", NOW, Some(&k0)), task("u", NOW, Some(&k0))],
+            PARTITIONS,
+            NOW,
+        )
+        .await
+        .unwrap();
+    store.acquire(0, &old, 1, NOW).await.unwrap();
+    let stale = [Claim {
+        partition: 0,
+        epoch: 1,
+    }];
+    let claimed = store
+        .claim(&old, &stale, NOW, 1, 30_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(claimed.len(), 1);
+    let id = claimed[0].id;
+
+    // The partition moves to `new` with a higher epoch: the in-flight claim is requeued.
+    assert_eq!(store.acquire(0, &new, 2, NOW + 1).await.unwrap(), 1);
+    let t = store.get(id).await.unwrap().unwrap();
+    assert_eq!((t.status, t.owner), (TaskStatus::Pending, None));
+    // Everything the old owner tries is refused.
+    let refused = store
+        .claim(&old, &stale, NOW + 2, 10, 30_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.tasks.len(), refused.refused.as_slice()),
+        (0, &[0][..])
+    );
+    let done = Completion {
+        id,
+        epoch: 1,
+        outcome: CompletionOutcome::Succeeded,
+    };
+    assert_eq!(
+        store
+            .complete(&old, std::slice::from_ref(&done), NOW + 2)
+            .await
+            .unwrap(),
+        [None]
+    );
+    assert_eq!(store.renew(&old, &stale, NOW + 60_000).await.unwrap(), [0]);
+    assert!(matches!(
+        store.acquire(0, &old, 1, NOW + 3).await,
+        Err(super::StoreError::StaleEpoch {
+            partition: 0,
+            current: 2,
+            given: 1
+        })
+    ));
+    // Same epoch, other owner: refused too.
+    assert!(store.acquire(0, &old, 2, NOW + 3).await.is_err());
+    // The new owner runs both tasks; the requeued one on its second attempt.
+    let fresh = [Claim {
+        partition: 0,
+        epoch: 2,
+    }];
+    let claimed = store
+        .claim(&new, &fresh, NOW + 4, 10, 30_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(claimed.len(), 2);
+    let again = claimed.iter().find(|t| t.id == id).unwrap();
+    assert_eq!((again.attempts, again.epoch), (2, Some(2)));
+    let done = Completion {
+        id,
+        epoch: 2,
+        outcome: CompletionOutcome::Succeeded,
+    };
+    assert_eq!(
+        store.complete(&new, &[done], NOW + 5).await.unwrap(),
+        [Some(TaskStatus::Completed)]
+    );
+}
+
+/// Leases: renewal extends them; an expired lease makes the task claimable again.
+pub async fn leases(store: Arc<dyn TaskStore>) {
+    let owner = InstanceId::new("w1");
+    let k0 = key_for(0);
+    store
+        .insert(vec![task("long", NOW, Some(&k0))], PARTITIONS, NOW)
+        .await
+        .unwrap();
+    store.acquire(0, &owner, 1, NOW).await.unwrap();
+    let claims = [Claim {
+        partition: 0,
+        epoch: 1,
+    }];
+    let t = store
+        .claim(&owner, &claims, NOW, 1, 1_000)
+        .await
+        .unwrap()
+        .tasks
+        .remove(0);
+    assert!(
+        store
+            .renew(&owner, &claims, NOW + 5_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.get(t.id).await.unwrap().unwrap().lease_until,
+        Some(NOW + 5_000)
+    );
+    assert!(
+        store
+            .claim(&owner, &claims, NOW + 4_999, 1, 1_000)
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
+    let again = store
+        .claim(&owner, &claims, NOW + 5_001, 1, 1_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!((again.len(), again[0].attempts), (1, 2));
+}
+
+/// Cancel: PENDING only; racing claims, each task ends either cancelled or claimed, never both.
+pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
+    let owner = InstanceId::new("w1");
+    let inserted = store
+        .insert(
+            (0..40).map(|i| task(&format!("t{i}"), NOW, None)).collect(),
+            PARTITIONS,
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .cancel(inserted.last().unwrap().0.id + 1_000, NOW)
+            .await
+            .unwrap(),
+        CancelOutcome::NotFound
+    );
+    own_all(&*store, &owner, 1).await;
+    let claimer = {
+        let store = store.clone();
+        let owner = owner.clone();
+        tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            for _ in 0..40 {
+                let batch = store.claim(&owner, &all(1), NOW, 1, 30_000).await.unwrap();
+                claimed.extend(batch.tasks.into_iter().map(|t| t.id));
+                tokio::task::yield_now().await;
+            }
+            claimed
+        })
+    };
+    let mut cancelled = Vec::new();
+    for (t, _) in inserted.iter().rev() {
+        match store.cancel(t.id, NOW).await.unwrap() {
+            CancelOutcome::Cancelled(c) => {
+                assert_eq!(c.status, TaskStatus::Cancelled);
+                cancelled.push(t.id);
+            }
+            CancelOutcome::Conflict(c) => assert_eq!(c.status, TaskStatus::Running),
+            CancelOutcome::NotFound => panic!("task vanished"),
+        }
+        tokio::task::yield_now().await;
+    }
+    let claimed = claimer.await.unwrap();
+    assert!(
+        claimed.iter().all(|id| !cancelled.contains(id)),
+        "a task was both claimed and cancelled"
+    );
+    assert_eq!(claimed.len() + cancelled.len(), 40);
+    let done = Completion {
+        id: claimed.first().copied().unwrap_or(cancelled[0]),
+        epoch: 1,
+        outcome: CompletionOutcome::Succeeded,
+    };
+    if let Some(&id) = claimed.first() {
+        store.complete(&owner, &[done], NOW).await.unwrap();
+        assert!(
+            matches!(store.cancel(id, NOW).await.unwrap(), CancelOutcome::Conflict(t) if t.status == TaskStatus::Completed)
+        );
+    }
+}
+
+/// Listing pages by increasing id with filters; every task exactly once.
+pub async fn pagination(store: Arc<dyn TaskStore>) {
+    let batch: Vec<_> = (0..25)
+        .map(|i| task(if i % 2 == 0 { "even" } else { "odd" }, NOW, None))
+        .collect();
+    store.insert(batch, PARTITIONS, NOW).await.unwrap();
+    let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let page = store
+            .list(&ListFilter {
+                limit: 10,
+                after,
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        seen.extend(page.tasks.iter().map(|t| t.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), sorted), (25, seen.clone()));
+    let odd = store
+        .list(&ListFilter {
+            name: Some("odd".into()),
+            limit: 100,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(odd.tasks.len(), 12);
+    assert!(odd.next.is_none());
+    let running = store
+        .list(&ListFilter {
+            status: Some(TaskStatus::Running),
+            limit: 100,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(running.tasks.is_empty());
+}
+
+/// Inserts are announced per partition.
+pub async fn insert_notifications(store: Arc<dyn TaskStore>) {
+    let mut inserted = store.inserted();
+    let k3 = key_for(3);
+    store
+        .insert(vec![task("n", NOW, Some(&k3))], PARTITIONS, NOW)
+        .await
+        .unwrap();
+    assert_eq!(inserted.try_recv().ok(), Some(3));
+}
+
+/// Expands to one `#[tokio::test]` per task-store conformance case, each on a fresh store from
+/// the given async function.
+#[macro_export]
+macro_rules! task_store_conformance {
+    ($store:path) => {
+        $crate::task_store_conformance!(@cases $store;
+            insert_and_get, idempotency_keys, claim_in_due_order, batch_completion_and_retries,
+            fencing, leases, cancel_racing_claims, pagination, insert_notifications);
+    };
+    (@cases $store:path; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::task::conformance::$case($store().await).await;
+            }
+        )*
+    };
+}

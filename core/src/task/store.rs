@@ -1,0 +1,210 @@
+//! The task store: where tasks live, and the judge of who may run them.
+//!
+//! # Contract of every implementation
+//! - **Atomicity**: every call is atomic. `insert` of a batch inserts all or none.
+//! - **Ownership and fencing**: each partition has a current owner and epoch in the store.
+//!   [`TaskStore::acquire`] records a new one only if its epoch is at least the stored one (equal
+//!   only for the same owner), and in the same step requeues every claim of that partition made
+//!   under any other owner or epoch. A claim, completion or lease renewal is applied only while
+//!   its owner and epoch are still the partition's current ones; otherwise it is refused, and
+//!   refused means **certainly not applied**. The store is the judge, not the worker's belief.
+//! - **Claims** take due tasks (PENDING with `scheduled_at <= now`, or RUNNING in an owned
+//!   partition whose lease has expired) in due order (`scheduled_at`, then id) across all the
+//!   given partitions, mark them RUNNING under the claimant's owner and epoch, count the attempt
+//!   and set the lease. No task is ever claimed twice under live claims.
+//! - **Completion** of a success makes the task COMPLETED; of a failure, PENDING again at the
+//!   given retry time, or FAILED (with its last error) once `max_attempts` attempts have run.
+//! - **Idempotency keys** are unique: inserting a task whose key exists returns the existing one
+//!   (`created == false`) and changes nothing.
+//! - **Errors**: [`StoreError::retryable`] says whether trying again may help;
+//!   [`StoreError::certainly_not_applied`] whether the call may have taken effect.
+
+use super::{Millis, NewTask, Task, TaskId, TaskStatus};
+use crate::model::{Epoch, InstanceId};
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+/// An owned partition, with the epoch it was granted with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Claim {
+    /// Partition.
+    pub partition: u32,
+    /// Epoch of the grant.
+    pub epoch: Epoch,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompletionOutcome {
+    /// The handler succeeded.
+    Succeeded,
+    /// The handler failed; retry at `retry_at` unless attempts are used up.
+    Failed {
+        /// What went wrong.
+        error: String,
+        /// When to try again.
+        retry_at: Millis,
+    },
+}
+
+/// The end of one attempt, reported by the worker that claimed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Task.
+    pub id: TaskId,
+    /// Epoch of the claim.
+    pub epoch: Epoch,
+    /// How it ended.
+    pub outcome: CompletionOutcome,
+}
+
+/// The result of cancelling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was PENDING and is now CANCELLED.
+    Cancelled(Task),
+    /// No such task.
+    NotFound,
+    /// The task is running or finished; nothing changed.
+    Conflict(Task),
+}
+
+/// Which tasks to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<TaskStatus>,
+    /// Only this name.
+    pub name: Option<String>,
+    /// Page size (at least 1).
+    pub limit: usize,
+    /// Only ids greater than this (the previous page's cursor).
+    pub after: Option<TaskId>,
+}
+
+/// One page of tasks, by increasing id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The tasks.
+    pub tasks: Vec<Task>,
+    /// Cursor of the next page, if there may be one.
+    pub next: Option<TaskId>,
+}
+
+/// The result of a claim.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claimed {
+    /// Tasks now RUNNING under the claimant.
+    pub tasks: Vec<Task>,
+    /// Partitions whose owner or epoch is no longer the claimant's: nothing was claimed there.
+    pub refused: Vec<u32>,
+}
+
+/// Errors of task stores.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// An ownership with a newer epoch exists. Certainly not applied.
+    #[error("partition {partition} is held at epoch {current}; epoch {given} is stale")]
+    StaleEpoch {
+        /// Partition.
+        partition: u32,
+        /// Stored epoch.
+        current: Epoch,
+        /// Epoch given.
+        given: Epoch,
+    },
+    /// Invalid input (empty name, oversized payload, ...). Certainly not applied.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store could not be reached or timed out. May have been applied; retry.
+    #[error("task store unavailable: {0}")]
+    Unavailable(String),
+    /// Any other failure of the backend. May have been applied.
+    #[error("task store error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// Trying again may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// The call certainly had no effect.
+    pub fn certainly_not_applied(&self) -> bool {
+        matches!(self, StoreError::StaleEpoch { .. } | StoreError::Invalid(_))
+    }
+}
+
+/// Storage of tasks. See the module documentation for the contract.
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Inserts a batch atomically. Each result is the stored task and whether it was created
+    /// (`false`: its idempotency key already named this task). Partitions are assigned with
+    /// [`super::partition_for`] over `partitions`.
+    async fn insert(
+        &self,
+        tasks: Vec<NewTask>,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<Vec<(Task, bool)>, StoreError>;
+
+    /// One task.
+    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
+
+    /// A page of tasks by increasing id.
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
+
+    /// Cancels a PENDING task.
+    async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError>;
+
+    /// Records `owner` at `epoch` as the partition's owner and requeues (or fails, if out of
+    /// attempts) every RUNNING claim of the partition made under another owner or epoch;
+    /// returns how many claims it took back. [`StoreError::StaleEpoch`] if a newer epoch is
+    /// recorded, or the same epoch for another owner.
+    async fn acquire(
+        &self,
+        partition: u32,
+        owner: &InstanceId,
+        epoch: Epoch,
+        now: Millis,
+    ) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` due tasks across `partitions`, in due order, with a lease until
+    /// `now + lease_ms`.
+    async fn claim(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Claimed, StoreError>;
+
+    /// Ends attempts. Each result is the task's new status, or `None` if the completion was
+    /// refused (the claim is no longer this owner's under this epoch, or the task is not
+    /// RUNNING under it).
+    async fn complete(
+        &self,
+        owner: &InstanceId,
+        completions: &[Completion],
+        now: Millis,
+    ) -> Result<Vec<Option<TaskStatus>>, StoreError>;
+
+    /// Extends to `lease_until` the lease of every task RUNNING under `owner` in the given
+    /// partitions (one write for all of them); returns the partitions refused as in
+    /// [`TaskStore::claim`].
+    async fn renew(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        lease_until: Millis,
+    ) -> Result<Vec<u32>, StoreError>;
+
+    /// The earliest `scheduled_at` of a PENDING task in these partitions.
+    async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError>;
+
+    /// Partitions that received new tasks, as they are inserted (best effort: a receiver that
+    /// lags sees `Lagged` and should poll).
+    fn inserted(&self) -> broadcast::Receiver<u32>;
+}
