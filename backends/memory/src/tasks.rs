@@ -111,7 +111,7 @@ impl TaskStore for MemoryTaskStore {
         now: Millis,
     ) -> Result<Vec<(Task, bool)>, StoreError> {
         for t in &tasks {
-            validate(t)?;
+            t.validate()?;
         }
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(tasks.len());
@@ -179,7 +179,7 @@ impl TaskStore for MemoryTaskStore {
             .take(limit + 1)
             .cloned()
             .collect();
-        Ok(page(tasks, limit))
+        Ok(Page::from_fetched(tasks, limit))
     }
 
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
@@ -374,27 +374,4 @@ impl TaskStore for MemoryTaskStore {
     fn inserted(&self) -> broadcast::Receiver<u32> {
         self.inserted.subscribe()
     }
-}
-
-/// Checks what every store refuses the same way.
-pub fn validate(t: &NewTask) -> Result<(), StoreError> {
-    if t.name.trim().is_empty() {
-        return Err(StoreError::Invalid("a task needs a non-empty name".into()));
-    }
-    if t.max_attempts == 0 {
-        return Err(StoreError::Invalid("maxAttempts must be at least 1".into()));
-    }
-    Ok(())
-}
-
-/// Cuts `limit + 1` fetched tasks into a page and its cursor.
-pub fn page(mut tasks: Vec<Task>, limit: usize) -> Page {
-    let more = tasks.len() > limit;
-    tasks.truncate(limit);
-    let next = if more {
-        tasks.last().map(|t| t.id)
-    } else {
-        None
-    };
-    Page { tasks, next }
 }

@@ -98,6 +98,19 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
 }
 
+impl NewTask {
+    /// Checks what every store refuses the same way.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if self.name.trim().is_empty() {
+            return Err(StoreError::Invalid("a task needs a non-empty name".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(StoreError::Invalid("maxAttempts must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
 /// A stored task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {

@@ -91,6 +91,21 @@ pub struct Page {
     pub next: Option<TaskId>,
 }
 
+impl Page {
+    /// A page from up to `limit + 1` tasks fetched by increasing id: the extra one, if present,
+    /// only says that another page follows.
+    pub fn from_fetched(mut tasks: Vec<Task>, limit: usize) -> Self {
+        let more = tasks.len() > limit;
+        tasks.truncate(limit);
+        let next = if more {
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
+        Self { tasks, next }
+    }
+}
+
 /// The result of a claim.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Claimed {

@@ -1,0 +1,563 @@
+//! # rota-sqlite
+//!
+//! A [`TaskStore`] on SQLite (bundled, WAL): the store of `rota dev` and of single-node
+//! deployments. One connection serialises all access (SQLite has one writer anyway); every call
+//! runs on tokio's blocking pool so the async workers never wait on disk. Each call is one
+//! transaction (`BEGIN IMMEDIATE` for writes), which gives the contract's atomicity; partition
+//! ownership lives in the same database, so every claim, completion and renewal is checked
+//! against the current owner and epoch inside the transaction that applies it.
+
+use rota_core::task::{
+    CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis, NewTask,
+    Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
+};
+use rota_core::{Epoch, InstanceId};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tasks (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    name            TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    handler         TEXT,
+    partition_key   TEXT,
+    partition       INTEGER NOT NULL,
+    status          TEXT    NOT NULL,
+    scheduled_at    INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    max_attempts    INTEGER NOT NULL,
+    last_error      TEXT,
+    owner           TEXT,
+    epoch           INTEGER,
+    lease_until     INTEGER,
+    idempotency_key TEXT UNIQUE,
+    created_at      INTEGER NOT NULL,
+    started_at      INTEGER,
+    finished_at     INTEGER
+);
+CREATE INDEX tasks_pending_due ON tasks (partition, scheduled_at, id) WHERE status = 'PENDING';
+CREATE INDEX tasks_running ON tasks (partition) WHERE status = 'RUNNING';
+CREATE TABLE partition_owners (
+    partition INTEGER PRIMARY KEY,
+    owner     TEXT    NOT NULL,
+    epoch     INTEGER NOT NULL
+);
+"#];
+
+const COLUMNS: &str = "id, name, payload, handler, partition_key, partition, status, scheduled_at, \
+     attempts, max_attempts, last_error, owner, epoch, lease_until, idempotency_key, created_at, \
+     started_at, finished_at";
+
+/// The SQLite task store.
+pub struct SqliteTaskStore {
+    conn: Arc<Mutex<Connection>>,
+    inserted: broadcast::Sender<u32>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+impl SqliteTaskStore {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let conn = Connection::open(path.as_ref()).map_err(|e| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", path.as_ref().display()))
+        })?;
+        Self::with_connection(conn)
+    }
+
+    /// A private database in memory, for tests.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::with_connection(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn with_connection(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            inserted: broadcast::channel(1024).0,
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "database schema version {version} is newer than this build's {}; upgrade rota",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", i + 1)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn status_of(s: &str) -> rusqlite::Result<TaskStatus> {
+    TaskStatus::parse(s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            6,
+            rusqlite::types::Type::Text,
+            format!("unknown status {s}").into(),
+        )
+    })
+}
+
+fn task_from(row: &Row<'_>) -> rusqlite::Result<Task> {
+    let payload: String = row.get(2)?;
+    Ok(Task {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        payload: serde_json::from_str(&payload).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?,
+        handler: row.get(3)?,
+        partition_key: row.get(4)?,
+        partition: row.get(5)?,
+        status: status_of(&row.get::<_, String>(6)?)?,
+        scheduled_at: row.get(7)?,
+        attempts: row.get(8)?,
+        max_attempts: row.get(9)?,
+        last_error: row.get(10)?,
+        owner: row.get::<_, Option<String>>(11)?.map(InstanceId::new),
+        epoch: row.get::<_, Option<i64>>(12)?.map(|e| e as Epoch),
+        lease_until: row.get(13)?,
+        idempotency_key: row.get(14)?,
+        created_at: row.get(15)?,
+        started_at: row.get(16)?,
+        finished_at: row.get(17)?,
+    })
+}
+
+fn get_task(conn: &Connection, id: TaskId) -> Result<Option<Task>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
+        [id],
+        task_from,
+    )
+    .optional()
+    .map_err(backend)
+}
+
+/// The claims whose owner and epoch are still current, and the refused partitions.
+fn split_claims(
+    conn: &Connection,
+    owner: &InstanceId,
+    claims: &[Claim],
+) -> Result<(Vec<Claim>, Vec<u32>), StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT owner, epoch FROM partition_owners WHERE partition = ?1")
+        .map_err(backend)?;
+    let (mut valid, mut refused) = (Vec::new(), Vec::new());
+    for claim in claims {
+        let current: Option<(String, i64)> = stmt
+            .query_row([claim.partition], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(backend)?;
+        match current {
+            Some((o, e)) if o == owner.as_str() && e as Epoch == claim.epoch => valid.push(*claim),
+            _ => refused.push(claim.partition),
+        }
+    }
+    Ok((valid, refused))
+}
+
+fn json_list(items: impl Iterator<Item = u32>) -> String {
+    serde_json::to_string(&items.collect::<Vec<_>>()).expect("numbers serialize")
+}
+
+#[async_trait::async_trait]
+impl TaskStore for SqliteTaskStore {
+    async fn insert(
+        &self,
+        tasks: Vec<NewTask>,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<Vec<(Task, bool)>, StoreError> {
+        for t in &tasks {
+            t.validate()?;
+        }
+        let results = self
+            .run(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let mut out = Vec::with_capacity(tasks.len());
+                {
+                    let mut by_key = tx
+                        .prepare_cached("SELECT id FROM tasks WHERE idempotency_key = ?1")
+                        .map_err(backend)?;
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO tasks (name, payload, handler, partition_key, partition, \
+                             status, scheduled_at, max_attempts, idempotency_key, created_at) \
+                             VALUES (?1, ?2, ?3, ?4, 0, 'PENDING', ?5, ?6, ?7, ?8)",
+                        )
+                        .map_err(backend)?;
+                    let mut set_partition = tx
+                        .prepare_cached("UPDATE tasks SET partition = ?2 WHERE id = ?1")
+                        .map_err(backend)?;
+                    for t in tasks {
+                        if let Some(key) = &t.idempotency_key {
+                            let existing: Option<TaskId> = by_key
+                                .query_row([key], |r| r.get(0))
+                                .optional()
+                                .map_err(backend)?;
+                            if let Some(id) = existing {
+                                out.push((id, false));
+                                continue;
+                            }
+                        }
+                        insert
+                            .execute(params![
+                                t.name,
+                                t.payload.to_string(),
+                                t.handler,
+                                t.partition_key,
+                                t.scheduled_at,
+                                t.max_attempts,
+                                t.idempotency_key,
+                                now
+                            ])
+                            .map_err(backend)?;
+                        let id = tx.last_insert_rowid();
+                        let partition = partition_for(t.partition_key.as_deref(), id, partitions);
+                        set_partition
+                            .execute(params![id, partition])
+                            .map_err(backend)?;
+                        out.push((id, true));
+                    }
+                }
+                let mut tasks = Vec::with_capacity(out.len());
+                for (id, created) in out {
+                    let task = get_task(&tx, id)?.expect("just written");
+                    tasks.push((task, created));
+                }
+                tx.commit().map_err(backend)?;
+                Ok(tasks)
+            })
+            .await?;
+        let mut partitions: Vec<u32> = results
+            .iter()
+            .filter(|(_, created)| *created)
+            .map(|(t, _)| t.partition)
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        for p in partitions {
+            let _ = self.inserted.send(p);
+        }
+        Ok(results)
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        self.run(move |conn| get_task(conn, id)).await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        let filter = filter.clone();
+        self.run(move |conn| {
+            let limit = filter.limit.max(1);
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM tasks WHERE id > ?1 \
+                     AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR name = ?3) \
+                     ORDER BY id LIMIT ?4"
+                ))
+                .map_err(backend)?;
+            let tasks = stmt
+                .query_map(
+                    params![
+                        filter.after.unwrap_or(TaskId::MIN),
+                        filter.status.map(TaskStatus::as_str),
+                        filter.name,
+                        (limit + 1) as i64
+                    ],
+                    task_from,
+                )
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(Page::from_fetched(tasks, limit))
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let changed = tx
+                .execute(
+                    "UPDATE tasks SET status = 'CANCELLED', finished_at = ?2 \
+                     WHERE id = ?1 AND status = 'PENDING'",
+                    params![id, now],
+                )
+                .map_err(backend)?;
+            let task = get_task(&tx, id)?;
+            tx.commit().map_err(backend)?;
+            Ok(match (task, changed) {
+                (None, _) => CancelOutcome::NotFound,
+                (Some(t), 1) => CancelOutcome::Cancelled(t),
+                (Some(t), _) => CancelOutcome::Conflict(t),
+            })
+        })
+        .await
+    }
+
+    async fn acquire(
+        &self,
+        partition: u32,
+        owner: &InstanceId,
+        epoch: Epoch,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let owner = owner.clone();
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let current: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT owner, epoch FROM partition_owners WHERE partition = ?1",
+                    [partition],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some((o, e)) = current {
+                let e = e as Epoch;
+                if e > epoch || (e == epoch && o != owner.as_str()) {
+                    return Err(StoreError::StaleEpoch {
+                        partition,
+                        current: e,
+                        given: epoch,
+                    });
+                }
+            }
+            tx.execute(
+                "INSERT INTO partition_owners (partition, owner, epoch) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (partition) DO UPDATE SET owner = ?2, epoch = ?3",
+                params![partition, owner.as_str(), epoch as i64],
+            )
+            .map_err(backend)?;
+            let requeued = tx
+                .execute(
+                    "UPDATE tasks SET \
+                       status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
+                       last_error = CASE WHEN attempts >= max_attempts \
+                         THEN 'claim lost: the partition moved to another worker' ELSE last_error END, \
+                       finished_at = CASE WHEN attempts >= max_attempts THEN ?4 ELSE NULL END, \
+                       owner = NULL, lease_until = NULL \
+                     WHERE partition = ?1 AND status = 'RUNNING' \
+                       AND NOT (owner IS ?2 AND epoch IS ?3)",
+                    params![partition, owner.as_str(), epoch as i64, now],
+                )
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(requeued as u64)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Claimed, StoreError> {
+        let (owner, partitions) = (owner.clone(), partitions.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let (valid, refused) = split_claims(&tx, &owner, &partitions)?;
+            let mut tasks = Vec::new();
+            if !valid.is_empty() {
+                let mut stmt = tx
+                    .prepare_cached(&format!(
+                        "UPDATE tasks SET status = 'RUNNING', owner = ?1, \
+                           epoch = (SELECT epoch FROM partition_owners o WHERE o.partition = tasks.partition), \
+                           attempts = attempts + 1, started_at = ?2, lease_until = ?3 \
+                         WHERE id IN ( \
+                           SELECT id FROM tasks \
+                           WHERE partition IN (SELECT value FROM json_each(?4)) \
+                             AND ((status = 'PENDING' AND scheduled_at <= ?2) \
+                               OR (status = 'RUNNING' AND lease_until < ?2)) \
+                           ORDER BY scheduled_at, id LIMIT ?5) \
+                         RETURNING {COLUMNS}"
+                    ))
+                    .map_err(backend)?;
+                tasks = stmt
+                    .query_map(
+                        params![
+                            owner.as_str(),
+                            now,
+                            now + lease_ms,
+                            json_list(valid.iter().map(|c| c.partition)),
+                            limit as i64
+                        ],
+                        task_from,
+                    )
+                    .map_err(backend)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)?;
+            tasks.sort_by_key(|t| (t.scheduled_at, t.id));
+            Ok(Claimed { tasks, refused })
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        owner: &InstanceId,
+        completions: &[Completion],
+        now: Millis,
+    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let (owner, completions) = (owner.clone(), completions.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(completions.len());
+            {
+                // Applied only while the claim is this owner's under this epoch, and the
+                // partition is still held by it at that epoch.
+                const CURRENT: &str = "id = ?1 AND status = 'RUNNING' AND owner = ?2 AND epoch = ?3 \
+                    AND EXISTS (SELECT 1 FROM partition_owners o WHERE o.partition = tasks.partition \
+                                AND o.owner = ?2 AND o.epoch = ?3)";
+                let mut succeed = tx
+                    .prepare_cached(&format!(
+                        "UPDATE tasks SET status = 'COMPLETED', owner = NULL, lease_until = NULL, \
+                         finished_at = ?4 WHERE {CURRENT} RETURNING status"
+                    ))
+                    .map_err(backend)?;
+                let mut fail = tx
+                    .prepare_cached(&format!(
+                        "UPDATE tasks SET \
+                           status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
+                           scheduled_at = CASE WHEN attempts >= max_attempts THEN scheduled_at ELSE ?5 END, \
+                           finished_at = CASE WHEN attempts >= max_attempts THEN ?4 ELSE NULL END, \
+                           last_error = ?6, owner = NULL, lease_until = NULL \
+                         WHERE {CURRENT} RETURNING status"
+                    ))
+                    .map_err(backend)?;
+                for c in completions {
+                    let status: Option<String> = match &c.outcome {
+                        CompletionOutcome::Succeeded => succeed
+                            .query_row(params![c.id, owner.as_str(), c.epoch as i64, now], |r| {
+                                r.get(0)
+                            })
+                            .optional(),
+                        CompletionOutcome::Failed { error, retry_at } => fail
+                            .query_row(
+                                params![c.id, owner.as_str(), c.epoch as i64, now, retry_at, error],
+                                |r| r.get(0),
+                            )
+                            .optional(),
+                    }
+                    .map_err(backend)?;
+                    out.push(status.and_then(|s| TaskStatus::parse(&s)));
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn renew(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        lease_until: Millis,
+    ) -> Result<Vec<u32>, StoreError> {
+        let (owner, partitions) = (owner.clone(), partitions.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let (valid, refused) = split_claims(&tx, &owner, &partitions)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE tasks SET lease_until = ?4 WHERE partition = ?1 \
+                         AND status = 'RUNNING' AND owner = ?2 AND epoch = ?3",
+                    )
+                    .map_err(backend)?;
+                for c in valid {
+                    stmt.execute(params![
+                        c.partition,
+                        owner.as_str(),
+                        c.epoch as i64,
+                        lease_until
+                    ])
+                    .map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(refused)
+        })
+        .await
+    }
+
+    async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {
+        let list = json_list(partitions.iter().copied());
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT MIN(scheduled_at) FROM tasks WHERE status = 'PENDING' \
+                 AND partition IN (SELECT value FROM json_each(?1))",
+                [list],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    fn inserted(&self) -> broadcast::Receiver<u32> {
+        self.inserted.subscribe()
+    }
+}
