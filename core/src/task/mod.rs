@@ -6,6 +6,7 @@
 pub mod conformance;
 mod retry;
 pub mod store;
+pub mod worker;
 
 pub use retry::RetryPolicy;
 pub use store::{

@@ -1,0 +1,563 @@
+//! The worker: a participant of the `tasks` resource that runs the tasks of the partitions it
+//! leads.
+//!
+//! - **Ownership** follows the partition's top state. Being granted it (with a new epoch)
+//!   records the ownership in the task store, which fences the previous owner and requeues its
+//!   unfinished claims at once. Losing it stops claiming from that partition immediately and
+//!   waits (up to the task timeout) for the partition's tasks in flight, so that a graceful move
+//!   never runs a task twice.
+//! - **One poll loop** claims due tasks in batches across all owned partitions in one store
+//!   call, runs them with bounded concurrency and a per-task timeout, and completes them in
+//!   batches. When nothing is due it sleeps until the next due time, a new insert into an owned
+//!   partition, a change of ownership, or free capacity, whichever comes first (the idle
+//!   backstop, `max_idle`, only bounds the wait), never a fixed tick.
+//! - **Leases** of running tasks are renewed with one store write per worker for all of them.
+//!   A claim, completion or renewal refused by the store (stale epoch) drops the partition.
+
+use super::store::{Claim, Completion, CompletionOutcome, TaskStore};
+use super::{Millis, RetryPolicy, Task, TaskId};
+use crate::cluster::participant::{TransitionHandler, TransitionRequest};
+use crate::model::{Epoch, InstanceId};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::AbortHandle;
+use tracing::{info, warn};
+
+/// Code that runs a task.
+#[async_trait]
+pub trait TaskHandler: Send + Sync + 'static {
+    /// Runs the task; an error fails this attempt (it is retried while attempts remain).
+    async fn run(&self, task: &Task) -> Result<(), String>;
+}
+
+/// Logs `Handling task <id> <name>`, as the original system did.
+pub struct LogHandler;
+
+#[async_trait]
+impl TaskHandler for LogHandler {
+    async fn run(&self, task: &Task) -> Result<(), String> {
+        info!("Handling task {} {}", task.id, task.name);
+        Ok(())
+    }
+}
+
+/// Does nothing (for benchmarks).
+pub struct NoopHandler;
+
+#[async_trait]
+impl TaskHandler for NoopHandler {
+    async fn run(&self, _: &Task) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Handlers by name. A task runs with the handler its `handler` field names, else the one
+/// registered under its `name`, else the default (`log`).
+#[derive(Clone)]
+pub struct Handlers {
+    by_name: HashMap<String, Arc<dyn TaskHandler>>,
+    default: Arc<dyn TaskHandler>,
+}
+
+impl Default for Handlers {
+    fn default() -> Self {
+        let mut handlers = Self {
+            by_name: HashMap::new(),
+            default: Arc::new(LogHandler),
+        };
+        handlers.register("log", Arc::new(LogHandler));
+        handlers.register("noop", Arc::new(NoopHandler));
+        handlers
+    }
+}
+
+impl Handlers {
+    /// Registers (or replaces) a handler.
+    pub fn register(&mut self, name: &str, handler: Arc<dyn TaskHandler>) {
+        self.by_name.insert(name.to_owned(), handler);
+    }
+
+    /// Sets the handler of tasks that name none that is registered.
+    pub fn set_default(&mut self, handler: Arc<dyn TaskHandler>) {
+        self.default = handler;
+    }
+
+    /// Whether a handler is registered under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    fn for_task(&self, task: &Task) -> Result<Arc<dyn TaskHandler>, String> {
+        if let Some(name) = &task.handler {
+            return self
+                .by_name
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no handler named {name:?} on this worker"));
+        }
+        Ok(self
+            .by_name
+            .get(&task.name)
+            .cloned()
+            .unwrap_or_else(|| self.default.clone()))
+    }
+}
+
+/// How a worker runs tasks.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The worker's instance id (owner of its claims).
+    pub id: InstanceId,
+    /// Tasks running at once, at most.
+    pub concurrency: usize,
+    /// Tasks claimed per store call, at most.
+    pub batch: usize,
+    /// Claims expire unless renewed within this.
+    pub lease: Duration,
+    /// An attempt that runs longer fails.
+    pub task_timeout: Duration,
+    /// Backoff of failed attempts.
+    pub retry: RetryPolicy,
+    /// Longest sleep without any wake-up (a backstop against lost notifications).
+    pub max_idle: Duration,
+    /// On losing a partition, how long its tasks in flight may finish before they are aborted.
+    /// Keep it well under the coordination session timeout: a worker cut off from the store
+    /// must have stopped before its partitions are granted elsewhere.
+    pub step_down_timeout: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults: 16 at once, batches of 256, 30 s leases and task timeout, 5 s backstop, 3 s
+    /// to step down.
+    pub fn new(id: InstanceId) -> Self {
+        Self {
+            id,
+            concurrency: 16,
+            batch: 256,
+            lease: Duration::from_secs(30),
+            task_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            max_idle: Duration::from_secs(5),
+            step_down_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Counters a worker keeps, for metrics.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Tasks claimed.
+    pub claimed: AtomicU64,
+    /// Attempts that succeeded.
+    pub completed: AtomicU64,
+    /// Attempts that failed (retried or not).
+    pub failed: AtomicU64,
+    /// Completions the store refused (the claim had moved on).
+    pub refused: AtomicU64,
+}
+
+/// A worker: give [`Worker::transition_handler`] to a participant of the `tasks` resource and
+/// drive [`Worker::run`].
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: WorkerConfig,
+    store: Arc<dyn TaskStore>,
+    handlers: Handlers,
+    /// Owned partitions and their epochs.
+    owned: Mutex<BTreeMap<u32, Epoch>>,
+    /// Tasks in flight per partition, with the handles that abort them.
+    in_flight: Mutex<HashMap<u32, HashMap<TaskId, AbortHandle>>>,
+    /// Wakes the poll loop (ownership changed, capacity freed).
+    wake: Notify,
+    /// Signals that a partition's tasks in flight finished.
+    drained: Notify,
+    permits: Arc<Semaphore>,
+    stats: WorkerStats,
+    now: Arc<dyn Fn() -> Millis + Send + Sync>,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn wall_clock_ms() -> Millis {
+    crate::cluster::now_ms() as Millis
+}
+
+impl Worker {
+    /// A worker over `store` with `handlers`.
+    pub fn new(config: WorkerConfig, store: Arc<dyn TaskStore>, handlers: Handlers) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                config,
+                store,
+                handlers,
+                owned: Mutex::new(BTreeMap::new()),
+                in_flight: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                drained: Notify::new(),
+                stats: WorkerStats::default(),
+                now: Arc::new(wall_clock_ms),
+            }),
+        }
+    }
+
+    /// The handler to give the participant: it turns top-state grants into ownership.
+    pub fn transition_handler(&self) -> Arc<dyn TransitionHandler> {
+        Arc::new(Ownership {
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.inner.stats
+    }
+
+    /// Partitions owned now.
+    pub fn owned(&self) -> Vec<u32> {
+        self.inner
+            .owned()
+            .into_iter()
+            .map(|c| c.partition)
+            .collect()
+    }
+
+    /// Claims and runs tasks until `shutdown`; then lets tasks in flight finish.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let inner = &self.inner;
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+        let completer = tokio::spawn(complete_in_batches(inner.clone(), done_rx));
+        let renewer = tokio::spawn(renew_leases(inner.clone(), shutdown.clone()));
+        let mut inserted = inner.store.inserted();
+        while !*shutdown.borrow() {
+            let claims = inner.owned();
+            let free = inner.permits.available_permits().min(inner.config.batch);
+            let mut wait_until: Option<Millis> = None;
+            if !claims.is_empty() && free > 0 {
+                let now = (inner.now)();
+                let lease = inner.config.lease.as_millis() as i64;
+                match inner
+                    .store
+                    .claim(&inner.config.id, &claims, now, free, lease)
+                    .await
+                {
+                    Ok(claimed) => {
+                        inner.drop_partitions(&claimed.refused);
+                        let full = claimed.tasks.len() == free;
+                        inner
+                            .stats
+                            .claimed
+                            .fetch_add(claimed.tasks.len() as u64, Ordering::Relaxed);
+                        for task in claimed.tasks {
+                            let permit = inner.permits.clone().acquire_owned().await.expect("open");
+                            inner.spawn(task, permit, done_tx.clone());
+                        }
+                        if full {
+                            continue; // More may be due right now.
+                        }
+                        let partitions: Vec<u32> = claims.iter().map(|c| c.partition).collect();
+                        wait_until = inner.store.next_due(&partitions).await.unwrap_or(None);
+                    }
+                    Err(e) => warn!(error = %e, "claim failed"),
+                }
+            }
+            let now = (inner.now)();
+            let idle = inner.config.max_idle;
+            let sleep = wait_until
+                .map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64))
+                .unwrap_or(idle)
+                .min(idle);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = inner.wake.notified() => {}
+                _ = inner.insert_into_owned(&mut inserted) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Let tasks in flight finish, then flush their completions.
+        let _ = inner
+            .permits
+            .acquire_many(inner.config.concurrency.max(1) as u32)
+            .await;
+        drop(done_tx);
+        let _ = completer.await;
+        renewer.abort();
+    }
+}
+
+impl Inner {
+    fn owned(&self) -> Vec<Claim> {
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&partition, &epoch)| Claim { partition, epoch })
+            .collect()
+    }
+
+    fn drop_partitions(&self, partitions: &[u32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        for p in partitions {
+            if owned.remove(p).is_some() {
+                warn!(
+                    partition = p,
+                    "the store refused our claim: partition dropped"
+                );
+            }
+        }
+    }
+
+    /// Runs a claimed task on its own tokio task, tracked (and abortable) per partition.
+    fn spawn(
+        self: &Arc<Self>,
+        task: Task,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        done: mpsc::UnboundedSender<Completion>,
+    ) {
+        let (partition, id) = (task.partition, task.id);
+        // Dropped with the future, whether it completes or is aborted.
+        let guard = InFlight {
+            inner: self.clone(),
+            partition,
+            id,
+            _permit: permit,
+        };
+        let inner = self.clone();
+        // The lock is held across spawn and registration, so the task cannot finish (and
+        // unregister itself) before it is registered.
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let handle = tokio::spawn(async move {
+            let guard = guard;
+            let completion = inner.execute(&task).await;
+            let _ = done.send(completion);
+            drop(guard);
+        });
+        in_flight
+            .entry(partition)
+            .or_default()
+            .insert(id, handle.abort_handle());
+    }
+
+    /// Waits for a new task in an owned partition (or for lost notifications).
+    async fn insert_into_owned(&self, inserted: &mut tokio::sync::broadcast::Receiver<u32>) {
+        loop {
+            match inserted.recv().await {
+                Ok(p) => {
+                    let owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+                    if owned.contains_key(&p) {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, task: &Task) -> Completion {
+        let epoch = task.epoch.unwrap_or(0);
+        let result = match self.handlers.for_task(task) {
+            Ok(handler) => {
+                match tokio::time::timeout(self.config.task_timeout, handler.run(task)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("timed out after {:?}", self.config.task_timeout)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match result {
+            Ok(()) => {
+                self.stats.completed.fetch_add(1, Ordering::Relaxed);
+                CompletionOutcome::Succeeded
+            }
+            Err(error) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let random = (mix(task.id as u64 ^ u64::from(task.attempts)) >> 11) as f64
+                    / (1u64 << 53) as f64;
+                CompletionOutcome::Failed {
+                    error,
+                    retry_at: self
+                        .config
+                        .retry
+                        .retry_at((self.now)(), task.attempts, random),
+                }
+            }
+        };
+        Completion {
+            id: task.id,
+            epoch,
+            outcome,
+        }
+    }
+
+    /// Waits until no task of `partition` is in flight, up to the step-down timeout; then aborts
+    /// the rest (the next owner runs them again).
+    async fn drain(&self, partition: u32) {
+        let deadline = tokio::time::Instant::now() + self.config.step_down_timeout;
+        loop {
+            let drained = self.drained.notified();
+            let busy = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&partition)
+                .is_some_and(|tasks| !tasks.is_empty());
+            if !busy {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                let aborted = self
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&partition)
+                    .unwrap_or_default();
+                warn!(
+                    partition,
+                    count = aborted.len(),
+                    "aborting tasks of a lost partition"
+                );
+                for handle in aborted.values() {
+                    handle.abort();
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// A task in flight; dropping it (completion or abort) unregisters it and frees its permit.
+struct InFlight {
+    inner: Arc<Inner>,
+    partition: u32,
+    id: TaskId,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(tasks) = in_flight.get_mut(&self.partition) {
+            tasks.remove(&self.id);
+            if tasks.is_empty() {
+                in_flight.remove(&self.partition);
+            }
+        }
+        drop(in_flight);
+        self.inner.drained.notify_waiters();
+        self.inner.wake.notify_one();
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Sends completions to the store in batches: whatever has arrived since the last write.
+async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::UnboundedReceiver<Completion>) {
+    let mut batch = Vec::new();
+    while let Some(first) = done.recv().await {
+        batch.push(first);
+        while batch.len() < 1024 {
+            match done.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let now = (inner.now)();
+        match inner.store.complete(&inner.config.id, &batch, now).await {
+            Ok(results) => {
+                let refused = results.iter().filter(|r| r.is_none()).count() as u64;
+                inner.stats.refused.fetch_add(refused, Ordering::Relaxed);
+            }
+            // The claims stay RUNNING; their lease expires and they run again.
+            Err(e) => warn!(error = %e, count = batch.len(), "completion failed"),
+        }
+        batch.clear();
+    }
+}
+
+/// Renews the leases of every running task, one store write per worker, three times per lease.
+async fn renew_leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let period = inner.config.lease / 3;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
+        let busy = !inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if !busy {
+            continue;
+        }
+        let claims = inner.owned();
+        let until = (inner.now)() + inner.config.lease.as_millis() as i64;
+        match inner.store.renew(&inner.config.id, &claims, until).await {
+            Ok(refused) => inner.drop_partitions(&refused),
+            Err(e) => warn!(error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+/// Turns the participant's transitions of the `tasks` resource into ownership.
+struct Ownership {
+    inner: Arc<Inner>,
+}
+
+#[async_trait]
+impl TransitionHandler for Ownership {
+    async fn on_transition(&self, t: &TransitionRequest) -> Result<(), String> {
+        let top = matches!(t.to.as_str(), "MASTER" | "LEADER" | "ONLINE");
+        let was_top = matches!(t.from.as_str(), "MASTER" | "LEADER" | "ONLINE");
+        let inner = &self.inner;
+        if top {
+            let requeued = inner
+                .store
+                .acquire(t.partition, &inner.config.id, t.epoch, (inner.now)())
+                .await
+                .map_err(|e| e.to_string())?;
+            if requeued > 0 {
+                info!(
+                    partition = t.partition,
+                    requeued, "took back the previous owner's claims"
+                );
+            }
+            inner
+                .owned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(t.partition, t.epoch);
+            inner.wake.notify_one();
+        } else if was_top {
+            inner
+                .owned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&t.partition);
+            inner.drain(t.partition).await;
+        }
+        Ok(())
+    }
+}
