@@ -363,6 +363,16 @@ impl TaskStore for MemoryTaskStore {
         Ok(refused)
     }
 
+    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        inner.owners.clear();
+        let running: Vec<TaskId> = inner.running.values().flatten().copied().collect();
+        for &id in &running {
+            inner.requeue(id, now, "claim lost: the cluster restarted");
+        }
+        Ok(running.len() as u64)
+    }
+
     async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {
         let inner = self.lock();
         Ok(partitions

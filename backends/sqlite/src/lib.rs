@@ -543,6 +543,30 @@ impl TaskStore for SqliteTaskStore {
         .await
     }
 
+    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            tx.execute("DELETE FROM partition_owners", []).map_err(backend)?;
+            let requeued = tx
+                .execute(
+                    "UPDATE tasks SET \
+                       status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
+                       last_error = CASE WHEN attempts >= max_attempts \
+                         THEN 'claim lost: the cluster restarted' ELSE last_error END, \
+                       finished_at = CASE WHEN attempts >= max_attempts THEN ?1 ELSE NULL END, \
+                       owner = NULL, lease_until = NULL \
+                     WHERE status = 'RUNNING'",
+                    [now],
+                )
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(requeued as u64)
+        })
+        .await
+    }
+
     async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {
         let list = json_list(partitions.iter().copied());
         self.run(move |conn| {

@@ -515,6 +515,40 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
     assert!(running.tasks.is_empty());
 }
 
+/// A whole-cluster restart forgets owners and takes back every claim.
+pub async fn reset_after_restart(store: Arc<dyn TaskStore>) {
+    let owner = InstanceId::new("w1");
+    store
+        .insert(
+            vec![task("a", NOW, None), task("b", NOW, None)],
+            PARTITIONS,
+            NOW,
+        )
+        .await
+        .unwrap();
+    own_all(&*store, &owner, 5).await;
+    let claimed = store
+        .claim(&owner, &all(5), NOW, 1, 30_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(store.reset_after_restart(NOW + 1).await.unwrap(), 1);
+    let t = store.get(claimed[0].id).await.unwrap().unwrap();
+    assert_eq!((t.status, t.owner), (TaskStatus::Pending, None));
+    // Epochs start again: epoch 1 is accepted after the reset.
+    own_all(&*store, &owner, 1).await;
+    assert_eq!(
+        store
+            .claim(&owner, &all(1), NOW + 2, 10, 30_000)
+            .await
+            .unwrap()
+            .tasks
+            .len(),
+        2
+    );
+}
+
 /// Inserts are announced per partition.
 pub async fn insert_notifications(store: Arc<dyn TaskStore>) {
     let mut inserted = store.inserted();
@@ -533,7 +567,8 @@ macro_rules! task_store_conformance {
     ($store:path) => {
         $crate::task_store_conformance!(@cases $store;
             insert_and_get, idempotency_keys, claim_in_due_order, batch_completion_and_retries,
-            fencing, leases, cancel_racing_claims, pagination, insert_notifications);
+            fencing, leases, cancel_racing_claims, pagination, insert_notifications,
+            reset_after_restart);
     };
     (@cases $store:path; $($case:ident),*) => {
         $(

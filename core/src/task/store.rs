@@ -216,6 +216,12 @@ pub trait TaskStore: Send + Sync {
         lease_until: Millis,
     ) -> Result<Vec<u32>, StoreError>;
 
+    /// Forgets every partition's owner and requeues every RUNNING claim (or fails it, if out of
+    /// attempts); returns how many claims it took back. Only for a cluster restarted whole whose
+    /// coordination store starts its epochs again (`rota dev` on in-memory coordination): never
+    /// while workers of the cluster may be running.
+    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError>;
+
     /// The earliest `scheduled_at` of a PENDING task in these partitions.
     async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError>;
 
