@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("change").args(["remove", "add", "remove_zone"])))]
+/// Arguments of `rota plan`.
 pub struct PlanArgs {
     /// Instances in the cluster before the change.
     #[arg(long, default_value_t = 10)]
@@ -56,6 +57,7 @@ enum StrategyArg {
     Ring,
 }
 
+/// Runs `rota plan`.
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let model = StateModel::builtin(&args.state_model).with_context(|| {
         format!(

@@ -147,6 +147,9 @@ impl WorkerConfig {
     }
 }
 
+/// Upper bounds (ms) of the due-to-start lag histogram buckets; a last bucket takes the rest.
+pub const LAG_BUCKETS_MS: [u64; 10] = [5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000];
+
 /// Counters a worker keeps, for metrics.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -156,8 +159,26 @@ pub struct WorkerStats {
     pub completed: AtomicU64,
     /// Attempts that failed (retried or not).
     pub failed: AtomicU64,
+    /// Failed attempts that will be retried.
+    pub retried: AtomicU64,
     /// Completions the store refused (the claim had moved on).
     pub refused: AtomicU64,
+    /// Due-to-start lag: counts per bucket of [`LAG_BUCKETS_MS`], then the overflow bucket.
+    pub lag_buckets: [AtomicU64; LAG_BUCKETS_MS.len() + 1],
+    /// Sum of all lags, in ms.
+    pub lag_sum_ms: AtomicU64,
+}
+
+impl WorkerStats {
+    fn record_lag(&self, lag_ms: i64) {
+        let lag = lag_ms.max(0) as u64;
+        let bucket = LAG_BUCKETS_MS
+            .iter()
+            .position(|&b| lag <= b)
+            .unwrap_or(LAG_BUCKETS_MS.len());
+        self.lag_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.lag_sum_ms.fetch_add(lag, Ordering::Relaxed);
+    }
 }
 
 /// A worker: give [`Worker::transition_handler`] to a participant of the `tasks` resource and
@@ -368,6 +389,8 @@ impl Inner {
 
     async fn execute(&self, task: &Task) -> Completion {
         let epoch = task.epoch.unwrap_or(0);
+        self.stats
+            .record_lag(task.started_at.unwrap_or(task.scheduled_at) - task.scheduled_at);
         let result = match self.handlers.for_task(task) {
             Ok(handler) => {
                 match tokio::time::timeout(self.config.task_timeout, handler.run(task)).await {
@@ -384,6 +407,9 @@ impl Inner {
             }
             Err(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                if task.attempts < task.max_attempts {
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                }
                 let random = (mix(task.id as u64 ^ u64::from(task.attempts)) >> 11) as f64
                     / (1u64 << 53) as f64;
                 CompletionOutcome::Failed {

@@ -1,0 +1,270 @@
+//! The REST API (axum): tasks, cluster status, health, metrics and the OpenAPI document.
+//! [`router`] builds it from an [`AppState`]; [`serve`] runs it on a listener until shutdown.
+
+pub mod error;
+mod openapi;
+pub mod tasks;
+pub mod time;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use error::ApiError;
+use rota_core::cluster::keys::ClusterKeys;
+use rota_core::cluster::snapshot::read_snapshot;
+use rota_core::coordination::Session;
+use rota_core::task::worker::{LAG_BUCKETS_MS, Worker};
+use rota_core::task::{ListFilter, Millis, TASKS_RESOURCE, TaskStore};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use openapi::{ROUTES, document as openapi_document};
+
+/// Counters of this API process.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    /// Tasks created.
+    pub created: AtomicU64,
+}
+
+/// The coordination view `/cluster` and `/readyz` read.
+#[derive(Clone)]
+pub struct ClusterView {
+    /// A session on the coordination store.
+    pub session: Arc<dyn Session>,
+    /// The cluster's keys.
+    pub keys: ClusterKeys,
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The task store.
+    pub tasks: Arc<dyn TaskStore>,
+    /// Partitions of the `tasks` resource.
+    pub partitions: u32,
+    /// Names of the handlers workers know, for validating `handler`.
+    pub handlers: Arc<BTreeSet<String>>,
+    /// The cluster, if this process can see it.
+    pub cluster: Option<ClusterView>,
+    /// Workers running in this process (dev mode), for metrics.
+    pub workers: Arc<Vec<Worker>>,
+    /// API counters.
+    pub metrics: Arc<ApiMetrics>,
+    /// The storage, described for `/cluster` (passwords redacted).
+    pub storage: String,
+    /// The clock.
+    pub now: Arc<dyn Fn() -> Millis + Send + Sync>,
+}
+
+/// The router with every route, JSON errors for unknown routes and methods, and the body limit.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/tasks", post(tasks::create).get(tasks::list))
+        .route("/tasks/batch", post(tasks::create_batch))
+        .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
+        .route("/cluster", get(cluster))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` becomes true.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see GET /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "method not allowed on this route; see GET /openapi.json".into(),
+    }
+}
+
+async fn healthz() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Ready when the task store answers and (if visible) a controller leads.
+async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    let probe = ListFilter {
+        limit: 1,
+        ..ListFilter::default()
+    };
+    state
+        .tasks
+        .list(&probe)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("task store: {e}")))?;
+    if let Some(view) = &state.cluster {
+        let leader = view
+            .session
+            .get(&view.keys.leader())
+            .await
+            .map_err(|e| ApiError::unavailable(format!("coordination store: {e}")))?;
+        if leader.is_none() {
+            return Err(ApiError::unavailable("no controller leads the cluster yet"));
+        }
+    }
+    Ok(axum::Json(json!({"status": "ready"})))
+}
+
+async fn cluster(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    let Some(view) = &state.cluster else {
+        return Err(ApiError::unavailable(
+            "this process has no view of the cluster",
+        ));
+    };
+    let snapshot = read_snapshot(&*view.session, &view.keys)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("coordination store: {e}")))?;
+    let leader = match view.session.get(&view.keys.leader()).await {
+        Ok(Some(node)) => {
+            use rota_core::Record;
+            rota_core::cluster::records::LeaderRecord::decode(&node.value)
+                .ok()
+                .map(|l| json!({"controller": l.controller, "epoch": l.epoch}))
+        }
+        _ => None,
+    };
+    let view_of_tasks = snapshot.external.get(TASKS_RESOURCE);
+    let epochs = snapshot.epochs.get(TASKS_RESOURCE);
+    let mut per_instance: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    let mut partitions = Vec::new();
+    for p in 0..state.partitions {
+        let holders = view_of_tasks
+            .and_then(|v| v.partitions.get(&p))
+            .cloned()
+            .unwrap_or_default();
+        for (instance, s) in &holders {
+            *per_instance
+                .entry(instance.to_string())
+                .or_default()
+                .entry(s.to_string())
+                .or_default() += 1;
+        }
+        partitions.push(json!({
+            "partition": p,
+            "holders": holders.iter().map(|(i, s)| json!({"instance": i, "state": s})).collect::<Vec<_>>(),
+            "epoch": epochs.and_then(|e| e.0.get(&p)).copied().unwrap_or(0),
+        }));
+    }
+    let instances: Vec<Value> = snapshot
+        .instances
+        .values()
+        .map(|i| {
+            json!({
+                "id": i.id,
+                "live": snapshot.live.contains_key(&i.id),
+                "enabled": i.enabled,
+                "zone": i.zone,
+                "partitions": per_instance.get(i.id.as_str()).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "cluster": view.keys.root(),
+        "leader": leader,
+        "instances": instances,
+        "partitions": partitions,
+        "storage": state.storage,
+    })))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    fn load(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+    let sum = |f: fn(&Worker) -> u64| state.workers.iter().map(f).sum::<u64>();
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    };
+    counter(
+        "rota_tasks_created_total",
+        "Tasks created through this process.",
+        load(&state.metrics.created),
+    );
+    counter(
+        "rota_tasks_claimed_total",
+        "Tasks claimed by this process's workers.",
+        sum(|w| load(&w.stats().claimed)),
+    );
+    counter(
+        "rota_tasks_completed_total",
+        "Attempts that succeeded.",
+        sum(|w| load(&w.stats().completed)),
+    );
+    counter(
+        "rota_tasks_failed_total",
+        "Attempts that failed.",
+        sum(|w| load(&w.stats().failed)),
+    );
+    counter(
+        "rota_tasks_retried_total",
+        "Failed attempts that will be retried.",
+        sum(|w| load(&w.stats().retried)),
+    );
+    counter(
+        "rota_completions_refused_total",
+        "Completions the store refused because the claim had moved on.",
+        sum(|w| load(&w.stats().refused)),
+    );
+    out.push_str("# HELP rota_task_start_lag_seconds Time from a task's due time to its start.\n");
+    out.push_str("# TYPE rota_task_start_lag_seconds histogram\n");
+    let mut cumulative = 0;
+    for (i, bound) in LAG_BUCKETS_MS
+        .iter()
+        .map(|ms| format!("{}", *ms as f64 / 1000.0))
+        .chain(std::iter::once("+Inf".to_owned()))
+        .enumerate()
+    {
+        cumulative += state
+            .workers
+            .iter()
+            .map(|w| load(&w.stats().lag_buckets[i]))
+            .sum::<u64>();
+        out.push_str(&format!(
+            "rota_task_start_lag_seconds_bucket{{le=\"{bound}\"}} {cumulative}\n"
+        ));
+    }
+    let lag_sum = sum(|w| load(&w.stats().lag_sum_ms)) as f64 / 1000.0;
+    out.push_str(&format!("rota_task_start_lag_seconds_sum {lag_sum}\n"));
+    out.push_str(&format!("rota_task_start_lag_seconds_count {cumulative}\n"));
+    let owned: usize = state.workers.iter().map(|w| w.owned().len()).sum();
+    out.push_str(&format!(
+        "# HELP rota_owned_partitions Partitions led by this process's workers.\n\
+         # TYPE rota_owned_partitions gauge\nrota_owned_partitions {owned}\n"
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn openapi() -> axum::Json<Value> {
+    axum::Json(openapi_document())
+}

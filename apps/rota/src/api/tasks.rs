@@ -1,0 +1,316 @@
+//! `/tasks`: create (one or a batch), read, list, cancel.
+
+use super::error::ApiError;
+use super::{AppState, time};
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rota_core::task::{
+    CancelOutcome, DEFAULT_MAX_ATTEMPTS, ListFilter, NewTask, Task, TaskId, TaskStatus,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+/// Longest task name accepted.
+const MAX_NAME: usize = 256;
+/// Most tasks in one batch.
+pub const MAX_BATCH: usize = 1_000;
+/// Most attempts a task may ask for.
+const MAX_ATTEMPTS: u32 = 100;
+
+/// A task as clients send it. The original system's body (`name`, `scheduledTime`,
+/// `payload`) is accepted verbatim.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateTask {
+    name: String,
+    /// Due time; default: now.
+    scheduled_time: Option<String>,
+    payload: Option<Value>,
+    partition_key: Option<String>,
+    max_attempts: Option<u32>,
+    handler: Option<String>,
+    /// For batch items (a single create takes the `Idempotency-Key` header).
+    idempotency_key: Option<String>,
+}
+
+/// `POST /tasks/batch` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBatch {
+    tasks: Vec<CreateTask>,
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskView {
+    /// Id.
+    pub id: TaskId,
+    /// Name.
+    pub name: String,
+    /// The name again, under the original system's key.
+    pub event_name: String,
+    /// Status.
+    pub status: TaskStatus,
+    /// Partition of the `tasks` resource.
+    pub partition_id: u32,
+    /// Due time (RFC 3339, UTC).
+    pub scheduled_time: String,
+    /// Payload.
+    pub payload: Value,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Error of the last failed attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Handler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// Partition key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// Start of the last attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+impl From<Task> for TaskView {
+    fn from(t: Task) -> Self {
+        Self {
+            id: t.id,
+            event_name: t.name.clone(),
+            name: t.name,
+            status: t.status,
+            partition_id: t.partition,
+            scheduled_time: time::format(t.scheduled_at),
+            payload: t.payload,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            last_error: t.last_error,
+            handler: t.handler,
+            partition_key: t.partition_key,
+            created_at: time::format(t.created_at),
+            started_at: t.started_at.map(time::format),
+            finished_at: t.finished_at.map(time::format),
+        }
+    }
+}
+
+fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewTask, ApiError> {
+    let name = c.name.trim().to_owned();
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("name must have 1 to {MAX_NAME} characters"),
+        ));
+    }
+    let scheduled_at = match &c.scheduled_time {
+        Some(t) => time::parse(t).map_err(|m| ApiError::bad_request("invalid_time", m))?,
+        None => (state.now)(),
+    };
+    let max_attempts = c.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+        return Err(ApiError::bad_request(
+            "invalid_max_attempts",
+            format!("maxAttempts must be 1 to {MAX_ATTEMPTS}"),
+        ));
+    }
+    if let Some(h) = &c.handler {
+        if !state.handlers.contains(h) {
+            let known: Vec<_> = state.handlers.iter().cloned().collect();
+            return Err(ApiError::bad_request(
+                "unknown_handler",
+                format!("no handler named {h:?}; known: {}", known.join(", ")),
+            ));
+        }
+    }
+    for (field, value) in [("partitionKey", &c.partition_key), ("idempotencyKey", &key)] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 256)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_key",
+                format!("{field} must have 1 to 256 characters"),
+            ));
+        }
+    }
+    Ok(NewTask {
+        name,
+        payload: c.payload.unwrap_or(Value::Null),
+        scheduled_at,
+        partition_key: c.partition_key,
+        max_attempts,
+        handler: c.handler,
+        idempotency_key: key,
+    })
+}
+
+/// `POST /tasks`
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<CreateTask>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let header_key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("invalid_key", "Idempotency-Key must be ASCII"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let key = header_key.or_else(|| body.idempotency_key.clone());
+    let task = validate(&state, body, key)?;
+    let (stored, created) = state
+        .tasks
+        .insert(vec![task], state.partitions, (state.now)())
+        .await?
+        .pop()
+        .expect("one result per task");
+    let status = if created {
+        state.metrics.created.fetch_add(1, Ordering::Relaxed);
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/tasks/{}", stored.id);
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        Json(TaskView::from(stored)),
+    )
+        .into_response())
+}
+
+/// `POST /tasks/batch`
+pub async fn create_batch(
+    State(state): State<AppState>,
+    body: Result<Json<CreateBatch>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    if body.tasks.is_empty() || body.tasks.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!("a batch has 1 to {MAX_BATCH} tasks"),
+        ));
+    }
+    let mut tasks = Vec::with_capacity(body.tasks.len());
+    for (i, c) in body.tasks.into_iter().enumerate() {
+        let key = c.idempotency_key.clone();
+        tasks.push(validate(&state, c, key).map_err(|mut e| {
+            e.message = format!("tasks[{i}]: {}", e.message);
+            e
+        })?);
+    }
+    let stored = state
+        .tasks
+        .insert(tasks, state.partitions, (state.now)())
+        .await?;
+    let created = stored.iter().filter(|(_, c)| *c).count() as u64;
+    state.metrics.created.fetch_add(created, Ordering::Relaxed);
+    let views: Vec<TaskView> = stored.into_iter().map(|(t, _)| t.into()).collect();
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "tasks": views })),
+    )
+        .into_response())
+}
+
+fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+    id.parse::<TaskId>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{id:?} is not a task id")))
+}
+
+/// `GET /tasks/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = parse_id(&id)?;
+    match state.tasks.get(id).await? {
+        Some(task) => Ok(Json(task.into())),
+        None => Err(ApiError::not_found(format!("no task {id}"))),
+    }
+}
+
+/// `GET /tasks?status=&name=&limit=&cursor=`
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let mut filter = ListFilter {
+        limit: 100,
+        ..ListFilter::default()
+    };
+    for (key, value) in &query {
+        match key.as_str() {
+            "status" => {
+                filter.status = Some(TaskStatus::parse(value).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_status",
+                        format!(
+                            "status {value:?} is not one of PENDING, RUNNING, COMPLETED, FAILED, CANCELLED"
+                        ),
+                    )
+                })?)
+            }
+            "name" => filter.name = Some(value.clone()),
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=1000).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("invalid_limit", "limit must be 1 to 1000")
+                    })?
+            }
+            "cursor" => filter.after = Some(parse_id(value).map_err(|_| {
+                ApiError::bad_request("invalid_cursor", format!("{value:?} is not a cursor"))
+            })?),
+            other => {
+                return Err(ApiError::bad_request(
+                    "unknown_parameter",
+                    format!("unknown query parameter {other:?}"),
+                ));
+            }
+        }
+    }
+    let page = state.tasks.list(&filter).await?;
+    let tasks: Vec<TaskView> = page.tasks.into_iter().map(TaskView::from).collect();
+    Ok(Json(serde_json::json!({
+        "tasks": tasks,
+        "nextCursor": page.next.map(|c| c.to_string()),
+    })))
+}
+
+/// `DELETE /tasks/{id}`: cancels a PENDING task.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = parse_id(&id)?;
+    match state.tasks.cancel(id, (state.now)()).await? {
+        CancelOutcome::Cancelled(task) => Ok(Json(task.into())),
+        CancelOutcome::NotFound => Err(ApiError::not_found(format!("no task {id}"))),
+        CancelOutcome::Conflict(task) => Err(ApiError::conflict(format!(
+            "task {id} is {}; only PENDING tasks can be cancelled",
+            task.status.as_str()
+        ))),
+    }
+}

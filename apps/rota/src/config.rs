@@ -1,0 +1,298 @@
+//! Configuration: built-in defaults, then a TOML file (`--config`), then environment variables
+//! `ROTA_<SECTION>__<KEY>` (for example `ROTA_API__LISTEN=127.0.0.1:9000`), each overriding the
+//! one before. Invalid configuration fails at start with a message naming the key.
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// REST API.
+    pub api: ApiConfig,
+    /// The cluster.
+    pub cluster: ClusterConfig,
+    /// The coordination store.
+    pub coordination: CoordinationConfig,
+    /// The task store.
+    pub storage: StorageConfig,
+    /// Workers.
+    pub worker: WorkerSection,
+}
+
+/// `[api]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[cluster]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Cluster name (a key prefix in the coordination store).
+    pub name: String,
+    /// Partitions of the `tasks` resource.
+    pub partitions: u32,
+    /// Replicas per partition: one leads (runs the tasks), the others stand by.
+    pub replicas: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "rota".into(),
+            partitions: 12,
+            replicas: 2,
+        }
+    }
+}
+
+/// Coordination backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CoordinationBackend {
+    /// In this process only.
+    Memory,
+    /// ZooKeeper.
+    Zookeeper,
+    /// etcd.
+    Etcd,
+}
+
+/// `[coordination]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinationConfig {
+    /// Backend.
+    pub backend: CoordinationBackend,
+    /// Servers (`host:port`).
+    pub endpoints: Vec<String>,
+    /// Session timeout.
+    pub session_timeout_ms: u64,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        Self {
+            backend: CoordinationBackend::Memory,
+            endpoints: Vec::new(),
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Task-store backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// In this process only; lost at exit.
+    Memory,
+    /// A SQLite file.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Backend.
+    pub backend: StorageBackend,
+    /// SQLite path or PostgreSQL URL.
+    pub url: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Sqlite,
+            url: "rota-data/tasks.db".into(),
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Stable instance id (default: the host name), so a restart keeps its partitions.
+    pub id: Option<String>,
+    /// Tasks running at once.
+    pub concurrency: usize,
+    /// Tasks claimed per store call.
+    pub batch: usize,
+    /// Claim lease.
+    pub lease_ms: u64,
+    /// Per-task timeout.
+    pub task_timeout_ms: u64,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        Self {
+            id: None,
+            concurrency: 16,
+            batch: 256,
+            lease_ms: 30_000,
+            task_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `ROTA_*` environment variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("configuration file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        Self::extract(figment.merge(Env::prefixed("ROTA_").split("__")))
+    }
+
+    /// Extracts and validates; errors name the offending key.
+    pub fn extract(figment: Figment) -> anyhow::Result<Self> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("cluster.partitions", u64::from(self.cluster.partitions)),
+            ("cluster.replicas", u64::from(self.cluster.replicas)),
+            ("worker.concurrency", self.worker.concurrency as u64),
+            ("worker.batch", self.worker.batch as u64),
+            ("worker.lease_ms", self.worker.lease_ms),
+            ("worker.task_timeout_ms", self.worker.task_timeout_ms),
+            (
+                "coordination.session_timeout_ms",
+                self.coordination.session_timeout_ms,
+            ),
+            ("api.max_body_bytes", self.api.max_body_bytes as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("invalid configuration: {key} must be at least 1");
+            }
+        }
+        let name_ok = !self.cluster.name.is_empty()
+            && self
+                .cluster
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            bail!("invalid configuration: cluster.name must be letters, digits, '-', '_' or '.'");
+        }
+        if self.storage.url.is_empty() && self.storage.backend != StorageBackend::Memory {
+            bail!("invalid configuration: storage.url is required for this storage.backend");
+        }
+        Ok(())
+    }
+
+    /// The worker id: configured, or the host name.
+    pub fn worker_id(&self) -> anyhow::Result<String> {
+        if let Some(id) = &self.worker.id {
+            return Ok(id.clone());
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .context("worker.id is not set and the host name is unknown")?;
+        Ok(host)
+    }
+}
+
+/// A URL with any password replaced by `***`, for logs and status pages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's test jail returns its own large error type.
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "rota.toml",
+                "[cluster]\npartitions = 24\n[api]\nlisten = \"127.0.0.1:7000\"\n",
+            )?;
+            jail.set_env("ROTA_API__LISTEN", "127.0.0.1:9000");
+            jail.set_env("ROTA_STORAGE__URL", "/tmp/x.db");
+            let config = Config::load(Some(Path::new("rota.toml"))).unwrap();
+            assert_eq!(config.cluster.partitions, 24);
+            assert_eq!(config.api.listen, "127.0.0.1:9000".parse().unwrap());
+            assert_eq!(config.storage.url, "/tmp/x.db");
+            assert_eq!(config.worker.concurrency, 16);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ROTA_CLUSTER__PARTITIONS", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("cluster.partitions"), "{err}");
+            jail.set_env("ROTA_CLUSTER__PARTITIONS", "many");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("partitions"), "{err}");
+            jail.set_env("ROTA_CLUSTER__PARTITIONS", "4");
+            jail.set_env("ROTA_COORDINATION__BACKEND", "consul");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("backend"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://rota:s3cret@db:5432/rota"),
+            "postgres://rota:***@db:5432/rota"
+        );
+        assert_eq!(redact_url("rota-data/tasks.db"), "rota-data/tasks.db");
+        assert_eq!(redact_url("postgres://db/rota"), "postgres://db/rota");
+    }
+}

@@ -1,0 +1,183 @@
+//! `rota dev`: the whole cluster in one process. In-memory coordination, a SQLite task store in
+//! the data directory, one controller, N workers and the API. Stopping it stops claiming, lets
+//! tasks in flight finish (or releases them), takes partitions offline and exits; starting it
+//! again resumes the pending tasks from the SQLite file.
+
+use crate::api::{self, AppState, ClusterView};
+use crate::config::{Config, redact_url};
+use anyhow::Context;
+use rota_core::cluster::admin::Admin;
+use rota_core::cluster::controller::{Controller, ControllerConfig};
+use rota_core::cluster::keys::ClusterKeys;
+use rota_core::cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
+use rota_core::coordination::Coordination;
+use rota_core::task::worker::{Handlers, Worker, WorkerConfig, wall_clock_ms};
+use rota_core::task::{TASKS_RESOURCE, TaskStore};
+use rota_core::{InstanceConfig, InstanceId, ResourceConfig};
+use rota_memory::MemoryCoordination;
+use rota_sqlite::SqliteTaskStore;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+/// What `rota dev` runs.
+pub struct DevOptions {
+    /// Workers to start.
+    pub workers: usize,
+    /// Where the SQLite file lives.
+    pub data_dir: PathBuf,
+    /// Where the API listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Cluster, worker and API settings.
+    pub config: Config,
+    /// Task handlers of the workers.
+    pub handlers: Handlers,
+}
+
+/// A running dev cluster.
+pub struct DevCluster {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The task store.
+    pub tasks: Arc<dyn TaskStore>,
+    /// The coordination store (for fault injection in tests).
+    pub coordination: MemoryCoordination,
+    /// Workers' participants, by id.
+    pub participants: Vec<(String, ParticipantHandle)>,
+    stop: watch::Sender<bool>,
+    joins: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts a dev cluster.
+pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
+    let config = &options.config;
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("creating data directory {}", options.data_dir.display()))?;
+    let db = options.data_dir.join("tasks.db");
+    let tasks: Arc<dyn TaskStore> =
+        Arc::new(SqliteTaskStore::open(&db).with_context(|| format!("opening {}", db.display()))?);
+    // The coordination store starts empty, and its epochs start again: forget the previous
+    // run's owners and take back its claims.
+    let requeued = tasks.reset_after_restart(wall_clock_ms()).await?;
+    if requeued > 0 {
+        info!(
+            requeued,
+            "requeued tasks that were running when the previous run stopped"
+        );
+    }
+
+    let coordination = MemoryCoordination::new();
+    let store: Arc<dyn Coordination> = Arc::new(coordination.clone());
+    let timeout = Duration::from_millis(config.coordination.session_timeout_ms);
+    let cluster = config.cluster.name.clone();
+    let admin_session = store.connect(timeout).await?;
+    let admin = Admin::new(admin_session.clone(), &cluster);
+    admin
+        .add_resource(&ResourceConfig::new(
+            TASKS_RESOURCE,
+            config.cluster.partitions,
+            config.cluster.replicas,
+            "MasterSlave",
+        ))
+        .await?;
+
+    let (stop, stopped) = watch::channel(false);
+    let mut joins: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+    let (controller, _) = Controller::new(
+        store.clone(),
+        ControllerConfig {
+            cluster: cluster.clone(),
+            name: "dev-controller".into(),
+            session_timeout: timeout,
+            interval: Duration::from_secs(1),
+            settle: Duration::from_millis(5),
+        },
+    );
+    let s = stopped.clone();
+    joins.push(tokio::spawn(async move { Ok(controller.run(s).await?) }));
+
+    let mut workers = Vec::new();
+    let mut participants = Vec::new();
+    for n in 1..=options.workers {
+        let id = format!("worker-{n}");
+        let mut worker_config = WorkerConfig::new(InstanceId::new(&id));
+        worker_config.concurrency = config.worker.concurrency;
+        worker_config.batch = config.worker.batch;
+        worker_config.lease = Duration::from_millis(config.worker.lease_ms);
+        worker_config.task_timeout = Duration::from_millis(config.worker.task_timeout_ms);
+        worker_config.step_down_timeout = (timeout / 3).min(worker_config.task_timeout);
+        let worker = Worker::new(worker_config, tasks.clone(), options.handlers.clone());
+        let (participant, handle) = Participant::new(
+            store.clone(),
+            ParticipantConfig {
+                cluster: cluster.clone(),
+                instance: InstanceConfig::new(id.as_str()),
+                session_timeout: timeout,
+                max_parallel: 16,
+            },
+            worker.transition_handler(),
+        );
+        participants.push((id, handle));
+        let s = stopped.clone();
+        joins.push(tokio::spawn(async move { Ok(participant.run(s).await?) }));
+        let (w, s) = (worker.clone(), stopped.clone());
+        joins.push(tokio::spawn(async move {
+            w.run(s).await;
+            Ok(())
+        }));
+        workers.push(worker);
+    }
+
+    let handler_names: BTreeSet<String> = ["log", "noop"]
+        .into_iter()
+        .map(str::to_owned)
+        .filter(|h| options.handlers.contains(h))
+        .collect();
+    let state = AppState {
+        tasks: tasks.clone(),
+        partitions: config.cluster.partitions,
+        handlers: Arc::new(handler_names),
+        cluster: Some(ClusterView {
+            session: admin_session,
+            keys: ClusterKeys::new(&cluster),
+        }),
+        workers: Arc::new(workers),
+        metrics: Arc::default(),
+        storage: format!("sqlite {}", redact_url(&db.display().to_string())),
+        now: Arc::new(wall_clock_ms),
+    };
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let addr = listener.local_addr()?;
+    let router = api::router(state, config.api.max_body_bytes);
+    let s = stopped.clone();
+    joins.push(tokio::spawn(async move {
+        api::serve(listener, router, s).await?;
+        Ok(())
+    }));
+    Ok(DevCluster {
+        addr,
+        tasks,
+        coordination,
+        participants,
+        stop,
+        joins,
+    })
+}
+
+impl DevCluster {
+    /// Stops claiming, lets tasks in flight finish, takes partitions offline, stops.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
+        for join in self.joins {
+            join.await.context("a dev-cluster task panicked")??;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,7 @@
+//! The `rota` binary's library: configuration, the REST API, `rota dev` and `rota plan`. Kept
+//! as a library so that tests drive exactly what the binary runs.
+
+pub mod api;
+pub mod config;
+pub mod dev;
+pub mod plan;
