@@ -276,12 +276,12 @@ mod tests {
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("cluster.partitions"), "{err}");
             jail.set_env("ROTA_CLUSTER__PARTITIONS", "many");
-            let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("partitions"), "{err}");
+            let err = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("cluster.partitions"), "{err}");
             jail.set_env("ROTA_CLUSTER__PARTITIONS", "4");
             jail.set_env("ROTA_COORDINATION__BACKEND", "consul");
-            let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("backend"), "{err}");
+            let err = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("coordination.backend"), "{err}");
             Ok(())
         });
     }
