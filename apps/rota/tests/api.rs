@@ -1,0 +1,363 @@
+//! Every endpoint of the API, including bad input: client mistakes are 4xx with a JSON body
+//! `{"error", "message"}`, never a 500; the OpenAPI document lists exactly the routes served.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use rota::api::{self, AppState, ROUTES};
+use rota_core::task::TaskStore;
+use rota_memory::MemoryTaskStore;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn app() -> (axum::Router, Arc<dyn TaskStore>) {
+    let tasks: Arc<dyn TaskStore> = Arc::new(MemoryTaskStore::new());
+    let state = AppState {
+        tasks: tasks.clone(),
+        partitions: 12,
+        handlers: Arc::new(BTreeSet::from(["log".to_owned(), "noop".to_owned()])),
+        cluster: None,
+        workers: Arc::new(Vec::new()),
+        metrics: Arc::default(),
+        storage: "memory".into(),
+        now: Arc::new(|| NOW),
+    };
+    (api::router(state, 64 * 1024), tasks)
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    call_with(app, method, path, body, &[]).await
+}
+
+async fn call_with(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    // 503 says a dependency is missing; a 500 would be a bug.
+    assert_ne!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{method} {path}: {value}"
+    );
+    if !status.is_success() {
+        assert!(
+            value["error"].is_string() && value["message"].is_string(),
+            "{method} {path}: {value}"
+        );
+    }
+    (status, value)
+}
+
+const ORIGINAL: &str = r#"{"name": "MyDistributedTask", "scheduledTime": "2023-12-31T23:59:59", "payload": "Payload Data"}"#;
+
+#[tokio::test]
+async fn the_original_request_body_is_accepted_verbatim() {
+    let (app, _) = app();
+    let (status, task) = call(&app, "POST", "/tasks", Some(ORIGINAL)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(task["name"], "MyDistributedTask");
+    assert_eq!(task["eventName"], "MyDistributedTask");
+    assert_eq!(task["status"], "PENDING");
+    assert_eq!(task["payload"], "Payload Data");
+    assert_eq!(
+        task["scheduledTime"], "2023-12-31T23:59:59.000Z",
+        "zone-less time read as UTC"
+    );
+    assert!(task["partitionId"].as_u64().unwrap() < 12);
+    let id = task["id"].as_i64().unwrap();
+    let (status, again) = call(&app, "GET", &format!("/tasks/{id}"), None).await;
+    assert_eq!((status, &again), (StatusCode::OK, &task));
+}
+
+#[tokio::test]
+async fn optional_fields_and_offsets() {
+    let (app, _) = app();
+    let body = json!({"name": "n", "scheduledTime": "2024-01-01T01:00:00+01:00", "payload": {"a": [1, 2]},
+                      "partitionKey": "customer-9", "maxAttempts": 7, "handler": "noop"});
+    let (status, task) = call(&app, "POST", "/tasks", Some(&body.to_string())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(task["scheduledTime"], "2024-01-01T00:00:00.000Z");
+    assert_eq!(
+        (task["maxAttempts"].as_u64(), task["handler"].as_str()),
+        (Some(7), Some("noop"))
+    );
+    assert_eq!(task["partitionKey"], "customer-9");
+    assert_eq!(task["payload"], json!({"a": [1, 2]}));
+    let (_, no_time) = call(&app, "POST", "/tasks", Some(r#"{"name": "now"}"#)).await;
+    assert_eq!(
+        no_time["scheduledTime"], "2023-11-14T22:13:20.000Z",
+        "defaults to now"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_original_task() {
+    let (app, tasks) = app();
+    let key = [("Idempotency-Key", "order-17")];
+    let (first, a) = call_with(&app, "POST", "/tasks", Some(ORIGINAL), &key).await;
+    let (second, b) = call_with(&app, "POST", "/tasks", Some(r#"{"name": "changed"}"#), &key).await;
+    assert_eq!((first, second), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(a, b);
+    assert_eq!(
+        tasks.list(&Default::default()).await.unwrap().tasks.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn batches_are_created_together() {
+    let (app, _) = app();
+    let body = json!({"tasks": [{"name": "a"}, {"name": "b", "idempotencyKey": "k"}, {"name": "c", "idempotencyKey": "k"}]});
+    let (status, out) = call(&app, "POST", "/tasks/batch", Some(&body.to_string())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let tasks = out["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(tasks[1]["id"], tasks[2]["id"]);
+    let (status, err) = call(&app, "POST", "/tasks/batch", Some(r#"{"tasks": []}"#)).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_batch"))
+    );
+    let bad = json!({"tasks": [{"name": "ok"}, {"name": ""}]});
+    let (status, err) = call(&app, "POST", "/tasks/batch", Some(&bad.to_string())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["message"].as_str().unwrap().starts_with("tasks[1]"),
+        "{err}"
+    );
+    let (_, page) = call(&app, "GET", "/tasks?limit=10", None).await;
+    assert_eq!(
+        page["tasks"].as_array().unwrap().len(),
+        2,
+        "the failed batch created nothing"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_4xx() {
+    let (app, _) = app();
+    let cases: &[(&str, &str, Option<&str>, u16, &str)] = &[
+        ("POST", "/tasks", Some("{not json"), 400, "malformed_json"),
+        (
+            "POST",
+            "/tasks",
+            Some(r#"{"name": 5}"#),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/tasks",
+            Some(r#"{"name": "x", "sheduledTime": "2023-12-31T23:59:59"}"#),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/tasks",
+            Some(r#"{"name": "x", "scheduledTime": "next tuesday"}"#),
+            400,
+            "invalid_time",
+        ),
+        (
+            "POST",
+            "/tasks",
+            Some(r#"{"name": "  "}"#),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/tasks",
+            Some(r#"{"name": "x", "maxAttempts": 0}"#),
+            400,
+            "invalid_max_attempts",
+        ),
+        (
+            "POST",
+            "/tasks",
+            Some(r#"{"name": "x", "handler": "rm -rf"}"#),
+            400,
+            "unknown_handler",
+        ),
+        ("GET", "/tasks/abc", None, 400, "invalid_id"),
+        ("GET", "/tasks/0", None, 400, "invalid_id"),
+        ("GET", "/tasks/424242", None, 404, "not_found"),
+        ("DELETE", "/tasks/424242", None, 404, "not_found"),
+        ("GET", "/tasks?status=DONE", None, 400, "invalid_status"),
+        ("GET", "/tasks?limit=0", None, 400, "invalid_limit"),
+        ("GET", "/tasks?cursor=x", None, 400, "invalid_cursor"),
+        ("GET", "/tasks?colour=red", None, 400, "unknown_parameter"),
+        ("GET", "/nowhere", None, 404, "not_found"),
+        ("PUT", "/tasks", None, 405, "method_not_allowed"),
+        ("GET", "/cluster", None, 503, "unavailable"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, err) = call(&app, method, path, *body).await;
+        assert_eq!(
+            (got.as_u16(), err["error"].as_str()),
+            (*status, Some(*code)),
+            "{method} {path}: {err}"
+        );
+    }
+    // Not JSON at all, and too large.
+    let request = Request::post("/tasks").body(Body::from(ORIGINAL)).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let huge = json!({"name": "big", "payload": "x".repeat(100 * 1024)}).to_string();
+    let (status, err) = call(&app, "POST", "/tasks", Some(&huge)).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+}
+
+#[tokio::test]
+async fn listing_pages_and_filters() {
+    let (app, _) = app();
+    for i in 0..25 {
+        let name = if i % 5 == 0 { "five" } else { "other" };
+        call(
+            &app,
+            "POST",
+            "/tasks",
+            Some(&json!({"name": name}).to_string()),
+        )
+        .await;
+    }
+    let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/tasks?limit=10&cursor={c}"),
+            None => "/tasks?limit=10".into(),
+        };
+        let (_, page) = call(&app, "GET", &path, None).await;
+        seen.extend(
+            page["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_i64().unwrap()),
+        );
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=25).collect::<Vec<_>>());
+    let (_, five) = call(&app, "GET", "/tasks?name=five&status=pending", None).await;
+    assert_eq!(five["tasks"].as_array().unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn cancelling_a_pending_task_only() {
+    let (app, tasks) = app();
+    let (_, task) = call(&app, "POST", "/tasks", Some(ORIGINAL)).await;
+    let id = task["id"].as_i64().unwrap();
+    let (status, cancelled) = call(&app, "DELETE", &format!("/tasks/{id}"), None).await;
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (StatusCode::OK, Some("CANCELLED"))
+    );
+    let (status, err) = call(&app, "DELETE", &format!("/tasks/{id}"), None).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    assert!(err["message"].as_str().unwrap().contains("CANCELLED"));
+    assert_eq!(
+        tasks.get(id).await.unwrap().unwrap().status,
+        rota_core::task::TaskStatus::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_the_openapi_document() {
+    let (app, _) = app();
+    assert_eq!(call(&app, "GET", "/healthz", None).await.1["status"], "ok");
+    assert_eq!(
+        call(&app, "GET", "/readyz", None).await.1["status"],
+        "ready"
+    );
+    call(&app, "POST", "/tasks", Some(ORIGINAL)).await;
+    let (status, metrics) = call(&app, "GET", "/metrics", None).await;
+    let text = metrics.as_str().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    for name in [
+        "rota_tasks_created_total 1",
+        "rota_tasks_claimed_total",
+        "rota_tasks_completed_total",
+        "rota_tasks_failed_total",
+        "rota_tasks_retried_total",
+        "rota_task_start_lag_seconds_bucket",
+        "rota_owned_partitions",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+    let (_, doc) = call(&app, "GET", "/openapi.json", None).await;
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), path.clone()))
+        })
+        .collect();
+    let served: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        documented, served,
+        "the OpenAPI document and the routes disagree"
+    );
+    // Every listed route is really served (not the 404 or 405 fallback).
+    for (method, path) in ROUTES {
+        let path = path.replace("{id}", "1");
+        let body = (*method == "post").then_some(r#"{"name": "probe"}"#);
+        let body = if path == "/tasks/batch" {
+            Some(r#"{"tasks": [{"name": "probe"}]}"#)
+        } else {
+            body
+        };
+        let (status, value) = call(&app, &method.to_uppercase(), &path, body).await;
+        assert!(
+            !matches!(value["error"].as_str(), Some("method_not_allowed"))
+                && !(status == 404
+                    && value["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("no such route"))),
+            "{method} {path} is not served: {status} {value}"
+        );
+    }
+}
