@@ -79,14 +79,14 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
-async fn start(dir: &PathBuf, recorder: &Recorder) -> DevCluster {
+async fn start(dir: &std::path::Path, recorder: &Recorder) -> DevCluster {
     let mut config = Config::default();
     config.coordination.session_timeout_ms = 3_000;
     let mut handlers = Handlers::default();
     handlers.set_default(Arc::new(recorder.clone()));
     dev::start(DevOptions {
         workers: 3,
-        data_dir: dir.clone(),
+        data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         config,
         handlers,
