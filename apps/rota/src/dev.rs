@@ -133,7 +133,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
         workers.push(worker);
     }
 
-    let handler_names: BTreeSet<String> = ["log", "noop"]
+    let handler_names: BTreeSet<String> = ["log", "noop", "http"]
         .into_iter()
         .map(str::to_owned)
         .filter(|h| options.handlers.contains(h))

@@ -5,7 +5,6 @@ use clap::{Args, Parser, Subcommand};
 use rota::config::Config;
 use rota::dev::{self, DevOptions};
 use rota::plan;
-use rota_core::task::worker::Handlers;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,7 +72,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.clone(),
             listen: args.listen,
             config,
-            handlers: Handlers::default(),
+            handlers: rota::handlers::builtin(),
         })
         .await?;
         let url = format!("http://{}", cluster.addr);

@@ -252,3 +252,68 @@ async fn a_restart_resumes_pending_tasks_from_the_file() {
         "each ran exactly once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_handler_posts_the_payload_and_retries_on_errors() {
+    use axum::routing::post;
+    // A receiver that fails the first request of each task, then accepts.
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(
+            move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+                let record = record.clone();
+                async move {
+                    let key = headers["idempotency-key"].to_str().unwrap().to_owned();
+                    let mut seen = record.lock().unwrap();
+                    let first = !seen.iter().any(|(k, _)| *k == key);
+                    seen.push((key, body.0));
+                    if first {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = data_dir("http");
+    let mut config = Config::default();
+    config.coordination.session_timeout_ms = 3_000;
+    let cluster = dev::start(DevOptions {
+        workers: 1,
+        data_dir: dir,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        config,
+        handlers: rota::handlers::builtin(),
+    })
+    .await
+    .unwrap();
+    let task = json!({"name": "notify", "handler": "http", "maxAttempts": 3,
+                      "payload": {"url": hook, "body": {"order": 17}}});
+    let (status, created) = http(cluster.addr, "POST", "/tasks", Some(&task)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, t) = http(cluster.addr, "GET", &format!("/tasks/{id}"), None).await;
+        if t["status"] == "COMPLETED" {
+            assert_eq!(t["attempts"], 2, "{t}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not completed: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.stop().await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|(k, b)| *k == format!("rota-task-{id}") && *b == json!({"order": 17}))
+    );
+}
