@@ -5,17 +5,23 @@
 # has everything. Needs root (or sudo) the first time.
 set -euo pipefail
 
-# package -> a file that proves it is installed
+# package -> a file (glob) that proves it is installed. For PostgreSQL the server binary
+# itself: a machine may have only the client tools.
 declare -A probes=(
   [protobuf-compiler]=/usr/bin/protoc
   [zookeeper]=/usr/share/zookeeper
   [etcd-server]=/usr/bin/etcd
-  [postgresql]=/usr/lib/postgresql
+  [postgresql]='/usr/lib/postgresql/*/bin/postgres'
 )
+
+present() {
+  # shellcheck disable=SC2086 # the probe is a glob on purpose
+  compgen -G "$1" >/dev/null
+}
 
 missing=()
 for package in "${!probes[@]}"; do
-  [ -e "${probes[$package]}" ] || missing+=("$package")
+  present "${probes[$package]}" || missing+=("$package")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: everything is installed"
@@ -32,6 +38,6 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 for package in "${missing[@]}"; do
-  [ -e "${probes[$package]}" ] || { echo "install-deps: $package installed but ${probes[$package]} is missing" >&2; exit 1; }
+  present "${probes[$package]}" || { echo "install-deps: $package installed but ${probes[$package]} is missing" >&2; exit 1; }
 done
 echo "install-deps: done"

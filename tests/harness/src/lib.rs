@@ -1,0 +1,231 @@
+//! Throwaway servers for tests, started from the machine's installed binaries on free loopback
+//! ports in temporary directories: one per test binary, shared by its tests, and gone when the
+//! test process exits (each server runs under a small shell guard that stops it, and removes its
+//! directory, when the test process's end of a pipe closes).
+//!
+//! A server that cannot be started fails the test with a message saying how to install it
+//! (`bash scripts/install-deps.sh`); nothing is skipped silently.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const INSTALL: &str =
+    "run `bash scripts/install-deps.sh` (it installs the Debian packages the tests need)";
+
+/// A running PostgreSQL server.
+pub struct Postgres {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+    databases: AtomicU64,
+    _guard: Mutex<Child>,
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the server binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command, run as the `postgres` user when we are root (PostgreSQL refuses to run as root).
+fn command(program: &Path, as_postgres: bool) -> Command {
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn temp_dir(kind: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "rota-{kind}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    dir
+}
+
+/// Runs `script` under `sh`, which also waits for its standard input to close, then runs
+/// `cleanup`. The returned child's stdin is kept open for the life of the test process.
+fn guarded(script: &str, cleanup: &str, as_postgres: bool) -> Child {
+    let full =
+        format!("{script} & pid=$!; cat >/dev/null; kill $pid 2>/dev/null; wait $pid; {cleanup}");
+    let mut c = if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "sh", "-c", &full]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &full]);
+        c
+    };
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start a server guard ({e}); {INSTALL}"))
+}
+
+fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool, log: &Path) {
+    let start = Instant::now();
+    while !ready() {
+        if start.elapsed() > deadline {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} did not start within {deadline:?}; its log:\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn postgres_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.join("postgres").exists() && p.join("initdb").exists());
+    versions.sort();
+    versions.pop().unwrap_or_else(|| {
+        panic!("no PostgreSQL server binaries under /usr/lib/postgresql; {INSTALL}")
+    })
+}
+
+/// The PostgreSQL server of this test binary, started on first use.
+pub fn postgres() -> &'static Postgres {
+    static SERVER: OnceLock<Postgres> = OnceLock::new();
+    SERVER.get_or_init(start_postgres)
+}
+
+fn start_postgres() -> Postgres {
+    let bin = postgres_bin();
+    let as_postgres = is_root();
+    let dir = temp_dir("postgres");
+    if as_postgres {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "cannot give {} to the postgres user",
+            dir.display()
+        );
+    }
+    let data = dir.join("data");
+    let log = dir.join("log");
+    let init = command(&bin.join("initdb"), as_postgres)
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "rota", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run initdb ({e}); {INSTALL}"));
+    assert!(
+        init.status.success(),
+        "initdb failed:\n{}{}",
+        String::from_utf8_lossy(&init.stdout),
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let port = free_port();
+    let script = format!(
+        "{} -D {} -p {port} -h 127.0.0.1 -k {} -c fsync=off -c full_page_writes=off \
+         -c synchronous_commit=off -c max_connections=200 > {} 2>&1",
+        bin.join("postgres").display(),
+        data.display(),
+        dir.display(),
+        log.display()
+    );
+    let guard = guarded(&script, &format!("rm -rf {}", dir.display()), as_postgres);
+    let isready = bin.join("pg_isready");
+    wait_until(
+        "PostgreSQL",
+        Duration::from_secs(30),
+        || {
+            Command::new(&isready)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "rota",
+                    "-d",
+                    "postgres",
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        },
+        &log,
+    );
+    Postgres {
+        port,
+        bin,
+        as_postgres,
+        databases: AtomicU64::new(0),
+        _guard: Mutex::new(guard),
+    }
+}
+
+impl Postgres {
+    /// URL of database `name` as the superuser `rota`.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://rota@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// A new, empty database; its URL.
+    pub fn fresh_database(&self) -> String {
+        let name = format!("test_{}", self.databases.fetch_add(1, Ordering::Relaxed));
+        let out = command(&self.bin.join("createdb"), self.as_postgres)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "rota",
+                &name,
+            ])
+            .output()
+            .expect("createdb runs");
+        assert!(
+            out.status.success(),
+            "createdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.url(&name)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self._guard.lock() {
+            if let Some(stdin) = guard.stdin.as_mut() {
+                let _ = stdin.flush();
+            }
+            drop(guard.stdin.take());
+        }
+    }
+}
