@@ -91,7 +91,8 @@ impl Watcher {
 
 /// A change to deliver to watches.
 enum Change {
-    Put(String, Node),
+    Created(String),
+    Changed(String),
     Deleted(String),
 }
 
@@ -248,7 +249,8 @@ impl Inner {
     fn publish(&mut self, changes: Vec<Change>) {
         for change in changes {
             let (key, event) = match change {
-                Change::Put(key, node) => (key.clone(), WatchEvent::Put { key, node }),
+                Change::Created(key) => (key.clone(), WatchEvent::Created { key }),
+                Change::Changed(key) => (key.clone(), WatchEvent::Changed { key }),
                 Change::Deleted(key) => (key.clone(), WatchEvent::Deleted { key }),
             };
             let sessions = &mut self.sessions;
@@ -352,7 +354,7 @@ impl Inner {
                         version: 0,
                         owner: (mode == CreateMode::Ephemeral).then_some(session),
                     };
-                    changes.push(Change::Put(key.clone(), stored.node()));
+                    changes.push(Change::Created(key.clone()));
                     overlay.insert(key, Some(stored));
                     results.push(OpResult::Created);
                 }
@@ -364,7 +366,7 @@ impl Inner {
                     stored.value = value;
                     stored.version += 1;
                     results.push(OpResult::Set(stored.version));
-                    changes.push(Change::Put(key.clone(), stored.node()));
+                    changes.push(Change::Changed(key.clone()));
                     overlay.insert(key, Some(stored));
                 }
                 Op::Delete { expected, .. } => {

@@ -98,7 +98,7 @@ async fn held_watch_events_arrive_in_order_and_dropped_ones_become_resync() {
     let keys: Vec<_> = [watch.try_next(), watch.try_next()]
         .into_iter()
         .map(|e| match e {
-            Some(WatchEvent::Put { key, .. }) => key,
+            Some(WatchEvent::Created { key }) => key,
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -118,5 +118,5 @@ async fn held_watch_events_arrive_in_order_and_dropped_ones_become_resync() {
         .create("/w/d", vec![], CreateMode::Persistent)
         .await
         .unwrap();
-    assert!(matches!(watch.try_next(), Some(WatchEvent::Put { key, .. }) if key == "/w/d"));
+    assert!(matches!(watch.try_next(), Some(WatchEvent::Created { key }) if key == "/w/d"));
 }

@@ -99,12 +99,27 @@ impl Checker {
             let holders = s.holders.entry(key).or_default();
             holders.insert(r.instance.clone());
             if holders.len() > self.bound {
+                let count = holders.len();
+                let list = format!("{holders:?}");
+                // The partition's recent history makes a violation explainable.
+                let recent: Vec<String> = s
+                    .calls
+                    .iter()
+                    .filter(|c| {
+                        c.request.resource == r.resource && c.request.partition == r.partition
+                    })
+                    .rev()
+                    .take(8)
+                    .map(|c| {
+                        format!(
+                            "{} {}->{} e{} ok={}",
+                            c.request.instance, c.request.from, c.request.to, c.request.epoch, c.ok
+                        )
+                    })
+                    .collect();
                 s.violations.push(format!(
-                    "{}/{} has {} holders of {}: {holders:?}",
-                    r.resource,
-                    r.partition,
-                    holders.len(),
-                    self.top
+                    "{}/{} has {count} holders of {} when {} starts {}->{}: {list}; last completed (newest first): {recent:?}",
+                    r.resource, r.partition, self.top, r.instance, r.from, r.to
                 ));
             }
         }

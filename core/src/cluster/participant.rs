@@ -139,6 +139,8 @@ struct Serving {
     active: AtomicBool,
     highest_leader: AtomicU64,
     permits: Semaphore,
+    /// The permit count: holding all of them means no transition is running.
+    parallel: u32,
 }
 
 enum Ended {
@@ -292,6 +294,7 @@ impl Participant {
             active: AtomicBool::new(true),
             highest_leader: AtomicU64::new(0),
             permits: Semaphore::new(self.config.max_parallel.max(1)),
+            parallel: self.config.max_parallel.max(1) as u32,
         });
         self.status
             .send_replace(ParticipantStatus::Live(session.id()));
@@ -302,7 +305,7 @@ impl Participant {
         loop {
             tokio::select! {
                 event = messages.next() => match event {
-                    Some(WatchEvent::Put { key, .. }) => {
+                    Some(WatchEvent::Created { key } | WatchEvent::Changed { key }) => {
                         let s = serving.clone();
                         tasks.spawn(async move { s.process(&key).await });
                     }
@@ -562,8 +565,12 @@ impl Serving {
     }
 
     /// Takes every replica to the initial state through the handler, in parallel up to the
-    /// permit count. Replicas in ERROR are left alone: they are not acting.
+    /// permit count, once transitions in flight have finished. Replicas in ERROR are left
+    /// alone: they are not acting.
     async fn go_offline(self: &Arc<Self>) {
+        // Let transitions already running finish first (none starts any more): a replica whose
+        // first grant is in flight is not in `replicas` until it completes.
+        drop(self.permits.acquire_many(self.parallel).await);
         let held: Vec<(String, PartitionId)> = self
             .replicas
             .lock()

@@ -341,7 +341,7 @@ pub async fn ephemeral_removed_on_close(h: &Harness) {
         .unwrap();
     assert!(matches!(
         next_event(&mut watch).await,
-        Some(WatchEvent::Put { .. })
+        Some(WatchEvent::Created { .. })
     ));
     owner.close().await.unwrap();
     assert_eq!(
@@ -353,7 +353,7 @@ pub async fn ephemeral_removed_on_close(h: &Harness) {
     assert_eq!(owner.get(&key).await, Err(CoordError::SessionExpired));
     // The closed session's watch ends after whatever it had already received.
     while let Some(event) = next_event(&mut own_watch).await {
-        assert!(matches!(event, WatchEvent::Put { .. }), "{event:?}");
+        assert!(matches!(event, WatchEvent::Created { .. }), "{event:?}");
     }
 }
 
@@ -392,11 +392,15 @@ pub async fn ephemeral_removed_on_expiry(h: &Harness) {
     assert!(!owner.get(&key).await.unwrap_err().certainly_not_applied());
 }
 
-/// Watches deliver every change after they start, in order per key, across concurrent writers;
-/// a Resync (allowed, never expected here) must be followed by a re-read.
+/// Watches deliver every change after they start, in order per key and exactly once, across
+/// concurrent writers.
 pub async fn watch_order_under_concurrent_writers(h: &Harness) {
     let observer = h.session().await;
     let root = h.key("watched");
+    observer
+        .create(&root, vec![], CreateMode::Persistent)
+        .await
+        .unwrap();
     let mut watch = observer.watch(&root, true).await.unwrap();
     let (writers, writes) = (4u64, 40u64);
     let mut tasks = Vec::new();
@@ -420,24 +424,24 @@ pub async fn watch_order_under_concurrent_writers(h: &Harness) {
     for task in tasks {
         task.await.unwrap();
     }
-    // Per key: versions 0..=writes in order, then the delete.
-    let mut seen: BTreeMap<String, Vec<Option<u64>>> = BTreeMap::new();
-    let done = |seen: &BTreeMap<String, Vec<Option<u64>>>| {
-        seen.len() == writers as usize && seen.values().all(|v| v.last() == Some(&None))
+    // Per key: created, `writes` changes, deleted.
+    let mut seen: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    let done = |seen: &BTreeMap<String, Vec<&'static str>>| {
+        seen.len() == writers as usize && seen.values().all(|v| v.last() == Some(&"deleted"))
     };
     while !done(&seen) {
-        match next_event(&mut watch).await.expect("watch open") {
-            WatchEvent::Put { key, node } => {
-                assert_eq!(node.value, node.version.to_string().into_bytes());
-                seen.entry(key).or_default().push(Some(node.version));
-            }
-            WatchEvent::Deleted { key } => seen.entry(key).or_default().push(None),
+        let (key, kind) = match next_event(&mut watch).await.expect("watch open") {
+            WatchEvent::Created { key } => (key, "created"),
+            WatchEvent::Changed { key } => (key, "changed"),
+            WatchEvent::Deleted { key } => (key, "deleted"),
             WatchEvent::Resync => panic!("resync without any fault injected"),
-        }
+        };
+        seen.entry(key).or_default().push(kind);
     }
     for (key, events) in seen {
-        let mut expected: Vec<Option<u64>> = (0..=writes).map(Some).collect();
-        expected.push(None);
+        let mut expected = vec!["created"];
+        expected.extend(std::iter::repeat_n("changed", writes as usize));
+        expected.push("deleted");
         assert_eq!(events, expected, "events of {key}");
     }
     assert_eq!(watch.try_next(), None, "no event beyond the changes made");
@@ -450,27 +454,33 @@ pub async fn watch_scope(h: &Harness) {
     let key = h.key("scope/x");
     let mut single = s.watch(&key, false).await.unwrap();
     let mut subtree = s.watch(&key, true).await.unwrap();
+    s.create(&key, vec![], CreateMode::Persistent)
+        .await
+        .unwrap();
     s.create(&format!("{key}/child"), vec![], CreateMode::Persistent)
         .await
         .unwrap();
     s.create(&format!("{key}y"), vec![], CreateMode::Persistent)
         .await
         .unwrap();
-    s.create(&key, vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
-    match next_event(&mut single).await {
-        Some(WatchEvent::Put { key: k, .. }) => assert_eq!(k, key),
-        other => panic!("unexpected {other:?}"),
+    s.set(&key, b"v".to_vec(), Some(0)).await.unwrap();
+    let expected_single = [
+        WatchEvent::Created { key: key.clone() },
+        WatchEvent::Changed { key: key.clone() },
+    ];
+    for expected in expected_single {
+        assert_eq!(next_event(&mut single).await, Some(expected));
     }
-    let mut keys = Vec::new();
-    for _ in 0..2 {
-        match next_event(&mut subtree).await {
-            Some(WatchEvent::Put { key: k, .. }) => keys.push(k),
-            other => panic!("unexpected {other:?}"),
-        }
+    let expected_subtree = [
+        WatchEvent::Created { key: key.clone() },
+        WatchEvent::Created {
+            key: format!("{key}/child"),
+        },
+        WatchEvent::Changed { key: key.clone() },
+    ];
+    for expected in expected_subtree {
+        assert_eq!(next_event(&mut subtree).await, Some(expected));
     }
-    assert_eq!(keys, vec![format!("{key}/child"), key.clone()]);
     assert_eq!(single.try_next(), None);
     assert_eq!(subtree.try_next(), None);
 }

@@ -4,7 +4,9 @@
 //! # Model
 //! - **Keys** are absolute paths (`/rota/cluster/LIVEINSTANCES/node-1`). Parents are implicit: a
 //!   key can be created without creating its parent first, and [`Session::children`] lists the
-//!   next path segment of every key below a prefix.
+//!   next path segment of every key below a prefix. Backends may materialise missing parents as
+//!   empty keys (ZooKeeper must), so portable code never creates a key that already has
+//!   children, nor reads a parent as a record.
 //! - **Values** are bytes with a **version**: 0 when created, +1 on every set. Deleting and
 //!   re-creating a key starts again at 0, so a version only identifies a value together with the
 //!   key's creation; code that needs a counter across re-creations keeps one in a persistent key.
@@ -111,15 +113,19 @@ pub enum OpResult {
     Deleted,
 }
 
-/// A change seen by a watch.
+/// A change seen by a watch. Events name the key and the kind of change, not the value (as
+/// ZooKeeper's watches do): read the key to see its value now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchEvent {
-    /// The key was created or set; `node` is its value after the change.
-    Put {
+    /// The key was created.
+    Created {
         /// Key.
         key: String,
-        /// Value after the change.
-        node: Node,
+    },
+    /// The key's value was set.
+    Changed {
+        /// Key.
+        key: String,
     },
     /// The key was deleted (explicitly, or with its session).
     Deleted {
@@ -129,6 +135,18 @@ pub enum WatchEvent {
     /// Events may have been lost (the watcher fell behind, or the backend reconnected): re-read
     /// everything the watch covers. Events after this one are again complete.
     Resync,
+}
+
+impl WatchEvent {
+    /// The key the event is about (`None` for `Resync`).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            WatchEvent::Created { key }
+            | WatchEvent::Changed { key }
+            | WatchEvent::Deleted { key } => Some(key),
+            WatchEvent::Resync => None,
+        }
+    }
 }
 
 /// State of a session, as seen by its holder.
