@@ -229,3 +229,71 @@ impl Drop for Postgres {
         }
     }
 }
+
+/// A running ZooKeeper server (standalone).
+pub struct ZooKeeper {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    _guard: Mutex<Child>,
+}
+
+impl ZooKeeper {
+    /// The connect string.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// The ZooKeeper server of this test binary, started on first use.
+pub fn zookeeper() -> &'static ZooKeeper {
+    static SERVER: OnceLock<ZooKeeper> = OnceLock::new();
+    SERVER.get_or_init(start_zookeeper)
+}
+
+fn start_zookeeper() -> ZooKeeper {
+    let jar = Path::new("/usr/share/java/zookeeper.jar");
+    if !jar.exists() {
+        panic!("no ZooKeeper at {}; {INSTALL}", jar.display());
+    }
+    let dir = temp_dir("zookeeper");
+    let port = free_port();
+    let config = dir.join("zoo.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "tickTime=250\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             admin.enableServer=false\n4lw.commands.whitelist=ruok\nminSessionTimeout=500\n\
+             maxSessionTimeout=60000\nforceSync=no\n",
+            dir.join("data").display()
+        ),
+    )
+    .expect("write zoo.cfg");
+    let log = dir.join("log");
+    let script = format!(
+        "java -Xmx256m -cp /etc/zookeeper/conf:{} org.apache.zookeeper.server.quorum.QuorumPeerMain {} > {} 2>&1",
+        jar.display(),
+        config.display(),
+        log.display()
+    );
+    let guard = guarded(&script, &format!("rm -rf {}", dir.display()), false);
+    wait_until("ZooKeeper", Duration::from_secs(60), || ruok(port), &log);
+    ZooKeeper {
+        port,
+        _guard: Mutex::new(guard),
+    }
+}
+
+/// ZooKeeper's four-letter health check.
+fn ruok(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"ruok").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer == "imok"
+}

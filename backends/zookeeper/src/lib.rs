@@ -1,0 +1,439 @@
+//! # rota-zookeeper
+//!
+//! The [`Coordination`] store on ZooKeeper (>= 3.6), for production.
+//!
+//! - **Sessions** are ZooKeeper sessions with the requested timeout. The client reports
+//!   `Disconnected` as [`SessionState::Suspended`] (the session may come back within its
+//!   timeout), and `Expired` / `Closed` as final; a new session is a new client.
+//! - **Keys** are znodes; versions are znode data versions (0 at creation). Missing parents are
+//!   created as empty persistent znodes (ZooKeeper needs them), outside the transaction that
+//!   needs them: they carry no data, so a failed transaction leaves at most empty directories.
+//! - **Transactions** are `multi` requests; a failed check is reported as `BadVersion`.
+//! - **Watches** are persistent (recursive for subtrees) watches, one per call; ZooKeeper's events
+//!   name the node and the kind of change, which is what [`WatchEvent`] carries. After the
+//!   client reconnects a watch may have missed events (ZOOKEEPER-4698), so it emits `Resync`.
+//!
+//! Connect strings may carry a chroot (`host:2181,host2:2181/rota`).
+
+use async_trait::async_trait;
+use rota_core::SessionId;
+use rota_core::coordination::{
+    CoordError, Coordination, CreateMode, MAX_VALUE_BYTES, Node, Op, OpResult, Session,
+    SessionState, Watch, WatchEvent, validate_key,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use zookeeper_client as zk;
+
+/// A ZooKeeper ensemble to open sessions on.
+#[derive(Clone)]
+pub struct ZooKeeperCoordination {
+    endpoints: String,
+    /// Session credentials by id, so tests can make the server expire a session.
+    sessions: Arc<Mutex<HashMap<SessionId, zk::SessionInfo>>>,
+}
+
+impl ZooKeeperCoordination {
+    /// Sessions will connect to `endpoints` (`host:port[,host:port...][/chroot]`).
+    pub fn new(endpoints: impl Into<String>) -> Self {
+        Self {
+            endpoints: endpoints.into(),
+            sessions: Arc::default(),
+        }
+    }
+
+    /// Makes the server expire a session now: a second client takes the session over and
+    /// closes it, as ZooKeeper's own tests do. For fault injection in tests.
+    pub async fn expire(&self, session: &SessionId) {
+        let info = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session)
+            .cloned();
+        if let Some(info) = info {
+            if let Ok(client) = zk::Client::connector()
+                .with_session(info)
+                .connect(&self.endpoints)
+                .await
+            {
+                drop(client);
+            }
+        }
+    }
+}
+
+fn map_error(e: zk::Error, key: &str) -> CoordError {
+    match e {
+        zk::Error::NoNode => CoordError::NotFound(key.to_owned()),
+        zk::Error::NodeExists => CoordError::Exists(key.to_owned()),
+        zk::Error::NotEmpty => CoordError::NotEmpty(key.to_owned()),
+        zk::Error::BadVersion => CoordError::BadVersion {
+            key: key.to_owned(),
+            expected: 0,
+            actual: None,
+        },
+        zk::Error::SessionExpired | zk::Error::ClientClosed => CoordError::SessionExpired,
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::NoHosts => {
+            CoordError::ConnectionLoss
+        }
+        other => CoordError::Backend(other.to_string()),
+    }
+}
+
+fn acls() -> zk::Acls<'static> {
+    zk::Acls::anyone_all()
+}
+
+fn parent(key: &str) -> Option<&str> {
+    let i = key.rfind('/')?;
+    (i > 0).then(|| &key[..i])
+}
+
+#[async_trait]
+impl Coordination for ZooKeeperCoordination {
+    async fn connect(&self, timeout: Duration) -> Result<Arc<dyn Session>, CoordError> {
+        let client = zk::Client::connector()
+            .with_session_timeout(timeout)
+            .with_connection_timeout(timeout.min(Duration::from_secs(5)))
+            .connect(&self.endpoints)
+            .await
+            .map_err(|e| match e {
+                zk::Error::NoHosts | zk::Error::Timeout | zk::Error::ConnectionLoss => {
+                    CoordError::ConnectionLoss
+                }
+                other => CoordError::Backend(format!("cannot connect to ZooKeeper: {other}")),
+            })?;
+        let id = SessionId::new(format!("zk-{}", client.session_id()));
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), client.session().clone());
+        let (state_tx, state_rx) = watch::channel(SessionState::Connected);
+        let mut zk_state = client.state_watcher();
+        let forward = state_tx.clone();
+        let sessions = self.sessions.clone();
+        let forget = id.clone();
+        tokio::spawn(async move {
+            loop {
+                let state = match zk_state.changed().await {
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        SessionState::Connected
+                    }
+                    zk::SessionState::Disconnected => SessionState::Suspended,
+                    zk::SessionState::Closed => SessionState::Closed,
+                    zk::SessionState::Expired | zk::SessionState::AuthFailed => {
+                        SessionState::Expired
+                    }
+                };
+                let done = state.is_final();
+                forward.send_if_modified(|s| {
+                    if s.is_final() || *s == state {
+                        return false;
+                    }
+                    *s = state;
+                    true
+                });
+                if done {
+                    sessions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&forget);
+                    return;
+                }
+            }
+        });
+        Ok(Arc::new(ZooKeeperSession {
+            id,
+            timeout,
+            client: Mutex::new(Some(client)),
+            state: state_tx,
+            state_rx,
+        }))
+    }
+}
+
+struct ZooKeeperSession {
+    id: SessionId,
+    timeout: Duration,
+    client: Mutex<Option<zk::Client>>,
+    state: watch::Sender<SessionState>,
+    state_rx: watch::Receiver<SessionState>,
+}
+
+impl ZooKeeperSession {
+    fn client(&self) -> Result<zk::Client, CoordError> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(CoordError::SessionExpired)
+    }
+
+    /// Creates the missing parents of `key` as empty persistent znodes.
+    async fn ensure_parent(&self, client: &zk::Client, key: &str) -> Result<(), CoordError> {
+        let Some(parent) = parent(key) else {
+            return Ok(());
+        };
+        let options = zk::CreateMode::Persistent.with_acls(acls());
+        client
+            .mkdir(parent, &options)
+            .await
+            .map_err(|e| map_error(e, parent))
+    }
+
+    /// Fills in the actual version of a key after a BadVersion.
+    async fn bad_version(&self, client: &zk::Client, key: &str, expected: u64) -> CoordError {
+        let actual = client
+            .check_stat(key)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.version as u64);
+        CoordError::BadVersion {
+            key: key.to_owned(),
+            expected,
+            actual,
+        }
+    }
+}
+
+fn too_large(key: &str, value: &[u8]) -> Result<(), CoordError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(CoordError::TooLarge {
+            key: key.to_owned(),
+            len: value.len(),
+        });
+    }
+    Ok(())
+}
+
+fn zk_version(v: Option<u64>) -> Option<i32> {
+    v.map(|v| v.min(i32::MAX as u64) as i32)
+}
+
+#[async_trait]
+impl Session for ZooKeeperSession {
+    fn id(&self) -> SessionId {
+        self.id.clone()
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn state(&self) -> watch::Receiver<SessionState> {
+        self.state_rx.clone()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {
+        validate_key(key)?;
+        match self.client()?.get_data(key).await {
+            Ok((value, stat)) => Ok(Some(Node {
+                value,
+                version: stat.version as u64,
+                ephemeral: stat.ephemeral_owner != 0,
+            })),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(map_error(e, key)),
+        }
+    }
+
+    async fn children(&self, key: &str) -> Result<Vec<String>, CoordError> {
+        validate_key(key)?;
+        match self.client()?.list_children(key).await {
+            Ok(mut names) => {
+                names.sort();
+                Ok(names)
+            }
+            Err(zk::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(map_error(e, key)),
+        }
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>, mode: CreateMode) -> Result<(), CoordError> {
+        self.transaction(vec![Op::Create {
+            key: key.to_owned(),
+            value,
+            mode,
+        }])
+        .await
+        .map(|_| ())
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    ) -> Result<u64, CoordError> {
+        validate_key(key)?;
+        too_large(key, &value)?;
+        let client = self.client()?;
+        match client.set_data(key, &value, zk_version(expected)).await {
+            Ok(stat) => Ok(stat.version as u64),
+            Err(zk::Error::BadVersion) => {
+                Err(self.bad_version(&client, key, expected.unwrap_or(0)).await)
+            }
+            Err(e) => Err(map_error(e, key)),
+        }
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), CoordError> {
+        validate_key(key)?;
+        let client = self.client()?;
+        match client.delete(key, zk_version(expected)).await {
+            Ok(()) => Ok(()),
+            Err(zk::Error::BadVersion) => {
+                Err(self.bad_version(&client, key, expected.unwrap_or(0)).await)
+            }
+            Err(e) => Err(map_error(e, key)),
+        }
+    }
+
+    async fn transaction(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, CoordError> {
+        let client = self.client()?;
+        for op in &ops {
+            match op {
+                Op::Check { key, .. } | Op::Delete { key, .. } => validate_key(key)?,
+                Op::Create { key, value, .. } | Op::Set { key, value, .. } => {
+                    validate_key(key)?;
+                    too_large(key, value)?;
+                }
+            }
+        }
+        for op in &ops {
+            if let Op::Create { key, .. } = op {
+                self.ensure_parent(&client, key).await?;
+            }
+        }
+        let mut multi = client.new_multi_writer();
+        for op in &ops {
+            let added = match op {
+                Op::Check { key, version } => multi.add_check_version(key, *version as i32),
+                Op::Create { key, value, mode } => {
+                    let mode = match mode {
+                        CreateMode::Persistent => zk::CreateMode::Persistent,
+                        CreateMode::Ephemeral => zk::CreateMode::Ephemeral,
+                    };
+                    multi.add_create(key, value, &mode.with_acls(acls()))
+                }
+                Op::Set {
+                    key,
+                    value,
+                    expected,
+                } => multi.add_set_data(key, value, zk_version(*expected)),
+                Op::Delete { key, expected } => multi.add_delete(key, zk_version(*expected)),
+            };
+            added.map_err(|e| CoordError::Backend(e.to_string()))?;
+        }
+        match multi.commit().await {
+            Ok(results) => Ok(results
+                .into_iter()
+                .map(|r| match r {
+                    zk::MultiWriteResult::Check => OpResult::Checked,
+                    zk::MultiWriteResult::Create { .. } => OpResult::Created,
+                    zk::MultiWriteResult::SetData { stat } => OpResult::Set(stat.version as u64),
+                    zk::MultiWriteResult::Delete => OpResult::Deleted,
+                    _ => OpResult::Checked,
+                })
+                .collect()),
+            Err(zk::MultiWriteError::OperationFailed { index, source }) => {
+                let op = &ops[index];
+                let key = match op {
+                    Op::Check { key, .. }
+                    | Op::Create { key, .. }
+                    | Op::Set { key, .. }
+                    | Op::Delete { key, .. } => key.as_str(),
+                };
+                let expected = match op {
+                    Op::Check { version, .. } => Some(*version),
+                    Op::Set { expected, .. } | Op::Delete { expected, .. } => *expected,
+                    Op::Create { .. } => None,
+                };
+                match (source, op) {
+                    // A check of a missing key fails like a check of the wrong version.
+                    (zk::Error::NoNode, Op::Check { version, .. }) => Err(CoordError::BadVersion {
+                        key: key.to_owned(),
+                        expected: *version,
+                        actual: None,
+                    }),
+                    (zk::Error::BadVersion, _) => {
+                        Err(self.bad_version(&client, key, expected.unwrap_or(0)).await)
+                    }
+                    (e, _) => Err(map_error(e, key)),
+                }
+            }
+            Err(zk::MultiWriteError::RequestFailed { source }) => Err(map_error(source, "")),
+        }
+    }
+
+    async fn watch(&self, key: &str, recursive: bool) -> Result<Watch, CoordError> {
+        validate_key(key)?;
+        let client = self.client()?;
+        let mode = if recursive {
+            zk::AddWatchMode::PersistentRecursive
+        } else {
+            zk::AddWatchMode::Persistent
+        };
+        let mut watcher = client
+            .watch(key, mode)
+            .await
+            .map_err(|e| map_error(e, key))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut disconnected = false;
+            loop {
+                let event = tokio::select! {
+                    event = watcher.changed() => event,
+                    _ = tx.closed() => return,
+                };
+                let out = match event.event_type {
+                    zk::EventType::NodeCreated => Some(WatchEvent::Created { key: event.path }),
+                    zk::EventType::NodeDataChanged => Some(WatchEvent::Changed { key: event.path }),
+                    zk::EventType::NodeDeleted => Some(WatchEvent::Deleted { key: event.path }),
+                    zk::EventType::NodeChildrenChanged => None,
+                    zk::EventType::Session => match event.session_state {
+                        zk::SessionState::Disconnected => {
+                            disconnected = true;
+                            None
+                        }
+                        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+                            if disconnected =>
+                        {
+                            disconnected = false;
+                            Some(WatchEvent::Resync)
+                        }
+                        zk::SessionState::Expired
+                        | zk::SessionState::Closed
+                        | zk::SessionState::AuthFailed => return,
+                        _ => None,
+                    },
+                };
+                if let Some(out) = out {
+                    if tx.send(out).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Watch::new(rx))
+    }
+
+    async fn close(&self) -> Result<(), CoordError> {
+        // Dropping the last client handle closes the session on the server, deleting its
+        // ephemeral znodes.
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(client);
+        self.state.send_if_modified(|s| {
+            if s.is_final() {
+                return false;
+            }
+            *s = SessionState::Closed;
+            true
+        });
+        Ok(())
+    }
+}
