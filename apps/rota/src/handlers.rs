@@ -1,8 +1,9 @@
 //! Built-in task handlers that need I/O: `http` POSTs a task's payload to a URL.
 //!
 //! The task's payload names the request: `{"url": "http://host:port/path", "body": <any JSON>}`.
-//! The body is POSTed as JSON with `X-Rota-Task-Id` and `Idempotency-Key: rota-task-<id>` headers
-//! (a task may run more than once after a failure, so receivers can deduplicate); a 2xx status is
+//! The body is POSTed as JSON with `X-Rota-Task-Id`, `X-Rota-Worker`, `X-Rota-Attempt`,
+//! `X-Rota-Epoch` and `Idempotency-Key: rota-task-<id>` headers (a task may run more than once
+//! after a failure, so receivers can deduplicate); a 2xx status is
 //! success, anything else (or the timeout) fails the attempt. Plain `http://` only in this build.
 
 use async_trait::async_trait;
@@ -67,11 +68,15 @@ async fn post(target: &Target, task: &Task, body: &str) -> Result<u16, String> {
         .map_err(|e| format!("connect to {}:{}: {e}", target.host, target.port))?;
     let request = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         X-Rota-Task-Id: {}\r\nIdempotency-Key: rota-task-{}\r\nConnection: close\r\n\r\n{body}",
+         X-Rota-Task-Id: {}\r\nX-Rota-Worker: {}\r\nX-Rota-Attempt: {}\r\nX-Rota-Epoch: {}\r\n\
+         Idempotency-Key: rota-task-{}\r\nConnection: close\r\n\r\n{body}",
         target.path,
         target.host,
         body.len(),
         task.id,
+        task.owner.as_ref().map_or("", |o| o.as_str()),
+        task.attempts,
+        task.epoch.unwrap_or(0),
         task.id
     );
     stream

@@ -1,10 +1,12 @@
-//! The `rota` binary: `rota dev` runs the whole cluster in one process; `rota plan` simulates
-//! the rebalancer. The production roles (`init`, `controller`, `api`, `worker`, `admin`) follow.
+//! The `rota` binary: `rota dev` runs the whole cluster in one process; `init`, `controller`,
+//! `api`, `worker` and `admin` are the production roles, one per process; `rota plan` simulates
+//! the rebalancer.
 
 use clap::{Args, Parser, Subcommand};
 use rota::config::Config;
 use rota::dev::{self, DevOptions};
 use rota::plan;
+use rota::roles;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,8 +22,54 @@ struct Cli {
 enum Command {
     /// Run the whole cluster (API, controller, workers) in one process on a SQLite file.
     Dev(DevArgs),
+    /// Create the cluster and migrate the task store (idempotent).
+    Init(ConfigArg),
+    /// Run a controller candidate (run two or more: one leads, the others stand by).
+    Controller(ConfigArg),
+    /// Serve the REST API.
+    Api(ConfigArg),
+    /// Run a worker.
+    Worker(ConfigArg),
+    /// Operate the cluster.
+    Admin {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Simulate a cluster and print the assignment statistics before and after a change.
     Plan(plan::PlanArgs),
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// A TOML configuration file (see configs/); ROTA_* environment variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Print the cluster's status (leader, instances, partitions) as JSON.
+    Status,
+    /// Give an instance replicas again.
+    Enable {
+        /// Instance id.
+        id: String,
+    },
+    /// Move every replica off an instance (it stays connected).
+    Disable {
+        /// Instance id.
+        id: String,
+    },
+    /// Maintenance mode: nothing moves except to restore lost top states.
+    Maintenance {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Ask the leading controller to reconcile now.
+    Rebalance,
 }
 
 #[derive(Args)]
@@ -45,6 +93,31 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plan(args) => plan::run(&args),
         Command::Dev(args) => run_dev(args),
+        Command::Init(c) => run_role(c, |config, _| async move { roles::init(&config).await }),
+        Command::Controller(c) => run_role(c, |config, stop| async move {
+            roles::controller(&config, stop).await
+        }),
+        Command::Api(c) => run_role(
+            c,
+            |config, stop| async move { roles::api(&config, stop).await },
+        ),
+        Command::Worker(c) => run_role(c, |config, stop| async move {
+            roles::worker(&config, stop).await
+        }),
+        Command::Admin { config, action } => {
+            let command = match action {
+                AdminAction::Status => roles::AdminCommand::Status,
+                AdminAction::Enable { id } => roles::AdminCommand::Enable(id, true),
+                AdminAction::Disable { id } => roles::AdminCommand::Enable(id, false),
+                AdminAction::Maintenance { state } => {
+                    roles::AdminCommand::Maintenance(state == "on")
+                }
+                AdminAction::Rebalance => roles::AdminCommand::Rebalance,
+            };
+            run_role(config, move |config, _| async move {
+                roles::admin(&config, command).await
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,12 +128,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+}
+
+/// Runs a role with its configuration until it ends or SIGTERM / Ctrl-C sets the shutdown flag.
+fn run_role<F, Fut>(args: ConfigArg, role: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Config, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    init_logging();
+    let config = Config::load(args.config.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            stop.send_replace(true);
+        });
+        role(config, stopped).await
+    })
+}
+
+fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    init_logging();
     if args.workers == 0 {
         anyhow::bail!("--workers must be at least 1");
     }

@@ -10,9 +10,10 @@
 //! queued events are drained first), each timer tick and each end of a delay window triggers one
 //! reconcile: read a snapshot, decide ([`super::reconcile`]), write the decisions.
 //!
-//! Leadership ends when the session is suspended or expires (the store will hand the key to
-//! someone else), when a fenced write is refused, or at shutdown (the session is closed, so a
-//! standby takes over at once).
+//! Leadership pauses while the session is suspended (nothing can be written anyway) and resumes
+//! if contact returns; it ends when the session expires (the store hands the key to someone
+//! else), when a fenced write is refused, or at shutdown (the session is closed, so a standby
+//! takes over at once).
 
 use super::keys::ClusterKeys;
 use super::reconcile::{Decisions, reconcile};
@@ -55,6 +56,9 @@ pub enum ControllerStatus {
     /// Shut down.
     Stopped,
 }
+
+/// Delay before retrying a reconcile whose read or write failed.
+const RETRY_MS: u64 = 100;
 
 /// Operations per transaction, to stay far below every backend's request size limit.
 const CHUNK: usize = 128;
@@ -263,16 +267,33 @@ impl Controller {
         let mut offline_since: BTreeMap<InstanceId, u64> = BTreeMap::new();
         let mut sequence = 0u64;
         loop {
-            let snapshot = read_snapshot(&*session, &self.keys).await?;
-            let now = monotonic_ms();
-            track_offline(&snapshot, &mut offline_since, now);
-            let decisions = reconcile(&snapshot, &offline_since, now);
-            for problem in &decisions.problems {
-                warn!(%problem, "reconcile");
+            // A failed read or write is retried by the next reconcile; only a refused fence or
+            // a lost session ends leadership (a transient error must not cause an election).
+            let mut wake_at = None;
+            let outcome = match read_snapshot(&*session, &self.keys).await {
+                Ok(snapshot) => {
+                    let now = monotonic_ms();
+                    track_offline(&snapshot, &mut offline_since, now);
+                    let decisions = reconcile(&snapshot, &offline_since, now);
+                    for problem in &decisions.problems {
+                        warn!(%problem, "reconcile");
+                    }
+                    wake_at = decisions.wake_at_ms;
+                    self.write(lease, &snapshot, decisions, &mut sequence).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(e @ ClusterError::Deposed { .. }) => return Err(e),
+                Err(_) if session.state().borrow().is_final() => {
+                    return Err(CoordError::SessionExpired.into());
+                }
+                Err(e) => {
+                    warn!(error = %e, epoch = lease.epoch, "reconcile failed; retrying");
+                    wake_at = Some(monotonic_ms() + RETRY_MS);
+                }
             }
-            let wake_at = decisions.wake_at_ms;
-            self.write(lease, &snapshot, decisions, &mut sequence)
-                .await?;
 
             let wait = wake_at
                 .map(|at| Duration::from_millis(at.saturating_sub(monotonic_ms()).max(1)))
@@ -290,8 +311,24 @@ impl Controller {
                 }
                 _ = tokio::time::sleep(wait) => {}
                 _ = state.changed() => {
-                    if *state.borrow() != SessionState::Connected {
-                        return Err(CoordError::ConnectionLoss.into());
+                    // Out of contact: pause. The session (and the leader key with it) may come
+                    // back; if it expires instead, someone else is elected and the fence refuses
+                    // anything this controller still tries to write.
+                    let now = *state.borrow_and_update();
+                    if now == SessionState::Suspended {
+                        info!(epoch = lease.epoch, "lost contact with the store; pausing");
+                        tokio::select! {
+                            back = state.wait_for(|s| *s != SessionState::Suspended) => {
+                                let back = back.map(|s| *s).unwrap_or(SessionState::Expired);
+                                if back != SessionState::Connected {
+                                    return Err(CoordError::SessionExpired.into());
+                                }
+                                info!(epoch = lease.epoch, "contact restored; leading again");
+                            }
+                            _ = shutdown.changed() => return Ok(()),
+                        }
+                    } else if now.is_final() {
+                        return Err(CoordError::SessionExpired.into());
                     }
                 }
                 _ = shutdown.changed() => return Ok(()),

@@ -278,9 +278,8 @@ impl Participant {
         session: Arc<dyn Session>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Ended, ClusterError> {
-        let mut messages = session
-            .watch(&self.keys.messages(&self.config.instance.id), true)
-            .await?;
+        let messages_dir = self.keys.messages(&self.config.instance.id);
+        let mut messages = session.watch(&messages_dir, true).await?;
         self.register(&session).await?;
         let serving = Arc::new(Serving {
             session: session.clone(),
@@ -305,11 +304,15 @@ impl Participant {
         loop {
             tokio::select! {
                 event = messages.next() => match event {
-                    Some(WatchEvent::Created { key } | WatchEvent::Changed { key }) => {
+                    // Only the messages themselves: a backend may report the creation of the
+                    // messages directory too (ZooKeeper materialises it), which is no message.
+                    Some(WatchEvent::Created { key } | WatchEvent::Changed { key })
+                        if key.rsplit_once('/').is_some_and(|(dir, _)| dir == messages_dir) =>
+                    {
                         let s = serving.clone();
                         tasks.spawn(async move { s.process(&key).await });
                     }
-                    Some(WatchEvent::Deleted { .. }) => {}
+                    Some(WatchEvent::Created { .. } | WatchEvent::Changed { .. } | WatchEvent::Deleted { .. }) => {}
                     Some(WatchEvent::Resync) => serving.process_all(&mut tasks).await?,
                     None => return Ok(Ended::SessionLost),
                 },

@@ -139,23 +139,34 @@ async fn cluster(State(state): State<AppState>) -> Result<axum::Json<Value>, Api
             "this process has no view of the cluster",
         ));
     };
-    let snapshot = read_snapshot(&*view.session, &view.keys)
+    cluster_status(view, state.partitions, &state.storage)
         .await
-        .map_err(|e| ApiError::unavailable(format!("coordination store: {e}")))?;
-    let leader = match view.session.get(&view.keys.leader()).await {
-        Ok(Some(node)) => {
+        .map(axum::Json)
+        .map_err(|e| ApiError::unavailable(format!("coordination store: {e}")))
+}
+
+/// The cluster as `/cluster` and `rota admin status` show it: leader, instances (liveness,
+/// zone, partitions per state) and partitions (holders, states, epoch).
+pub async fn cluster_status(
+    view: &ClusterView,
+    partitions: u32,
+    storage: &str,
+) -> Result<Value, rota_core::coordination::CoordError> {
+    let snapshot = read_snapshot(&*view.session, &view.keys).await?;
+    let leader = match view.session.get(&view.keys.leader()).await? {
+        Some(node) => {
             use rota_core::Record;
             rota_core::cluster::records::LeaderRecord::decode(&node.value)
                 .ok()
                 .map(|l| json!({"controller": l.controller, "epoch": l.epoch}))
         }
-        _ => None,
+        None => None,
     };
     let view_of_tasks = snapshot.external.get(TASKS_RESOURCE);
     let epochs = snapshot.epochs.get(TASKS_RESOURCE);
     let mut per_instance: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
-    let mut partitions = Vec::new();
-    for p in 0..state.partitions {
+    let mut partition_list = Vec::new();
+    for p in 0..partitions {
         let holders = view_of_tasks
             .and_then(|v| v.partitions.get(&p))
             .cloned()
@@ -167,7 +178,7 @@ async fn cluster(State(state): State<AppState>) -> Result<axum::Json<Value>, Api
                 .entry(s.to_string())
                 .or_default() += 1;
         }
-        partitions.push(json!({
+        partition_list.push(json!({
             "partition": p,
             "holders": holders.iter().map(|(i, s)| json!({"instance": i, "state": s})).collect::<Vec<_>>(),
             "epoch": epochs.and_then(|e| e.0.get(&p)).copied().unwrap_or(0),
@@ -186,13 +197,14 @@ async fn cluster(State(state): State<AppState>) -> Result<axum::Json<Value>, Api
             })
         })
         .collect();
-    Ok(axum::Json(json!({
+    Ok(json!({
         "cluster": view.keys.root(),
         "leader": leader,
+        "maintenance": snapshot.config.maintenance,
         "instances": instances,
-        "partitions": partitions,
-        "storage": state.storage,
-    })))
+        "partitions": partition_list,
+        "storage": storage,
+    }))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

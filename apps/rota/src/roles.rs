@@ -1,0 +1,253 @@
+//! The production roles, one per process: `init`, `controller`, `api`, `worker` and `admin`,
+//! built from the configuration's coordination store (ZooKeeper) and task store (PostgreSQL or
+//! SQLite). Every long-running role stops gracefully when its shutdown signal is set.
+
+use crate::api::{self, AppState, ClusterView};
+use crate::config::{Config, CoordinationBackend, StorageBackend, redact_url};
+use anyhow::{Context, bail};
+use rota_core::InstanceId;
+use rota_core::cluster::admin::Admin;
+use rota_core::cluster::controller::{Controller, ControllerConfig};
+use rota_core::cluster::keys::ClusterKeys;
+use rota_core::cluster::participant::{Participant, ParticipantConfig};
+use rota_core::coordination::{Coordination, CreateMode, Session};
+use rota_core::task::worker::{Worker, WorkerConfig, wall_clock_ms};
+use rota_core::task::{TASKS_RESOURCE, TaskStore};
+use rota_core::{InstanceConfig, ResourceConfig};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::info;
+
+/// The coordination store the configuration names.
+pub fn coordination(config: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
+    match config.coordination.backend {
+        CoordinationBackend::Zookeeper => {
+            if config.coordination.endpoints.is_empty() {
+                bail!("coordination.endpoints is empty: give the ZooKeeper servers as host:port");
+            }
+            Ok(Arc::new(rota_zookeeper::ZooKeeperCoordination::new(
+                config.coordination.endpoints.join(","),
+            )))
+        }
+        CoordinationBackend::Memory => bail!(
+            "coordination.backend = \"memory\" lives inside one process: use `rota dev`, or \
+             set coordination.backend = \"zookeeper\" for separate processes"
+        ),
+        CoordinationBackend::Etcd => {
+            bail!("coordination.backend = \"etcd\" is not available in this build yet")
+        }
+    }
+}
+
+/// The task store the configuration names (connecting migrates it).
+pub async fn task_store(config: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
+    let url = &config.storage.url;
+    Ok(match config.storage.backend {
+        StorageBackend::Postgres => Arc::new(
+            rota_postgres::PostgresTaskStore::connect(url)
+                .await
+                .with_context(|| format!("task store {}", redact_url(url)))?,
+        ),
+        StorageBackend::Sqlite => Arc::new(
+            rota_sqlite::SqliteTaskStore::open(url).with_context(|| format!("task store {url}"))?,
+        ),
+        StorageBackend::Memory => bail!(
+            "storage.backend = \"memory\" lives inside one process: use `rota dev`, or \
+             postgres for separate processes"
+        ),
+    })
+}
+
+fn timeout(config: &Config) -> Duration {
+    Duration::from_millis(config.coordination.session_timeout_ms)
+}
+
+async fn session(config: &Config) -> anyhow::Result<Arc<dyn Session>> {
+    coordination(config)?
+        .connect(timeout(config))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the coordination store at {}",
+                config.coordination.endpoints.join(",")
+            )
+        })
+}
+
+/// `rota init`: creates the cluster's `tasks` resource and migrates the task store. Idempotent;
+/// refuses to change the partition count of an existing cluster.
+pub async fn init(config: &Config) -> anyhow::Result<()> {
+    task_store(config).await?;
+    let admin = Admin::new(session(config).await?, &config.cluster.name);
+    admin
+        .add_resource(&ResourceConfig::new(
+            TASKS_RESOURCE,
+            config.cluster.partitions,
+            config.cluster.replicas,
+            "MasterSlave",
+        ))
+        .await
+        .context("cannot create the tasks resource")?;
+    println!(
+        "rota init: cluster {} ready ({} partitions x {} replicas); task store {} migrated",
+        config.cluster.name,
+        config.cluster.partitions,
+        config.cluster.replicas,
+        redact_url(&config.storage.url)
+    );
+    Ok(())
+}
+
+fn process_name(kind: &str, config: &Config) -> String {
+    let host = config
+        .worker_id()
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("{kind}-{host}-{}", std::process::id())
+}
+
+/// `rota controller`: campaigns, leads while elected, hands over at shutdown.
+pub async fn controller(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let (controller, _) = Controller::new(
+        coordination(config)?,
+        ControllerConfig {
+            cluster: config.cluster.name.clone(),
+            name: process_name("controller", config),
+            session_timeout: timeout(config),
+            interval: Duration::from_secs(1),
+            settle: Duration::from_millis(5),
+        },
+    );
+    controller.run(shutdown).await?;
+    Ok(())
+}
+
+/// `rota api`: serves the REST API until shutdown.
+pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let tasks = task_store(config).await?;
+    let session = session(config).await?;
+    let state = AppState {
+        tasks,
+        partitions: config.cluster.partitions,
+        handlers: Arc::new(BTreeSet::from(["log".into(), "noop".into(), "http".into()])),
+        cluster: Some(ClusterView {
+            session,
+            keys: ClusterKeys::new(&config.cluster.name),
+        }),
+        workers: Arc::new(Vec::new()),
+        metrics: Arc::default(),
+        storage: format!(
+            "{:?} {}",
+            config.storage.backend,
+            redact_url(&config.storage.url)
+        ),
+        now: Arc::new(wall_clock_ms),
+    };
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.api.listen))?;
+    info!(listen = %config.api.listen, "API serving");
+    api::serve(
+        listener,
+        api::router(state, config.api.max_body_bytes),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `rota worker`: a participant of the `tasks` resource running its partitions' tasks, with a
+/// stable id (configured, or the host name) so a restart keeps its partitions.
+pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let id = config.worker_id()?;
+    let tasks = task_store(config).await?;
+    let mut worker_config = WorkerConfig::new(InstanceId::new(&id));
+    worker_config.concurrency = config.worker.concurrency;
+    worker_config.batch = config.worker.batch;
+    worker_config.lease = Duration::from_millis(config.worker.lease_ms);
+    worker_config.task_timeout = Duration::from_millis(config.worker.task_timeout_ms);
+    worker_config.step_down_timeout = (timeout(config) / 3).min(worker_config.task_timeout);
+    let worker = Worker::new(worker_config, tasks, crate::handlers::builtin());
+    let (participant, _) = Participant::new(
+        coordination(config)?,
+        ParticipantConfig {
+            cluster: config.cluster.name.clone(),
+            instance: InstanceConfig::new(id.as_str()),
+            session_timeout: timeout(config),
+            max_parallel: 16,
+        },
+        worker.transition_handler(),
+    );
+    info!(worker = %id, "worker starting");
+    let runner = {
+        let (w, s) = (worker.clone(), shutdown.clone());
+        tokio::spawn(async move { w.run(s).await })
+    };
+    // The participant steps down (letting tasks in flight finish) and closes its session on
+    // shutdown, so its partitions move at once instead of after the session timeout.
+    participant.run(shutdown).await?;
+    runner.await?;
+    Ok(())
+}
+
+/// What `rota admin` can do.
+pub enum AdminCommand {
+    /// Print the cluster's status as JSON.
+    Status,
+    /// Enable or disable an instance.
+    Enable(String, bool),
+    /// Maintenance mode on or off.
+    Maintenance(bool),
+    /// Ask the controller to reconcile now.
+    Rebalance,
+}
+
+/// `rota admin ...`
+pub async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
+    let session = session(config).await?;
+    let keys = ClusterKeys::new(&config.cluster.name);
+    let admin = Admin::new(session.clone(), &config.cluster.name);
+    match command {
+        AdminCommand::Status => {
+            let view = ClusterView {
+                session: session.clone(),
+                keys,
+            };
+            let status = api::cluster_status(
+                &view,
+                config.cluster.partitions,
+                &redact_url(&config.storage.url),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        }
+        AdminCommand::Enable(id, enabled) => {
+            admin.set_enabled(&InstanceId::new(&id), enabled).await?;
+            println!(
+                "instance {id} {}",
+                if enabled { "enabled" } else { "disabled" }
+            );
+        }
+        AdminCommand::Maintenance(on) => {
+            admin.set_maintenance(on).await?;
+            println!("maintenance {}", if on { "on" } else { "off" });
+        }
+        AdminCommand::Rebalance => {
+            // Any change under the cluster root wakes the leading controller.
+            let key = format!("{}/CONTROLLER/REBALANCE", keys.root());
+            let stamp = wall_clock_ms().to_string().into_bytes();
+            match session.set(&key, stamp.clone(), None).await {
+                Err(rota_core::coordination::CoordError::NotFound(_)) => {
+                    session.create(&key, stamp, CreateMode::Persistent).await?
+                }
+                other => {
+                    other?;
+                }
+            }
+            println!("rebalance requested");
+        }
+    }
+    let _ = session.close().await;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The production topology as separate OS processes on a real ZooKeeper and PostgreSQL (started
+//! by the test harness): `rota init`, two controllers, one API and three workers. 20,000 tasks due
+//! over 10 seconds are submitted through the API, each POSTing to a receiver in this test (the
+//! built-in `http` handler), which records every execution. Mid-run one worker and the leading
+//! controller are killed with SIGKILL and a fourth worker starts. Every task must end COMPLETED,
+//! none lost; a task may run twice only if its claim was on the killed worker, never on two
+//! workers at once, and its completion must carry the later claim's epoch. The test prints the
+//! failover time (kill -> the dead worker's partitions claiming again elsewhere).
+
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TASKS: usize = 20_000;
+const SESSION_MS: u64 = 4_000;
+
+#[derive(Clone, Debug)]
+struct Execution {
+    worker: String,
+    epoch: u64,
+    start: Instant,
+    end: Instant,
+}
+
+type Log = Arc<Mutex<HashMap<i64, Vec<Execution>>>>;
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Env {
+    vars: Vec<(String, String)>,
+    api: std::net::SocketAddr,
+}
+
+impl Env {
+    fn command(&self, args: &[&str], worker: Option<&str>) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rota"));
+        c.args(args)
+            .envs(self.vars.iter().cloned())
+            .env("RUST_LOG", "warn");
+        if let Some(w) = worker {
+            c.env("ROTA_WORKER__ID", w);
+        }
+        // Each process logs to its own file in the temporary directory, named after its role.
+        let name = format!("{}-{}", args[0], worker.unwrap_or("x"));
+        let log = std::env::temp_dir().join(format!("rota-mp-{}-{name}.log", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        c.stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        c
+    }
+
+    fn spawn(&self, args: &[&str], worker: Option<&str>) -> Proc {
+        Proc(self.command(args, worker).spawn().expect("start rota"))
+    }
+}
+
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, Value::Null); // not listening yet
+    };
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ready().await {
+        assert!(start.elapsed() < deadline, "no {what} within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The receiver: records each request as one execution, then answers 200 after 5 ms.
+async fn receiver(log: Log) -> String {
+    let app = axum::Router::new().route(
+        "/run",
+        axum::routing::post(move |headers: HeaderMap| {
+            let log = log.clone();
+            async move {
+                let start = Instant::now();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let id: i64 = header("x-rota-task-id").parse().unwrap_or(-1);
+                log.lock().unwrap().entry(id).or_default().push(Execution {
+                    worker: header("x-rota-worker"),
+                    epoch: header("x-rota-epoch").parse().unwrap_or(0),
+                    start,
+                    end: Instant::now(),
+                });
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/run", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_a_worker_and_the_leading_controller_mid_run() {
+    let zk = rota_test_harness::zookeeper();
+    let db = rota_test_harness::postgres().fresh_database();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
+        .parse()
+        .unwrap();
+    let cluster = format!("mp{}", std::process::id());
+    let vars = vec![
+        ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
+        (
+            "ROTA_COORDINATION__ENDPOINTS",
+            format!("[\"{}\"]", zk.endpoint()),
+        ),
+        (
+            "ROTA_COORDINATION__SESSION_TIMEOUT_MS",
+            SESSION_MS.to_string(),
+        ),
+        ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
+        ("ROTA_STORAGE__URL", db.clone()),
+        ("ROTA_CLUSTER__NAME", cluster),
+        ("ROTA_CLUSTER__PARTITIONS", "12".to_owned()),
+        ("ROTA_API__LISTEN", api.to_string()),
+        ("ROTA_WORKER__CONCURRENCY", "64".to_owned()),
+    ];
+    let env = Env {
+        vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        api,
+    };
+
+    // init: succeeds, is idempotent, and refuses to change the partition count.
+    for _ in 0..2 {
+        let status = env.command(&["init"], None).status().unwrap();
+        assert!(status.success(), "rota init failed");
+    }
+    let refused = env
+        .command(&["init"], None)
+        .env("ROTA_CLUSTER__PARTITIONS", "24")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("partitions"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let mut controllers: Vec<Proc> = (0..2).map(|_| env.spawn(&["controller"], None)).collect();
+    let _api = env.spawn(&["api"], None);
+    let mut workers: BTreeMap<&str, Proc> = ["w1", "w2", "w3"]
+        .into_iter()
+        .map(|w| (w, env.spawn(&["worker"], Some(w))))
+        .collect();
+    wait_for("a ready API", Duration::from_secs(60), || async {
+        http(env.api, "GET", "/readyz", None).await.0 == 200
+    })
+    .await;
+    wait_for("every partition led", Duration::from_secs(60), || async {
+        let (_, c) = http(env.api, "GET", "/cluster", None).await;
+        c["partitions"].as_array().is_some_and(|ps| {
+            ps.iter().all(|p| {
+                p["holders"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["state"] == "MASTER")
+            })
+        })
+    })
+    .await;
+
+    let log: Log = Arc::default();
+    let url = receiver(log.clone()).await;
+    // Tasks are due from 10 s to 20 s from now, so submission (a few seconds) ends before the
+    // first is due and the kills below land in the middle of the run.
+    let start = Instant::now();
+    let now = chrono::Utc::now() + chrono::Duration::seconds(10);
+    let mut partition_of: HashMap<i64, u64> = HashMap::new();
+    for chunk in 0..TASKS / 1_000 {
+        let tasks: Vec<Value> = (0..1_000)
+            .map(|i| {
+                let n = chunk * 1_000 + i;
+                let due = now + chrono::Duration::milliseconds((10_000 * n / TASKS) as i64);
+                json!({"name": format!("t{n}"), "scheduledTime": due.to_rfc3339(), "handler": "http",
+                       "maxAttempts": 5, "payload": {"url": url, "body": n}})
+            })
+            .collect();
+        let (status, body) = http(
+            env.api,
+            "POST",
+            "/tasks/batch",
+            Some(&json!({"tasks": tasks})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        for t in body["tasks"].as_array().unwrap() {
+            partition_of.insert(
+                t["id"].as_i64().unwrap(),
+                t["partitionId"].as_u64().unwrap(),
+            );
+        }
+    }
+
+    // Mid-run (3 s after the first task is due): SIGKILL worker w2 and the leading controller,
+    // then start w4.
+    let submitted = start.elapsed();
+    assert!(
+        submitted < Duration::from_secs(12),
+        "submitting took {submitted:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(13) - submitted).await;
+    let (_, c) = http(env.api, "GET", "/cluster", None).await;
+    let w2_partitions: Vec<u64> = c["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["holders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["instance"] == "w2" && h["state"] == "MASTER")
+        })
+        .map(|p| p["partition"].as_u64().unwrap())
+        .collect();
+    assert!(!w2_partitions.is_empty(), "w2 leads nothing: {c}");
+    let leader = c["leader"]["controller"].as_str().unwrap().to_owned();
+    let leader_epoch = c["leader"]["epoch"].as_u64().unwrap();
+    let killed_at = Instant::now();
+    workers.remove("w2").unwrap().0.kill().unwrap();
+    let index = controllers
+        .iter()
+        .position(|p| leader.ends_with(&format!("-{}", p.0.id())))
+        .unwrap_or_else(|| panic!("leader {leader} is not one of ours"));
+    controllers.remove(index).0.kill().unwrap();
+    workers.insert("w4", env.spawn(&["worker"], Some("w4")));
+
+    // Every task completes.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    wait_for("every task COMPLETED", Duration::from_secs(120), || async {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM rota_tasks WHERE status = 'COMPLETED'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        done == TASKS as i64
+    })
+    .await;
+    let (_, after) = http(env.api, "GET", "/cluster", None).await;
+    assert!(
+        after["leader"]["epoch"]
+            .as_u64()
+            .is_some_and(|e| e > leader_epoch),
+        "{after}"
+    );
+    assert_ne!(
+        after["leader"]["controller"].as_str(),
+        Some(leader.as_str()),
+        "{after}"
+    );
+
+    let epochs: HashMap<i64, i64> =
+        sqlx::query_as::<_, (i64, i64)>("SELECT id, epoch FROM rota_tasks")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let log = log.lock().unwrap();
+    let mut twice = 0;
+    let mut recovered: BTreeMap<u64, Duration> = BTreeMap::new();
+    for (id, partition) in &partition_of {
+        let mut runs = log
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| panic!("task {id} never ran"));
+        runs.sort_by_key(|e| e.start);
+        if runs.len() > 1 {
+            twice += 1;
+            assert!(
+                runs.iter().any(|e| e.worker == "w2"),
+                "task {id} ran twice without w2: {runs:?}"
+            );
+            for pair in runs.windows(2) {
+                assert!(
+                    pair[0].end <= pair[1].start,
+                    "task {id} ran on two workers at once: {runs:?}"
+                );
+            }
+        }
+        // The completion recorded is the last claim's: no completion under a stale epoch.
+        assert_eq!(
+            epochs[id] as u64,
+            runs.last().unwrap().epoch,
+            "task {id}: {runs:?}"
+        );
+        if w2_partitions.contains(partition) {
+            for e in runs
+                .iter()
+                .filter(|e| e.worker != "w2" && e.start > killed_at)
+            {
+                let at = e.start - killed_at;
+                let first = recovered.entry(*partition).or_insert(at);
+                *first = (*first).min(at);
+            }
+        }
+    }
+    let failover = recovered.values().max().copied().unwrap_or_default();
+    println!(
+        "failover: w2's {} partitions claiming again elsewhere {:.2} s after SIGKILL (session timeout {:.1} s); \
+         {twice} of {TASKS} tasks ran twice (claims in flight on w2)",
+        w2_partitions.len(),
+        failover.as_secs_f64(),
+        SESSION_MS as f64 / 1000.0
+    );
+    assert_eq!(
+        recovered.len(),
+        w2_partitions.len(),
+        "some of w2's partitions never ran again"
+    );
+}
