@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --all-targets --locked
+# Libraries, binaries, integration tests and examples; benchmarks are compiled by clippy above
+# and run with `cargo bench` (run as tests they would take minutes).
+cargo test --workspace --lib --bins --tests --examples --locked
 # Doc tests and the documented examples compile and pass too.
 cargo test --workspace --doc --locked
