@@ -120,6 +120,8 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// SQLite path or PostgreSQL URL.
     pub url: String,
+    /// Finished tasks are deleted after this long (0: kept forever).
+    pub retention_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -127,6 +129,7 @@ impl Default for StorageConfig {
         Self {
             backend: StorageBackend::Sqlite,
             url: "rota-data/tasks.db".into(),
+            retention_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -214,6 +217,12 @@ impl Config {
             bail!("invalid configuration: storage.url is required for this storage.backend");
         }
         Ok(())
+    }
+
+    /// The retention of finished tasks, `None` to keep them.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        (self.storage.retention_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.storage.retention_ms))
     }
 
     /// The worker id: configured, or the host name.

@@ -111,6 +111,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
         worker_config.lease = Duration::from_millis(config.worker.lease_ms);
         worker_config.task_timeout = Duration::from_millis(config.worker.task_timeout_ms);
         worker_config.step_down_timeout = (timeout / 3).min(worker_config.task_timeout);
+        worker_config.retention = config.retention();
         let worker = Worker::new(worker_config, tasks.clone(), options.handlers.clone());
         let (participant, handle) = Participant::new(
             store.clone(),

@@ -168,6 +168,7 @@ pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow:
     worker_config.lease = Duration::from_millis(config.worker.lease_ms);
     worker_config.task_timeout = Duration::from_millis(config.worker.task_timeout_ms);
     worker_config.step_down_timeout = (timeout(config) / 3).min(worker_config.task_timeout);
+    worker_config.retention = config.retention();
     let worker = Worker::new(worker_config, tasks, crate::handlers::builtin());
     let (participant, _) = Participant::new(
         coordination(config)?,

@@ -373,6 +373,29 @@ impl TaskStore for MemoryTaskStore {
         Ok(running.len() as u64)
     }
 
+    async fn purge_finished(
+        &self,
+        finished_before: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let old: Vec<TaskId> = inner
+            .tasks
+            .values()
+            .filter(|t| t.status.is_final() && t.finished_at.is_some_and(|f| f < finished_before))
+            .map(|t| t.id)
+            .take(limit)
+            .collect();
+        for id in &old {
+            if let Some(task) = inner.tasks.remove(id) {
+                if let Some(key) = task.idempotency_key {
+                    inner.keys.remove(&key);
+                }
+            }
+        }
+        Ok(old.len() as u64)
+    }
+
     async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {
         let inner = self.lock();
         Ok(partitions

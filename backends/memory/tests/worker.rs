@@ -65,6 +65,10 @@ struct Setup {
 }
 
 async fn setup(workers: &[&str]) -> Setup {
+    setup_with(workers, None).await
+}
+
+async fn setup_with(workers: &[&str], retention: Option<Duration>) -> Setup {
     let coordination = MemoryCoordination::new();
     let store: Arc<dyn Coordination> = Arc::new(coordination.clone());
     let admin = Admin::new(store.connect(SESSION).await.unwrap(), "sched");
@@ -106,6 +110,7 @@ async fn setup(workers: &[&str]) -> Setup {
         let mut config = WorkerConfig::new(InstanceId::new(id));
         config.step_down_timeout = Duration::from_millis(500);
         config.max_idle = Duration::from_millis(500);
+        config.retention = retention;
         let worker = Worker::new(config, tasks.clone(), handlers);
         let (participant, handle) = Participant::new(
             store.clone(),
@@ -248,4 +253,33 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
         }
     }
     println!("tasks run twice: {twice} of {}", ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_are_purged_after_the_retention() {
+    let s = setup_with(&["w1", "w2"], Some(Duration::from_secs(1))).await;
+    let ids = insert_spread(&*s.tasks, 50, Duration::from_millis(100)).await;
+    wait_all_completed(&*s.tasks, ids.len()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = s
+            .tasks
+            .list(&ListFilter {
+                limit: 100,
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap()
+            .tasks
+            .len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} finished tasks still stored after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    finish(s).await;
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 async fn store() -> Arc<dyn TaskStore> {
     let url = rota_test_harness::postgres().fresh_database();
+    // The suite's times are synthetic: compare with the caller's clock, not the database's.
     Arc::new(
-        PostgresTaskStore::connect(&url)
+        PostgresTaskStore::connect_with_caller_clock(&url)
             .await
             .expect("connect to the test server"),
     )
@@ -65,4 +66,36 @@ async fn inserts_wake_other_processes_through_notify() {
             ),
         }
     }
+}
+
+#[tokio::test]
+async fn due_times_are_compared_on_the_databases_clock() {
+    use rota_core::task::{Claim, NewTask};
+    let url = rota_test_harness::postgres().fresh_database();
+    let store = PostgresTaskStore::connect(&url).await.unwrap();
+    let wall = rota_core::task::worker::wall_clock_ms();
+    let task = NewTask {
+        name: "due".into(),
+        payload: serde_json::Value::Null,
+        scheduled_at: wall - 1_000,
+        partition_key: None,
+        max_attempts: 1,
+        handler: None,
+        idempotency_key: None,
+    };
+    let t = store.insert(vec![task], 1, 0).await.unwrap().remove(0).0;
+    assert!(
+        t.created_at > wall - 60_000,
+        "created_at from the database's clock: {}",
+        t.created_at
+    );
+    let owner = rota_core::InstanceId::new("w");
+    store.acquire(0, &owner, 1, 0).await.unwrap();
+    // The worker's clock says 1970; the database's says the task is due.
+    let claim = [Claim {
+        partition: 0,
+        epoch: 1,
+    }];
+    let claimed = store.claim(&owner, &claim, 0, 10, 30_000).await.unwrap();
+    assert_eq!(claimed.tasks.len(), 1);
 }

@@ -567,6 +567,25 @@ impl TaskStore for SqliteTaskStore {
         .await
     }
 
+    async fn purge_finished(
+        &self,
+        finished_before: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.run(move |conn| {
+            let purged = conn
+                .execute(
+                    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+                     WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND finished_at < ?1 \
+                     LIMIT ?2)",
+                    params![finished_before, limit as i64],
+                )
+                .map_err(backend)?;
+            Ok(purged as u64)
+        })
+        .await
+    }
+
     async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {
         let list = json_list(partitions.iter().copied());
         self.run(move |conn| {

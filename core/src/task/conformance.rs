@@ -549,6 +549,58 @@ pub async fn reset_after_restart(store: Arc<dyn TaskStore>) {
     );
 }
 
+/// Finished tasks older than the cutoff are purged, with their idempotency keys; live ones stay.
+pub async fn purge_finished(store: Arc<dyn TaskStore>) {
+    let owner = InstanceId::new("w1");
+    let mut keyed = task("keyed", NOW, None);
+    keyed.idempotency_key = Some("once".into());
+    let inserted = store
+        .insert(
+            vec![
+                keyed.clone(),
+                task("cancelled", NOW + 60_000, None),
+                task("pending", NOW + 60_000, None),
+            ],
+            PARTITIONS,
+            NOW,
+        )
+        .await
+        .unwrap();
+    own_all(&*store, &owner, 1).await;
+    let claimed = store
+        .claim(&owner, &all(1), NOW, 10, 30_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(claimed.len(), 1);
+    let done = Completion {
+        id: claimed[0].id,
+        epoch: 1,
+        outcome: CompletionOutcome::Succeeded,
+    };
+    store.complete(&owner, &[done], NOW + 10).await.unwrap();
+    store.cancel(inserted[1].0.id, NOW + 20).await.unwrap();
+    assert_eq!(
+        store.purge_finished(NOW + 10, 100).await.unwrap(),
+        0,
+        "finished at the cutoff stays"
+    );
+    assert_eq!(store.purge_finished(NOW + 1_000, 100).await.unwrap(), 2);
+    assert_eq!(store.get(inserted[0].0.id).await.unwrap(), None);
+    assert_eq!(
+        store.get(inserted[2].0.id).await.unwrap().unwrap().status,
+        TaskStatus::Pending
+    );
+    // The key is free again.
+    assert!(
+        store
+            .insert(vec![keyed], PARTITIONS, NOW + 2_000)
+            .await
+            .unwrap()[0]
+            .1
+    );
+}
+
 /// Inserts are announced per partition.
 pub async fn insert_notifications(store: Arc<dyn TaskStore>) {
     let mut inserted = store.inserted();
@@ -568,7 +620,7 @@ macro_rules! task_store_conformance {
         $crate::task_store_conformance!(@cases $store;
             insert_and_get, idempotency_keys, claim_in_due_order, batch_completion_and_retries,
             fencing, leases, cancel_racing_claims, pagination, insert_notifications,
-            reset_after_restart);
+            reset_after_restart, purge_finished);
     };
     (@cases $store:path; $($case:ident),*) => {
         $(

@@ -222,6 +222,15 @@ pub trait TaskStore: Send + Sync {
     /// while workers of the cluster may be running.
     async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError>;
 
+    /// Deletes up to `limit` finished tasks (COMPLETED, FAILED, CANCELLED) that finished before
+    /// `finished_before`, with their idempotency keys; returns how many. Keeps the task table
+    /// small: the claim's indexes only ever cover live tasks.
+    async fn purge_finished(
+        &self,
+        finished_before: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
     /// The earliest `scheduled_at` of a PENDING task in these partitions.
     async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError>;
 

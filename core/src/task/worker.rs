@@ -12,6 +12,7 @@
 //!   partition, a change of ownership, or free capacity, whichever comes first (the idle
 //!   backstop, `max_idle`, only bounds the wait), never a fixed tick.
 //! - **Leases** of running tasks are renewed with one store write per worker for all of them.
+//! - **Retention**: the worker leading partition 0 deletes finished tasks past the retention.
 //!   A claim, completion or renewal refused by the store (stale epoch) drops the partition.
 
 use super::store::{Claim, Completion, CompletionOutcome, TaskStore};
@@ -128,6 +129,9 @@ pub struct WorkerConfig {
     /// Keep it well under the coordination session timeout: a worker cut off from the store
     /// must have stopped before its partitions are granted elsewhere.
     pub step_down_timeout: Duration,
+    /// Finished tasks older than this are deleted (by the worker leading partition 0); `None`
+    /// keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 impl WorkerConfig {
@@ -143,6 +147,7 @@ impl WorkerConfig {
             retry: RetryPolicy::default(),
             max_idle: Duration::from_secs(5),
             step_down_timeout: Duration::from_secs(3),
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -256,6 +261,7 @@ impl Worker {
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
         let completer = tokio::spawn(complete_in_batches(inner.clone(), done_rx));
         let renewer = tokio::spawn(renew_leases(inner.clone(), shutdown.clone()));
+        let purger = tokio::spawn(purge_finished(inner.clone(), shutdown.clone()));
         let mut inserted = inner.store.inserted();
         while !*shutdown.borrow() {
             let claims = inner.owned();
@@ -310,6 +316,7 @@ impl Worker {
         drop(done_tx);
         let _ = completer.await;
         renewer.abort();
+        purger.abort();
     }
 }
 
@@ -543,6 +550,45 @@ async fn renew_leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         match inner.store.renew(&inner.config.id, &claims, until).await {
             Ok(refused) => inner.drop_partitions(&refused),
             Err(e) => warn!(error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+/// Deletes finished tasks past the retention, a batch at a time, from the one worker that leads
+/// partition 0 (so the cluster purges once, not once per worker).
+async fn purge_finished(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let Some(retention) = inner.config.retention else {
+        return;
+    };
+    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
+        let leads_zero = inner
+            .owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&0);
+        if !leads_zero {
+            continue;
+        }
+        let cutoff = (inner.now)() - retention.as_millis() as i64;
+        loop {
+            match inner.store.purge_finished(cutoff, 10_000).await {
+                Ok(n) if n == 10_000 => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        info!(purged = n, "deleted finished tasks past their retention");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "purging finished tasks failed");
+                    break;
+                }
+            }
         }
     }
 }
