@@ -577,7 +577,7 @@ async fn purge_finished(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
         let cutoff = (inner.now)() - retention.as_millis() as i64;
         loop {
             match inner.store.purge_finished(cutoff, 10_000).await {
-                Ok(n) if n == 10_000 => continue,
+                Ok(10_000) => continue,
                 Ok(n) => {
                     if n > 0 {
                         info!(purged = n, "deleted finished tasks past their retention");
