@@ -427,6 +427,12 @@ impl Session for ZooKeeperSession {
         // ephemeral znodes.
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(client);
+        // The client's session task sends CloseSession once the last handle is gone, then reports
+        // Closed: wait for that, so a process that exits right after closing does not leave its
+        // session (and ephemeral znodes) behind until the timeout.
+        let mut state = self.state_rx.clone();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.is_final())).await;
         self.state.send_if_modified(|s| {
             if s.is_final() {
                 return false;
