@@ -31,8 +31,8 @@ use zookeeper_client as zk;
 #[derive(Clone)]
 pub struct ZooKeeperCoordination {
     endpoints: String,
-    /// Session credentials by id, so tests can make the server expire a session.
-    sessions: Arc<Mutex<HashMap<SessionId, zk::SessionInfo>>>,
+    /// Session credentials and states by id, so tests can make the server expire a session.
+    sessions: Arc<Mutex<HashMap<SessionId, (zk::SessionInfo, watch::Receiver<SessionState>)>>>,
 }
 
 impl ZooKeeperCoordination {
@@ -47,19 +47,31 @@ impl ZooKeeperCoordination {
     /// Makes the server expire a session now: a second client takes the session over and
     /// closes it, as ZooKeeper's own tests do. For fault injection in tests.
     pub async fn expire(&self, session: &SessionId) {
-        let info = self
+        let known = self
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(session)
             .cloned();
-        if let Some(info) = info {
+        let Some((info, mut state)) = known else {
+            return;
+        };
+        // Until the holder sees its session end: take it over and close it (the server may need
+        // more than one try while the holder reconnects).
+        for _ in 0..10 {
             if let Ok(client) = zk::Client::connector()
-                .with_session(info)
+                .with_session(info.clone())
                 .connect(&self.endpoints)
                 .await
             {
                 drop(client);
+            }
+            let ended = state.wait_for(|s| s.is_final());
+            if tokio::time::timeout(Duration::from_secs(3), ended)
+                .await
+                .is_ok()
+            {
+                return;
             }
         }
     }
@@ -107,11 +119,11 @@ impl Coordination for ZooKeeperCoordination {
                 other => CoordError::Backend(format!("cannot connect to ZooKeeper: {other}")),
             })?;
         let id = SessionId::new(format!("zk-{}", client.session_id()));
+        let (state_tx, state_rx) = watch::channel(SessionState::Connected);
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), client.session().clone());
-        let (state_tx, state_rx) = watch::channel(SessionState::Connected);
+            .insert(id.clone(), (client.session().clone(), state_rx.clone()));
         let mut zk_state = client.state_watcher();
         let forward = state_tx.clone();
         let sessions = self.sessions.clone();
