@@ -27,12 +27,15 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use zookeeper_client as zk;
 
+/// A session's credentials and the state its holder sees.
+type Known = (zk::SessionInfo, watch::Receiver<SessionState>);
+
 /// A ZooKeeper ensemble to open sessions on.
 #[derive(Clone)]
 pub struct ZooKeeperCoordination {
     endpoints: String,
     /// Session credentials and states by id, so tests can make the server expire a session.
-    sessions: Arc<Mutex<HashMap<SessionId, (zk::SessionInfo, watch::Receiver<SessionState>)>>>,
+    sessions: Arc<Mutex<HashMap<SessionId, Known>>>,
 }
 
 impl ZooKeeperCoordination {
