@@ -219,6 +219,26 @@ impl Config {
         Ok(())
     }
 
+    /// The coordination session timeout.
+    pub fn session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.coordination.session_timeout_ms)
+    }
+
+    /// A worker's settings for instance `id`: the `[worker]` section, the retention, and a
+    /// step-down time of a third of the session timeout (at most the task timeout), so a worker
+    /// cut off from the store has stopped before its session can expire.
+    pub fn worker_config(&self, id: &str) -> rota_core::task::worker::WorkerConfig {
+        use std::time::Duration;
+        let mut w = rota_core::task::worker::WorkerConfig::new(rota_core::InstanceId::new(id));
+        w.concurrency = self.worker.concurrency;
+        w.batch = self.worker.batch;
+        w.lease = Duration::from_millis(self.worker.lease_ms);
+        w.task_timeout = Duration::from_millis(self.worker.task_timeout_ms);
+        w.step_down_timeout = (self.session_timeout() / 3).min(w.task_timeout);
+        w.retention = self.retention();
+        w
+    }
+
     /// The retention of finished tasks, `None` to keep them.
     pub fn retention(&self) -> Option<std::time::Duration> {
         (self.storage.retention_ms > 0)

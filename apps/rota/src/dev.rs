@@ -11,9 +11,9 @@ use rota_core::cluster::controller::{Controller, ControllerConfig};
 use rota_core::cluster::keys::ClusterKeys;
 use rota_core::cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
 use rota_core::coordination::Coordination;
-use rota_core::task::worker::{Handlers, Worker, WorkerConfig, wall_clock_ms};
+use rota_core::task::worker::{Handlers, Worker, wall_clock_ms};
 use rota_core::task::{TASKS_RESOURCE, TaskStore};
-use rota_core::{InstanceConfig, InstanceId, ResourceConfig};
+use rota_core::{InstanceConfig, ResourceConfig};
 use rota_memory::MemoryCoordination;
 use rota_sqlite::SqliteTaskStore;
 use std::collections::BTreeSet;
@@ -73,7 +73,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
 
     let coordination = MemoryCoordination::new();
     let store: Arc<dyn Coordination> = Arc::new(coordination.clone());
-    let timeout = Duration::from_millis(config.coordination.session_timeout_ms);
+    let timeout = config.session_timeout();
     let cluster = config.cluster.name.clone();
     let admin_session = store.connect(timeout).await?;
     let admin = Admin::new(admin_session.clone(), &cluster);
@@ -105,14 +105,11 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
     let mut participants = Vec::new();
     for n in 1..=options.workers {
         let id = format!("worker-{n}");
-        let mut worker_config = WorkerConfig::new(InstanceId::new(&id));
-        worker_config.concurrency = config.worker.concurrency;
-        worker_config.batch = config.worker.batch;
-        worker_config.lease = Duration::from_millis(config.worker.lease_ms);
-        worker_config.task_timeout = Duration::from_millis(config.worker.task_timeout_ms);
-        worker_config.step_down_timeout = (timeout / 3).min(worker_config.task_timeout);
-        worker_config.retention = config.retention();
-        let worker = Worker::new(worker_config, tasks.clone(), options.handlers.clone());
+        let worker = Worker::new(
+            config.worker_config(&id),
+            tasks.clone(),
+            options.handlers.clone(),
+        );
         let (participant, handle) = Participant::new(
             store.clone(),
             ParticipantConfig {

@@ -11,7 +11,7 @@ use rota_core::cluster::controller::{Controller, ControllerConfig};
 use rota_core::cluster::keys::ClusterKeys;
 use rota_core::cluster::participant::{Participant, ParticipantConfig};
 use rota_core::coordination::{Coordination, CreateMode, Session};
-use rota_core::task::worker::{Worker, WorkerConfig, wall_clock_ms};
+use rota_core::task::worker::{Worker, wall_clock_ms};
 use rota_core::task::{TASKS_RESOURCE, TaskStore};
 use rota_core::{InstanceConfig, ResourceConfig};
 use std::collections::BTreeSet;
@@ -61,7 +61,7 @@ pub async fn task_store(config: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
 }
 
 fn timeout(config: &Config) -> Duration {
-    Duration::from_millis(config.coordination.session_timeout_ms)
+    config.session_timeout()
 }
 
 async fn session(config: &Config) -> anyhow::Result<Arc<dyn Session>> {
@@ -162,14 +162,7 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
 pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let id = config.worker_id()?;
     let tasks = task_store(config).await?;
-    let mut worker_config = WorkerConfig::new(InstanceId::new(&id));
-    worker_config.concurrency = config.worker.concurrency;
-    worker_config.batch = config.worker.batch;
-    worker_config.lease = Duration::from_millis(config.worker.lease_ms);
-    worker_config.task_timeout = Duration::from_millis(config.worker.task_timeout_ms);
-    worker_config.step_down_timeout = (timeout(config) / 3).min(worker_config.task_timeout);
-    worker_config.retention = config.retention();
-    let worker = Worker::new(worker_config, tasks, crate::handlers::builtin());
+    let worker = Worker::new(config.worker_config(&id), tasks, crate::handlers::builtin());
     let (participant, _) = Participant::new(
         coordination(config)?,
         ParticipantConfig {
