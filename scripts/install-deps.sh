@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs, from Debian packages, the servers and tools rota's tests use: ZooKeeper, etcd and
-# PostgreSQL (started as throwaway servers by the test harness) and protoc (needed to build the
-# etcd client). Idempotent: installs only what is missing, and does nothing on a machine that
-# has everything. Needs root (or sudo) the first time.
+# PostgreSQL (started as throwaway servers by the test harness) and protoc with its well-known
+# types (needed to build the etcd client). Idempotent: installs only what is missing, and does
+# nothing on a machine that has everything. Needs root (or sudo) the first time.
 set -euo pipefail
 
 # package -> a file (glob) that proves it is installed. For PostgreSQL the server binary
 # itself: a machine may have only the client tools.
 declare -A probes=(
   [protobuf-compiler]=/usr/bin/protoc
+  [libprotobuf-dev]=/usr/include/google/protobuf/descriptor.proto
   [zookeeper]=/usr/share/zookeeper
   [etcd-server]=/usr/bin/etcd
   [postgresql]='/usr/lib/postgresql/*/bin/postgres'

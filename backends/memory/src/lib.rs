@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use rota_core::SessionId;
 use rota_core::coordination::{
     CoordError, Coordination, CreateMode, MAX_VALUE_BYTES, Node, Op, OpResult, Session,
-    SessionState, Watch, WatchEvent, validate_key,
+    SessionState, Watch, WatchEvent, validate_key, validate_transaction,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -308,6 +308,7 @@ impl Inner {
     /// earlier ones leave, then commits all and publishes the changes.
     fn apply(&mut self, session: u64, ops: Vec<Op>) -> Result<Vec<OpResult>, CoordError> {
         self.check_live(session)?;
+        validate_transaction(&ops)?;
         let mut overlay: HashMap<String, Option<Stored>> = HashMap::new();
         let mut results = Vec::with_capacity(ops.len());
         let mut changes = Vec::new();

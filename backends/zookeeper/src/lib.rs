@@ -18,8 +18,8 @@
 use async_trait::async_trait;
 use rota_core::SessionId;
 use rota_core::coordination::{
-    CoordError, Coordination, CreateMode, MAX_VALUE_BYTES, Node, Op, OpResult, Session,
-    SessionState, Watch, WatchEvent, validate_key,
+    CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState, Watch,
+    WatchEvent, validate_key, validate_transaction, validate_value,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -215,16 +215,6 @@ impl ZooKeeperSession {
     }
 }
 
-fn too_large(key: &str, value: &[u8]) -> Result<(), CoordError> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(CoordError::TooLarge {
-            key: key.to_owned(),
-            len: value.len(),
-        });
-    }
-    Ok(())
-}
-
 fn zk_version(v: Option<u64>) -> Option<i32> {
     v.map(|v| v.min(i32::MAX as u64) as i32)
 }
@@ -285,7 +275,7 @@ impl Session for ZooKeeperSession {
         expected: Option<u64>,
     ) -> Result<u64, CoordError> {
         validate_key(key)?;
-        too_large(key, &value)?;
+        validate_value(key, &value)?;
         let client = self.client()?;
         match client.set_data(key, &value, zk_version(expected)).await {
             Ok(stat) => Ok(stat.version as u64),
@@ -310,15 +300,7 @@ impl Session for ZooKeeperSession {
 
     async fn transaction(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, CoordError> {
         let client = self.client()?;
-        for op in &ops {
-            match op {
-                Op::Check { key, .. } | Op::Delete { key, .. } => validate_key(key)?,
-                Op::Create { key, value, .. } | Op::Set { key, value, .. } => {
-                    validate_key(key)?;
-                    too_large(key, value)?;
-                }
-            }
-        }
+        validate_transaction(&ops)?;
         for op in &ops {
             if let Op::Create { key, .. } = op {
                 self.ensure_parent(&client, key).await?;

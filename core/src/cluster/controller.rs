@@ -60,8 +60,8 @@ pub enum ControllerStatus {
 /// Delay before retrying a reconcile whose read or write failed.
 const RETRY_MS: u64 = 100;
 
-/// Operations per transaction, to stay far below every backend's request size limit.
-const CHUNK: usize = 128;
+/// Operations per transaction besides the fence: as many as every backend takes in one call.
+const CHUNK: usize = crate::coordination::MAX_TRANSACTION_OPS - 1;
 
 /// A won leadership: the session and the epoch counter version every write is fenced by.
 pub struct LeaderLease {

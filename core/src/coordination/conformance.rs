@@ -8,8 +8,8 @@
 //! ```
 
 use super::{
-    CoordError, Coordination, CreateMode, MAX_VALUE_BYTES, Op, OpResult, Session, SessionState,
-    Watch, WatchEvent,
+    CoordError, Coordination, CreateMode, MAX_TRANSACTION_OPS, MAX_VALUE_BYTES, Op, OpResult,
+    Session, SessionState, Watch, WatchEvent,
 };
 use crate::model::SessionId;
 use async_trait::async_trait;
@@ -279,6 +279,88 @@ pub async fn transaction_atomicity(h: &Harness) {
     assert_eq!((value(x).await, value(y).await), (60, 40));
 }
 
+/// Transactions up to [`MAX_TRANSACTION_OPS`] operations apply, even when every operation is a
+/// conditional delete (the most conditions per operation on etcd); longer ones, and ones naming
+/// a key their earlier operations wrote, are refused and apply nothing.
+pub async fn transaction_limits(h: &Harness) {
+    let s = h.session().await;
+    let key = |i: usize| h.key(&format!("limits/k{i}"));
+    let create = |i: usize| Op::Create {
+        key: key(i),
+        value: vec![],
+        mode: CreateMode::Persistent,
+    };
+    let too_many: Vec<Op> = (0..=MAX_TRANSACTION_OPS).map(create).collect();
+    assert!(matches!(
+        s.transaction(too_many).await,
+        Err(CoordError::Unsupported(_))
+    ));
+    assert_eq!(
+        s.children(&h.key("limits")).await.unwrap(),
+        Vec::<String>::new()
+    );
+    let most: Vec<Op> = (0..MAX_TRANSACTION_OPS).map(create).collect();
+    assert_eq!(
+        s.transaction(most).await.unwrap().len(),
+        MAX_TRANSACTION_OPS
+    );
+    assert_eq!(
+        s.children(&h.key("limits")).await.unwrap().len(),
+        MAX_TRANSACTION_OPS
+    );
+    let deletes: Vec<Op> = (0..MAX_TRANSACTION_OPS)
+        .map(|i| Op::Delete {
+            key: key(i),
+            expected: Some(0),
+        })
+        .collect();
+    assert_eq!(
+        s.transaction(deletes).await.unwrap().len(),
+        MAX_TRANSACTION_OPS
+    );
+    assert_eq!(
+        s.children(&h.key("limits")).await.unwrap(),
+        Vec::<String>::new()
+    );
+
+    let twice = vec![
+        create(0),
+        Op::Set {
+            key: key(0),
+            value: b"again".to_vec(),
+            expected: None,
+        },
+    ];
+    assert!(matches!(
+        s.transaction(twice).await,
+        Err(CoordError::Unsupported(_))
+    ));
+    assert_eq!(
+        s.get(&key(0)).await.unwrap(),
+        None,
+        "refused transaction applied"
+    );
+    // Checking a key, then writing it, is one condition and one write: allowed.
+    s.create(&key(0), vec![], CreateMode::Persistent)
+        .await
+        .unwrap();
+    let check_then_set = vec![
+        Op::Check {
+            key: key(0),
+            version: 0,
+        },
+        Op::Set {
+            key: key(0),
+            value: b"x".to_vec(),
+            expected: Some(0),
+        },
+    ];
+    assert_eq!(
+        s.transaction(check_then_set).await.unwrap(),
+        vec![OpResult::Checked, OpResult::Set(1)]
+    );
+}
+
 /// Deep trees, children listing, and no delete of a key with children.
 pub async fn deep_trees(h: &Harness) {
     let s = h.session().await;
@@ -498,7 +580,7 @@ pub async fn watch_scope(h: &Harness) {
 macro_rules! coordination_conformance {
     ($harness:path) => {
         $crate::coordination_conformance!(@cases $harness;
-            crud, cas_conflicts, transaction_atomicity, deep_trees, large_values,
+            crud, cas_conflicts, transaction_atomicity, transaction_limits, deep_trees, large_values,
             ephemeral_removed_on_close, ephemeral_removed_on_expiry,
             watch_order_under_concurrent_writers, watch_scope);
     };

@@ -16,7 +16,10 @@
 //!
 //! # Contract of every backend
 //! - **Atomicity**: each call is atomic; a [`Session::transaction`] applies all its operations or
-//!   none, and its checks see the state the writes apply to.
+//!   none, and its checks see the state the writes apply to. A transaction carries at most
+//!   [`MAX_TRANSACTION_OPS`] operations and names a key again only if no earlier operation of it
+//!   wrote that key (etcd evaluates all conditions before any write); backends refuse others with
+//!   [`CoordError::Unsupported`] ([`validate_transaction`]).
 //! - **Order**: writes are linearizable; every watch sees the changes to its keys in the order
 //!   they were applied, each exactly once, from the moment [`Session::watch`] returns — or
 //!   receives [`WatchEvent::Resync`], which says "events may have been missed: re-read what you
@@ -42,6 +45,12 @@ use tokio::sync::{mpsc, watch};
 
 /// Largest value every backend accepts (ZooKeeper's default limit is 1 MiB including overhead).
 pub const MAX_VALUE_BYTES: usize = 1_000_000;
+
+/// Most operations one [`Session::transaction`] may carry. etcd refuses transactions of more
+/// than 128 comparisons by default (`--max-txn-ops`), and its backend needs up to two per
+/// operation plus one for the session; every backend enforces the same limit so that code
+/// tested on one runs on all.
+pub const MAX_TRANSACTION_OPS: usize = 50;
 
 /// A stored value and its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +107,18 @@ pub enum Op {
         /// Expected version.
         expected: Option<u64>,
     },
+}
+
+impl Op {
+    /// The key the operation is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Check { key, .. }
+            | Op::Create { key, .. }
+            | Op::Set { key, .. }
+            | Op::Delete { key, .. } => key,
+        }
+    }
 }
 
 /// What a successful operation of a transaction did.
@@ -203,6 +224,10 @@ pub enum CoordError {
         /// Size of the value.
         len: usize,
     },
+    /// The request is valid but more than every backend can do as one call (see
+    /// [`validate_transaction`]). Certainly not applied.
+    #[error("unsupported request: {0}")]
+    Unsupported(String),
     /// No contact with the store. The call **may have been applied**: re-read before retrying a
     /// write that is not idempotent. The session may still recover.
     #[error("connection to the coordination store lost")]
@@ -243,6 +268,46 @@ pub fn validate_key(key: &str) -> Result<(), CoordError> {
     } else {
         Err(CoordError::InvalidKey(key.to_owned()))
     }
+}
+
+/// Checks what every backend checks before applying a transaction: valid keys, values within
+/// [`MAX_VALUE_BYTES`], at most [`MAX_TRANSACTION_OPS`] operations, and no key named again after
+/// an operation of the same transaction wrote it.
+pub fn validate_transaction(ops: &[Op]) -> Result<(), CoordError> {
+    if ops.len() > MAX_TRANSACTION_OPS {
+        return Err(CoordError::Unsupported(format!(
+            "a transaction of {} operations; the limit is {MAX_TRANSACTION_OPS}",
+            ops.len()
+        )));
+    }
+    let mut written = std::collections::HashSet::new();
+    for op in ops {
+        let key = op.key();
+        validate_key(key)?;
+        if let Op::Create { value, .. } | Op::Set { value, .. } = op {
+            validate_value(key, value)?;
+        }
+        if written.contains(key) {
+            return Err(CoordError::Unsupported(format!(
+                "{key} is named again after an earlier operation of the same transaction wrote it"
+            )));
+        }
+        if !matches!(op, Op::Check { .. }) {
+            written.insert(key);
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a value fits in [`MAX_VALUE_BYTES`].
+pub fn validate_value(key: &str, value: &[u8]) -> Result<(), CoordError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(CoordError::TooLarge {
+            key: key.to_owned(),
+            len: value.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Stream of watch events. Ends (`None`) when the session ends.

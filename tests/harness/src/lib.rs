@@ -1,7 +1,10 @@
-//! Throwaway servers for tests, started from the machine's installed binaries on free loopback
-//! ports in temporary directories: one per test binary, shared by its tests, and gone when the
-//! test process exits (each server runs under a small shell guard that stops it, and removes its
-//! directory, when the test process's end of a pipe closes).
+//! Throwaway servers for tests (PostgreSQL, ZooKeeper, etcd), started from the machine's
+//! installed binaries on free loopback ports in temporary directories: one per test binary,
+//! shared by its tests, and gone when the test process exits (each server runs under a small
+//! shell guard that stops it, and removes its directory, when the test process's end of a pipe
+//! closes).
+//!
+//! [`Proxy`] stands between a client and a server to cut the network between them.
 //!
 //! A server that cannot be started fails the test with a message saying how to install it
 //! (`bash scripts/install-deps.sh`); nothing is skipped silently.
@@ -296,4 +299,155 @@ fn ruok(port: u16) -> bool {
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
     answer == "imok"
+}
+
+/// A running etcd server (one member).
+pub struct Etcd {
+    /// Client port on 127.0.0.1.
+    pub port: u16,
+    _guard: Mutex<Child>,
+}
+
+impl Etcd {
+    /// The client endpoint (`127.0.0.1:port`).
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// The etcd server of this test binary, started on first use.
+pub fn etcd() -> &'static Etcd {
+    static SERVER: OnceLock<Etcd> = OnceLock::new();
+    SERVER.get_or_init(start_etcd)
+}
+
+fn start_etcd() -> Etcd {
+    let bin = Path::new("/usr/bin/etcd");
+    if !bin.exists() {
+        panic!("no etcd at {}; {INSTALL}", bin.display());
+    }
+    let dir = temp_dir("etcd");
+    let (port, peer) = (free_port(), free_port());
+    let log = dir.join("log");
+    let script = format!(
+        "{bin} --name rota-test --data-dir {data} --listen-client-urls http://127.0.0.1:{port} \
+         --advertise-client-urls http://127.0.0.1:{port} --listen-peer-urls http://127.0.0.1:{peer} \
+         --initial-advertise-peer-urls http://127.0.0.1:{peer} \
+         --initial-cluster rota-test=http://127.0.0.1:{peer} --initial-cluster-state new \
+         --logger zap --log-level warn > {log} 2>&1",
+        bin = bin.display(),
+        data = dir.join("data").display(),
+        log = log.display()
+    );
+    let guard = guarded(&script, &format!("rm -rf {}", dir.display()), false);
+    wait_until(
+        "etcd",
+        Duration::from_secs(60),
+        || http_get(port, "/health").is_some_and(|body| body.contains("\"health\":\"true\"")),
+        &log,
+    );
+    Etcd {
+        port,
+        _guard: Mutex::new(guard),
+    }
+}
+
+/// The body of a plain HTTP GET on 127.0.0.1, if it answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a server, which a test can cut off (a network partition
+/// for the clients that connect through it) and reconnect.
+pub struct Proxy {
+    /// The port clients connect to instead of the server's.
+    pub port: u16,
+    shared: std::sync::Arc<ProxyShared>,
+}
+
+#[derive(Default)]
+struct ProxyShared {
+    partitioned: std::sync::atomic::AtomicBool,
+    connections: Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl Proxy {
+    /// A proxy forwarding to `target` on 127.0.0.1.
+    pub fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        let port = listener.local_addr().expect("proxy address").port();
+        let shared = std::sync::Arc::new(ProxyShared::default());
+        let accept = shared.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if accept.partitioned.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                ) else {
+                    continue;
+                };
+                {
+                    let mut open = accept.connections.lock().unwrap_or_else(|e| e.into_inner());
+                    open.push(c3);
+                    open.push(s3);
+                }
+                pipe(client, server);
+                pipe(s2, c2);
+            }
+        });
+        Proxy { port, shared }
+    }
+
+    /// The address clients use (`127.0.0.1:port`).
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every open connection and refuses new ones until [`Proxy::heal`].
+    pub fn partition(&self) {
+        self.shared.partitioned.store(true, Ordering::SeqCst);
+        let mut open = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for stream in open.drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.shared.partitioned.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` on a thread until either side closes, then closes both.
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
 }

@@ -1,0 +1,366 @@
+//! # rota-etcd
+//!
+//! The [`Coordination`] store on etcd (v3 API, >= 3.4), for production.
+//!
+//! - **Sessions** are leases. Connecting grants a lease whose TTL is the session timeout
+//!   (rounded up to whole seconds; etcd raises TTLs below its minimum, and
+//!   [`Session::timeout`] reports the TTL granted). A task of the session renews it
+//!   ([`keepalive`]): an unanswered renewal reports `Suspended`, the server saying the lease is
+//!   gone reports `Expired`. Closing revokes the lease.
+//! - **Ephemeral keys** are attached to the lease, so etcd deletes them when it expires or is
+//!   revoked. Every write of a session is also conditional on a key of its own lease
+//!   ([`txn`]), so once the lease is gone nothing the session writes applies — what ZooKeeper
+//!   guarantees for an expired session.
+//! - **Versions** are etcd's per-key `version` minus one; compare-and-swap compares it in the
+//!   same transaction as the write.
+//! - **Transactions** are etcd transactions: conditions first, then the writes ([`txn`]).
+//! - **Watches** are etcd watches on the key (or its subtree) from a known revision, resumed from
+//!   the last delivered revision after a lost connection, with an explicit `Resync` only when
+//!   that revision was compacted away ([`watch`]).
+//! - **Keys** live under a configurable prefix ([`keys`]), so several clusters or tenants can
+//!   share an etcd; rota's own keys already start with `/rota/{cluster}`.
+//!
+//! Every call is bounded by a request timeout (the session timeout, at most 10 s): while no etcd
+//! server can be reached, calls fail with [`CoordError::ConnectionLoss`] rather than wait.
+
+mod keepalive;
+mod keys;
+mod txn;
+mod watch;
+
+use async_trait::async_trait;
+use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
+use keys::{KeySpace, child_name};
+use rota_core::SessionId;
+use rota_core::coordination::{
+    CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState, Watch,
+    validate_key, validate_transaction,
+};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch as state_watch};
+
+/// Keys read per request when listing children.
+const PAGE: i64 = 1_000;
+
+/// An etcd cluster to open sessions on.
+#[derive(Clone)]
+pub struct EtcdCoordination {
+    endpoints: Vec<String>,
+    keys: KeySpace,
+}
+
+impl EtcdCoordination {
+    /// Sessions will connect to `endpoints` (`host:port` or `http://host:port`) and keep every
+    /// key under `prefix` (empty, or `/name[/name...]`).
+    pub fn new(endpoints: Vec<String>, prefix: &str) -> Self {
+        Self {
+            endpoints,
+            keys: KeySpace::new(prefix),
+        }
+    }
+
+    async fn client(&self, timeout: Duration) -> Result<Client, CoordError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout.min(Duration::from_secs(5)))
+            // Finds a connection that died silently (no reset) while streams wait on it; etcd
+            // refuses pings more often than every 5 s.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        Client::connect(&self.endpoints, Some(options))
+            .await
+            .map_err(|e| match map_error(e) {
+                CoordError::Backend(message) => {
+                    CoordError::Backend(format!("cannot connect to etcd: {message}"))
+                }
+                other => other,
+            })
+    }
+
+    /// Makes the server end a session now, as if its lease had run out: revokes the lease. For
+    /// fault injection in tests.
+    pub async fn expire(&self, session: &SessionId) {
+        let Some(lease) = lease_of(session) else {
+            return;
+        };
+        if let Ok(mut client) = self.client(Duration::from_secs(5)).await {
+            let _ = bounded(Duration::from_secs(5), client.lease_revoke(lease)).await;
+        }
+    }
+}
+
+/// The lease behind a session id (`etcd-{lease:x}`).
+fn lease_of(session: &SessionId) -> Option<i64> {
+    let hex = session.as_str().strip_prefix("etcd-")?;
+    u64::from_str_radix(hex, 16).ok().map(|l| l as i64)
+}
+
+/// What an etcd client error tells the caller.
+fn map_error(e: etcd_client::Error) -> CoordError {
+    use etcd_client::Error;
+    match e {
+        Error::GRpcStatus(status) => match status.code() {
+            // No connection, or no leader: the call may or may not have been applied.
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                CoordError::ConnectionLoss
+            }
+            tonic::Code::NotFound if status.message().contains("lease not found") => {
+                CoordError::SessionExpired
+            }
+            _ => CoordError::Backend(format!("etcd: {}", status.message())),
+        },
+        Error::TransportError(_) | Error::IoError(_) => CoordError::ConnectionLoss,
+        other => CoordError::Backend(other.to_string()),
+    }
+}
+
+/// Runs an etcd call with a deadline: calls wait for a connection while there is none.
+async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, CoordError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(map_error),
+        Err(_) => Err(CoordError::ConnectionLoss),
+    }
+}
+
+#[async_trait]
+impl Coordination for EtcdCoordination {
+    async fn connect(&self, timeout: Duration) -> Result<Arc<dyn Session>, CoordError> {
+        let request_timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let client = self.client(timeout).await?;
+        let ttl = timeout.as_millis().div_ceil(1000).max(1) as i64;
+        let mut leases = client.lease_client();
+        let grant = bounded(request_timeout, leases.grant(ttl, None)).await?;
+        let lease = grant.id();
+        let granted = Duration::from_secs(grant.ttl().max(1) as u64);
+        // The key every write of the session is conditional on (see `txn`).
+        let mut kv = client.kv_client();
+        let put = kv.put(
+            self.keys.session_key(lease),
+            Vec::new(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        if let Err(e) = bounded(request_timeout, put).await {
+            let _ = bounded(request_timeout, leases.revoke(lease)).await;
+            return Err(e);
+        }
+        let (state, state_rx) = state_watch::channel(SessionState::Connected);
+        let state = Arc::new(state);
+        tokio::spawn(keepalive::run(
+            client.clone(),
+            lease,
+            granted,
+            state.clone(),
+        ));
+        Ok(Arc::new(EtcdSession {
+            id: SessionId::new(format!("etcd-{:x}", lease as u64)),
+            lease,
+            timeout: granted,
+            request_timeout,
+            client,
+            keys: self.keys.clone(),
+            state,
+            state_rx,
+        }))
+    }
+}
+
+struct EtcdSession {
+    id: SessionId,
+    lease: i64,
+    timeout: Duration,
+    request_timeout: Duration,
+    client: Client,
+    keys: KeySpace,
+    state: Arc<state_watch::Sender<SessionState>>,
+    state_rx: state_watch::Receiver<SessionState>,
+}
+
+impl EtcdSession {
+    /// Fails once the session is over: its holder must open a new one.
+    fn live(&self) -> Result<(), CoordError> {
+        if self.state_rx.borrow().is_final() {
+            return Err(CoordError::SessionExpired);
+        }
+        Ok(())
+    }
+
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, CoordError> {
+        self.live()?;
+        bounded(self.request_timeout, call).await
+    }
+}
+
+#[async_trait]
+impl Session for EtcdSession {
+    fn id(&self) -> SessionId {
+        self.id.clone()
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn state(&self) -> state_watch::Receiver<SessionState> {
+        self.state_rx.clone()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {
+        validate_key(key)?;
+        let mut kv = self.client.kv_client();
+        let response = self.call(kv.get(self.keys.key(key), None)).await?;
+        Ok(response.kvs().first().map(|kv| Node {
+            value: kv.value().to_vec(),
+            version: txn::rota_version(kv.version()),
+            ephemeral: kv.lease() != 0,
+        }))
+    }
+
+    async fn children(&self, key: &str) -> Result<Vec<String>, CoordError> {
+        validate_key(key)?;
+        let (mut start, end) = self.keys.children_range(key);
+        let mut names = BTreeSet::new();
+        // Page through the keys below, all pages at the first page's revision.
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_keys_only()
+                .with_limit(PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let mut kv = self.client.kv_client();
+            let page = self.call(kv.get(start.clone(), Some(options))).await?;
+            if revision == 0 {
+                revision = page.header().map_or(0, |h| h.revision());
+            }
+            for kv in page.kvs() {
+                if let Some(path) = self.keys.path(kv.key()) {
+                    if let Some(name) = child_name(key, &path) {
+                        names.insert(name.to_owned());
+                    }
+                }
+            }
+            match page.kvs().last() {
+                Some(last) if page.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(names.into_iter().collect()),
+            }
+        }
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>, mode: CreateMode) -> Result<(), CoordError> {
+        let op = Op::Create {
+            key: key.to_owned(),
+            value,
+            mode,
+        };
+        self.transaction(vec![op]).await.map(|_| ())
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    ) -> Result<u64, CoordError> {
+        let op = Op::Set {
+            key: key.to_owned(),
+            value,
+            expected,
+        };
+        match self.transaction(vec![op]).await?.as_slice() {
+            [OpResult::Set(version)] => Ok(*version),
+            other => Err(CoordError::Backend(format!(
+                "unexpected result of a set: {other:?}"
+            ))),
+        }
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), CoordError> {
+        let op = Op::Delete {
+            key: key.to_owned(),
+            expected,
+        };
+        self.transaction(vec![op]).await.map(|_| ())
+    }
+
+    async fn transaction(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, CoordError> {
+        validate_transaction(&ops)?;
+        let mut kv = self.client.kv_client();
+        let request = txn::build(&self.keys, self.lease, &ops);
+        let response = self.call(kv.txn(request)).await?;
+        if response.succeeded() {
+            return txn::results(&ops, &response);
+        }
+        let error = txn::failure(&ops, &response);
+        if error == CoordError::SessionExpired {
+            // The lease is gone: say so now rather than at the next renewal.
+            keepalive::set_state(&self.state, SessionState::Expired);
+        }
+        Err(error)
+    }
+
+    async fn watch(&self, key: &str, recursive: bool) -> Result<Watch, CoordError> {
+        validate_key(key)?;
+        // Everything after the current revision: every change applied once this returns.
+        let mut kv = self.client.kv_client();
+        let now = self
+            .call(kv.get(
+                self.keys.key(key),
+                Some(GetOptions::new().with_count_only()),
+            ))
+            .await?;
+        let revision = now.header().map_or(0, |h| h.revision());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let spec = watch::Spec {
+            path: key.to_owned(),
+            recursive,
+            keys: self.keys.clone(),
+        };
+        tokio::spawn(watch::run(
+            self.client.clone(),
+            spec,
+            revision + 1,
+            tx,
+            self.state_rx.clone(),
+        ));
+        Ok(Watch::new(rx))
+    }
+
+    async fn close(&self) -> Result<(), CoordError> {
+        if self.state_rx.borrow().is_final() {
+            return Ok(());
+        }
+        // Revoking deletes the ephemeral keys at once; if etcd cannot be reached, the lease
+        // runs out on its own (no renewals follow the Closed state).
+        let mut lease = self.client.lease_client();
+        if let Err(error) = bounded(self.request_timeout, lease.revoke(self.lease)).await {
+            tracing::warn!(session = %self.id, %error, "cannot revoke the etcd lease; it will expire");
+        }
+        keepalive::set_state(&self.state, SessionState::Closed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_name_their_lease() {
+        let id = SessionId::new(format!("etcd-{:x}", 0x694d_8a3c_1f2e_0b07_u64));
+        assert_eq!(lease_of(&id), Some(0x694d_8a3c_1f2e_0b07));
+        assert_eq!(lease_of(&SessionId::new("zk-12")), None);
+    }
+}

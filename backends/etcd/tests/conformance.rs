@@ -1,0 +1,34 @@
+//! The coordination conformance suite against a real etcd server, started by the test harness
+//! from the machine's installed etcd (a fresh root key per case).
+
+use async_trait::async_trait;
+use rota_core::SessionId;
+use rota_core::coordination::conformance::{Faults, Harness};
+use rota_etcd::EtcdCoordination;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct EtcdFaults(EtcdCoordination);
+
+#[async_trait]
+impl Faults for EtcdFaults {
+    async fn expire(&self, session: &SessionId) {
+        self.0.expire(session).await;
+    }
+}
+
+async fn harness() -> Harness {
+    static CASE: AtomicU64 = AtomicU64::new(0);
+    let store = EtcdCoordination::new(vec![rota_test_harness::etcd().endpoint()], "");
+    Harness {
+        store: Arc::new(store.clone()),
+        faults: Arc::new(EtcdFaults(store)),
+        root: format!(
+            "/conformance-{}-{}",
+            std::process::id(),
+            CASE.fetch_add(1, Ordering::Relaxed)
+        ),
+    }
+}
+
+rota_core::coordination_conformance!(harness);
