@@ -10,7 +10,7 @@ use etcd_client::{Client, Error, LeaseKeepAliveStream, LeaseKeeper};
 use rota_core::coordination::SessionState;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 
 /// Sets the state unless it is already final (final states never change).
@@ -31,17 +31,35 @@ enum Renewal {
     NoAnswer,
 }
 
-/// Keeps `lease` alive until the session's state is final.
+/// Keeps `lease` alive until the session's state is final, or until every handle of the
+/// session is dropped (`dropped` closes): then, like a crashed process, it stops renewing, and
+/// reports the session expired once the lease has run out (for watches still held).
 pub(crate) async fn run(
     client: Client,
     lease: i64,
     ttl: Duration,
     state: Arc<watch::Sender<SessionState>>,
+    dropped: oneshot::Receiver<()>,
 ) {
+    tokio::select! {
+        _ = keep(client, lease, ttl, &state) => {}
+        _ = dropped => {
+            set_state(&state, SessionState::Suspended);
+            let mut watched = state.subscribe();
+            tokio::select! {
+                _ = tokio::time::sleep(ttl) => set_state(&state, SessionState::Expired),
+                _ = watched.wait_for(|s| s.is_final()) => {}
+            }
+        }
+    }
+}
+
+/// Renews the lease and reports the session's state until it is final.
+async fn keep(client: Client, lease: i64, ttl: Duration, state: &watch::Sender<SessionState>) {
     let tick = (ttl / 3).max(Duration::from_millis(200));
-    let mut ended = state.subscribe();
+    let mut watched = state.subscribe();
     let ended = async move {
-        let _ = ended.wait_for(|s| s.is_final()).await;
+        let _ = watched.wait_for(|s| s.is_final()).await;
     };
     tokio::pin!(ended);
     let mut lease_client = client.lease_client();
@@ -52,11 +70,11 @@ pub(crate) async fn run(
         };
         match opened {
             Ok(Ok((keeper, stream))) => {
-                set_state(&state, SessionState::Connected);
+                set_state(state, SessionState::Connected);
                 tokio::select! {
                     gone = renew(keeper, stream, tick) => if gone {
                         warn!(lease = format!("{lease:x}"), "etcd lease expired: session over");
-                        set_state(&state, SessionState::Expired);
+                        set_state(state, SessionState::Expired);
                         return;
                     },
                     _ = &mut ended => return,
@@ -65,25 +83,25 @@ pub(crate) async fn run(
                     lease = format!("{lease:x}"),
                     "etcd lease renewal unanswered"
                 );
-                set_state(&state, SessionState::Suspended);
+                set_state(state, SessionState::Suspended);
             }
             Ok(Err(e)) if lease_gone(&e) => {
                 warn!(
                     lease = format!("{lease:x}"),
                     "etcd lease expired: session over"
                 );
-                set_state(&state, SessionState::Expired);
+                set_state(state, SessionState::Expired);
                 return;
             }
             Ok(Err(e)) => {
                 debug!(lease = format!("{lease:x}"), error = %e, "etcd unreachable");
-                set_state(&state, SessionState::Suspended);
+                set_state(state, SessionState::Suspended);
                 tokio::select! {
                     _ = tokio::time::sleep(tick / 2) => {}
                     _ = &mut ended => return,
                 }
             }
-            Err(_) => set_state(&state, SessionState::Suspended),
+            Err(_) => set_state(state, SessionState::Suspended),
         }
     }
 }

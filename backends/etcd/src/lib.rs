@@ -106,6 +106,11 @@ fn map_error(e: etcd_client::Error) -> CoordError {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 CoordError::ConnectionLoss
             }
+            // The client's own failures (a broken connection is "transport error"); the
+            // server's errors all say "etcdserver: ...".
+            tonic::Code::Unknown if !status.message().starts_with("etcdserver:") => {
+                CoordError::ConnectionLoss
+            }
             tonic::Code::NotFound if status.message().contains("lease not found") => {
                 CoordError::SessionExpired
             }
@@ -150,11 +155,13 @@ impl Coordination for EtcdCoordination {
         }
         let (state, state_rx) = state_watch::channel(SessionState::Connected);
         let state = Arc::new(state);
+        let (alive, dropped) = tokio::sync::oneshot::channel();
         tokio::spawn(keepalive::run(
             client.clone(),
             lease,
             granted,
             state.clone(),
+            dropped,
         ));
         Ok(Arc::new(EtcdSession {
             id: SessionId::new(format!("etcd-{:x}", lease as u64)),
@@ -165,6 +172,7 @@ impl Coordination for EtcdCoordination {
             keys: self.keys.clone(),
             state,
             state_rx,
+            _alive: alive,
         }))
     }
 }
@@ -178,6 +186,8 @@ struct EtcdSession {
     keys: KeySpace,
     state: Arc<state_watch::Sender<SessionState>>,
     state_rx: state_watch::Receiver<SessionState>,
+    /// Dropped with the last handle: the lease is then no longer renewed.
+    _alive: tokio::sync::oneshot::Sender<()>,
 }
 
 impl EtcdSession {

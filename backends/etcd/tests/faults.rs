@@ -1,0 +1,174 @@
+//! Network faults between one client and a real etcd, through the harness's TCP proxy: a watch
+//! resumes from its last revision without losing an event, and a lease that runs out while its
+//! holder is cut off ends the session (suspended first, then expired) and fences its writes.
+//! (Compaction has its own test binary, so its own server: it would make every other watch of a
+//! shared server resync.)
+
+use etcd_client::Client;
+use rota_core::coordination::{
+    CoordError, Coordination, CreateMode, Session, SessionState, Watch, WatchEvent,
+};
+use rota_etcd::EtcdCoordination;
+use rota_test_harness::{Proxy, etcd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn root(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "/faults-{}-{}/{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn session(endpoint: String, timeout: Duration) -> Arc<dyn Session> {
+    EtcdCoordination::new(vec![endpoint], "")
+        .connect(timeout)
+        .await
+        .expect("connect to etcd")
+}
+
+async fn next(watch: &mut Watch) -> WatchEvent {
+    tokio::time::timeout(DEADLINE, watch.next())
+        .await
+        .expect("a watch event within the deadline")
+        .expect("watch open")
+}
+
+async fn wait_state(session: &dyn Session, wanted: SessionState) {
+    let mut state = session.state();
+    tokio::time::timeout(DEADLINE, state.wait_for(|s| *s == wanted))
+        .await
+        .unwrap_or_else(|_| panic!("session never reached {wanted:?}"))
+        .expect("state stream open");
+}
+
+fn value(n: u64) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_after_a_partition_without_losing_an_event() {
+    let proxy = Proxy::start(etcd().port);
+    let watcher = session(proxy.endpoint(), Duration::from_secs(30)).await;
+    let writer = session(etcd().endpoint(), Duration::from_secs(10)).await;
+    let key = root("resume");
+    writer
+        .create(&key, value(0), CreateMode::Persistent)
+        .await
+        .unwrap();
+    let mut watch = watcher.watch(&key, false).await.unwrap();
+
+    proxy.partition();
+    for n in 1..=20 {
+        writer.set(&key, value(n), Some(n - 1)).await.unwrap();
+    }
+    proxy.heal();
+    writer.set(&key, value(21), Some(20)).await.unwrap();
+
+    // Every change made while cut off, then the one after, each once, and no resync.
+    for _ in 1..=21 {
+        assert_eq!(
+            next(&mut watch).await,
+            WatchEvent::Changed { key: key.clone() }
+        );
+    }
+    assert_eq!(watch.try_next(), None);
+    assert_eq!(watcher.get(&key).await.unwrap().unwrap().value, value(21));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_lost_while_cut_off_is_session_expiry_and_fences_writes() {
+    let proxy = Proxy::start(etcd().port);
+    let holder = session(proxy.endpoint(), Duration::from_secs(3)).await;
+    let observer = session(etcd().endpoint(), Duration::from_secs(10)).await;
+    let dir = root("lease");
+    let (ephemeral, persistent) = (format!("{dir}/owner"), format!("{dir}/data"));
+    holder
+        .create(&ephemeral, b"me".to_vec(), CreateMode::Ephemeral)
+        .await
+        .unwrap();
+    holder
+        .create(&persistent, value(0), CreateMode::Persistent)
+        .await
+        .unwrap();
+    let mut watch = observer.watch(&ephemeral, false).await.unwrap();
+
+    proxy.partition();
+    // The holder suspends itself before etcd can expire the lease...
+    wait_state(&*holder, SessionState::Suspended).await;
+    assert!(
+        observer.get(&ephemeral).await.unwrap().is_some(),
+        "the lease ran out before its holder suspended"
+    );
+    assert_eq!(
+        holder.get(&persistent).await,
+        Err(CoordError::ConnectionLoss)
+    );
+    // ...then etcd expires it and deletes the ephemeral key.
+    assert_eq!(
+        next(&mut watch).await,
+        WatchEvent::Deleted {
+            key: ephemeral.clone()
+        }
+    );
+    proxy.heal();
+    wait_state(&*holder, SessionState::Expired).await;
+    let refused = holder.set(&persistent, value(1), None).await;
+    assert_eq!(refused, Err(CoordError::SessionExpired));
+    assert_eq!(
+        observer.get(&persistent).await.unwrap().unwrap().value,
+        value(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_a_session_whose_lease_is_gone_never_apply() {
+    // The holder does not yet know its lease is gone (no renewal since): the write must still
+    // be refused, by the condition on the session's key, and the holder then knows.
+    let holder = session(etcd().endpoint(), Duration::from_secs(30)).await;
+    let key = root("fenced");
+    holder
+        .create(&key, value(0), CreateMode::Persistent)
+        .await
+        .unwrap();
+    EtcdCoordination::new(vec![etcd().endpoint()], "")
+        .expire(&holder.id())
+        .await;
+    assert_eq!(*holder.state().borrow(), SessionState::Connected);
+    assert_eq!(
+        holder.set(&key, value(1), Some(0)).await,
+        Err(CoordError::SessionExpired)
+    );
+    assert_eq!(*holder.state().borrow(), SessionState::Expired);
+    let observer = session(etcd().endpoint(), Duration::from_secs(10)).await;
+    assert_eq!(observer.get(&key).await.unwrap().unwrap().value, value(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_live_under_the_configured_prefix() {
+    let a = EtcdCoordination::new(vec![etcd().endpoint()], "/tenant-a")
+        .connect(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let b = EtcdCoordination::new(vec![etcd().endpoint()], "/tenant-b")
+        .connect(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let key = root("shared-name");
+    a.create(&key, b"a".to_vec(), CreateMode::Persistent)
+        .await
+        .unwrap();
+    assert_eq!(b.get(&key).await.unwrap(), None);
+    b.create(&key, b"b".to_vec(), CreateMode::Persistent)
+        .await
+        .unwrap();
+    assert_eq!(a.get(&key).await.unwrap().unwrap().value, b"a".to_vec());
+    let mut raw = Client::connect([etcd().endpoint()], None).await.unwrap();
+    let stored = raw.get(format!("/tenant-a{key}"), None).await.unwrap();
+    assert_eq!(stored.kvs()[0].value(), b"a");
+}
