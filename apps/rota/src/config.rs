@@ -84,10 +84,15 @@ pub enum CoordinationBackend {
 pub struct CoordinationConfig {
     /// Backend.
     pub backend: CoordinationBackend,
-    /// Servers (`host:port`).
+    /// Servers (`host:port`). ZooKeeper accepts a chroot on the last (`host:2181/rota`).
     pub endpoints: Vec<String>,
-    /// Session timeout.
+    /// Session timeout: ZooKeeper's session timeout, etcd's lease TTL (rounded up to seconds).
+    /// A process cut off from the store longer than this loses its session; a crashed one is
+    /// replaced after it.
     pub session_timeout_ms: u64,
+    /// etcd only: a key prefix (`/name[/name...]`) under which everything is kept, so several
+    /// tenants can share one etcd. Empty: keys start at `/rota/{cluster}`.
+    pub prefix: String,
 }
 
 impl Default for CoordinationConfig {
@@ -96,6 +101,7 @@ impl Default for CoordinationConfig {
             backend: CoordinationBackend::Memory,
             endpoints: Vec::new(),
             session_timeout_ms: 10_000,
+            prefix: String::new(),
         }
     }
 }
@@ -213,6 +219,21 @@ impl Config {
         if !name_ok {
             bail!("invalid configuration: cluster.name must be letters, digits, '-', '_' or '.'");
         }
+        let prefix = &self.coordination.prefix;
+        if !prefix.is_empty() {
+            if self.coordination.backend != CoordinationBackend::Etcd {
+                bail!(
+                    "invalid configuration: coordination.prefix is for etcd; for ZooKeeper put a \
+                     chroot on the endpoint (host:2181/prefix)"
+                );
+            }
+            if rota_core::coordination::validate_key(prefix).is_err() {
+                bail!(
+                    "invalid configuration: coordination.prefix must look like /name or \
+                     /name/name, not {prefix:?}"
+                );
+            }
+        }
         if self.storage.url.is_empty() && self.storage.backend != StorageBackend::Memory {
             bail!("invalid configuration: storage.url is required for this storage.backend");
         }
@@ -313,6 +334,21 @@ mod tests {
             assert!(err.contains("coordination.backend"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_etcd_prefix_is_checked() {
+        let mut config = Config::default();
+        config.coordination.backend = CoordinationBackend::Etcd;
+        config.coordination.prefix = "/tenant-a/rota".into();
+        config.validate().unwrap();
+        config.coordination.prefix = "tenant".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("coordination.prefix"), "{err}");
+        config.coordination.backend = CoordinationBackend::Zookeeper;
+        config.coordination.prefix = "/tenant".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("chroot"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The production roles, one per process: `init`, `controller`, `api`, `worker` and `admin`,
-//! built from the configuration's coordination store (ZooKeeper) and task store (PostgreSQL or
-//! SQLite). Every long-running role stops gracefully when its shutdown signal is set.
+//! built from the configuration's coordination store (ZooKeeper or etcd) and task store
+//! (PostgreSQL or SQLite). Every long-running role stops gracefully when its shutdown signal is
+//! set.
 
 use crate::api::{self, AppState, ClusterView};
 use crate::config::{Config, CoordinationBackend, StorageBackend, redact_url};
@@ -33,12 +34,30 @@ pub fn coordination(config: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
         }
         CoordinationBackend::Memory => bail!(
             "coordination.backend = \"memory\" lives inside one process: use `rota dev`, or \
-             set coordination.backend = \"zookeeper\" for separate processes"
+             set coordination.backend = \"zookeeper\" or \"etcd\" for separate processes"
         ),
-        CoordinationBackend::Etcd => {
-            bail!("coordination.backend = \"etcd\" is not available in this build yet")
-        }
+        CoordinationBackend::Etcd => etcd(config),
     }
+}
+
+#[cfg(feature = "etcd")]
+fn etcd(config: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
+    if config.coordination.endpoints.is_empty() {
+        bail!("coordination.endpoints is empty: give the etcd servers as host:port");
+    }
+    Ok(Arc::new(rota_etcd::EtcdCoordination::new(
+        config.coordination.endpoints.clone(),
+        &config.coordination.prefix,
+    )))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd(_: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
+    bail!(
+        "coordination.backend = \"etcd\", but this rota was built without etcd support: rebuild \
+         with `cargo build --release -p rota --features etcd` (needs protoc: \
+         `bash scripts/install-deps.sh` installs it)"
+    )
 }
 
 /// The task store the configuration names (connecting migrates it).

@@ -1,11 +1,14 @@
-//! The production topology as separate OS processes on a real ZooKeeper and PostgreSQL (started
-//! by the test harness): `rota init`, two controllers, one API and three workers. 20,000 tasks due
+//! The production topology as separate OS processes on a real PostgreSQL and a real ZooKeeper or
+//! etcd (started by the test harness): `rota init`, two controllers, one API and three workers. 20,000 tasks due
 //! over 10 seconds are submitted through the API, each POSTing to a receiver in this test (the
 //! built-in `http` handler), which records every execution. Mid-run one worker and the leading
 //! controller are killed with SIGKILL and a fourth worker starts. Every task must end COMPLETED,
 //! none lost; a task may run twice only if its claim was on the killed worker, never on two
 //! workers at once, and its completion must carry the later claim's epoch. The test prints the
 //! failover time (kill -> the dead worker's partitions claiming again elsewhere).
+//!
+//! The same test runs on ZooKeeper and on etcd (the binary must be built with `--features etcd`,
+//! as the test script does), one after the other: each takes both cores.
 
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
@@ -41,6 +44,8 @@ impl Drop for Proc {
 struct Env {
     vars: Vec<(String, String)>,
     api: std::net::SocketAddr,
+    /// Names this run's log files.
+    tag: &'static str,
 }
 
 impl Env {
@@ -53,7 +58,7 @@ impl Env {
             c.env("ROTA_WORKER__ID", w);
         }
         // Each process logs to its own file in the temporary directory, named after its role.
-        let name = format!("{}-{}", args[0], worker.unwrap_or("x"));
+        let name = format!("{}-{}-{}", self.tag, args[0], worker.unwrap_or("x"));
         let log = std::env::temp_dir().join(format!("rota-mp-{}-{name}.log", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -139,20 +144,32 @@ async fn receiver(log: Log) -> String {
     url
 }
 
+/// One run at a time: each takes both cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_a_worker_and_the_leading_controller_mid_run() {
-    let zk = rota_test_harness::zookeeper();
+async fn kill_a_worker_and_the_leading_controller_mid_run_on_zookeeper() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let endpoint = rota_test_harness::zookeeper().endpoint();
+    kill_a_worker_and_the_leading_controller_mid_run("zookeeper", endpoint).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_a_worker_and_the_leading_controller_mid_run_on_etcd() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let endpoint = rota_test_harness::etcd().endpoint();
+    kill_a_worker_and_the_leading_controller_mid_run("etcd", endpoint).await;
+}
+
+async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str, endpoint: String) {
     let db = rota_test_harness::postgres().fresh_database();
     let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
         .parse()
         .unwrap();
-    let cluster = format!("mp{}", std::process::id());
+    let cluster = format!("mp{}{backend}", std::process::id());
     let vars = vec![
-        ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
-        (
-            "ROTA_COORDINATION__ENDPOINTS",
-            format!("[\"{}\"]", zk.endpoint()),
-        ),
+        ("ROTA_COORDINATION__BACKEND", backend.to_owned()),
+        ("ROTA_COORDINATION__ENDPOINTS", format!("[\"{endpoint}\"]")),
         (
             "ROTA_COORDINATION__SESSION_TIMEOUT_MS",
             SESSION_MS.to_string(),
@@ -167,12 +184,21 @@ async fn kill_a_worker_and_the_leading_controller_mid_run() {
     let env = Env {
         vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         api,
+        tag: backend,
     };
 
     // init: succeeds, is idempotent, and refuses to change the partition count.
     for _ in 0..2 {
-        let status = env.command(&["init"], None).status().unwrap();
-        assert!(status.success(), "rota init failed");
+        let init = env
+            .command(&["init"], None)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "rota init on {backend} failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
     }
     let refused = env
         .command(&["init"], None)
@@ -349,7 +375,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run() {
     }
     let failover = recovered.values().max().copied().unwrap_or_default();
     println!(
-        "failover: w2's {} partitions claiming again elsewhere {:.2} s after SIGKILL (session timeout {:.1} s); \
+        "{backend} failover: w2's {} partitions claiming again elsewhere {:.2} s after SIGKILL (session timeout {:.1} s); \
          {twice} of {TASKS} tasks ran twice (claims in flight on w2)",
         w2_partitions.len(),
         failover.as_secs_f64(),
