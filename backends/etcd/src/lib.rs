@@ -12,7 +12,9 @@
 //!   ([`txn`]), so once the lease is gone nothing the session writes applies — what ZooKeeper
 //!   guarantees for an expired session.
 //! - **Versions** are etcd's per-key `version` minus one; compare-and-swap compares it in the
-//!   same transaction as the write.
+//!   same transaction as the write. Within one life of a key that is the same test as comparing
+//!   its mod revision (each set bumps both), and it is what the trait's version means: a count
+//!   of sets since creation, which callers can hold and compare without knowing revisions.
 //! - **Transactions** are etcd transactions: conditions first, then the writes ([`txn`]).
 //! - **Watches** are etcd watches on the key (or its subtree) from a known revision, resumed from
 //!   the last delivered revision after a lost connection, with an explicit `Resync` only when
@@ -68,7 +70,10 @@ impl EtcdCoordination {
             // Finds a connection that died silently (no reset) while streams wait on it; etcd
             // refuses pings more often than every 5 s.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the quorum fails our calls and ends our streams instead of
+            // serving stale reads and silent watches; the client moves on to another member.
+            .with_require_leader(true);
         Client::connect(&self.endpoints, Some(options))
             .await
             .map_err(|e| match map_error(e) {
