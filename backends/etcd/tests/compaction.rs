@@ -2,38 +2,19 @@
 //! without losing a state change. Its own test binary, so its own etcd server: compaction would
 //! make the watches of other tests on a shared server resync too.
 
+mod common;
+
+use common::{next, session, value};
 use etcd_client::{Client, CompactionOptions};
-use rota_core::coordination::{Coordination, CreateMode, Session, Watch, WatchEvent};
-use rota_etcd::EtcdCoordination;
+use rota_core::coordination::{CreateMode, WatchEvent};
 use rota_test_harness::{Proxy, etcd};
-use std::sync::Arc;
 use std::time::Duration;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn session(endpoint: String) -> Arc<dyn Session> {
-    EtcdCoordination::new(vec![endpoint], "")
-        .connect(Duration::from_secs(30))
-        .await
-        .expect("connect to etcd")
-}
-
-async fn next(watch: &mut Watch) -> WatchEvent {
-    tokio::time::timeout(DEADLINE, watch.next())
-        .await
-        .expect("a watch event within the deadline")
-        .expect("watch open")
-}
-
-fn value(n: u64) -> Vec<u8> {
-    n.to_string().into_bytes()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_behind_a_compaction_resyncs_without_losing_a_state_change() {
     let proxy = Proxy::start(etcd().port);
-    let watcher = session(proxy.endpoint()).await;
-    let writer = session(etcd().endpoint()).await;
+    let watcher = session(proxy.endpoint(), Duration::from_secs(30)).await;
+    let writer = session(etcd().endpoint(), Duration::from_secs(10)).await;
     let dir = format!("/compaction-{}", std::process::id());
     let key = format!("{dir}/state");
     writer

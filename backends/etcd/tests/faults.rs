@@ -4,17 +4,16 @@
 //! (Compaction has its own test binary, so its own server: it would make every other watch of a
 //! shared server resync.)
 
+mod common;
+
+use common::{next, session, value};
 use etcd_client::Client;
-use rota_core::coordination::{
-    CoordError, Coordination, CreateMode, Session, SessionState, Watch, WatchEvent,
-};
+use rota_core::coordination::conformance::wait_state;
+use rota_core::coordination::{CoordError, Coordination, CreateMode, SessionState, WatchEvent};
 use rota_etcd::EtcdCoordination;
 use rota_test_harness::{Proxy, etcd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-const DEADLINE: Duration = Duration::from_secs(30);
 
 fn root(name: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -23,32 +22,6 @@ fn root(name: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-async fn session(endpoint: String, timeout: Duration) -> Arc<dyn Session> {
-    EtcdCoordination::new(vec![endpoint], "")
-        .connect(timeout)
-        .await
-        .expect("connect to etcd")
-}
-
-async fn next(watch: &mut Watch) -> WatchEvent {
-    tokio::time::timeout(DEADLINE, watch.next())
-        .await
-        .expect("a watch event within the deadline")
-        .expect("watch open")
-}
-
-async fn wait_state(session: &dyn Session, wanted: SessionState) {
-    let mut state = session.state();
-    tokio::time::timeout(DEADLINE, state.wait_for(|s| *s == wanted))
-        .await
-        .unwrap_or_else(|_| panic!("session never reached {wanted:?}"))
-        .expect("state stream open");
-}
-
-fn value(n: u64) -> Vec<u8> {
-    n.to_string().into_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

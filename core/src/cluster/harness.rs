@@ -284,3 +284,41 @@ impl TestCluster {
 pub fn resource(model: &str, partitions: u32, replicas: u32) -> ResourceConfig {
     ResourceConfig::new(RESOURCE, partitions, replicas, model)
 }
+
+/// The scenario every production coordination backend runs against its real server: for each
+/// built-in state model, a leader and a standby controller, three participants converge, a
+/// fourth joins, one leaves gracefully, the leader is killed and a new one takes over with a
+/// higher epoch, and a fifth participant joins under it — converged (and checked by the
+/// invariant checker) after every step.
+pub async fn builtin_models_converge_and_fail_over(store: Arc<dyn Coordination>) {
+    for model in StateModel::BUILTINS {
+        let mut c = TestCluster::new(
+            store.clone(),
+            model,
+            resource(model, 12, 2),
+            Duration::from_millis(2),
+        )
+        .await;
+        c.start_controller("c1");
+        c.wait_for("a leader", || async { c.leader().await.is_some() })
+            .await;
+        c.start_controller("c2");
+        for id in ["p1", "p2", "p3"] {
+            c.start_participant(id);
+        }
+        c.wait_converged().await;
+        c.start_participant("p4");
+        c.wait_converged().await;
+        c.stop_participant("p1").await;
+        c.wait_converged().await;
+        let (old, epoch) = c.leader().await.expect("a leader");
+        c.kill_controller(&old);
+        c.wait_for("a new leader", || async {
+            c.leader().await.is_some_and(|(_, e)| e > epoch)
+        })
+        .await;
+        c.start_participant("p5");
+        c.wait_converged().await;
+        c.shutdown().await;
+    }
+}

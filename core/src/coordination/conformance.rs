@@ -52,13 +52,15 @@ impl Harness {
     }
 }
 
-async fn next_event(watch: &mut Watch) -> Option<WatchEvent> {
+/// The next event of `watch`, failing the test after [`DEADLINE`].
+pub async fn next_event(watch: &mut Watch) -> Option<WatchEvent> {
     tokio::time::timeout(DEADLINE, watch.next())
         .await
         .expect("watch event within the deadline")
 }
 
-async fn wait_state(session: &dyn Session, wanted: SessionState) {
+/// Waits until `session` is in state `wanted`, failing the test after [`DEADLINE`].
+pub async fn wait_state(session: &dyn Session, wanted: SessionState) {
     let mut state = session.state();
     tokio::time::timeout(DEADLINE, state.wait_for(|s| *s == wanted))
         .await

@@ -1,0 +1,25 @@
+//! Helpers of the etcd fault tests.
+
+use rota_core::coordination::conformance::next_event;
+use rota_core::coordination::{Coordination, Session, Watch, WatchEvent};
+use rota_etcd::EtcdCoordination;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A session on the etcd at `endpoint` (the server's, or a proxy's).
+pub async fn session(endpoint: String, timeout: Duration) -> Arc<dyn Session> {
+    EtcdCoordination::new(vec![endpoint], "")
+        .connect(timeout)
+        .await
+        .expect("connect to etcd")
+}
+
+/// The next event, which must come within the deadline, of a watch that must stay open.
+pub async fn next(watch: &mut Watch) -> WatchEvent {
+    next_event(watch).await.expect("watch open")
+}
+
+/// A value that says `n`.
+pub fn value(n: u64) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
