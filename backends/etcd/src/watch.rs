@@ -89,7 +89,13 @@ pub(crate) async fn run(
                     match deliver(&spec, &response, &mut next, &tx) {
                         Delivered::More => {}
                         Delivered::ReceiverGone => return,
-                        Delivered::Reopen => break,
+                        Delivered::Resynced => break,
+                        Delivered::Cancelled => {
+                            if !pause(&mut backoff, &mut state, &tx).await {
+                                return;
+                            }
+                            break;
+                        }
                     }
                 }
                 Ok(None) | Err(_) => {
@@ -105,9 +111,14 @@ pub(crate) async fn run(
 }
 
 enum Delivered {
+    /// Events passed on; the stream goes on.
     More,
+    /// Nobody listens any more.
     ReceiverGone,
-    Reopen,
+    /// The history was compacted: `Resync` sent, reopen from the oldest revision kept.
+    Resynced,
+    /// etcd ended the watch for another reason: reopen after a pause.
+    Cancelled,
 }
 
 /// Passes on one response's events and advances `next`.
@@ -117,28 +128,28 @@ fn deliver(
     next: &mut i64,
     tx: &mpsc::UnboundedSender<WatchEvent>,
 ) -> Delivered {
-    if response.canceled() {
-        if response.compact_revision() > 0 {
-            // History up to the compaction is gone: the holder re-reads, then events resume
-            // from the oldest revision kept.
-            warn!(
-                path = spec.path,
-                wanted = *next,
-                compacted = response.compact_revision(),
-                "etcd watch fell behind a compaction: resync"
-            );
-            *next = response.compact_revision();
-            if tx.send(WatchEvent::Resync).is_err() {
-                return Delivered::ReceiverGone;
-            }
-        } else {
-            warn!(
-                path = spec.path,
-                reason = response.cancel_reason(),
-                "etcd cancelled a watch; reopening"
-            );
+    if response.compact_revision() > 0 {
+        // History up to the compaction is gone (etcd also cancels the watch): the holder
+        // re-reads, then events resume from the oldest revision kept.
+        warn!(
+            path = spec.path,
+            wanted = *next,
+            compacted = response.compact_revision(),
+            "etcd watch fell behind a compaction: resync"
+        );
+        *next = response.compact_revision();
+        if tx.send(WatchEvent::Resync).is_err() {
+            return Delivered::ReceiverGone;
         }
-        return Delivered::Reopen;
+        return Delivered::Resynced;
+    }
+    if response.canceled() {
+        warn!(
+            path = spec.path,
+            reason = response.cancel_reason(),
+            "etcd cancelled a watch; reopening"
+        );
+        return Delivered::Cancelled;
     }
     if response.created() {
         return Delivered::More;
