@@ -5,8 +5,10 @@
 //! states of its own earlier sessions, publishes its ephemeral live-instance key), then serves
 //! the messages addressed to it: each runs the user's [`TransitionHandler`] (bounded
 //! parallelism, one transition at a time per partition) and then, in one transaction, records
-//! the new state in its current state and deletes the message. A failing handler leaves the
-//! replica in ERROR until [`ParticipantHandle::reset`].
+//! the new state in its current state and deletes the message. Transitions that finish while
+//! such a write is in flight are recorded together by the next one (group commit: one write for
+//! many transitions, never a wait for a batch to fill). A failing handler leaves the replica in
+//! ERROR until [`ParticipantHandle::reset`].
 //!
 //! Messages for another session, from an older leader, or whose `from` state is not the
 //! replica's state are discarded.
@@ -23,7 +25,8 @@
 use super::ClusterError;
 use super::keys::ClusterKeys;
 use crate::coordination::{
-    CoordError, Coordination, CreateMode, Op, Session, SessionState, WatchEvent,
+    CoordError, Coordination, CreateMode, MAX_TRANSACTION_OPS, Op, Session, SessionState,
+    WatchEvent,
 };
 use crate::model::{
     CurrentState, Epoch, InstanceConfig, InstanceId, LiveInstance, Message, PartitionCurrent,
@@ -35,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
-use tokio::sync::{Mutex, Semaphore, mpsc, watch};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -133,6 +136,10 @@ struct Serving {
     replicas: Mutex<BTreeMap<String, BTreeMap<PartitionId, PartitionCurrent>>>,
     /// Resources whose current-state key exists in this session.
     written: SyncMutex<BTreeSet<String>>,
+    /// Finished transitions not yet recorded, by resource: their messages, and who waits.
+    finished: SyncMutex<HashMap<String, Vec<Finished>>>,
+    /// One current-state writer per resource at a time.
+    writers: SyncMutex<HashMap<String, Arc<Mutex<()>>>>,
     partition_locks: SyncMutex<HashMap<Replica, Arc<Mutex<()>>>>,
     models: Mutex<HashMap<String, StateModel>>,
     /// False while suspended or stopping: no transition starts.
@@ -147,6 +154,10 @@ enum Ended {
     Shutdown,
     SessionLost,
 }
+
+/// A finished transition waiting for its state to be written: the message to delete with it,
+/// and the channel that reports the write.
+type Finished = (String, oneshot::Sender<Result<(), ClusterError>>);
 
 impl Participant {
     /// A participant running `handler`; the handle reports status and accepts resets.
@@ -288,6 +299,8 @@ impl Participant {
             handler: self.handler.clone(),
             replicas: Mutex::new(BTreeMap::new()),
             written: SyncMutex::new(BTreeSet::new()),
+            finished: SyncMutex::new(HashMap::new()),
+            writers: SyncMutex::new(HashMap::new()),
             partition_locks: SyncMutex::new(HashMap::new()),
             models: Mutex::new(HashMap::new()),
             active: AtomicBool::new(true),
@@ -475,14 +488,71 @@ impl Serving {
         };
         self.set_state(&t.resource, t.partition, reached, t.epoch)
             .await;
-        self.publish_with(
-            &t.resource,
-            vec![Op::Delete {
-                key: key.to_owned(),
-                expected: None,
-            }],
-        )
-        .await
+        self.record_finished(&t.resource, key).await
+    }
+
+    /// Writes the current state of `resource` and deletes `message`, together with whatever
+    /// other transitions of the resource finished meanwhile: the first to find no write in
+    /// flight writes for all that are waiting.
+    async fn record_finished(&self, resource: &str, message: &str) -> Result<(), ClusterError> {
+        let (done, outcome) = oneshot::channel();
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(resource.to_owned())
+            .or_default()
+            .push((message.to_owned(), done));
+        let writer = self
+            .writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(resource.to_owned())
+            .or_default()
+            .clone();
+        {
+            let _turn = writer.lock().await;
+            // Empty if an earlier writer took ours along.
+            let batch = self
+                .finished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(resource)
+                .unwrap_or_default();
+            if !batch.is_empty() {
+                let (messages, waiters): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
+                let written = self.publish_deleting(resource, messages).await;
+                for waiter in waiters {
+                    let _ = waiter.send(written.clone());
+                }
+            }
+        }
+        // No answer means the writer was cancelled mid-write: the outcome is unknown.
+        outcome.await.unwrap_or_else(|_| {
+            Err(ClusterError::Coordination(CoordError::Backend(
+                "the write recording this transition was abandoned".into(),
+            )))
+        })
+    }
+
+    /// Writes the current state of `resource` with the deletion of `messages`, in as many
+    /// transactions as the store's limit needs (each one writes the state too, so a deleted
+    /// message always has its result recorded).
+    async fn publish_deleting(
+        &self,
+        resource: &str,
+        messages: Vec<String>,
+    ) -> Result<(), ClusterError> {
+        for chunk in messages.chunks(MAX_TRANSACTION_OPS - 1) {
+            let deletes = chunk
+                .iter()
+                .map(|key| Op::Delete {
+                    key: key.clone(),
+                    expected: None,
+                })
+                .collect();
+            self.publish_with(resource, deletes).await?;
+        }
+        Ok(())
     }
 
     async fn state_of(
