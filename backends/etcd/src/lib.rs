@@ -211,6 +211,32 @@ impl EtcdSession {
         self.live()?;
         bounded(self.request_timeout, call).await
     }
+
+    /// A read, tried again at once (twice at most, all within one request timeout) when it
+    /// fails for want of a connection: after an etcd member restarts, the first call on each
+    /// connection to it fails although other members can answer. Reads have no effect, so
+    /// trying again is always safe.
+    async fn read(
+        &self,
+        key: Vec<u8>,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, CoordError> {
+        self.live()?;
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut tries = 0;
+        loop {
+            let mut kv = self.client.kv_client();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match bounded(left, kv.get(key.clone(), options.clone())).await {
+                Err(CoordError::ConnectionLoss)
+                    if tries < 2 && tokio::time::Instant::now() < deadline =>
+                {
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -229,8 +255,7 @@ impl Session for EtcdSession {
 
     async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {
         validate_key(key)?;
-        let mut kv = self.client.kv_client();
-        let response = self.call(kv.get(self.keys.key(key), None)).await?;
+        let response = self.read(self.keys.key(key), None).await?;
         Ok(response.kvs().first().map(|kv| Node {
             value: kv.value().to_vec(),
             version: txn::rota_version(kv.version()),
@@ -252,8 +277,7 @@ impl Session for EtcdSession {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let mut kv = self.client.kv_client();
-            let page = self.call(kv.get(start.clone(), Some(options))).await?;
+            let page = self.read(start.clone(), Some(options)).await?;
             if revision == 0 {
                 revision = page.header().map_or(0, |h| h.revision());
             }
@@ -329,12 +353,11 @@ impl Session for EtcdSession {
     async fn watch(&self, key: &str, recursive: bool) -> Result<Watch, CoordError> {
         validate_key(key)?;
         // Everything after the current revision: every change applied once this returns.
-        let mut kv = self.client.kv_client();
         let now = self
-            .call(kv.get(
+            .read(
                 self.keys.key(key),
                 Some(GetOptions::new().with_count_only()),
-            ))
+            )
             .await?;
         let revision = now.header().map_or(0, |h| h.revision());
         let (tx, rx) = mpsc::unbounded_channel();

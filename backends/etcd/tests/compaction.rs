@@ -13,8 +13,8 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_behind_a_compaction_resyncs_without_losing_a_state_change() {
     let proxy = Proxy::start(etcd().port);
-    let watcher = session(proxy.endpoint(), Duration::from_secs(30)).await;
-    let writer = session(etcd().endpoint(), Duration::from_secs(10)).await;
+    let watcher = session(vec![proxy.endpoint()], Duration::from_secs(30)).await;
+    let writer = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
     let dir = format!("/compaction-{}", std::process::id());
     let key = format!("{dir}/state");
     writer

@@ -27,8 +27,8 @@ fn root(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_after_a_partition_without_losing_an_event() {
     let proxy = Proxy::start(etcd().port);
-    let watcher = session(proxy.endpoint(), Duration::from_secs(30)).await;
-    let writer = session(etcd().endpoint(), Duration::from_secs(10)).await;
+    let watcher = session(vec![proxy.endpoint()], Duration::from_secs(30)).await;
+    let writer = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
     let key = root("resume");
     writer
         .create(&key, value(0), CreateMode::Persistent)
@@ -57,8 +57,8 @@ async fn watch_resumes_after_a_partition_without_losing_an_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_lost_while_cut_off_is_session_expiry_and_fences_writes() {
     let proxy = Proxy::start(etcd().port);
-    let holder = session(proxy.endpoint(), Duration::from_secs(3)).await;
-    let observer = session(etcd().endpoint(), Duration::from_secs(10)).await;
+    let holder = session(vec![proxy.endpoint()], Duration::from_secs(3)).await;
+    let observer = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
     let dir = root("lease");
     let (ephemeral, persistent) = (format!("{dir}/owner"), format!("{dir}/data"));
     holder
@@ -103,7 +103,7 @@ async fn lease_lost_while_cut_off_is_session_expiry_and_fences_writes() {
 async fn writes_of_a_session_whose_lease_is_gone_never_apply() {
     // The holder does not yet know its lease is gone (no renewal since): the write must still
     // be refused, by the condition on the session's key, and the holder then knows.
-    let holder = session(etcd().endpoint(), Duration::from_secs(30)).await;
+    let holder = session(vec![etcd().endpoint()], Duration::from_secs(30)).await;
     let key = root("fenced");
     holder
         .create(&key, value(0), CreateMode::Persistent)
@@ -118,7 +118,7 @@ async fn writes_of_a_session_whose_lease_is_gone_never_apply() {
         Err(CoordError::SessionExpired)
     );
     assert_eq!(*holder.state().borrow(), SessionState::Expired);
-    let observer = session(etcd().endpoint(), Duration::from_secs(10)).await;
+    let observer = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
     assert_eq!(observer.get(&key).await.unwrap().unwrap().value, value(0));
 }
 

@@ -68,6 +68,8 @@ struct SessionEntry {
     hold: bool,
     /// The next events of this session's watches are lost (replaced by one Resync).
     drop: bool,
+    /// The next this many transactions of this session fail with `ConnectionLoss`, unapplied.
+    failing_writes: u32,
 }
 
 struct Watcher {
@@ -193,6 +195,19 @@ impl MemoryCoordination {
         inner.flush(n);
     }
 
+    /// Makes the next `count` writes (creates, sets, deletes, transactions) of a session fail
+    /// with `ConnectionLoss` without being applied, the session staying connected: a request
+    /// lost on a connection that failed for a moment, as etcd clients see after a member
+    /// restarts.
+    pub fn fail_writes(&self, session: &SessionId, count: u32) {
+        let Some(n) = session_number(session) else {
+            return;
+        };
+        if let Some(entry) = self.lock().sessions.get_mut(&n) {
+            entry.failing_writes = count;
+        }
+    }
+
     /// While set, [`Coordination::connect`] fails with `ConnectionLoss`, as when the store is
     /// out of reach for new clients (existing sessions are not affected).
     pub fn refuse_new_sessions(&self, refuse: bool) {
@@ -309,6 +324,12 @@ impl Inner {
     fn apply(&mut self, session: u64, ops: Vec<Op>) -> Result<Vec<OpResult>, CoordError> {
         self.check_live(session)?;
         validate_transaction(&ops)?;
+        if let Some(entry) = self.sessions.get_mut(&session) {
+            if entry.failing_writes > 0 {
+                entry.failing_writes -= 1;
+                return Err(CoordError::ConnectionLoss);
+            }
+        }
         let mut overlay: HashMap<String, Option<Stored>> = HashMap::new();
         let mut results = Vec::with_capacity(ops.len());
         let mut changes = Vec::new();
@@ -446,6 +467,7 @@ impl Coordination for MemoryCoordination {
                 suspensions: 0,
                 hold: false,
                 drop: false,
+                failing_writes: 0,
             },
         );
         Ok(Arc::new(MemorySession {

@@ -40,6 +40,13 @@ pub enum ClusterError {
     Invalid(String),
 }
 
+impl ClusterError {
+    /// Trying again may succeed: the store could not be reached or failed for a moment.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ClusterError::Coordination(e) if e.retryable())
+    }
+}
+
 /// Wall-clock milliseconds since the Unix epoch, for records people read.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -155,6 +155,22 @@ enum Ended {
     SessionLost,
 }
 
+/// Messages being processed.
+type Processing = JoinSet<Processed>;
+
+/// The outcome of processing one message.
+struct Processed {
+    key: String,
+    /// 0 for the first try.
+    attempt: u32,
+    result: Result<(), ClusterError>,
+}
+
+/// First wait before processing a message again after a failed store call; it doubles per
+/// attempt up to [`RETRY_MAX`].
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// A finished transition waiting for its state to be written: the message to delete with it,
 /// and the channel that reports the write.
 type Finished = (String, oneshot::Sender<Result<(), ClusterError>>);
@@ -311,7 +327,7 @@ impl Participant {
         self.status
             .send_replace(ParticipantStatus::Live(session.id()));
         info!(instance = %serving.instance, session = %session.id(), "participant live");
-        let mut tasks = JoinSet::new();
+        let mut tasks = Processing::new();
         serving.process_all(&mut tasks).await?;
         let mut state = session.state();
         loop {
@@ -322,8 +338,7 @@ impl Participant {
                     Some(WatchEvent::Created { key } | WatchEvent::Changed { key })
                         if key.rsplit_once('/').is_some_and(|(dir, _)| dir == messages_dir) =>
                     {
-                        let s = serving.clone();
-                        tasks.spawn(async move { s.process(&key).await });
+                        serving.spawn_process(&mut tasks, key, 0);
                     }
                     Some(WatchEvent::Created { .. } | WatchEvent::Changed { .. } | WatchEvent::Deleted { .. }) => {}
                     Some(WatchEvent::Resync) => serving.process_all(&mut tasks).await?,
@@ -357,9 +372,20 @@ impl Participant {
                 }
                 Some(result) = tasks.join_next(), if !tasks.is_empty() => {
                     match result {
-                        Ok(Err(e)) => debug!(error = %e, "message not processed"),
+                        // A store call failed, maybe for a moment: no event will bring this
+                        // message back, so try it again (a transition that already ran is
+                        // then recorded, since the replica is no longer in its from-state).
+                        Ok(Processed { key, attempt, result: Err(e) })
+                            if e.retryable() && serving.active.load(Ordering::SeqCst) =>
+                        {
+                            debug!(%key, attempt, error = %e, "message not processed; retrying");
+                            serving.spawn_process(&mut tasks, key, attempt + 1);
+                        }
+                        Ok(Processed { key, result: Err(e), .. }) => {
+                            debug!(%key, error = %e, "message not processed");
+                        }
                         Err(e) => warn!(error = %e, "message task failed"),
-                        Ok(Ok(())) => {}
+                        Ok(Processed { result: Ok(()), .. }) => {}
                     }
                 }
                 _ = shutdown.changed() => {
@@ -419,17 +445,31 @@ impl Serving {
     }
 
     /// Spawns processing of every message present.
-    async fn process_all(
-        self: &Arc<Self>,
-        tasks: &mut JoinSet<Result<(), ClusterError>>,
-    ) -> Result<(), ClusterError> {
+    async fn process_all(self: &Arc<Self>, tasks: &mut Processing) -> Result<(), ClusterError> {
         let dir = self.keys.messages(&self.instance);
         for name in self.session.children(&dir).await? {
-            let s = self.clone();
-            let key = format!("{dir}/{name}");
-            tasks.spawn(async move { s.process(&key).await });
+            self.spawn_process(tasks, format!("{dir}/{name}"), 0);
         }
         Ok(())
+    }
+
+    /// Spawns processing of the message at `key`, after a back-off if this is a retry.
+    fn spawn_process(self: &Arc<Self>, tasks: &mut Processing, key: String, attempt: u32) {
+        let s = self.clone();
+        tasks.spawn(async move {
+            if attempt > 0 {
+                let backoff = RETRY_BASE
+                    .saturating_mul(1 << attempt.min(6))
+                    .min(RETRY_MAX);
+                tokio::time::sleep(backoff).await;
+            }
+            let result = s.process(&key).await;
+            Processed {
+                key,
+                attempt,
+                result,
+            }
+        });
     }
 
     async fn discard(&self, key: &str, why: &str) -> Result<(), ClusterError> {

@@ -332,36 +332,151 @@ pub fn etcd() -> &'static Etcd {
     SERVER.get_or_init(start_etcd)
 }
 
-fn start_etcd() -> Etcd {
-    let bin = Path::new("/usr/bin/etcd");
-    if !bin.exists() {
-        panic!("no etcd at {}; {INSTALL}", bin.display());
+const ETCD: &str = "/usr/bin/etcd";
+
+/// The shell command running etcd member `name` of the cluster `initial` (`name=peer-url,...`),
+/// its data in `dir`.
+fn etcd_command(name: &str, dir: &Path, port: u16, peer: u16, initial: &str) -> String {
+    if !Path::new(ETCD).exists() {
+        panic!("no etcd at {ETCD}; {INSTALL}");
     }
+    format!(
+        "{ETCD} --name {name} --data-dir {data} --listen-client-urls http://127.0.0.1:{port} \
+         --advertise-client-urls http://127.0.0.1:{port} --listen-peer-urls http://127.0.0.1:{peer} \
+         --initial-advertise-peer-urls http://127.0.0.1:{peer} --initial-cluster {initial} \
+         --initial-cluster-state new --logger zap --log-level warn >> {log} 2>&1",
+        data = dir.join(format!("{name}.data")).display(),
+        log = dir.join(format!("{name}.log")).display(),
+    )
+}
+
+/// Whether the etcd member serving clients on `port` reports itself healthy (it has a leader).
+fn etcd_healthy(port: u16) -> bool {
+    http_get(port, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
+}
+
+fn start_etcd() -> Etcd {
     // etcd 3.4 always fsyncs (ZooKeeper here runs with forceSync=no, PostgreSQL with
     // fsync=off): keep its data in memory instead.
     let dir = memory_dir("etcd");
     let (port, peer) = (free_port(), free_port());
-    let log = dir.join("log");
-    let script = format!(
-        "{bin} --name rota-test --data-dir {data} --listen-client-urls http://127.0.0.1:{port} \
-         --advertise-client-urls http://127.0.0.1:{port} --listen-peer-urls http://127.0.0.1:{peer} \
-         --initial-advertise-peer-urls http://127.0.0.1:{peer} \
-         --initial-cluster rota-test=http://127.0.0.1:{peer} --initial-cluster-state new \
-         --logger zap --log-level warn > {log} 2>&1",
-        bin = bin.display(),
-        data = dir.join("data").display(),
-        log = log.display()
-    );
+    let initial = format!("rota-test=http://127.0.0.1:{peer}");
+    let script = etcd_command("rota-test", &dir, port, peer, &initial);
     let guard = guarded(&script, &format!("rm -rf {}", dir.display()), false);
     wait_until(
         "etcd",
         Duration::from_secs(60),
-        || http_get(port, "/health").is_some_and(|body| body.contains("\"health\":\"true\"")),
-        &log,
+        || etcd_healthy(port),
+        &dir.join("rota-test.log"),
     );
     Etcd {
         port,
         _guard: Mutex::new(guard),
+    }
+}
+
+/// A cluster of etcd members whose members a test can stop and start again (keeping their
+/// data), for rolling restarts. Each call makes a new cluster, gone when it is dropped or the
+/// test process exits.
+pub struct EtcdCluster {
+    dir: PathBuf,
+    members: Vec<EtcdMember>,
+    initial: String,
+    _cleanup: Mutex<Child>,
+}
+
+struct EtcdMember {
+    name: String,
+    port: u16,
+    peer: u16,
+    guard: Mutex<Option<Child>>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until every one is healthy.
+    pub fn start(size: usize) -> EtcdCluster {
+        let dir = memory_dir("etcd-cluster");
+        let members: Vec<EtcdMember> = (0..size)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                port: free_port(),
+                peer: free_port(),
+                guard: Mutex::new(None),
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        // Removes the members' data when the test process exits (members stop on their own).
+        let cleanup = guarded("true", &format!("rm -rf {}", dir.display()), false);
+        let cluster = EtcdCluster {
+            dir,
+            members,
+            initial,
+            _cleanup: Mutex::new(cleanup),
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.wait_healthy(i);
+        }
+        cluster
+    }
+
+    /// Every member's client endpoint.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect()
+    }
+
+    /// Stops member `i` (as SIGTERM does) and waits until it has exited.
+    pub fn stop(&self, i: usize) {
+        let child = self.members[i]
+            .guard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut child) = child {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data and waits until it is healthy.
+    pub fn restart(&self, i: usize) {
+        self.spawn(i);
+        self.wait_healthy(i);
+    }
+
+    fn spawn(&self, i: usize) {
+        let m = &self.members[i];
+        let script = etcd_command(&m.name, &self.dir, m.port, m.peer, &self.initial);
+        let child = guarded(&script, "true", false);
+        *m.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        let m = &self.members[i];
+        let log = self.dir.join(format!("{}.log", m.name));
+        wait_until(
+            "an etcd member",
+            Duration::from_secs(60),
+            || etcd_healthy(m.port),
+            &log,
+        );
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop(i);
+        }
     }
 }
 

@@ -6,9 +6,9 @@ use rota_etcd::EtcdCoordination;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A session on the etcd at `endpoint` (the server's, or a proxy's).
-pub async fn session(endpoint: String, timeout: Duration) -> Arc<dyn Session> {
-    EtcdCoordination::new(vec![endpoint], "")
+/// A session on the etcd at `endpoints` (the servers', or a proxy's).
+pub async fn session(endpoints: Vec<String>, timeout: Duration) -> Arc<dyn Session> {
+    EtcdCoordination::new(endpoints, "")
         .connect(timeout)
         .await
         .expect("connect to etcd")

@@ -1,0 +1,122 @@
+//! A rolling restart of a three-member etcd cluster under load, the way etcd is upgraded: each
+//! member in turn is stopped, the others carry on, and it comes back on its data. Clients given
+//! every member's endpoint must ride through it: no session expires (its ephemeral key stays),
+//! a watch sees every change exactly once and in order, with no resync, and writes go on.
+
+mod common;
+
+use common::{session, value};
+use rota_core::coordination::conformance::DEADLINE;
+use rota_core::coordination::{CoordError, CreateMode, Session, SessionState, WatchEvent};
+use rota_test_harness::EtcdCluster;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Sets `key` to 1, 2, 3, ... until `stop`, retrying calls that fail for want of a member, and
+/// counts the sets applied.
+async fn write_until(
+    session: Arc<dyn Session>,
+    key: String,
+    stop: Arc<AtomicBool>,
+    applied: Arc<AtomicU64>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let current = match session.get(&key).await {
+            Ok(node) => node.expect("the counter exists"),
+            Err(e) if e.retryable() => continue,
+            Err(e) => panic!("read failed: {e}"),
+        };
+        let next = String::from_utf8(current.value)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            + 1;
+        match session.set(&key, value(next), Some(current.version)).await {
+            Ok(version) => applied.store(version, Ordering::SeqCst),
+            // May or may not have been applied: the next read says which.
+            Err(CoordError::ConnectionLoss | CoordError::Backend(_)) => {}
+            Err(CoordError::BadVersion { .. }) => {}
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+}
+
+async fn wait_for_progress(applied: &AtomicU64, sets: u64) {
+    let from = applied.load(Ordering::SeqCst);
+    let start = Instant::now();
+    while applied.load(Ordering::SeqCst) < from + sets {
+        assert!(start.elapsed() < DEADLINE, "writes stopped making progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_ride_through_a_rolling_restart() {
+    let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(3))
+        .await
+        .unwrap();
+    let holder = session(cluster.endpoints(), Duration::from_secs(6)).await;
+    let watcher = session(cluster.endpoints(), Duration::from_secs(6)).await;
+    let writer = session(cluster.endpoints(), Duration::from_secs(6)).await;
+    let (owner, counter) = ("/rolling/owner".to_owned(), "/rolling/counter".to_owned());
+    holder
+        .create(&owner, b"holder".to_vec(), CreateMode::Ephemeral)
+        .await
+        .unwrap();
+    writer
+        .create(&counter, value(0), CreateMode::Persistent)
+        .await
+        .unwrap();
+    let mut watch = watcher.watch(&counter, false).await.unwrap();
+    let mut holder_state = holder.state();
+
+    let (stop, applied) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = tokio::spawn(write_until(
+        writer.clone(),
+        counter.clone(),
+        stop.clone(),
+        applied.clone(),
+    ));
+    let cluster = Arc::new(cluster);
+    for member in 0..3 {
+        wait_for_progress(&applied, 20).await;
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.stop(member))
+            .await
+            .unwrap();
+        // The two others carry the writes alone.
+        wait_for_progress(&applied, 20).await;
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.restart(member))
+            .await
+            .unwrap();
+        assert!(
+            !holder_state.borrow_and_update().is_final(),
+            "the holder's session ended while member {member} restarted"
+        );
+    }
+    wait_for_progress(&applied, 20).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+
+    assert_eq!(*holder.state().borrow(), SessionState::Connected);
+    let node = watcher.get(&owner).await.unwrap();
+    assert!(
+        node.is_some_and(|n| n.ephemeral),
+        "the ephemeral key is gone"
+    );
+    // One event per set applied (the counter's version counts them), in order, no resync.
+    let sets = watcher.get(&counter).await.unwrap().unwrap().version;
+    for n in 1..=sets {
+        match common::next(&mut watch).await {
+            WatchEvent::Changed { key } => assert_eq!(key, counter),
+            other => panic!("event {n} of {sets}: {other:?}"),
+        }
+    }
+    assert_eq!(watch.try_next(), None, "more events than sets");
+    println!("{sets} sets applied through a rolling restart of 3 members");
+}
