@@ -10,7 +10,7 @@
 //!
 //! Run with `cargo bench -p rota --features etcd --bench coordination`.
 
-use rota_core::cluster::harness::{TestCluster, resource};
+use rota_core::cluster::harness::time_convergence_and_join;
 use rota_core::coordination::{Coordination, CreateMode, MAX_TRANSACTION_OPS, Op};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,24 +139,6 @@ async fn watch_latency(store: &dyn Coordination) -> (f64, f64) {
 }
 
 async fn convergence(store: Arc<dyn Coordination>) -> (f64, f64) {
-    let mut c = TestCluster::new(
-        store,
-        "MasterSlave",
-        resource("MasterSlave", 1000, 3),
-        Duration::ZERO,
-    )
-    .await;
-    let started = Instant::now();
-    c.start_controller("c1");
-    for id in ["p1", "p2", "p3", "p4", "p5"] {
-        c.start_participant(id);
-    }
-    c.wait_converged().await;
-    let initial = started.elapsed();
-    let joined = Instant::now();
-    c.start_participant("p6");
-    c.wait_converged().await;
-    let join = joined.elapsed();
-    c.shutdown().await;
+    let (initial, join) = time_convergence_and_join(store).await;
     (initial.as_secs_f64() * 1e3, join.as_secs_f64() * 1e3)
 }

@@ -322,3 +322,29 @@ pub async fn builtin_models_converge_and_fail_over(store: Arc<dyn Coordination>)
         c.shutdown().await;
     }
 }
+
+/// The convergence benchmark's scenario, in real time: 1,000 partitions x 3 replicas
+/// (MasterSlave) over 5 participants with no-op transitions and one controller. Returns the
+/// time to converge from nothing, and then after a sixth participant joins.
+pub async fn time_convergence_and_join(store: Arc<dyn Coordination>) -> (Duration, Duration) {
+    let mut c = TestCluster::new(
+        store,
+        "MasterSlave",
+        resource("MasterSlave", 1000, 3),
+        Duration::ZERO,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    c.start_controller("c1");
+    for id in ["p1", "p2", "p3", "p4", "p5"] {
+        c.start_participant(id);
+    }
+    c.wait_converged().await;
+    let initial = started.elapsed();
+    let joined = std::time::Instant::now();
+    c.start_participant("p6");
+    c.wait_converged().await;
+    let join = joined.elapsed();
+    c.shutdown().await;
+    (initial, join)
+}
