@@ -1,17 +1,25 @@
 //! The task that keeps a session's lease alive and reports what the holder must assume.
 //!
-//! It renews the lease every third of its TTL. A renewal not answered within that third makes
-//! the session `Suspended`: at that moment at least a third of the TTL remains before the server
-//! could expire the lease (it counts from when it received the last renewal, which was after we
-//! sent it), so the holder steps down before anyone else can take over. Contact again with the
-//! lease alive makes it `Connected`; the server saying the lease is gone makes it `Expired`.
+//! It renews the lease every third of its TTL. etcd expires a lease a TTL after it received the
+//! last renewal, which is after we sent it; so as long as a renewal sent at `t` was answered,
+//! the lease lives until at least `t + TTL`. The session turns `Suspended` once no renewal sent
+//! in the last two thirds of the TTL has been answered: a full third of the TTL still remains
+//! then before etcd could expire the lease, for the holder to step down before anyone else can
+//! take over. A failed renewal is retried at once (a connection to a member that stopped fails
+//! quickly, and another member answers), so a rolling restart of etcd does not suspend anyone.
+//! Contact again with the lease alive makes the session `Connected`; etcd saying the lease is
+//! gone makes it `Expired`.
 
-use etcd_client::{Client, Error, LeaseKeepAliveStream, LeaseKeeper};
+use etcd_client::{Client, Error, LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
 use rota_core::coordination::SessionState;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tracing::{debug, warn};
+
+/// Pause between failed renewals.
+const RETRY: Duration = Duration::from_millis(100);
 
 /// Sets the state unless it is already final (final states never change).
 pub(crate) fn set_state(state: &watch::Sender<SessionState>, next: SessionState) {
@@ -22,13 +30,6 @@ pub(crate) fn set_state(state: &watch::Sender<SessionState>, next: SessionState)
         *s = next;
         true
     });
-}
-
-/// How one renewal went.
-enum Renewal {
-    Alive,
-    Gone,
-    NoAnswer,
 }
 
 /// Keeps `lease` alive until the session's state is final, or until every handle of the
@@ -62,30 +63,24 @@ async fn keep(client: Client, lease: i64, ttl: Duration, state: &watch::Sender<S
         let _ = watched.wait_for(|s| s.is_final()).await;
     };
     tokio::pin!(ended);
-    let mut lease_client = client.lease_client();
+    let mut leases = client.lease_client();
+    let mut stream = None;
+    // The lease was granted (or renewed) just before this task started.
+    let mut last_answered = Instant::now();
     loop {
-        let opened = tokio::select! {
-            opened = tokio::time::timeout(tick, lease_client.keep_alive(lease)) => opened,
+        let sent = Instant::now();
+        let attempt = tokio::time::timeout(tick, renew(&mut leases, lease, &mut stream));
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
             _ = &mut ended => return,
         };
-        match opened {
-            Ok(Ok((keeper, stream))) => {
+        let pause = match outcome {
+            Ok(Ok(true)) => {
+                last_answered = sent;
                 set_state(state, SessionState::Connected);
-                tokio::select! {
-                    gone = renew(keeper, stream, tick) => if gone {
-                        warn!(lease = format!("{lease:x}"), "etcd lease expired: session over");
-                        set_state(state, SessionState::Expired);
-                        return;
-                    },
-                    _ = &mut ended => return,
-                }
-                debug!(
-                    lease = format!("{lease:x}"),
-                    "etcd lease renewal unanswered"
-                );
-                set_state(state, SessionState::Suspended);
+                (sent + tick).saturating_duration_since(Instant::now())
             }
-            Ok(Err(e)) if lease_gone(&e) => {
+            Ok(Ok(false)) => {
                 warn!(
                     lease = format!("{lease:x}"),
                     "etcd lease expired: session over"
@@ -93,39 +88,52 @@ async fn keep(client: Client, lease: i64, ttl: Duration, state: &watch::Sender<S
                 set_state(state, SessionState::Expired);
                 return;
             }
-            Ok(Err(e)) => {
-                debug!(lease = format!("{lease:x}"), error = %e, "etcd unreachable");
-                set_state(state, SessionState::Suspended);
-                tokio::select! {
-                    _ = tokio::time::sleep(tick / 2) => {}
-                    _ = &mut ended => return,
+            failed => {
+                // A late answer must not be taken for the next renewal's: start a new stream.
+                stream = None;
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer".to_owned(),
+                };
+                debug!(
+                    lease = format!("{lease:x}"),
+                    error, "etcd lease renewal failed"
+                );
+                if Instant::now() >= last_answered + 2 * tick {
+                    set_state(state, SessionState::Suspended);
                 }
+                RETRY
             }
-            Err(_) => set_state(state, SessionState::Suspended),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = &mut ended => return,
         }
     }
 }
 
-/// Renews every `tick` while the server answers; true if it says the lease is gone, false when
-/// it stops answering.
-async fn renew(mut keeper: LeaseKeeper, mut stream: LeaseKeepAliveStream, tick: Duration) -> bool {
-    loop {
-        tokio::time::sleep(tick).await;
-        let once = async {
-            keeper.keep_alive().await?;
-            stream.message().await
+/// Sends one renewal, opening a keep-alive stream first if there is none, and waits for its
+/// answer: true if the lease lives, false if etcd says it is gone.
+async fn renew(
+    leases: &mut LeaseClient,
+    lease: i64,
+    stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> Result<bool, Error> {
+    let Some((keeper, answers)) = stream else {
+        // Opening sends the first renewal and waits for its answer.
+        return match leases.keep_alive(lease).await {
+            Ok(opened) => {
+                *stream = Some(opened);
+                Ok(true)
+            }
+            Err(e) if lease_gone(&e) => Ok(false),
+            Err(e) => Err(e),
         };
-        let renewal = match tokio::time::timeout(tick, once).await {
-            Ok(Ok(Some(answer))) if answer.ttl() > 0 => Renewal::Alive,
-            Ok(Ok(Some(_))) => Renewal::Gone,
-            Ok(Err(e)) if lease_gone(&e) => Renewal::Gone,
-            _ => Renewal::NoAnswer,
-        };
-        match renewal {
-            Renewal::Alive => {}
-            Renewal::Gone => return true,
-            Renewal::NoAnswer => return false,
-        }
+    };
+    keeper.keep_alive().await?;
+    match answers.message().await? {
+        Some(answer) => Ok(answer.ttl() > 0),
+        None => Err(Error::LeaseKeepAliveError("keep-alive stream ended".into())),
     }
 }
 

@@ -5,8 +5,8 @@
 //! - **Sessions** are leases. Connecting grants a lease whose TTL is the session timeout
 //!   (rounded up to whole seconds; etcd raises TTLs below its minimum, and
 //!   [`Session::timeout`] reports the TTL granted). A task of the session renews it
-//!   ([`keepalive`]): an unanswered renewal reports `Suspended`, the server saying the lease is
-//!   gone reports `Expired`. Closing revokes the lease.
+//!   ([`keepalive`]): no answered renewal for two thirds of the TTL reports `Suspended`, the
+//!   server saying the lease is gone reports `Expired`. Closing revokes the lease.
 //! - **Ephemeral keys** are attached to the lease, so etcd deletes them when it expires or is
 //!   revoked. Every write of a session is also conditional on a key of its own lease
 //!   ([`txn`]), so once the lease is gone nothing the session writes applies — what ZooKeeper
