@@ -93,6 +93,10 @@ pub struct CoordinationConfig {
     /// etcd only: a key prefix (`/name[/name...]`) under which everything is kept, so several
     /// tenants can share one etcd. Empty: keys start at `/rota/{cluster}`.
     pub prefix: String,
+    /// etcd only: the user to log in as, when etcd has authentication enabled.
+    pub username: Option<String>,
+    /// etcd only: that user's password (give it in `ROTA_COORDINATION__PASSWORD`, not a file).
+    pub password: Option<String>,
 }
 
 impl Default for CoordinationConfig {
@@ -102,6 +106,8 @@ impl Default for CoordinationConfig {
             endpoints: Vec::new(),
             session_timeout_ms: 10_000,
             prefix: String::new(),
+            username: None,
+            password: None,
         }
     }
 }
@@ -234,6 +240,21 @@ impl Config {
                 );
             }
         }
+        let (user, password) = (&self.coordination.username, &self.coordination.password);
+        if user.is_some() || password.is_some() {
+            if self.coordination.backend != CoordinationBackend::Etcd {
+                bail!(
+                    "invalid configuration: coordination.username and coordination.password are \
+                     for etcd"
+                );
+            }
+            if user.is_none() || password.is_none() {
+                bail!(
+                    "invalid configuration: give both coordination.username and \
+                     coordination.password, or neither"
+                );
+            }
+        }
         if self.storage.url.is_empty() && self.storage.backend != StorageBackend::Memory {
             bail!("invalid configuration: storage.url is required for this storage.backend");
         }
@@ -349,6 +370,20 @@ mod tests {
         config.coordination.prefix = "/tenant".into();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("chroot"), "{err}");
+    }
+
+    #[test]
+    fn etcd_credentials_come_in_pairs() {
+        let mut config = Config::default();
+        config.coordination.backend = CoordinationBackend::Etcd;
+        config.coordination.username = Some("rota".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("coordination.password"), "{err}");
+        config.coordination.password = Some("s3cret".into());
+        config.validate().unwrap();
+        config.coordination.backend = CoordinationBackend::Zookeeper;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("for etcd"), "{err}");
     }
 
     #[test]

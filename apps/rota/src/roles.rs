@@ -45,10 +45,16 @@ fn etcd(config: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
     if config.coordination.endpoints.is_empty() {
         bail!("coordination.endpoints is empty: give the etcd servers as host:port");
     }
-    Ok(Arc::new(rota_etcd::EtcdCoordination::new(
+    let mut store = rota_etcd::EtcdCoordination::new(
         config.coordination.endpoints.clone(),
         &config.coordination.prefix,
-    )))
+    );
+    if let (Some(user), Some(password)) =
+        (&config.coordination.username, &config.coordination.password)
+    {
+        store = store.with_user(user, password);
+    }
+    Ok(Arc::new(store))
 }
 
 #[cfg(not(feature = "etcd"))]

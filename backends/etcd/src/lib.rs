@@ -52,6 +52,8 @@ const PAGE: i64 = 1_000;
 pub struct EtcdCoordination {
     endpoints: Vec<String>,
     keys: KeySpace,
+    /// User name and password, when etcd has authentication enabled.
+    user: Option<(String, String)>,
 }
 
 impl EtcdCoordination {
@@ -61,19 +63,33 @@ impl EtcdCoordination {
         Self {
             endpoints,
             keys: KeySpace::new(prefix),
+            user: None,
         }
     }
 
+    /// Authenticates every session as `name` (for an etcd with authentication enabled). The
+    /// user needs read and write access to the prefix's keys and the session keys beside them.
+    pub fn with_user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((name.into(), password.into()));
+        self
+    }
+
     async fn client(&self, timeout: Duration) -> Result<Client, CoordError> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout.min(Duration::from_secs(5)))
-            // Finds a connection that died silently (no reset) while streams wait on it; etcd
-            // refuses pings more often than every 5 s.
+            // Finds a connection that died silently (no reset) while streams wait on it (a
+            // session always has its renewal stream open); etcd refuses pings more often than
+            // every 5 s, and pings without streams.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true)
             // A member cut off from the quorum fails our calls and ends our streams instead of
             // serving stale reads and silent watches; the client moves on to another member.
             .with_require_leader(true);
+        if let Some((name, password)) = &self.user {
+            // Tokens expire (etcd's --auth-token-ttl): log in again when one does.
+            options = options
+                .with_user(name.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
         Client::connect(&self.endpoints, Some(options))
             .await
             .map_err(|e| match map_error(e) {
