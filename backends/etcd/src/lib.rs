@@ -35,8 +35,8 @@ use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use keys::{KeySpace, child_name};
 use rota_core::SessionId;
 use rota_core::coordination::{
-    CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState, Watch,
-    validate_key, validate_transaction,
+    CoordError, Coordination, Node, Op, OpResult, Session, SessionState, Watch, validate_key,
+    validate_transaction,
 };
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -312,42 +312,6 @@ impl Session for EtcdSession {
                 _ => return Ok(names.into_iter().collect()),
             }
         }
-    }
-
-    async fn create(&self, key: &str, value: Vec<u8>, mode: CreateMode) -> Result<(), CoordError> {
-        let op = Op::Create {
-            key: key.to_owned(),
-            value,
-            mode,
-        };
-        self.transaction(vec![op]).await.map(|_| ())
-    }
-
-    async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Option<u64>,
-    ) -> Result<u64, CoordError> {
-        let op = Op::Set {
-            key: key.to_owned(),
-            value,
-            expected,
-        };
-        match self.transaction(vec![op]).await?.as_slice() {
-            [OpResult::Set(version)] => Ok(*version),
-            other => Err(CoordError::Backend(format!(
-                "unexpected result of a set: {other:?}"
-            ))),
-        }
-    }
-
-    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), CoordError> {
-        let op = Op::Delete {
-            key: key.to_owned(),
-            expected,
-        };
-        self.transaction(vec![op]).await.map(|_| ())
     }
 
     async fn transaction(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, CoordError> {

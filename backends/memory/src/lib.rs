@@ -488,13 +488,6 @@ struct MemorySession {
     state: watch::Receiver<SessionState>,
 }
 
-impl MemorySession {
-    fn one(&self, op: Op) -> Result<OpResult, CoordError> {
-        let mut results = self.store.lock().apply(self.number, vec![op])?;
-        Ok(results.pop().expect("one result per operation"))
-    }
-}
-
 #[async_trait]
 impl Session for MemorySession {
     fn id(&self) -> SessionId {
@@ -529,39 +522,6 @@ impl Session for MemorySession {
             .collect();
         names.dedup();
         Ok(names)
-    }
-
-    async fn create(&self, key: &str, value: Vec<u8>, mode: CreateMode) -> Result<(), CoordError> {
-        self.one(Op::Create {
-            key: key.to_owned(),
-            value,
-            mode,
-        })
-        .map(|_| ())
-    }
-
-    async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Option<u64>,
-    ) -> Result<u64, CoordError> {
-        match self.one(Op::Set {
-            key: key.to_owned(),
-            value,
-            expected,
-        })? {
-            OpResult::Set(version) => Ok(version),
-            other => Err(CoordError::Backend(format!("unexpected result {other:?}"))),
-        }
-    }
-
-    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), CoordError> {
-        self.one(Op::Delete {
-            key: key.to_owned(),
-            expected,
-        })
-        .map(|_| ())
     }
 
     async fn transaction(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, CoordError> {

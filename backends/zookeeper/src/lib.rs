@@ -258,16 +258,6 @@ impl Session for ZooKeeperSession {
         }
     }
 
-    async fn create(&self, key: &str, value: Vec<u8>, mode: CreateMode) -> Result<(), CoordError> {
-        self.transaction(vec![Op::Create {
-            key: key.to_owned(),
-            value,
-            mode,
-        }])
-        .await
-        .map(|_| ())
-    }
-
     async fn set(
         &self,
         key: &str,

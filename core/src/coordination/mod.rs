@@ -360,20 +360,44 @@ pub trait Session: Send + Sync {
     /// The names of the next path segment of every key strictly below `key`, sorted.
     async fn children(&self, key: &str) -> Result<Vec<String>, CoordError>;
 
-    /// Creates `key`. Fails with [`CoordError::Exists`] if it exists.
-    async fn create(&self, key: &str, value: Vec<u8>, mode: CreateMode) -> Result<(), CoordError>;
+    /// Creates `key`. Fails with [`CoordError::Exists`] if it exists. (By default, a
+    /// transaction of one operation.)
+    async fn create(&self, key: &str, value: Vec<u8>, mode: CreateMode) -> Result<(), CoordError> {
+        let key = key.to_owned();
+        let op = Op::Create { key, value, mode };
+        self.transaction(vec![op]).await.map(|_| ())
+    }
 
     /// Sets an existing key, if its version is `expected` (any if `None`); returns the new
-    /// version. Fails with [`CoordError::NotFound`] or [`CoordError::BadVersion`].
+    /// version. Fails with [`CoordError::NotFound`] or [`CoordError::BadVersion`]. (By default,
+    /// a transaction of one operation.)
     async fn set(
         &self,
         key: &str,
         value: Vec<u8>,
         expected: Option<u64>,
-    ) -> Result<u64, CoordError>;
+    ) -> Result<u64, CoordError> {
+        let key = key.to_owned();
+        let op = Op::Set {
+            key,
+            value,
+            expected,
+        };
+        match self.transaction(vec![op]).await?.as_slice() {
+            [OpResult::Set(version)] => Ok(*version),
+            other => Err(CoordError::Backend(format!("a set answered {other:?}"))),
+        }
+    }
 
     /// Deletes an existing key without children, if its version is `expected` (any if `None`).
-    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), CoordError>;
+    /// (By default, a transaction of one operation.)
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), CoordError> {
+        let op = Op::Delete {
+            key: key.to_owned(),
+            expected,
+        };
+        self.transaction(vec![op]).await.map(|_| ())
+    }
 
     /// Applies all operations atomically, or none. The error is that of the first operation
     /// that failed.
