@@ -11,6 +11,7 @@ use rota_core::cluster::admin::Admin;
 use rota_core::cluster::controller::{Controller, ControllerConfig};
 use rota_core::cluster::keys::ClusterKeys;
 use rota_core::cluster::participant::{Participant, ParticipantConfig};
+use rota_core::coordination::reconnecting::Reconnecting;
 use rota_core::coordination::{Coordination, CreateMode, Session};
 use rota_core::task::worker::{Worker, wall_clock_ms};
 use rota_core::task::{TASKS_RESOURCE, TaskStore};
@@ -151,7 +152,17 @@ pub async fn controller(config: &Config, shutdown: watch::Receiver<bool>) -> any
 /// `rota api`: serves the REST API until shutdown.
 pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let tasks = task_store(config).await?;
-    let session = session(config).await?;
+    // The API only reads the cluster: it opens a new session when one ends, rather than
+    // answering 503 until restarted.
+    let session = Reconnecting::connect(coordination(config)?, timeout(config))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the coordination store at {}",
+                config.coordination.endpoints.join(",")
+            )
+        })?;
+    let session: Arc<dyn Session> = Arc::new(session);
     let state = AppState {
         tasks,
         partitions: config.cluster.partitions,

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use rota_core::SessionId;
 use rota_core::coordination::conformance::{Faults, Harness};
-use rota_core::coordination::{Coordination, CreateMode, SessionState, WatchEvent};
+use rota_core::coordination::{Coordination, CreateMode, Session, SessionState, WatchEvent};
 use rota_memory::MemoryCoordination;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,4 +119,30 @@ async fn held_watch_events_arrive_in_order_and_dropped_ones_become_resync() {
         .await
         .unwrap();
     assert!(matches!(watch.try_next(), Some(WatchEvent::Created { key }) if key == "/w/d"));
+}
+
+/// A reconnecting session outlives the expiry of its session: the next call opens a new one.
+#[tokio::test]
+async fn a_reconnecting_session_replaces_an_expired_one() {
+    use rota_core::coordination::reconnecting::Reconnecting;
+    let store = MemoryCoordination::new();
+    let writer = store.connect(Duration::from_secs(10)).await.unwrap();
+    writer
+        .create("/k", b"v".to_vec(), CreateMode::Persistent)
+        .await
+        .unwrap();
+    let reader = Reconnecting::connect(Arc::new(store.clone()), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let first = reader.id();
+    store.expire(&first);
+    let node = reader.get("/k").await.unwrap().unwrap();
+    assert_eq!(node.value, b"v".to_vec());
+    assert_ne!(reader.id(), first, "the expired session was not replaced");
+    assert_eq!(*reader.state().borrow(), SessionState::Connected);
+    reader.set("/k", b"w".to_vec(), Some(0)).await.unwrap();
+    assert_eq!(
+        writer.get("/k").await.unwrap().unwrap().value,
+        b"w".to_vec()
+    );
 }

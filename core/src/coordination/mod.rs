@@ -36,6 +36,7 @@
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod reconnecting;
 
 use crate::model::SessionId;
 use async_trait::async_trait;
