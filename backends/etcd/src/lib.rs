@@ -121,6 +121,9 @@ fn lease_of(session: &SessionId) -> Option<i64> {
 /// What an etcd client error tells the caller.
 fn map_error(e: etcd_client::Error) -> CoordError {
     use etcd_client::Error;
+    if keepalive::lease_gone(&e) {
+        return CoordError::SessionExpired;
+    }
     match e {
         Error::GRpcStatus(status) => match status.code() {
             // No connection, or no leader: the call may or may not have been applied.
@@ -131,9 +134,6 @@ fn map_error(e: etcd_client::Error) -> CoordError {
             // server's errors all say "etcdserver: ...".
             tonic::Code::Unknown if !status.message().starts_with("etcdserver:") => {
                 CoordError::ConnectionLoss
-            }
-            tonic::Code::NotFound if status.message().contains("lease not found") => {
-                CoordError::SessionExpired
             }
             _ => CoordError::Backend(format!("etcd: {}", status.message())),
         },

@@ -136,10 +136,8 @@ struct Serving {
     replicas: Mutex<BTreeMap<String, BTreeMap<PartitionId, PartitionCurrent>>>,
     /// Resources whose current-state key exists in this session.
     written: SyncMutex<BTreeSet<String>>,
-    /// Finished transitions not yet recorded, by resource: their messages, and who waits.
-    finished: SyncMutex<HashMap<String, Vec<Finished>>>,
-    /// One current-state writer per resource at a time.
-    writers: SyncMutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Per resource, the finished transitions waiting for their current-state write.
+    recorders: SyncMutex<HashMap<String, Arc<Recorder>>>,
     partition_locks: SyncMutex<HashMap<Replica, Arc<Mutex<()>>>>,
     models: Mutex<HashMap<String, StateModel>>,
     /// False while suspended or stopping: no transition starts.
@@ -174,6 +172,14 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// A finished transition waiting for its state to be written: the message to delete with it,
 /// and the channel that reports the write.
 type Finished = (String, oneshot::Sender<Result<(), ClusterError>>);
+
+/// The current-state writes of one resource: one at a time, each for every transition that
+/// finished before it started.
+#[derive(Default)]
+struct Recorder {
+    waiting: SyncMutex<Vec<Finished>>,
+    writing: Mutex<()>,
+}
 
 impl Participant {
     /// A participant running `handler`; the handle reports status and accepts resets.
@@ -315,8 +321,7 @@ impl Participant {
             handler: self.handler.clone(),
             replicas: Mutex::new(BTreeMap::new()),
             written: SyncMutex::new(BTreeSet::new()),
-            finished: SyncMutex::new(HashMap::new()),
-            writers: SyncMutex::new(HashMap::new()),
+            recorders: SyncMutex::new(HashMap::new()),
             partition_locks: SyncMutex::new(HashMap::new()),
             models: Mutex::new(HashMap::new()),
             active: AtomicBool::new(true),
@@ -536,28 +541,19 @@ impl Serving {
     /// flight writes for all that are waiting.
     async fn record_finished(&self, resource: &str, message: &str) -> Result<(), ClusterError> {
         let (done, outcome) = oneshot::channel();
-        self.finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(resource.to_owned())
-            .or_default()
-            .push((message.to_owned(), done));
-        let writer = self
-            .writers
+        let recorder = self
+            .recorders
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(resource.to_owned())
             .or_default()
             .clone();
+        let waiting = || recorder.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting().push((message.to_owned(), done));
         {
-            let _turn = writer.lock().await;
+            let _turn = recorder.writing.lock().await;
             // Empty if an earlier writer took ours along.
-            let batch = self
-                .finished
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(resource)
-                .unwrap_or_default();
+            let batch = std::mem::take(&mut *waiting());
             if !batch.is_empty() {
                 let (messages, waiters): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
                 let written = self.publish_deleting(resource, messages).await;
