@@ -1,7 +1,9 @@
-//! The `rota` binary's library: configuration, the REST API, `rota dev` and `rota plan`. Kept
+//! The `rota` binary's library: configuration, the REST API, `rota dev`, `rota plan` and
+//! `rota bench`. Kept
 //! as a library so that tests drive exactly what the binary runs.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod dev;
 pub mod handlers;

@@ -39,6 +39,9 @@ enum Command {
     },
     /// Simulate a cluster and print the assignment statistics before and after a change.
     Plan(plan::PlanArgs),
+    /// Measure insert, burn-down, start lag, failover and memory on a throwaway cluster (or a
+    /// running one with --url), through the public API.
+    Bench(rota::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plan(args) => plan::run(&args),
         Command::Dev(args) => run_dev(args),
+        Command::Bench(args) => run_bench(args),
         Command::Init(c) => run_role(c, |config, _| async move { roles::init(&config).await }),
         Command::Controller(c) => run_role(c, |config, stop| async move {
             roles::controller(&config, stop).await
@@ -184,6 +188,18 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         println!("rota dev: stopped");
         Ok(())
     })
+}
+
+fn run_bench(args: rota::bench::BenchArgs) -> anyhow::Result<()> {
+    // The clusters' own logs would interleave with the progress bars: warnings only, unless
+    // RUST_LOG says otherwise.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Runtime::new()?.block_on(rota::bench::run(args))
 }
 
 async fn wait_for_signal() {

@@ -2,8 +2,8 @@
 //! conformance suite as SQLite and PostgreSQL.
 
 use rota_core::task::{
-    CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis, NewTask,
-    Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis,
+    NewTask, Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
 };
 use rota_core::{Epoch, InstanceId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -394,6 +394,14 @@ impl TaskStore for MemoryTaskStore {
             }
         }
         Ok(old.len() as u64)
+    }
+
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        let inner = self.lock();
+        Ok(Backlog {
+            pending: inner.due.values().map(|d| d.len() as u64).sum(),
+            running: inner.running.values().map(|r| r.len() as u64).sum(),
+        })
     }
 
     async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {

@@ -17,8 +17,8 @@
 //! this build knows is refused with a clear error.
 
 use rota_core::task::{
-    CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis, NewTask,
-    Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis,
+    NewTask, Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
 };
 use rota_core::{Epoch, InstanceId};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
@@ -737,6 +737,20 @@ impl TaskStore for PostgresTaskStore {
         .await
         .map_err(backend)?
         .rows_affected())
+    }
+
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        let (pending, running): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM rota_tasks WHERE status = 'PENDING'), \
+                    (SELECT count(*) FROM rota_tasks WHERE status = 'RUNNING')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(Backlog {
+            pending: pending as u64,
+            running: running as u64,
+        })
     }
 
     async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {

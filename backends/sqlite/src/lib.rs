@@ -8,8 +8,8 @@
 //! against the current owner and epoch inside the transaction that applies it.
 
 use rota_core::task::{
-    CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis, NewTask,
-    Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis,
+    NewTask, Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
 };
 use rota_core::{Epoch, InstanceId};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
@@ -582,6 +582,22 @@ impl TaskStore for SqliteTaskStore {
                 )
                 .map_err(backend)?;
             Ok(purged as u64)
+        })
+        .await
+    }
+
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        self.run(|conn| {
+            let count = |status: &str| -> Result<u64, StoreError> {
+                conn.prepare_cached("SELECT count(*) FROM tasks WHERE status = ?1")
+                    .and_then(|mut s| s.query_row([status], |r| r.get::<_, i64>(0)))
+                    .map(|n| n as u64)
+                    .map_err(backend)
+            };
+            Ok(Backlog {
+                pending: count("PENDING")?,
+                running: count("RUNNING")?,
+            })
         })
         .await
     }

@@ -167,6 +167,13 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     );
     assert_eq!(store.next_due(&[0, 1]).await.unwrap(), Some(NOW + 60_000));
     assert_eq!(store.next_due(&[2]).await.unwrap(), Some(NOW - 40));
+    assert_eq!(
+        store.backlog().await.unwrap(),
+        super::Backlog {
+            pending: 2,
+            running: 3
+        }
+    );
     assert_eq!(store.next_due(&[3]).await.unwrap(), None);
 }
 

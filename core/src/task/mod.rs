@@ -10,8 +10,8 @@ pub mod worker;
 
 pub use retry::RetryPolicy;
 pub use store::{
-    CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Page, StoreError,
-    TaskStore,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Page,
+    StoreError, TaskStore,
 };
 
 use crate::model::{Epoch, InstanceId};

@@ -106,6 +106,15 @@ impl Page {
     }
 }
 
+/// How many tasks are live: the queue's depth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Backlog {
+    /// PENDING tasks, due or not.
+    pub pending: u64,
+    /// RUNNING tasks.
+    pub running: u64,
+}
+
 /// The result of a claim.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Claimed {
@@ -230,6 +239,10 @@ pub trait TaskStore: Send + Sync {
         finished_before: Millis,
         limit: usize,
     ) -> Result<u64, StoreError>;
+
+    /// How many tasks are PENDING and RUNNING (cheap: counted over the live tasks' indexes,
+    /// not the finished ones).
+    async fn backlog(&self) -> Result<Backlog, StoreError>;
 
     /// The earliest `scheduled_at` of a PENDING task in these partitions.
     async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError>;

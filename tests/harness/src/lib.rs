@@ -127,13 +127,20 @@ fn postgres_bin() -> PathBuf {
     })
 }
 
-/// The PostgreSQL server of this test binary, started on first use.
+/// The PostgreSQL server of this test binary, started on first use. It skips fsync (tests need
+/// no durability); see [`durable_postgres`] for one that runs as a user's would.
 pub fn postgres() -> &'static Postgres {
     static SERVER: OnceLock<Postgres> = OnceLock::new();
-    SERVER.get_or_init(start_postgres)
+    SERVER.get_or_init(|| start_postgres(false))
 }
 
-fn start_postgres() -> Postgres {
+/// A new PostgreSQL server with PostgreSQL's default settings (fsync and synchronous commit on),
+/// as a production database runs: for benchmarks, whose figures must not hide the disk.
+pub fn durable_postgres() -> Postgres {
+    start_postgres(true)
+}
+
+fn start_postgres(durable: bool) -> Postgres {
     let bin = postgres_bin();
     let as_postgres = is_root();
     let dir = temp_dir("postgres");
@@ -163,9 +170,13 @@ fn start_postgres() -> Postgres {
         String::from_utf8_lossy(&init.stderr)
     );
     let port = free_port();
+    let settings = if durable {
+        ""
+    } else {
+        "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
+    };
     let script = format!(
-        "{} -D {} -p {port} -h 127.0.0.1 -k {} -c fsync=off -c full_page_writes=off \
-         -c synchronous_commit=off -c max_connections=200 > {} 2>&1",
+        "{} -D {} -p {port} -h 127.0.0.1 -k {} {settings} > {} 2>&1",
         bin.join("postgres").display(),
         data.display(),
         dir.display(),

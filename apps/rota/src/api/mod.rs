@@ -68,6 +68,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/tasks", post(tasks::create).get(tasks::list))
         .route("/tasks/batch", post(tasks::create_batch))
+        .route("/tasks/backlog", get(tasks::backlog))
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
         .route("/cluster", get(cluster))
         .route("/healthz", get(healthz))

@@ -8,6 +8,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/tasks"),
     ("get", "/tasks"),
     ("post", "/tasks/batch"),
+    ("get", "/tasks/backlog"),
     ("get", "/tasks/{id}"),
     ("delete", "/tasks/{id}"),
     ("get", "/cluster"),
@@ -66,6 +67,12 @@ pub fn document() -> Value {
                     "responses": {"201": {"description": "Created (or, for repeated idempotency keys, the originals)"},
                                   "400": error_response("Invalid request"), "413": error_response("Body too large")}
                 }
+            },
+            "/tasks/backlog": {
+                "get": {"summary": "How many tasks are PENDING (due or not) and RUNNING: the queue's depth",
+                        "responses": {"200": {"description": "Counts", "content": {"application/json": {"schema": {
+                            "type": "object", "properties": {"pending": {"type": "integer"}, "running": {"type": "integer"}}}}}},
+                                      "503": error_response("Task store unreachable")}}
             },
             "/tasks/{id}": {
                 "get": {"summary": "Read a task", "parameters": id,

@@ -1,4 +1,4 @@
-//! `/tasks`: create (one or a batch), read, list, cancel.
+//! `/tasks`: create (one or a batch), read, list, cancel, and the backlog's size.
 
 use super::error::ApiError;
 use super::{AppState, time};
@@ -228,6 +228,15 @@ pub async fn create_batch(
         Json(serde_json::json!({ "tasks": views })),
     )
         .into_response())
+}
+
+/// `GET /tasks/backlog`
+pub async fn backlog(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let backlog = state.tasks.backlog().await?;
+    Ok(Json(serde_json::json!({
+        "pending": backlog.pending,
+        "running": backlog.running,
+    })))
 }
 
 fn parse_id(id: &str) -> Result<TaskId, ApiError> {
