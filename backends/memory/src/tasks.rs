@@ -248,7 +248,7 @@ impl TaskStore for MemoryTaskStore {
                 refused.push(claim.partition);
             }
         }
-        // Candidates: the first `limit` due tasks of each partition, and expired leases.
+        // Candidates: the first `limit` due tasks of each partition.
         let mut candidates: Vec<(Millis, TaskId, Epoch)> = Vec::new();
         for claim in &valid {
             let due = inner.due.get(&claim.partition).into_iter().flatten();
@@ -257,13 +257,6 @@ impl TaskStore for MemoryTaskStore {
                     .take(limit)
                     .map(|&(at, id)| (at, id, claim.epoch)),
             );
-            let expired = inner.running.get(&claim.partition).into_iter().flatten();
-            candidates.extend(expired.filter_map(|id| {
-                let t = &inner.tasks[id];
-                t.lease_until
-                    .filter(|&l| l < now)
-                    .map(|_| (t.scheduled_at, *id, claim.epoch))
-            }));
         }
         candidates.sort_unstable();
         candidates.truncate(limit);
@@ -278,7 +271,18 @@ impl TaskStore for MemoryTaskStore {
             t.lease_until = Some(now + lease_ms);
             tasks.push(t.clone());
         }
-        Ok(Claimed { tasks, refused })
+        let next_due = valid
+            .iter()
+            .filter_map(|c| {
+                let due = inner.due.get(&c.partition)?;
+                due.iter().map(|(at, _)| *at).find(|&at| at > now)
+            })
+            .min();
+        Ok(Claimed {
+            tasks,
+            refused,
+            next_due,
+        })
     }
 
     async fn complete(
@@ -311,12 +315,20 @@ impl TaskStore for MemoryTaskStore {
                 CompletionOutcome::Failed { .. } if t.attempts >= t.max_attempts => {
                     TaskStatus::Failed
                 }
-                CompletionOutcome::Failed { .. } => TaskStatus::Pending,
+                CompletionOutcome::Failed { .. } | CompletionOutcome::Released => {
+                    TaskStatus::Pending
+                }
             };
             {
                 let t = inner.tasks.get_mut(&c.id).expect("exists");
                 t.owner = None;
                 t.lease_until = None;
+                if c.outcome == CompletionOutcome::Released {
+                    t.attempts -= 1;
+                    t.started_at = None;
+                } else if c.started_at.is_some() {
+                    t.started_at = c.started_at;
+                }
                 if let CompletionOutcome::Failed { error, retry_at } = &c.outcome {
                     t.last_error = Some(error.clone());
                     if status == TaskStatus::Pending {
@@ -396,20 +408,35 @@ impl TaskStore for MemoryTaskStore {
         Ok(old.len() as u64)
     }
 
+    async fn requeue_expired(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let mut expired = Vec::new();
+        for claim in partitions.iter().filter(|c| inner.owns(owner, c)) {
+            let running = inner.running.get(&claim.partition).into_iter().flatten();
+            expired
+                .extend(running.filter(|id| inner.tasks[*id].lease_until.is_some_and(|l| l < now)));
+        }
+        for &id in &expired {
+            inner.requeue(
+                id,
+                now,
+                "lease expired: the worker neither finished nor renewed it",
+            );
+        }
+        Ok(expired.len() as u64)
+    }
+
     async fn backlog(&self) -> Result<Backlog, StoreError> {
         let inner = self.lock();
         Ok(Backlog {
             pending: inner.due.values().map(|d| d.len() as u64).sum(),
             running: inner.running.values().map(|r| r.len() as u64).sum(),
         })
-    }
-
-    async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {
-        let inner = self.lock();
-        Ok(partitions
-            .iter()
-            .filter_map(|p| inner.due.get(p).and_then(|d| d.first()).map(|(at, _)| *at))
-            .min())
     }
 
     fn inserted(&self) -> broadcast::Receiver<u32> {

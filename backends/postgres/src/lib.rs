@@ -27,10 +27,17 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-const CHANNEL: &str = "rota_tasks";
+/// The channel of insert notifications (a macro, for statements built with `concat!`).
+macro_rules! channel {
+    () => {
+        "rota_tasks"
+    };
+}
+const CHANNEL: &str = channel!();
 
 /// Schema migrations, in order; `rota_schema.version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE rota_tasks (
     id              BIGSERIAL PRIMARY KEY,
     name            TEXT    NOT NULL,
@@ -58,7 +65,40 @@ CREATE TABLE rota_partition_owners (
     owner     TEXT    NOT NULL,
     epoch     BIGINT  NOT NULL
 );
-"#];
+"#,
+    // Most tasks have no idempotency key: index only those that do, instead of writing a NULL entry
+    // for every version of every task.
+    r#"
+CREATE UNIQUE INDEX rota_tasks_idempotency_key ON rota_tasks (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+ALTER TABLE rota_tasks DROP CONSTRAINT rota_tasks_idempotency_key_key;
+"#,
+];
+
+/// The database's clock in milliseconds, or the caller's when one is bound (`$n` is NULL in
+/// production): `now!(6)` is `COALESCE($6::bigint, <clock>)`.
+macro_rules! now {
+    ($n:literal) => {
+        concat!(
+            "COALESCE($",
+            $n,
+            "::bigint, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
+        )
+    };
+}
+
+/// The partitions a claimant still owns at the given epochs (`$1` owner, `$2` partitions, `$3`
+/// epochs), their owner rows locked `FOR SHARE` until the statement ends, so an ownership
+/// change waits for it and then sees (and requeues) what it claimed.
+macro_rules! owned {
+    () => {
+        "owned AS ( \
+           SELECT o.partition, o.epoch FROM rota_partition_owners o \
+           JOIN UNNEST($2::int[], $3::bigint[]) AS c(partition, epoch) \
+             ON c.partition = o.partition AND c.epoch = o.epoch \
+           WHERE o.owner = $1 FOR SHARE OF o)"
+    };
+}
 
 /// The task columns, in the order [`task_from`] reads them by name (a macro, so that queries stay
 /// `&'static str` literals, which sqlx accepts without an injection audit).
@@ -169,15 +209,36 @@ impl PostgresTaskStore {
         self.pool.begin().await.map_err(backend)
     }
 
-    /// "Now": the database's clock, or the caller's.
+    /// The tasks holding these idempotency keys.
+    async fn by_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM rota_tasks WHERE idempotency_key = ANY($1)"
+        ))
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        tasks_from(&rows)
+    }
+
+    /// "Now": the database's clock, or the caller's (one round trip; the hot paths use
+    /// [`now!`] in their statement instead).
     async fn now(&self, given: Millis) -> Result<Millis, StoreError> {
-        if !self.database_clock {
-            return Ok(given);
+        match self.clock(given) {
+            Some(now) => Ok(now),
+            None => sqlx::query_scalar(concat!("SELECT ", now!(1)))
+                .bind(None::<i64>)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend),
         }
-        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)
+    }
+
+    /// The caller's "now" to bind, or `None` to use the database's clock (see [`now!`]).
+    fn clock(&self, given: Millis) -> Option<Millis> {
+        (!self.database_clock).then_some(given)
     }
 }
 
@@ -287,28 +348,18 @@ impl TaskStore for PostgresTaskStore {
         partitions: u32,
         now: Millis,
     ) -> Result<Vec<(Task, bool)>, StoreError> {
-        let now = self.now(now).await?;
         for t in &tasks {
             t.validate()?;
         }
-        let mut tx = self.begin().await?;
-        // Existing tasks for the idempotency keys given.
+        // No explicit transaction: the batch is one INSERT statement (atomic), ids come from the
+        // sequence beforehand, and a key taken by a concurrent insert is read back afterwards.
         let keys: Vec<String> = tasks
             .iter()
             .filter_map(|t| t.idempotency_key.clone())
             .collect();
         let mut by_key: HashMap<String, Task> = HashMap::new();
         if !keys.is_empty() {
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                columns!(),
-                " FROM rota_tasks WHERE idempotency_key = ANY($1)"
-            ))
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-            for t in tasks_from(&rows)? {
+            for t in self.by_keys(&keys).await? {
                 by_key.insert(t.idempotency_key.clone().expect("selected by key"), t);
             }
         }
@@ -321,13 +372,18 @@ impl TaskStore for PostgresTaskStore {
                 _ => fresh.push(i),
             }
         }
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT nextval(pg_get_serial_sequence('rota_tasks', 'id')) FROM generate_series(1, $1)",
-        )
-        .bind(fresh.len() as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let ids: Vec<i64> = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT nextval(pg_get_serial_sequence('rota_tasks', 'id')) \
+                 FROM generate_series(1, $1)",
+            )
+            .bind(fresh.len() as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+        };
         let mut columns = InsertColumns::default();
         for (&i, &id) in fresh.iter().zip(&ids) {
             columns.push(
@@ -336,34 +392,47 @@ impl TaskStore for PostgresTaskStore {
                 partition_for(tasks[i].partition_key.as_deref(), id, partitions),
             );
         }
-        let rows = sqlx::query(concat!(
-            "INSERT INTO rota_tasks (id, name, payload, handler, partition_key, partition, status, \
-               scheduled_at, max_attempts, idempotency_key, created_at) \
-             SELECT id, name, payload, handler, partition_key, partition, 'PENDING', scheduled_at, \
-               max_attempts, idempotency_key, $11 \
-             FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::int[], \
-                         $7::bigint[], $8::int[], $9::text[], $10::bigint[]) \
-               AS t(id, name, payload, handler, partition_key, partition, scheduled_at, \
-                    max_attempts, idempotency_key, ord) \
-             ORDER BY ord \
-             ON CONFLICT (idempotency_key) DO NOTHING \
-             RETURNING ",
-            columns!()
-        ))
-        .bind(&columns.id)
-        .bind(&columns.name)
-        .bind(&columns.payload)
-        .bind(&columns.handler)
-        .bind(&columns.partition_key)
-        .bind(&columns.partition)
-        .bind(&columns.scheduled_at)
-        .bind(&columns.max_attempts)
-        .bind(&columns.idempotency_key)
-        .bind(&columns.ord)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let rows = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            // The insert and the wake-ups of the partitions it filled, in one statement (the
+            // notifications are sent when it commits).
+            sqlx::query(concat!(
+                "WITH ins AS ( \
+                   INSERT INTO rota_tasks (id, name, payload, handler, partition_key, partition, \
+                     status, scheduled_at, max_attempts, idempotency_key, created_at) \
+                   SELECT id, name, payload, handler, partition_key, partition, 'PENDING', \
+                     scheduled_at, max_attempts, idempotency_key, ",
+                now!(11),
+                " FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[], $4::text[], $5::text[], \
+                     $6::int[], $7::bigint[], $8::int[], $9::text[], $10::bigint[]) \
+                     AS t(id, name, payload, handler, partition_key, partition, scheduled_at, \
+                          max_attempts, idempotency_key, ord) \
+                   ORDER BY ord \
+                   ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+                   RETURNING ",
+                columns!(),
+                "), woken AS ( \
+                   SELECT pg_notify('",
+                channel!(),
+                "', p::text) FROM (SELECT DISTINCT partition AS p FROM ins) d) \
+                 SELECT ins.*, (SELECT count(*) FROM woken) AS woken FROM ins"
+            ))
+            .bind(&columns.id)
+            .bind(&columns.name)
+            .bind(&columns.payload)
+            .bind(&columns.handler)
+            .bind(&columns.partition_key)
+            .bind(&columns.partition)
+            .bind(&columns.scheduled_at)
+            .bind(&columns.max_attempts)
+            .bind(&columns.idempotency_key)
+            .bind(&columns.ord)
+            .bind(self.clock(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+        };
         let mut created: HashMap<i64, Task> =
             tasks_from(&rows)?.into_iter().map(|t| (t.id, t)).collect();
         // A concurrent insert may have taken a key between our read and write: read it back.
@@ -374,29 +443,11 @@ impl TaskStore for PostgresTaskStore {
             .filter_map(|(&i, _)| tasks[i].idempotency_key.clone())
             .collect();
         if !lost.is_empty() {
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                columns!(),
-                " FROM rota_tasks WHERE idempotency_key = ANY($1)"
-            ))
-            .bind(&lost)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-            for t in tasks_from(&rows)? {
+            for t in self.by_keys(&lost).await? {
                 by_key.insert(t.idempotency_key.clone().expect("selected by key"), t);
             }
         }
         let notified: BTreeSet<u32> = created.values().map(|t| t.partition).collect();
-        for p in &notified {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(p.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
 
         let mut out = Vec::with_capacity(tasks.len());
         let mut fresh_ids = fresh
@@ -568,40 +619,79 @@ impl TaskStore for PostgresTaskStore {
         limit: usize,
         lease_ms: i64,
     ) -> Result<Claimed, StoreError> {
-        let now = self.now(now).await?;
-        let mut tx = self.begin().await?;
-        let (valid, refused) = split_claims(&mut tx, owner, partitions).await?;
-        let mut tasks = Vec::new();
-        if !valid.is_empty() {
-            let parts: Vec<i32> = valid.iter().map(|c| c.partition as i32).collect();
-            let epochs: Vec<i64> = valid.iter().map(|c| c.epoch as i64).collect();
-            let rows = sqlx::query(concat!(
-                "UPDATE rota_tasks t SET status = 'RUNNING', owner = $1, epoch = c.epoch, \
-                   attempts = t.attempts + 1, started_at = $4, lease_until = $5 \
-                 FROM ( \
-                   SELECT x.id, o.epoch FROM rota_tasks x \
-                   JOIN UNNEST($2::int[], $3::bigint[]) AS o(partition, epoch) ON o.partition = x.partition \
-                   WHERE (x.status = 'PENDING' AND x.scheduled_at <= $4) \
-                      OR (x.status = 'RUNNING' AND x.lease_until < $4) \
-                   ORDER BY x.scheduled_at, x.id LIMIT $6 \
-                   FOR UPDATE OF x SKIP LOCKED) c \
-                 WHERE t.id = c.id RETURNING ",
-                columns!(t)
-            ))
-            .bind(owner.as_str())
-            .bind(&parts)
-            .bind(&epochs)
-            .bind(now)
-            .bind(now + lease_ms)
-            .bind(limit as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-            tasks = tasks_from(&rows)?;
+        let parts: Vec<i32> = partitions.iter().map(|c| c.partition as i32).collect();
+        let epochs: Vec<i64> = partitions.iter().map(|c| c.epoch as i64).collect();
+        // One statement, one round trip: the fence, the pick, the update and the next due time.
+        // Each owned partition gives its first `limit` due tasks from its own index range (so the
+        // cost never depends on other partitions' backlog or on finished tasks); the union is
+        // cut to the `limit` earliest. Rows are picked without locks and updated only if still
+        // PENDING, so a concurrent cancel wins cleanly.
+        let rows = sqlx::query(concat!(
+            "WITH now AS (SELECT ",
+            now!(6),
+            " AS ms), ",
+            owned!(),
+            ", picked AS ( \
+               SELECT x.id, owned.epoch FROM owned CROSS JOIN now CROSS JOIN LATERAL ( \
+                 SELECT id, scheduled_at FROM rota_tasks \
+                 WHERE partition = owned.partition AND status = 'PENDING' \
+                   AND scheduled_at <= now.ms \
+                 ORDER BY scheduled_at, id LIMIT $4) x \
+               ORDER BY x.scheduled_at, x.id LIMIT $4), \
+             claimed AS ( \
+               UPDATE rota_tasks t SET status = 'RUNNING', owner = $1, epoch = picked.epoch, \
+                 attempts = t.attempts + 1, started_at = now.ms, lease_until = now.ms + $5 \
+               FROM picked, now WHERE t.id = picked.id AND t.status = 'PENDING' \
+               RETURNING ",
+            columns!(t),
+            "), next AS ( \
+               SELECT min(n.scheduled_at) AS at FROM owned CROSS JOIN now CROSS JOIN LATERAL ( \
+                 SELECT scheduled_at FROM rota_tasks \
+                 WHERE partition = owned.partition AND status = 'PENDING' \
+                   AND scheduled_at > now.ms \
+                 ORDER BY scheduled_at, id LIMIT 1) n) \
+             SELECT (SELECT array_agg(partition) FROM owned) AS owned_partitions, \
+                    (SELECT at FROM next) AS next_due, c.* \
+             FROM (SELECT 1) one LEFT JOIN claimed c ON true"
+        ))
+        .bind(owner.as_str())
+        .bind(&parts)
+        .bind(&epochs)
+        .bind(limit as i64)
+        .bind(lease_ms)
+        .bind(self.clock(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let first = rows.first().ok_or_else(|| {
+            StoreError::Backend("the claim returned no row (expected at least one)".into())
+        })?;
+        let owned: Vec<i32> = first
+            .try_get::<Option<Vec<i32>>, _>("owned_partitions")
+            .map_err(backend)?
+            .unwrap_or_default();
+        let next_due: Option<Millis> = first.try_get("next_due").map_err(backend)?;
+        let refused = parts
+            .iter()
+            .filter(|p| !owned.contains(p))
+            .map(|&p| p as u32)
+            .collect();
+        let mut tasks = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row
+                .try_get::<Option<i64>, _>("id")
+                .map_err(backend)?
+                .is_some()
+            {
+                tasks.push(task_from(row).map_err(backend)?);
+            }
         }
-        tx.commit().await.map_err(backend)?;
         tasks.sort_by_key(|t| (t.scheduled_at, t.id));
-        Ok(Claimed { tasks, refused })
+        Ok(Claimed {
+            tasks,
+            refused,
+            next_due,
+        })
     }
 
     async fn complete(
@@ -610,51 +700,63 @@ impl TaskStore for PostgresTaskStore {
         completions: &[Completion],
         now: Millis,
     ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
-        let now = self.now(now).await?;
-        let mut ids = Vec::new();
-        let mut epochs = Vec::new();
-        let mut ok = Vec::new();
-        let mut errors: Vec<Option<String>> = Vec::new();
-        let mut retry: Vec<i64> = Vec::new();
+        let n = completions.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut epochs = Vec::with_capacity(n);
+        // 0: succeeded, 1: failed, 2: released.
+        let mut outcomes: Vec<i16> = Vec::with_capacity(n);
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut retry: Vec<i64> = Vec::with_capacity(n);
+        let mut started: Vec<Option<i64>> = Vec::with_capacity(n);
         for c in completions {
             ids.push(c.id);
             epochs.push(c.epoch as i64);
-            match &c.outcome {
-                CompletionOutcome::Succeeded => {
-                    ok.push(true);
-                    errors.push(None);
-                    retry.push(0);
-                }
+            started.push(c.started_at);
+            let (outcome, error, retry_at) = match &c.outcome {
+                CompletionOutcome::Succeeded => (0, None, 0),
                 CompletionOutcome::Failed { error, retry_at } => {
-                    ok.push(false);
-                    errors.push(Some(error.clone()));
-                    retry.push(*retry_at);
+                    (1, Some(error.clone()), *retry_at)
                 }
-            }
+                CompletionOutcome::Released => (2, None, 0),
+            };
+            outcomes.push(outcome);
+            errors.push(error);
+            retry.push(retry_at);
         }
-        let rows = sqlx::query(
-            "UPDATE rota_tasks t SET \
-               status = CASE WHEN c.ok THEN 'COMPLETED' \
-                             WHEN t.attempts >= t.max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
-               scheduled_at = CASE WHEN NOT c.ok AND t.attempts < t.max_attempts \
+        let rows = sqlx::query(concat!(
+            "WITH now AS (SELECT ",
+            now!(6),
+            " AS ms) \
+             UPDATE rota_tasks t SET \
+               status = CASE WHEN c.outcome = 0 THEN 'COMPLETED' \
+                             WHEN c.outcome = 1 AND t.attempts >= t.max_attempts THEN 'FAILED' \
+                             ELSE 'PENDING' END, \
+               attempts = CASE WHEN c.outcome = 2 THEN t.attempts - 1 ELSE t.attempts END, \
+               scheduled_at = CASE WHEN c.outcome = 1 AND t.attempts < t.max_attempts \
                                    THEN c.retry_at ELSE t.scheduled_at END, \
-               finished_at = CASE WHEN c.ok OR t.attempts >= t.max_attempts THEN $6 ELSE NULL END, \
-               last_error = CASE WHEN c.ok THEN t.last_error ELSE c.error END, \
+               finished_at = CASE WHEN c.outcome = 0 \
+                                    OR (c.outcome = 1 AND t.attempts >= t.max_attempts) \
+                                  THEN now.ms ELSE NULL END, \
+               started_at = CASE WHEN c.outcome = 2 THEN NULL \
+                                 ELSE COALESCE(c.started_at, t.started_at) END, \
+               last_error = CASE WHEN c.outcome = 1 THEN c.error ELSE t.last_error END, \
                owner = NULL, lease_until = NULL \
-             FROM UNNEST($2::bigint[], $3::bigint[], $4::bool[], $5::text[], $7::bigint[]) \
-               AS c(id, epoch, ok, error, retry_at) \
+             FROM now, UNNEST($2::bigint[], $3::bigint[], $4::smallint[], $5::text[], \
+                              $7::bigint[], $8::bigint[]) \
+               AS c(id, epoch, outcome, error, retry_at, started_at) \
              WHERE t.id = c.id AND t.status = 'RUNNING' AND t.owner = $1 AND t.epoch = c.epoch \
                AND EXISTS (SELECT 1 FROM rota_partition_owners o \
                            WHERE o.partition = t.partition AND o.owner = $1 AND o.epoch = c.epoch) \
-             RETURNING t.id, t.status",
-        )
+             RETURNING t.id, t.status"
+        ))
         .bind(owner.as_str())
         .bind(&ids)
         .bind(&epochs)
-        .bind(&ok)
+        .bind(&outcomes)
         .bind(&errors)
-        .bind(now)
+        .bind(self.clock(now))
         .bind(&retry)
+        .bind(&started)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
@@ -666,6 +768,40 @@ impl TaskStore for PostgresTaskStore {
             })
             .collect();
         Ok(ids.iter().map(|id| applied.get(id).copied()).collect())
+    }
+
+    async fn requeue_expired(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let parts: Vec<i32> = partitions.iter().map(|c| c.partition as i32).collect();
+        let epochs: Vec<i64> = partitions.iter().map(|c| c.epoch as i64).collect();
+        Ok(sqlx::query(concat!(
+            "WITH now AS (SELECT ",
+            now!(4),
+            " AS ms), ",
+            owned!(),
+            " UPDATE rota_tasks t SET \
+               status = CASE WHEN t.attempts >= t.max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
+               last_error = CASE WHEN t.attempts >= t.max_attempts \
+                 THEN 'lease expired: the worker neither finished nor renewed it' \
+                 ELSE t.last_error END, \
+               finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now.ms ELSE NULL END, \
+               owner = NULL, lease_until = NULL \
+             FROM owned, now \
+             WHERE t.partition = owned.partition AND t.status = 'RUNNING' \
+               AND t.lease_until < now.ms"
+        ))
+        .bind(owner.as_str())
+        .bind(&parts)
+        .bind(&epochs)
+        .bind(self.clock(now))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected())
     }
 
     async fn renew(
@@ -751,17 +887,6 @@ impl TaskStore for PostgresTaskStore {
             pending: pending as u64,
             running: running as u64,
         })
-    }
-
-    async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {
-        let parts: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
-        sqlx::query_scalar(
-            "SELECT min(scheduled_at) FROM rota_tasks WHERE status = 'PENDING' AND partition = ANY($1)",
-        )
-        .bind(&parts)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)
     }
 
     fn inserted(&self) -> broadcast::Receiver<u32> {

@@ -199,10 +199,6 @@ fn split_claims(
     Ok((valid, refused))
 }
 
-fn json_list(items: impl Iterator<Item = u32>) -> String {
-    serde_json::to_string(&items.collect::<Vec<_>>()).expect("numbers serialize")
-}
-
 #[async_trait::async_trait]
 impl TaskStore for SqliteTaskStore {
     async fn insert(
@@ -222,56 +218,61 @@ impl TaskStore for SqliteTaskStore {
                 let mut out = Vec::with_capacity(tasks.len());
                 {
                     let mut by_key = tx
-                        .prepare_cached("SELECT id FROM tasks WHERE idempotency_key = ?1")
+                        .prepare_cached(&format!(
+                            "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?1"
+                        ))
                         .map_err(backend)?;
-                    let mut insert = tx
-                        .prepare_cached(
-                            "INSERT INTO tasks (name, payload, handler, partition_key, partition, \
-                             status, scheduled_at, max_attempts, idempotency_key, created_at) \
-                             VALUES (?1, ?2, ?3, ?4, 0, 'PENDING', ?5, ?6, ?7, ?8)",
+                    // Ids are given, not generated, so that the partition (a hash of the id)
+                    // is written with the row: one statement per task. The write lock taken by
+                    // BEGIN IMMEDIATE keeps them ours.
+                    let mut next_id: TaskId = tx
+                        .query_row(
+                            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence \
+                               WHERE name = 'tasks'), 0), coalesce((SELECT max(id) FROM tasks), 0))",
+                            [],
+                            |r| r.get(0),
                         )
                         .map_err(backend)?;
-                    let mut set_partition = tx
-                        .prepare_cached("UPDATE tasks SET partition = ?2 WHERE id = ?1")
+                    let mut insert = tx
+                        .prepare_cached(&format!(
+                            "INSERT INTO tasks (id, name, payload, handler, partition_key, \
+                             partition, status, scheduled_at, max_attempts, idempotency_key, \
+                             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7, ?8, ?9, ?10) \
+                             RETURNING {COLUMNS}"
+                        ))
                         .map_err(backend)?;
                     for t in tasks {
                         if let Some(key) = &t.idempotency_key {
-                            let existing: Option<TaskId> = by_key
-                                .query_row([key], |r| r.get(0))
-                                .optional()
-                                .map_err(backend)?;
-                            if let Some(id) = existing {
-                                out.push((id, false));
+                            let existing = by_key.query_row([key], task_from).optional().map_err(backend)?;
+                            if let Some(task) = existing {
+                                out.push((task, false));
                                 continue;
                             }
                         }
-                        insert
-                            .execute(params![
-                                t.name,
-                                t.payload.to_string(),
-                                t.handler,
-                                t.partition_key,
-                                t.scheduled_at,
-                                t.max_attempts,
-                                t.idempotency_key,
-                                now
-                            ])
+                        next_id += 1;
+                        let partition = partition_for(t.partition_key.as_deref(), next_id, partitions);
+                        let task = insert
+                            .query_row(
+                                params![
+                                    next_id,
+                                    t.name,
+                                    t.payload.to_string(),
+                                    t.handler,
+                                    t.partition_key,
+                                    partition,
+                                    t.scheduled_at,
+                                    t.max_attempts,
+                                    t.idempotency_key,
+                                    now
+                                ],
+                                task_from,
+                            )
                             .map_err(backend)?;
-                        let id = tx.last_insert_rowid();
-                        let partition = partition_for(t.partition_key.as_deref(), id, partitions);
-                        set_partition
-                            .execute(params![id, partition])
-                            .map_err(backend)?;
-                        out.push((id, true));
+                        out.push((task, true));
                     }
                 }
-                let mut tasks = Vec::with_capacity(out.len());
-                for (id, created) in out {
-                    let task = get_task(&tx, id)?.expect("just written");
-                    tasks.push((task, created));
-                }
                 tx.commit().map_err(backend)?;
-                Ok(tasks)
+                Ok(out)
             })
             .await?;
         let mut partitions: Vec<u32> = results
@@ -412,40 +413,69 @@ impl TaskStore for SqliteTaskStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
             let (valid, refused) = split_claims(&tx, &owner, &partitions)?;
-            let mut tasks = Vec::new();
-            if !valid.is_empty() {
-                let mut stmt = tx
+            // Each partition's first `limit` due tasks from its own index range (the cost never
+            // depends on other partitions' backlog or on finished tasks), cut to the earliest.
+            let mut candidates: Vec<(Millis, TaskId, Epoch)> = Vec::new();
+            let mut next_due: Option<Millis> = None;
+            {
+                let mut due = tx
+                    .prepare_cached(
+                        "SELECT scheduled_at, id FROM tasks INDEXED BY tasks_pending_due \
+                         WHERE partition = ?1 AND status = 'PENDING' AND scheduled_at <= ?2 \
+                         ORDER BY scheduled_at, id LIMIT ?3",
+                    )
+                    .map_err(backend)?;
+                let mut next = tx
+                    .prepare_cached(
+                        "SELECT min(scheduled_at) FROM tasks INDEXED BY tasks_pending_due \
+                         WHERE partition = ?1 AND status = 'PENDING' AND scheduled_at > ?2",
+                    )
+                    .map_err(backend)?;
+                for c in &valid {
+                    let rows = due
+                        .query_map(params![c.partition, now, limit as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?, c.epoch))
+                        })
+                        .map_err(backend)?;
+                    for row in rows {
+                        candidates.push(row.map_err(backend)?);
+                    }
+                    let at: Option<Millis> = next
+                        .query_row(params![c.partition, now], |r| r.get(0))
+                        .map_err(backend)?;
+                    next_due = match (next_due, at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+            candidates.sort_unstable();
+            candidates.truncate(limit);
+            let mut tasks = Vec::with_capacity(candidates.len());
+            {
+                let mut update = tx
                     .prepare_cached(&format!(
-                        "UPDATE tasks SET status = 'RUNNING', owner = ?1, \
-                           epoch = (SELECT epoch FROM partition_owners o WHERE o.partition = tasks.partition), \
-                           attempts = attempts + 1, started_at = ?2, lease_until = ?3 \
-                         WHERE id IN ( \
-                           SELECT id FROM tasks \
-                           WHERE partition IN (SELECT value FROM json_each(?4)) \
-                             AND ((status = 'PENDING' AND scheduled_at <= ?2) \
-                               OR (status = 'RUNNING' AND lease_until < ?2)) \
-                           ORDER BY scheduled_at, id LIMIT ?5) \
-                         RETURNING {COLUMNS}"
+                        "UPDATE tasks SET status = 'RUNNING', owner = ?2, epoch = ?3, \
+                           attempts = attempts + 1, started_at = ?4, lease_until = ?5 \
+                         WHERE id = ?1 AND status = 'PENDING' RETURNING {COLUMNS}"
                     ))
                     .map_err(backend)?;
-                tasks = stmt
-                    .query_map(
-                        params![
-                            owner.as_str(),
-                            now,
-                            now + lease_ms,
-                            json_list(valid.iter().map(|c| c.partition)),
-                            limit as i64
-                        ],
-                        task_from,
-                    )
-                    .map_err(backend)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(backend)?;
+                for (_, id, epoch) in candidates {
+                    let task = update
+                        .query_row(
+                            params![id, owner.as_str(), epoch as i64, now, now + lease_ms],
+                            task_from,
+                        )
+                        .map_err(backend)?;
+                    tasks.push(task);
+                }
             }
             tx.commit().map_err(backend)?;
-            tasks.sort_by_key(|t| (t.scheduled_at, t.id));
-            Ok(Claimed { tasks, refused })
+            Ok(Claimed {
+                tasks,
+                refused,
+                next_due,
+            })
         })
         .await
     }
@@ -471,7 +501,15 @@ impl TaskStore for SqliteTaskStore {
                 let mut succeed = tx
                     .prepare_cached(&format!(
                         "UPDATE tasks SET status = 'COMPLETED', owner = NULL, lease_until = NULL, \
-                         finished_at = ?4 WHERE {CURRENT} RETURNING status"
+                         finished_at = ?4, started_at = coalesce(?5, started_at) \
+                         WHERE {CURRENT} RETURNING status"
+                    ))
+                    .map_err(backend)?;
+                let mut release = tx
+                    .prepare_cached(&format!(
+                        "UPDATE tasks SET status = 'PENDING', owner = NULL, lease_until = NULL, \
+                         attempts = attempts - 1, started_at = NULL \
+                         WHERE {CURRENT} RETURNING status"
                     ))
                     .map_err(backend)?;
                 let mut fail = tx
@@ -480,22 +518,35 @@ impl TaskStore for SqliteTaskStore {
                            status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
                            scheduled_at = CASE WHEN attempts >= max_attempts THEN scheduled_at ELSE ?5 END, \
                            finished_at = CASE WHEN attempts >= max_attempts THEN ?4 ELSE NULL END, \
-                           last_error = ?6, owner = NULL, lease_until = NULL \
+                           last_error = ?6, owner = NULL, lease_until = NULL, \
+                           started_at = coalesce(?7, started_at) \
                          WHERE {CURRENT} RETURNING status"
                     ))
                     .map_err(backend)?;
                 for c in completions {
                     let status: Option<String> = match &c.outcome {
                         CompletionOutcome::Succeeded => succeed
-                            .query_row(params![c.id, owner.as_str(), c.epoch as i64, now], |r| {
-                                r.get(0)
-                            })
+                            .query_row(
+                                params![c.id, owner.as_str(), c.epoch as i64, now, c.started_at],
+                                |r| r.get(0),
+                            )
                             .optional(),
                         CompletionOutcome::Failed { error, retry_at } => fail
                             .query_row(
-                                params![c.id, owner.as_str(), c.epoch as i64, now, retry_at, error],
+                                params![
+                                    c.id,
+                                    owner.as_str(),
+                                    c.epoch as i64,
+                                    now,
+                                    retry_at,
+                                    error,
+                                    c.started_at
+                                ],
                                 |r| r.get(0),
                             )
+                            .optional(),
+                        CompletionOutcome::Released => release
+                            .query_row(params![c.id, owner.as_str(), c.epoch as i64], |r| r.get(0))
                             .optional(),
                     }
                     .map_err(backend)?;
@@ -602,16 +653,38 @@ impl TaskStore for SqliteTaskStore {
         .await
     }
 
-    async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError> {
-        let list = json_list(partitions.iter().copied());
+    async fn requeue_expired(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let (owner, partitions) = (owner.clone(), partitions.to_vec());
         self.run(move |conn| {
-            conn.query_row(
-                "SELECT MIN(scheduled_at) FROM tasks WHERE status = 'PENDING' \
-                 AND partition IN (SELECT value FROM json_each(?1))",
-                [list],
-                |r| r.get(0),
-            )
-            .map_err(backend)
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let (valid, _) = split_claims(&tx, &owner, &partitions)?;
+            let mut requeued = 0;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE tasks SET \
+                           status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
+                           last_error = CASE WHEN attempts >= max_attempts \
+                             THEN 'lease expired: the worker neither finished nor renewed it' \
+                             ELSE last_error END, \
+                           finished_at = CASE WHEN attempts >= max_attempts THEN ?2 ELSE NULL END, \
+                           owner = NULL, lease_until = NULL \
+                         WHERE partition = ?1 AND status = 'RUNNING' AND lease_until < ?2",
+                    )
+                    .map_err(backend)?;
+                for c in valid {
+                    requeued += stmt.execute(params![c.partition, now]).map_err(backend)? as u64;
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(requeued)
         })
         .await
     }

@@ -165,8 +165,16 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
         store.get(ids[4]).await.unwrap().unwrap().status,
         TaskStatus::Pending
     );
-    assert_eq!(store.next_due(&[0, 1]).await.unwrap(), Some(NOW + 60_000));
-    assert_eq!(store.next_due(&[2]).await.unwrap(), Some(NOW - 40));
+    // The claim tells when the next task of its partitions is due; an empty claim too.
+    assert_eq!(claimed.next_due, Some(NOW + 60_000));
+    assert_eq!(
+        store
+            .claim(&owner, &claims, NOW, 10, 30_000)
+            .await
+            .unwrap()
+            .next_due,
+        Some(NOW + 60_000)
+    );
     assert_eq!(
         store.backlog().await.unwrap(),
         super::Backlog {
@@ -174,7 +182,16 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
             running: 3
         }
     );
-    assert_eq!(store.next_due(&[3]).await.unwrap(), None);
+    store.acquire(3, &owner, 1, NOW).await.unwrap();
+    let nothing = [Claim {
+        partition: 3,
+        epoch: 1,
+    }];
+    let empty = store
+        .claim(&owner, &nothing, NOW, 10, 30_000)
+        .await
+        .unwrap();
+    assert_eq!((empty.tasks.len(), empty.next_due), (0, None));
 }
 
 /// Batch completion: success, retry, and failure once attempts are used up.
@@ -200,6 +217,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
     let failed = |id| Completion {
         id,
         epoch: 1,
+        started_at: None,
         outcome: CompletionOutcome::Failed {
             error: "boom".into(),
             retry_at: NOW + 1_000,
@@ -212,6 +230,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
                 Completion {
                     id: inserted[0].0.id,
                     epoch: 1,
+                    started_at: None,
                     outcome: CompletionOutcome::Succeeded,
                 },
                 failed(inserted[1].0.id),
@@ -269,6 +288,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
             &[Completion {
                 id: ok.id,
                 epoch: 1,
+                started_at: None,
                 outcome: CompletionOutcome::Succeeded,
             }],
             NOW + 20,
@@ -320,6 +340,7 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     let done = Completion {
         id,
         epoch: 1,
+        started_at: None,
         outcome: CompletionOutcome::Succeeded,
     };
     assert_eq!(
@@ -356,6 +377,7 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     let done = Completion {
         id,
         epoch: 2,
+        started_at: None,
         outcome: CompletionOutcome::Succeeded,
     };
     assert_eq!(
@@ -394,20 +416,124 @@ pub async fn leases(store: Arc<dyn TaskStore>) {
         store.get(t.id).await.unwrap().unwrap().lease_until,
         Some(NOW + 5_000)
     );
+    // Not requeued before the lease ends; an expired lease is never claimed directly.
+    assert_eq!(
+        store
+            .requeue_expired(&owner, &claims, NOW + 4_999)
+            .await
+            .unwrap(),
+        0
+    );
     assert!(
         store
-            .claim(&owner, &claims, NOW + 4_999, 1, 1_000)
+            .claim(&owner, &claims, NOW + 5_001, 1, 1_000)
             .await
             .unwrap()
             .tasks
             .is_empty()
     );
+    // Another owner's epoch requeues nothing; the owner's own sweep does.
+    let stale = [Claim {
+        partition: 0,
+        epoch: 0,
+    }];
+    assert_eq!(
+        store
+            .requeue_expired(&owner, &stale, NOW + 5_001)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .requeue_expired(&owner, &claims, NOW + 5_001)
+            .await
+            .unwrap(),
+        1
+    );
     let again = store
-        .claim(&owner, &claims, NOW + 5_001, 1, 1_000)
+        .claim(&owner, &claims, NOW + 5_002, 1, 1_000)
         .await
         .unwrap()
         .tasks;
     assert_eq!((again.len(), again[0].attempts), (1, 2));
+}
+
+/// A released claim (never started) is PENDING again with its attempt not counted; a
+/// completion's start time is recorded as the task's.
+pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
+    let owner = InstanceId::new("w1");
+    let k0 = key_for(0);
+    let ids: Vec<_> = store
+        .insert(
+            vec![task("a", NOW, Some(&k0)), task("b", NOW, Some(&k0))],
+            PARTITIONS,
+            NOW,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(t, _)| t.id)
+        .collect();
+    store.acquire(0, &owner, 1, NOW).await.unwrap();
+    let claims = [Claim {
+        partition: 0,
+        epoch: 1,
+    }];
+    let claimed = store.claim(&owner, &claims, NOW, 10, 30_000).await.unwrap();
+    assert_eq!(claimed.tasks.len(), 2);
+    let results = store
+        .complete(
+            &owner,
+            &[
+                Completion {
+                    id: ids[0],
+                    epoch: 1,
+                    started_at: Some(NOW + 7),
+                    outcome: CompletionOutcome::Succeeded,
+                },
+                Completion {
+                    id: ids[1],
+                    epoch: 1,
+                    started_at: None,
+                    outcome: CompletionOutcome::Released,
+                },
+            ],
+            NOW + 9,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        [Some(TaskStatus::Completed), Some(TaskStatus::Pending)]
+    );
+    let a = store.get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (a.started_at, a.finished_at),
+        (Some(NOW + 7), Some(NOW + 9))
+    );
+    let b = store.get(ids[1]).await.unwrap().unwrap();
+    assert_eq!(
+        (b.status, b.attempts, b.owner),
+        (TaskStatus::Pending, 0, None)
+    );
+    // Released under a stale epoch: refused.
+    let again = store
+        .claim(&owner, &claims, NOW + 10, 10, 30_000)
+        .await
+        .unwrap();
+    assert_eq!(again.tasks.len(), 1);
+    let stale = Completion {
+        id: ids[1],
+        epoch: 0,
+        started_at: None,
+        outcome: CompletionOutcome::Released,
+    };
+    assert_eq!(
+        store.complete(&owner, &[stale], NOW + 11).await.unwrap(),
+        [None]
+    );
+    assert_eq!(store.get(ids[1]).await.unwrap().unwrap().attempts, 1);
 }
 
 /// Cancel: PENDING only; racing claims, each task ends either cancelled or claimed, never both.
@@ -463,6 +589,7 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
     let done = Completion {
         id: claimed.first().copied().unwrap_or(cancelled[0]),
         epoch: 1,
+        started_at: None,
         outcome: CompletionOutcome::Succeeded,
     };
     if let Some(&id) = claimed.first() {
@@ -583,6 +710,7 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
     let done = Completion {
         id: claimed[0].id,
         epoch: 1,
+        started_at: None,
         outcome: CompletionOutcome::Succeeded,
     };
     store.complete(&owner, &[done], NOW + 10).await.unwrap();
@@ -626,7 +754,7 @@ macro_rules! task_store_conformance {
     ($store:path) => {
         $crate::task_store_conformance!(@cases $store;
             insert_and_get, idempotency_keys, claim_in_due_order, batch_completion_and_retries,
-            fencing, leases, cancel_racing_claims, pagination, insert_notifications,
+            fencing, leases, release_and_start_times, cancel_racing_claims, pagination, insert_notifications,
             reset_after_restart, purge_finished);
     };
     (@cases $store:path; $($case:ident),*) => {

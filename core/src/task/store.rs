@@ -8,12 +8,18 @@
 //!   under any other owner or epoch. A claim, completion or lease renewal is applied only while
 //!   its owner and epoch are still the partition's current ones; otherwise it is refused, and
 //!   refused means **certainly not applied**. The store is the judge, not the worker's belief.
-//! - **Claims** take due tasks (PENDING with `scheduled_at <= now`, or RUNNING in an owned
-//!   partition whose lease has expired) in due order (`scheduled_at`, then id) across all the
-//!   given partitions, mark them RUNNING under the claimant's owner and epoch, count the attempt
-//!   and set the lease. No task is ever claimed twice under live claims.
+//! - **Claims** take due tasks (PENDING with `scheduled_at <= now`) in due order
+//!   (`scheduled_at`, then id) across all the given partitions, mark them RUNNING under the
+//!   claimant's owner and epoch, count the attempt and set the lease. No task is ever claimed
+//!   twice under live claims. A claim's cost depends on the number of tasks it takes and of
+//!   partitions it names, never on the size of the backlog or of the finished history.
+//! - **Expired leases** are not claimed directly: [`TaskStore::requeue_expired`] puts them back
+//!   (PENDING, or FAILED without attempts left), on its own schedule, so that the claim's query
+//!   reads only pending tasks.
 //! - **Completion** of a success makes the task COMPLETED; of a failure, PENDING again at the
-//!   given retry time, or FAILED (with its last error) once `max_attempts` attempts have run.
+//!   given retry time, or FAILED (with its last error) once `max_attempts` attempts have run; a
+//!   release (a claimed task that never started) makes it PENDING again without counting the
+//!   attempt.
 //! - **Idempotency keys** are unique: inserting a task whose key exists returns the existing one
 //!   (`created == false`) and changes nothing.
 //! - **Errors**: [`StoreError::retryable`] says whether trying again may help;
@@ -45,6 +51,9 @@ pub enum CompletionOutcome {
         /// When to try again.
         retry_at: Millis,
     },
+    /// The task was claimed but never started (its worker let the partition go first): PENDING
+    /// again at once, and the attempt does not count.
+    Released,
 }
 
 /// The end of one attempt, reported by the worker that claimed it.
@@ -54,6 +63,9 @@ pub struct Completion {
     pub id: TaskId,
     /// Epoch of the claim.
     pub epoch: Epoch,
+    /// When the handler started, recorded as the task's `started_at` (the claim's time when
+    /// `None`): a worker may claim a task a little before it has a free slot for it.
+    pub started_at: Option<Millis>,
     /// How it ended.
     pub outcome: CompletionOutcome,
 }
@@ -122,6 +134,9 @@ pub struct Claimed {
     pub tasks: Vec<Task>,
     /// Partitions whose owner or epoch is no longer the claimant's: nothing was claimed there.
     pub refused: Vec<u32>,
+    /// The earliest due time of a PENDING task in the claimed partitions that is not due yet
+    /// (`None`: none is waiting). Tasks already due may remain when the limit cut the claim.
+    pub next_due: Option<Millis>,
 }
 
 /// Errors of task stores.
@@ -195,7 +210,7 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<u64, StoreError>;
 
     /// Claims up to `limit` due tasks across `partitions`, in due order, with a lease until
-    /// `now + lease_ms`.
+    /// `now + lease_ms`, and tells when the next task of those partitions is due.
     async fn claim(
         &self,
         owner: &InstanceId,
@@ -225,6 +240,17 @@ pub trait TaskStore: Send + Sync {
         lease_until: Millis,
     ) -> Result<Vec<u32>, StoreError>;
 
+    /// Requeues (PENDING, or FAILED once out of attempts) every task RUNNING in these
+    /// partitions whose lease ended before `now`: a claim its worker neither finished nor
+    /// renewed. Partitions no longer owned by `owner` at the given epochs are left alone.
+    /// Returns how many it requeued.
+    async fn requeue_expired(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+    ) -> Result<u64, StoreError>;
+
     /// Forgets every partition's owner and requeues every RUNNING claim (or fails it, if out of
     /// attempts); returns how many claims it took back. Only for a cluster restarted whole whose
     /// coordination store starts its epochs again (`rota dev` on in-memory coordination): never
@@ -243,9 +269,6 @@ pub trait TaskStore: Send + Sync {
     /// How many tasks are PENDING and RUNNING (cheap: counted over the live tasks' indexes,
     /// not the finished ones).
     async fn backlog(&self) -> Result<Backlog, StoreError>;
-
-    /// The earliest `scheduled_at` of a PENDING task in these partitions.
-    async fn next_due(&self, partitions: &[u32]) -> Result<Option<Millis>, StoreError>;
 
     /// Partitions that received new tasks, as they are inserted (best effort: a receiver that
     /// lags sees `Lagged` and should poll).

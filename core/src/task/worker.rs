@@ -11,6 +11,13 @@
 //!   batches. When nothing is due it sleeps until the next due time, a new insert into an owned
 //!   partition, a change of ownership, or free capacity, whichever comes first (the idle
 //!   backstop, `max_idle`, only bounds the wait), never a fixed tick.
+//! - **Prefetch**: besides a task for every free slot, a claim takes up to as many tasks as the
+//!   worker started in the last second (at most `batch`), kept in a local queue until a slot
+//!   frees. Short tasks so travel in large batches (a store round trip per few hundred tasks,
+//!   not per slot); long ones are claimed no faster than they start. Queued tasks are leased and
+//!   renewed like running ones; when their partition leaves (or the worker stops) they are
+//!   released at once, PENDING again with the attempt not counted. Each task's recorded start
+//!   is when its handler started, not when it was claimed.
 //! - **Leases** of running tasks are renewed with one store write per worker for all of them.
 //! - **Retention**: the worker leading partition 0 deletes finished tasks past the retention.
 //!   A claim, completion or renewal refused by the store (stale epoch) drops the partition.
@@ -20,11 +27,11 @@ use super::{Millis, RetryPolicy, Task, TaskId};
 use crate::cluster::participant::{TransitionHandler, TransitionRequest};
 use crate::model::{Epoch, InstanceId};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
@@ -201,6 +208,11 @@ struct Inner {
     owned: Mutex<BTreeMap<u32, Epoch>>,
     /// Tasks in flight per partition, with the handles that abort them.
     in_flight: Mutex<HashMap<u32, HashMap<TaskId, AbortHandle>>>,
+    /// Claimed tasks waiting for a free slot, in due order. Its lock is held while a task
+    /// moves from here to `in_flight`, so a partition's step-down sees each task in one place.
+    queue: Mutex<VecDeque<Queued>>,
+    /// Tasks started in the current and the previous second: the prefetch target.
+    starts: Mutex<StartRate>,
     /// Wakes the poll loop (ownership changed, capacity freed).
     wake: Notify,
     /// Signals that a partition's tasks in flight finished.
@@ -226,6 +238,8 @@ impl Worker {
                 handlers,
                 owned: Mutex::new(BTreeMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
+                queue: Mutex::new(VecDeque::new()),
+                starts: Mutex::new(StartRate::default()),
                 wake: Notify::new(),
                 drained: Notify::new(),
                 stats: WorkerStats::default(),
@@ -255,7 +269,8 @@ impl Worker {
             .collect()
     }
 
-    /// Claims and runs tasks until `shutdown`; then lets tasks in flight finish.
+    /// Claims and runs tasks until `shutdown`; then releases the queued ones and lets tasks in
+    /// flight finish.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let inner = &self.inner;
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
@@ -263,37 +278,43 @@ impl Worker {
         let renewer = tokio::spawn(renew_leases(inner.clone(), shutdown.clone()));
         let purger = tokio::spawn(purge_finished(inner.clone(), shutdown.clone()));
         let mut inserted = inner.store.inserted();
+        let concurrency = inner.config.concurrency.max(1);
         while !*shutdown.borrow() {
+            inner.start_queued(&done_tx);
             let claims = inner.owned();
-            let free = inner.permits.available_permits().min(inner.config.batch);
+            let queued = inner.queued();
+            let running = concurrency - inner.permits.available_permits();
+            let capacity = concurrency + inner.prefetch();
+            // Claim when a slot would otherwise stay idle, or the queue is below half its target.
+            let want = capacity
+                .saturating_sub(running + queued)
+                .min(inner.config.batch);
+            let worth = running + queued < concurrency || queued * 2 < capacity - concurrency;
             let mut wait_until: Option<Millis> = None;
-            if !claims.is_empty() && free > 0 {
+            if !claims.is_empty() && want > 0 && worth {
                 let now = (inner.now)();
                 let lease = inner.config.lease.as_millis() as i64;
                 match inner
                     .store
-                    .claim(&inner.config.id, &claims, now, free, lease)
+                    .claim(&inner.config.id, &claims, now, want, lease)
                     .await
                 {
                     Ok(claimed) => {
                         inner.drop_partitions(&claimed.refused);
-                        let full = claimed.tasks.len() == free;
+                        let full = claimed.tasks.len() == want;
                         inner
                             .stats
                             .claimed
                             .fetch_add(claimed.tasks.len() as u64, Ordering::Relaxed);
-                        for task in claimed.tasks {
-                            let permit = inner.permits.clone().acquire_owned().await.expect("open");
-                            inner.spawn(task, permit, done_tx.clone());
-                        }
+                        inner.enqueue(claimed.tasks);
                         if full {
                             continue; // More may be due right now.
                         }
-                        let partitions: Vec<u32> = claims.iter().map(|c| c.partition).collect();
-                        wait_until = inner.store.next_due(&partitions).await.unwrap_or(None);
+                        wait_until = claimed.next_due;
                     }
                     Err(e) => warn!(error = %e, "claim failed"),
                 }
+                inner.start_queued(&done_tx);
             }
             let now = (inner.now)();
             let idle = inner.config.max_idle;
@@ -308,11 +329,10 @@ impl Worker {
                 _ = shutdown.changed() => {}
             }
         }
-        // Let tasks in flight finish, then flush their completions.
-        let _ = inner
-            .permits
-            .acquire_many(inner.config.concurrency.max(1) as u32)
-            .await;
+        // Give back what never started, let tasks in flight finish, then flush completions.
+        let queued: Vec<Task> = inner.lock_queue().drain(..).map(|q| q.task).collect();
+        inner.release(queued).await;
+        let _ = inner.permits.acquire_many(concurrency as u32).await;
         drop(done_tx);
         let _ = completer.await;
         renewer.abort();
@@ -320,7 +340,161 @@ impl Worker {
     }
 }
 
+/// A claimed task waiting for a slot.
+struct Queued {
+    task: Task,
+    claimed: tokio::time::Instant,
+}
+
+/// Starts counted per second, for the prefetch target.
+#[derive(Debug)]
+struct StartRate {
+    second: tokio::time::Instant,
+    current: usize,
+    previous: usize,
+}
+
+impl Default for StartRate {
+    fn default() -> Self {
+        Self {
+            second: tokio::time::Instant::now(),
+            current: 0,
+            previous: 0,
+        }
+    }
+}
+
+impl StartRate {
+    fn roll(&mut self) {
+        let elapsed = self.second.elapsed();
+        if elapsed >= Duration::from_secs(2) {
+            (self.previous, self.current) = (0, 0);
+            self.second = tokio::time::Instant::now();
+        } else if elapsed >= Duration::from_secs(1) {
+            (self.previous, self.current) = (self.current, 0);
+            self.second += Duration::from_secs(1);
+        }
+    }
+}
+
 impl Inner {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queued(&self) -> usize {
+        self.lock_queue().len()
+    }
+
+    /// How many tasks to hold claimed beyond the free slots: the starts of the last second.
+    fn prefetch(&self) -> usize {
+        let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        starts.roll();
+        starts.previous.max(starts.current).min(self.config.batch)
+    }
+
+    fn enqueue(&self, tasks: Vec<Task>) {
+        let claimed = tokio::time::Instant::now();
+        self.lock_queue()
+            .extend(tasks.into_iter().map(|task| Queued { task, claimed }));
+    }
+
+    /// How long a claimed task may wait for a slot. The store fences claims, not starts: a task
+    /// that waited long might belong to a partition that moved while this worker did not
+    /// notice (frozen, cut off), so an old claim is given back rather than started.
+    fn max_queue_age(&self) -> Duration {
+        (self.config.step_down_timeout / 2).max(Duration::from_millis(50))
+    }
+
+    /// Starts queued tasks while slots are free. A task whose partition is no longer owned is
+    /// not started (its step-down releases it).
+    fn start_queued(self: &Arc<Self>, done: &mpsc::UnboundedSender<Completion>) {
+        let mut queue = self.lock_queue();
+        if queue.is_empty() {
+            return;
+        }
+        let owned: Vec<u32> = self
+            .owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let max_age = self.max_queue_age();
+        let (mut kept, mut stale) = (Vec::new(), Vec::new());
+        let mut started = 0;
+        while let Some(queued) = queue.pop_front() {
+            if !owned.contains(&queued.task.partition) {
+                kept.push(queued); // Its partition's step-down releases it.
+                continue;
+            }
+            if queued.claimed.elapsed() > max_age {
+                stale.push(queued.task);
+                continue;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                queue.push_front(queued);
+                break;
+            };
+            self.spawn(queued.task, permit, done.clone());
+            started += 1;
+        }
+        for queued in kept.into_iter().rev() {
+            queue.push_front(queued);
+        }
+        drop(queue);
+        if started > 0 {
+            let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+            starts.roll();
+            starts.current += started;
+        }
+        if !stale.is_empty() {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                inner.release(stale).await;
+                inner.wake.notify_one();
+            });
+        }
+    }
+
+    /// Gives claimed tasks that never started back to the store (PENDING, attempt not counted).
+    /// If the store cannot be reached they stay claimed, and the partition's next owner takes
+    /// them back when it acquires the partition.
+    async fn release(&self, tasks: Vec<Task>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let released: Vec<Completion> = tasks
+            .iter()
+            .map(|t| Completion {
+                id: t.id,
+                epoch: t.epoch.unwrap_or(0),
+                started_at: None,
+                outcome: CompletionOutcome::Released,
+            })
+            .collect();
+        match self
+            .store
+            .complete(&self.config.id, &released, (self.now)())
+            .await
+        {
+            Ok(_) => info!(
+                count = tasks.len(),
+                "released claimed tasks that had not started"
+            ),
+            Err(e) => warn!(error = %e, count = tasks.len(), "releasing unstarted tasks failed"),
+        }
+    }
+
+    /// Takes the queued tasks of `partition` out of the queue.
+    fn unqueue(&self, partition: u32) -> Vec<Task> {
+        let mut queue = self.lock_queue();
+        let (theirs, ours): (VecDeque<Queued>, VecDeque<Queued>) =
+            queue.drain(..).partition(|q| q.task.partition == partition);
+        *queue = ours;
+        theirs.into_iter().map(|q| q.task).collect()
+    }
+
     fn owned(&self) -> Vec<Claim> {
         self.owned
             .lock()
@@ -343,13 +517,18 @@ impl Inner {
                 );
             }
         }
+        drop(owned);
+        // Their queued claims are no longer ours: the new owner took them back.
+        for &p in partitions {
+            self.unqueue(p);
+        }
     }
 
     /// Runs a claimed task on its own tokio task, tracked (and abortable) per partition.
     fn spawn(
         self: &Arc<Self>,
         task: Task,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
         done: mpsc::UnboundedSender<Completion>,
     ) {
         let (partition, id) = (task.partition, task.id);
@@ -396,8 +575,8 @@ impl Inner {
 
     async fn execute(&self, task: &Task) -> Completion {
         let epoch = task.epoch.unwrap_or(0);
-        self.stats
-            .record_lag(task.started_at.unwrap_or(task.scheduled_at) - task.scheduled_at);
+        let started_at = (self.now)();
+        self.stats.record_lag(started_at - task.scheduled_at);
         let result = match self.handlers.for_task(task) {
             Ok(handler) => {
                 match tokio::time::timeout(self.config.task_timeout, handler.run(task)).await {
@@ -431,6 +610,7 @@ impl Inner {
         Completion {
             id: task.id,
             epoch,
+            started_at: Some(started_at),
             outcome,
         }
     }
@@ -476,7 +656,7 @@ struct InFlight {
     inner: Arc<Inner>,
     partition: u32,
     id: TaskId,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for InFlight {
@@ -529,7 +709,9 @@ async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::UnboundedReceive
     }
 }
 
-/// Renews the leases of every running task, one store write per worker, three times per lease.
+/// Renews the leases of every claimed task (running or queued), one store write per worker,
+/// three times per lease; then requeues the tasks of owned partitions whose lease ran out
+/// (claims this worker lost track of), so the claim itself only ever reads pending tasks.
 async fn renew_leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     let period = inner.config.lease / 3;
     loop {
@@ -537,19 +719,41 @@ async fn renew_leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
         }
-        let busy = !inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
-        if !busy {
+        let claims = inner.owned();
+        if claims.is_empty() {
             continue;
         }
-        let claims = inner.owned();
-        let until = (inner.now)() + inner.config.lease.as_millis() as i64;
-        match inner.store.renew(&inner.config.id, &claims, until).await {
-            Ok(refused) => inner.drop_partitions(&refused),
-            Err(e) => warn!(error = %e, "lease renewal failed"),
+        let busy = inner.queued() > 0
+            || !inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+        if busy {
+            let until = (inner.now)() + inner.config.lease.as_millis() as i64;
+            match inner.store.renew(&inner.config.id, &claims, until).await {
+                Ok(refused) => inner.drop_partitions(&refused),
+                Err(e) => {
+                    // Without a renewal, requeueing expired leases could take our own tasks.
+                    warn!(error = %e, "lease renewal failed");
+                    continue;
+                }
+            }
+        }
+        match inner
+            .store
+            .requeue_expired(&inner.config.id, &claims, (inner.now)())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                warn!(
+                    requeued = n,
+                    "requeued claims whose lease ran out without a completion"
+                );
+                inner.wake.notify_one();
+            }
+            Err(e) => warn!(error = %e, "requeueing expired leases failed"),
         }
     }
 }
@@ -628,6 +832,7 @@ impl TransitionHandler for Ownership {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&t.partition);
+            inner.release(inner.unqueue(t.partition)).await;
             inner.drain(t.partition).await;
         }
         Ok(())
