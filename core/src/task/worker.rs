@@ -28,7 +28,7 @@ use crate::cluster::participant::{TransitionHandler, TransitionRequest};
 use crate::model::{Epoch, InstanceId};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -213,6 +213,10 @@ struct Inner {
     queue: Mutex<VecDeque<Queued>>,
     /// Tasks started in the current and the previous second: the prefetch target.
     starts: Mutex<StartRate>,
+    /// Claims not yet ended in the store: queued, running, or finished with their completion
+    /// not yet written. Claims wait for this to fall, so a slow store slows claiming down
+    /// instead of piling up claimed tasks.
+    outstanding: AtomicUsize,
     /// Wakes the poll loop (ownership changed, capacity freed).
     wake: Notify,
     /// Signals that a partition's tasks in flight finished.
@@ -240,6 +244,7 @@ impl Worker {
                 in_flight: Mutex::new(HashMap::new()),
                 queue: Mutex::new(VecDeque::new()),
                 starts: Mutex::new(StartRate::default()),
+                outstanding: AtomicUsize::new(0),
                 wake: Notify::new(),
                 drained: Notify::new(),
                 stats: WorkerStats::default(),
@@ -282,14 +287,12 @@ impl Worker {
         while !*shutdown.borrow() {
             inner.start_queued(&done_tx);
             let claims = inner.owned();
-            let queued = inner.queued();
-            let running = concurrency - inner.permits.available_permits();
+            let busy = inner.queued() + concurrency - inner.permits.available_permits();
             let capacity = concurrency + inner.prefetch();
-            // Claim when a slot would otherwise stay idle, or the queue is below half its target.
-            let want = capacity
-                .saturating_sub(running + queued)
-                .min(inner.config.batch);
-            let worth = running + queued < concurrency || queued * 2 < capacity - concurrency;
+            let outstanding = inner.outstanding.load(Ordering::SeqCst);
+            // Claim when a slot would otherwise stay idle, or half the capacity is free.
+            let want = capacity.saturating_sub(outstanding).min(inner.config.batch);
+            let worth = busy < concurrency || want * 2 >= capacity;
             let mut wait_until: Option<Millis> = None;
             if !claims.is_empty() && want > 0 && worth {
                 let now = (inner.now)();
@@ -306,6 +309,9 @@ impl Worker {
                             .stats
                             .claimed
                             .fetch_add(claimed.tasks.len() as u64, Ordering::Relaxed);
+                        inner
+                            .outstanding
+                            .fetch_add(claimed.tasks.len(), Ordering::SeqCst);
                         inner.enqueue(claimed.tasks);
                         if full {
                             continue; // More may be due right now.
@@ -486,6 +492,14 @@ impl Inner {
         }
     }
 
+    /// `n` claims ended in the store (or were given up): room for more.
+    fn settled(&self, n: usize) {
+        if n > 0 {
+            self.outstanding.fetch_sub(n, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+    }
+
     /// Takes the queued tasks of `partition` out of the queue.
     fn unqueue(&self, partition: u32) -> Vec<Task> {
         let mut queue = self.lock_queue();
@@ -520,7 +534,8 @@ impl Inner {
         drop(owned);
         // Their queued claims are no longer ours: the new owner took them back.
         for &p in partitions {
-            self.unqueue(p);
+            let gone = self.unqueue(p).len();
+            self.settled(gone);
         }
     }
 
@@ -537,6 +552,7 @@ impl Inner {
             inner: self.clone(),
             partition,
             id,
+            sent: false,
             _permit: permit,
         };
         let inner = self.clone();
@@ -544,9 +560,9 @@ impl Inner {
         // unregister itself) before it is registered.
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let handle = tokio::spawn(async move {
-            let guard = guard;
+            let mut guard = guard;
             let completion = inner.execute(&task).await;
-            let _ = done.send(completion);
+            guard.sent = done.send(completion).is_ok();
             drop(guard);
         });
         in_flight
@@ -656,6 +672,8 @@ struct InFlight {
     inner: Arc<Inner>,
     partition: u32,
     id: TaskId,
+    /// Its completion went to the completer (which settles it); otherwise it is settled here.
+    sent: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -673,6 +691,9 @@ impl Drop for InFlight {
             }
         }
         drop(in_flight);
+        if !self.sent {
+            self.inner.settled(1);
+        }
         self.inner.drained.notify_waiters();
         self.inner.wake.notify_one();
     }
@@ -705,6 +726,7 @@ async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::UnboundedReceive
             // The claims stay RUNNING; their lease expires and they run again.
             Err(e) => warn!(error = %e, count = batch.len(), "completion failed"),
         }
+        inner.settled(batch.len());
         batch.clear();
     }
 }

@@ -373,7 +373,7 @@ async fn latency(cluster: &Cluster, name: &str, rate: u32, seconds: u64) -> anyh
     )))
 }
 
-/// Sends `rate` creates a second for `length` from 8 clients on a fixed schedule (a late client
+/// Sends `rate` creates a second for `length` from 32 clients on a fixed schedule (a late client
 /// catches up rather than lowering the rate); `at_half` runs once, half way. Returns the created
 /// ids and the rate achieved.
 async fn steady_load(
@@ -383,7 +383,7 @@ async fn steady_load(
     length: Duration,
     mut at_half: Option<&mut (dyn FnMut() -> anyhow::Result<()> + Send)>,
 ) -> anyhow::Result<(Vec<i64>, f64)> {
-    const CLIENTS: u32 = 8;
+    const CLIENTS: u32 = 32;
     let total = (u64::from(rate) * length.as_millis() as u64 / 1000) as usize;
     let progress = Progress::new(format!("steady load {rate}/s"), total);
     let start = tokio::time::Instant::now();
