@@ -723,6 +723,9 @@ impl TaskStore for PostgresTaskStore {
             errors.push(error);
             retry.push(retry_at);
         }
+        // The fence is a scalar lookup per task row (by its partition), so the plan stays
+        // "each id by primary key, then check its partition's owner": written as a join, the
+        // planner multiplied the ids by the owned partitions (a lookup per pair).
         let rows = sqlx::query(concat!(
             "WITH now AS (SELECT ",
             now!(6),
@@ -745,8 +748,8 @@ impl TaskStore for PostgresTaskStore {
                               $7::bigint[], $8::bigint[]) \
                AS c(id, epoch, outcome, error, retry_at, started_at) \
              WHERE t.id = c.id AND t.status = 'RUNNING' AND t.owner = $1 AND t.epoch = c.epoch \
-               AND EXISTS (SELECT 1 FROM rota_partition_owners o \
-                           WHERE o.partition = t.partition AND o.owner = $1 AND o.epoch = c.epoch) \
+               AND c.epoch = (SELECT o.epoch FROM rota_partition_owners o \
+                              WHERE o.partition = t.partition AND o.owner = $1) \
              RETURNING t.id, t.status"
         ))
         .bind(owner.as_str())

@@ -396,7 +396,10 @@ impl Inner {
     fn prefetch(&self) -> usize {
         let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
         starts.roll();
-        starts.previous.max(starts.current).min(self.config.batch)
+        starts
+            .previous
+            .max(starts.current)
+            .min(2 * self.config.batch)
     }
 
     fn enqueue(&self, tasks: Vec<Task>) {
