@@ -1,0 +1,113 @@
+//! A small smoke run of `rota bench`, every scenario, on `dev` and on a throwaway production
+//! cluster (ZooKeeper + PostgreSQL from the installed binaries): the command runs to the end,
+//! prints its table and writes JSON with every figure. The figures are printed, not asserted:
+//! speed is measured by running the benchmark itself, not by tests.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> Value {
+    let json = std::env::temp_dir().join(format!(
+        "rota-bench-smoke-{}-{}.json",
+        std::process::id(),
+        args.join("_").replace(['/', ','], "-")
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("rota bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "rota bench {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+    assert!(stdout.contains("| burn-down 500 "), "{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).expect("--json written"))
+        .expect("the JSON parses");
+    let _ = std::fs::remove_file(&json);
+    report
+}
+
+fn figure<'a>(report: &'a Value, prefix: &str) -> &'a Value {
+    report["figures"]
+        .as_array()
+        .expect("figures")
+        .iter()
+        .find(|f| f["figure"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .unwrap_or_else(|| panic!("no figure {prefix:?} in {report}"))
+}
+
+/// Runs one after the other: each takes both cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn every_scenario_runs_on_dev() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let report = bench(&["--tasks", "500", "--rate", "200", "--seconds", "2"]);
+    assert!(
+        figure(&report, "insert 500")["values"]["tasks/s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        figure(&report, "burn-down 500")["values"]["tasks/s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let lag = &figure(&report, "latency")["values"];
+    assert!(lag["p50 ms"].as_f64().unwrap() <= lag["max ms"].as_f64().unwrap());
+    assert!(
+        figure(&report, "peak RSS")["values"]["MB"]
+            .as_f64()
+            .unwrap()
+            > 1.0
+    );
+    // A dev cluster has no worker process to kill: asking for failover is a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["bench", "--scenarios", "failover"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--target production"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_scenario_runs_on_production() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let report = bench(&[
+        "--target",
+        "production",
+        "--tasks",
+        "500",
+        "--rate",
+        "200",
+        "--seconds",
+        "2",
+    ]);
+    assert!(
+        figure(&report, "burn-down 500")["values"]["tasks/s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let failover = &figure(&report, "failover")["values"];
+    // The killed worker's partitions ran again: the figure exists and is a real time.
+    assert!(failover["s"].as_f64().unwrap() > 0.0, "{failover}");
+    assert!(
+        figure(&report, "peak RSS api")["values"]["MB"]
+            .as_f64()
+            .unwrap()
+            > 1.0
+    );
+}
