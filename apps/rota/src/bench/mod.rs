@@ -12,6 +12,7 @@
 
 mod client;
 mod cluster;
+mod plot;
 mod report;
 
 use anyhow::{Context, bail};
@@ -74,11 +75,15 @@ pub struct BenchArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw the burn-down rates and the lag distribution as SVG files in this directory
+    /// (`burn-down.svg`, `latency.svg`).
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.tasks.iter().any(|&n| n == 0) {
+    if args.tasks.contains(&0) {
         bail!("--tasks: every backlog size must be at least 1");
     }
     if args.rate == 0 || args.seconds == 0 || args.clients == 0 {
@@ -113,6 +118,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut report = Report::new(&cluster.description);
     let run_id = wall_clock_ms();
     let mut insert_rate = 20_000.0;
+    let mut rates: Vec<(String, f64)> = Vec::new();
+    let mut lags: Vec<i64> = Vec::new();
     if scenarios.contains(&Scenario::Insert) || scenarios.contains(&Scenario::BurnDown) {
         for &n in &args.tasks {
             let name = format!("bench-{run_id}-burn-down-{n}");
@@ -127,12 +134,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             if scenarios.contains(&Scenario::BurnDown) {
                 report.push(outcome.figure(n));
+                rates.push((thousands(n), outcome.per_s));
             }
         }
     }
     if scenarios.contains(&Scenario::Latency) {
         let name = format!("bench-{run_id}-latency");
-        report.push(latency(&cluster, &name, args.rate, args.seconds).await?);
+        let (figure, sorted) = latency(&cluster, &name, args.rate, args.seconds).await?;
+        report.push(figure);
+        lags = sorted;
     }
     if scenarios.contains(&Scenario::Failover) {
         let name = format!("bench-{run_id}-failover");
@@ -142,6 +152,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.push(Figure::new(format!("peak RSS {process}")).value("MB", bytes as f64 / 1e6));
     }
     report.print();
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let what = &cluster.description;
+        if !rates.is_empty() {
+            let svg = plot::burn_down(&format!("burn-down rate by backlog size: {what}"), &rates);
+            std::fs::write(dir.join("burn-down.svg"), svg)?;
+        }
+        if !lags.is_empty() {
+            let title = format!("start - due at {} tasks/s: {what}", args.rate);
+            std::fs::write(
+                dir.join("latency.svg"),
+                plot::lag_distribution(&title, &lags),
+            )?;
+        }
+        eprintln!("plots written to {}", dir.display());
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.to_json())?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -352,7 +378,12 @@ async fn wait_for_backlog(api: SocketAddr, label: String, n: usize) -> anyhow::R
 
 /// Sends `rate` single creates a second for `seconds`, each due when the API receives it, then
 /// reports start - due over all of them.
-async fn latency(cluster: &Cluster, name: &str, rate: u32, seconds: u64) -> anyhow::Result<Figure> {
+async fn latency(
+    cluster: &Cluster,
+    name: &str,
+    rate: u32,
+    seconds: u64,
+) -> anyhow::Result<(Figure, Vec<i64>)> {
     let (ids, sent_per_s) =
         steady_load(cluster.api, name, rate, Duration::from_secs(seconds), None).await?;
     let n = ids.len();
@@ -362,7 +393,7 @@ async fn latency(cluster: &Cluster, name: &str, rate: u32, seconds: u64) -> anyh
     let mut lags: Vec<i64> = tasks.iter().map(|t| t.started - t.due).collect();
     lags.sort_unstable();
     let pct = |p: f64| lags[((lags.len() - 1) as f64 * p).round() as usize] as f64;
-    Ok(Figure::new(format!(
+    let figure = Figure::new(format!(
         "latency at {} tasks/s for {seconds} s",
         thousands(rate as usize)
     ))
@@ -372,7 +403,8 @@ async fn latency(cluster: &Cluster, name: &str, rate: u32, seconds: u64) -> anyh
     .note(format!(
         "start - due over {} tasks, sent at {sent_per_s:.0}/s",
         thousands(n)
-    )))
+    ));
+    Ok((figure, lags))
 }
 
 /// Sends `rate` creates a second for `length` from 32 clients on a fixed schedule (a late client

@@ -38,7 +38,8 @@ pub struct Report {
     figures: Vec<Figure>,
 }
 
-fn number(v: f64) -> String {
+/// A figure for people: thousands separated, two significant decimals at most.
+pub fn number(v: f64) -> String {
     if v.abs() >= 100.0 {
         let s = format!("{:.0}", v);
         let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
