@@ -586,13 +586,13 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
         "a task was both claimed and cancelled"
     );
     assert_eq!(claimed.len() + cancelled.len(), 40);
-    let done = Completion {
-        id: claimed.first().copied().unwrap_or(cancelled[0]),
-        epoch: 1,
-        started_at: None,
-        outcome: CompletionOutcome::Succeeded,
-    };
     if let Some(&id) = claimed.first() {
+        let done = Completion {
+            id,
+            epoch: 1,
+            started_at: None,
+            outcome: CompletionOutcome::Succeeded,
+        };
         store.complete(&owner, &[done], NOW).await.unwrap();
         assert!(
             matches!(store.cancel(id, NOW).await.unwrap(), CancelOutcome::Conflict(t) if t.status == TaskStatus::Completed)
