@@ -156,15 +156,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let what = &cluster.description;
         if !rates.is_empty() {
-            let svg = plot::burn_down(&format!("burn-down rate by backlog size: {what}"), &rates);
+            let svg = plot::burn_down(what, &rates);
             std::fs::write(dir.join("burn-down.svg"), svg)?;
         }
         if !lags.is_empty() {
-            let title = format!("start - due at {} tasks/s: {what}", args.rate);
-            std::fs::write(
-                dir.join("latency.svg"),
-                plot::lag_distribution(&title, &lags),
-            )?;
+            let title = format!(
+                "Start - due of {} tasks sent at {} a second",
+                thousands(lags.len()),
+                thousands(args.rate as usize)
+            );
+            let svg = plot::lag_distribution(&title, what, &lags);
+            std::fs::write(dir.join("latency.svg"), svg)?;
         }
         eprintln!("plots written to {}", dir.display());
     }

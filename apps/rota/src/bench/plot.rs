@@ -7,17 +7,20 @@ const W: f64 = 640.0;
 const H: f64 = 300.0;
 const LEFT: f64 = 70.0;
 const BOTTOM: f64 = 40.0;
-const TOP: f64 = 30.0;
+const TOP: f64 = 50.0;
 
-fn header(out: &mut String, title: &str) {
+fn header(out: &mut String, title: &str, subtitle: &str) {
     let _ = write!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">
 <rect width="{W}" height="{H}" fill="white"/>
 <text x="{}" y="18" text-anchor="middle" font-size="14">{}</text>
-"#,
+<text x="{}" y="34" text-anchor="middle" font-size="10" fill="#555">{}</text>
+"##,
         W / 2.0,
-        escape(title)
+        escape(title),
+        W / 2.0,
+        escape(subtitle)
     );
 }
 
@@ -64,9 +67,13 @@ fn y_axis(out: &mut String, max: f64, label: &str) {
 }
 
 /// Bars of tasks/s, one per backlog size.
-pub fn burn_down(title: &str, points: &[(String, f64)]) -> String {
+pub fn burn_down(subtitle: &str, points: &[(String, f64)]) -> String {
     let mut out = String::new();
-    header(&mut out, title);
+    header(
+        &mut out,
+        "Burn-down rate by backlog size (tasks due at one moment)",
+        subtitle,
+    );
     let max = nice(points.iter().map(|p| p.1).fold(0.0, f64::max));
     y_axis(&mut out, max, "tasks/s");
     let plot_w = W - LEFT - 20.0;
@@ -93,9 +100,9 @@ pub fn burn_down(title: &str, points: &[(String, f64)]) -> String {
 }
 
 /// The share of tasks started within each lag (a cumulative distribution), from sorted lags.
-pub fn lag_distribution(title: &str, sorted_lags_ms: &[i64]) -> String {
+pub fn lag_distribution(title: &str, subtitle: &str, sorted_lags_ms: &[i64]) -> String {
     let mut out = String::new();
-    header(&mut out, title);
+    header(&mut out, title, subtitle);
     let plot_w = W - LEFT - 20.0;
     let plot_h = H - TOP - BOTTOM;
     let max = nice(sorted_lags_ms.last().copied().unwrap_or(1).max(1) as f64);
@@ -142,7 +149,7 @@ mod tests {
         assert!(bars.starts_with("<svg") && bars.trim_end().ends_with("</svg>"));
         assert_eq!(bars.matches("<rect").count(), 3, "background and two bars");
         assert!(bars.contains("12,000"));
-        let lags = super::lag_distribution("l", &[1, 2, 3, 40]);
+        let lags = super::lag_distribution("l", "s", &[1, 2, 3, 40]);
         assert!(lags.contains("<path d=\"M"));
         assert!(
             lags.contains("50.0 ms"),
