@@ -117,7 +117,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("rota bench: {}", cluster.description);
     let mut report = Report::new(&cluster.description);
     let run_id = wall_clock_ms();
-    let mut insert_rate = 20_000.0;
+    let mut insert_rate = 50_000.0;
     let mut rates: Vec<(String, f64)> = Vec::new();
     let mut lags: Vec<i64> = Vec::new();
     if scenarios.contains(&Scenario::Insert) || scenarios.contains(&Scenario::BurnDown) {
@@ -278,6 +278,8 @@ async fn burn_down(
     progress.finish();
     let insert_end = wall_clock_ms();
     let insert_per_s = n as f64 / inserted.as_secs_f64();
+    let until_due = (due - wall_clock_ms()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(until_due)).await;
     wait_for_backlog(cluster.api, format!("burn-down {}", thousands(n)), n).await?;
     let tasks = read_tasks(cluster.api, name, first_id - 1, n).await?;
     let last_finish = tasks.iter().map(|t| t.finished).max().unwrap_or(due);
