@@ -331,7 +331,11 @@ impl Worker {
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = inner.wake.notified() => {}
-                _ = inner.insert_into_owned(&mut inserted) => {}
+                _ = inner.insert_into_owned(&mut inserted) => {
+                    // Under a stream of single inserts, gather a few before claiming: one claim
+                    // (one commit) for several tasks, for a lag of at most this pause.
+                    tokio::time::sleep(GATHER).await;
+                }
                 _ = shutdown.changed() => {}
             }
         }
@@ -709,16 +713,29 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// How long a worker gathers work that trickles in before one store write for all of it.
+const GATHER: Duration = Duration::from_millis(2);
+
 /// Sends completions to the store in batches: whatever has arrived since the last write.
 async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::UnboundedReceiver<Completion>) {
     let mut batch = Vec::new();
     while let Some(first) = done.recv().await {
         batch.push(first);
-        while batch.len() < 1024 {
-            match done.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+        let drain = |batch: &mut Vec<Completion>,
+                     done: &mut mpsc::UnboundedReceiver<Completion>| {
+            while batch.len() < 1024 {
+                match done.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
             }
+        };
+        drain(&mut batch, &mut done);
+        if batch.len() < 64 {
+            // A trickle: wait a moment for more, so a steady stream of tasks costs one commit
+            // per several completions rather than one each (nobody waits on a completion).
+            tokio::time::sleep(GATHER).await;
+            drain(&mut batch, &mut done);
         }
         let now = (inner.now)();
         match inner.store.complete(&inner.config.id, &batch, now).await {
