@@ -278,6 +278,10 @@ impl Config {
         w.task_timeout = Duration::from_millis(self.worker.task_timeout_ms);
         w.step_down_timeout = (self.session_timeout() / 3).min(w.task_timeout);
         w.retention = self.retention();
+        // An embedded store commits in microseconds: nothing to gather.
+        if self.storage.backend != StorageBackend::Postgres {
+            w.gather = Duration::ZERO;
+        }
         w
     }
 

@@ -139,11 +139,15 @@ pub struct WorkerConfig {
     /// Finished tasks older than this are deleted (by the worker leading partition 0); `None`
     /// keeps them forever.
     pub retention: Option<Duration>,
+    /// How long to gather work that trickles in (inserts to claim, completions to write) before
+    /// one store write for all of it: worth a commit per several tasks on a remote database,
+    /// not on an embedded one.
+    pub gather: Duration,
 }
 
 impl WorkerConfig {
     /// Defaults: 16 at once, batches of 256, 30 s leases and task timeout, 5 s backstop, 3 s
-    /// to step down.
+    /// to step down, 2 ms of gathering.
     pub fn new(id: InstanceId) -> Self {
         Self {
             id,
@@ -155,6 +159,7 @@ impl WorkerConfig {
             max_idle: Duration::from_secs(5),
             step_down_timeout: Duration::from_secs(3),
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            gather: Duration::from_millis(2),
         }
     }
 }
@@ -334,7 +339,7 @@ impl Worker {
                 _ = inner.insert_into_owned(&mut inserted) => {
                     // Under a stream of single inserts, gather a few before claiming: one claim
                     // (one commit) for several tasks, for a lag of at most this pause.
-                    tokio::time::sleep(GATHER).await;
+                    tokio::time::sleep(inner.config.gather).await;
                 }
                 _ = shutdown.changed() => {}
             }
@@ -713,9 +718,6 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// How long a worker gathers work that trickles in before one store write for all of it.
-const GATHER: Duration = Duration::from_millis(2);
-
 /// Sends completions to the store in batches: whatever has arrived since the last write.
 async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::UnboundedReceiver<Completion>) {
     let mut batch = Vec::new();
@@ -734,7 +736,7 @@ async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::UnboundedReceive
         if batch.len() < 64 {
             // A trickle: wait a moment for more, so a steady stream of tasks costs one commit
             // per several completions rather than one each (nobody waits on a completion).
-            tokio::time::sleep(GATHER).await;
+            tokio::time::sleep(inner.config.gather).await;
             drain(&mut batch, &mut done);
         }
         let now = (inner.now)();
