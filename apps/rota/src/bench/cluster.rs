@@ -234,7 +234,7 @@ impl Cluster {
         }
     }
 
-    /// Worker ids that can be killed, with whether this target can kill them.
+    /// The ids of the worker processes this target can kill (none for dev or a remote cluster).
     pub fn worker_ids(&self) -> Vec<String> {
         match &self.kind {
             Kind::Production(p) => p.workers.iter().map(|(id, _)| id.clone()).collect(),
