@@ -338,41 +338,21 @@ async fn notify(pool: PgPool, mut pending: tokio::sync::mpsc::UnboundedReceiver<
     }
 }
 
-/// Splits claims into those whose owner and epoch are current (their owner rows locked
-/// `FOR SHARE` until the transaction ends) and the refused partitions.
-async fn split_claims(
-    tx: &mut Transaction<'static, Postgres>,
-    owner: &InstanceId,
-    claims: &[Claim],
-) -> Result<(Vec<Claim>, Vec<u32>), StoreError> {
-    let partitions: Vec<i32> = claims.iter().map(|c| c.partition as i32).collect();
-    let rows = sqlx::query(
-        "SELECT partition, epoch FROM rota_partition_owners \
-         WHERE partition = ANY($1) AND owner = $2 ORDER BY partition FOR SHARE",
-    )
-    .bind(&partitions)
-    .bind(owner.as_str())
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(backend)?;
-    let current: HashMap<u32, Epoch> = rows
+/// The partitions of a claim that the statement's `owned` CTE did not find still owned.
+fn refused(partitions: &[Claim], owned: &[i32]) -> Vec<u32> {
+    partitions
         .iter()
-        .map(|r| {
-            (
-                r.get::<i32, _>("partition") as u32,
-                r.get::<i64, _>("epoch") as Epoch,
-            )
-        })
-        .collect();
-    let (mut valid, mut refused) = (Vec::new(), Vec::new());
-    for c in claims {
-        if current.get(&c.partition) == Some(&c.epoch) {
-            valid.push(*c);
-        } else {
-            refused.push(c.partition);
-        }
-    }
-    Ok((valid, refused))
+        .map(|c| c.partition)
+        .filter(|&p| !owned.contains(&(p as i32)))
+        .collect()
+}
+
+/// The parallel arrays (`$2` partitions, `$3` epochs) that [`owned!`] reads.
+fn claim_arrays(partitions: &[Claim]) -> (Vec<i32>, Vec<i64>) {
+    partitions
+        .iter()
+        .map(|c| (c.partition as i32, c.epoch as i64))
+        .unzip()
 }
 
 #[async_trait::async_trait]
@@ -647,8 +627,7 @@ impl TaskStore for PostgresTaskStore {
         limit: usize,
         lease_ms: i64,
     ) -> Result<Claimed, StoreError> {
-        let parts: Vec<i32> = partitions.iter().map(|c| c.partition as i32).collect();
-        let epochs: Vec<i64> = partitions.iter().map(|c| c.epoch as i64).collect();
+        let (parts, epochs) = claim_arrays(partitions);
         // One statement, one round trip: the fence, the pick, the update and the next due time.
         // Each owned partition gives its first `limit` due tasks from its own index range (so the
         // cost never depends on other partitions' backlog or on finished tasks); the union is
@@ -699,11 +678,7 @@ impl TaskStore for PostgresTaskStore {
             .map_err(backend)?
             .unwrap_or_default();
         let next_due: Option<Millis> = first.try_get("next_due").map_err(backend)?;
-        let refused = parts
-            .iter()
-            .filter(|p| !owned.contains(p))
-            .map(|&p| p as u32)
-            .collect();
+        let refused = refused(partitions, &owned);
         let mut tasks = Vec::with_capacity(rows.len());
         for row in &rows {
             if row
@@ -807,8 +782,7 @@ impl TaskStore for PostgresTaskStore {
         partitions: &[Claim],
         now: Millis,
     ) -> Result<u64, StoreError> {
-        let parts: Vec<i32> = partitions.iter().map(|c| c.partition as i32).collect();
-        let epochs: Vec<i64> = partitions.iter().map(|c| c.epoch as i64).collect();
+        let (parts, epochs) = claim_arrays(partitions);
         Ok(sqlx::query(concat!(
             "WITH now AS (SELECT ",
             now!(4),
@@ -841,27 +815,30 @@ impl TaskStore for PostgresTaskStore {
         partitions: &[Claim],
         lease_until: Millis,
     ) -> Result<Vec<u32>, StoreError> {
-        let mut tx = self.begin().await?;
-        let (valid, refused) = split_claims(&mut tx, owner, partitions).await?;
-        if !valid.is_empty() {
-            let parts: Vec<i32> = valid.iter().map(|c| c.partition as i32).collect();
-            let epochs: Vec<i64> = valid.iter().map(|c| c.epoch as i64).collect();
-            sqlx::query(
-                "UPDATE rota_tasks t SET lease_until = $4 \
-                 FROM UNNEST($2::int[], $3::bigint[]) AS o(partition, epoch) \
-                 WHERE t.partition = o.partition AND t.epoch = o.epoch \
-                   AND t.status = 'RUNNING' AND t.owner = $1",
-            )
-            .bind(owner.as_str())
-            .bind(&parts)
-            .bind(&epochs)
-            .bind(lease_until)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(refused)
+        let (parts, epochs) = claim_arrays(partitions);
+        // One statement, fenced like the claim.
+        let row = sqlx::query(concat!(
+            "WITH ",
+            owned!(),
+            ", renewed AS ( \
+               UPDATE rota_tasks t SET lease_until = $4 FROM owned \
+               WHERE t.partition = owned.partition AND t.epoch = owned.epoch \
+                 AND t.status = 'RUNNING' AND t.owner = $1 RETURNING 1) \
+             SELECT (SELECT array_agg(partition) FROM owned) AS owned_partitions, \
+                    (SELECT count(*) FROM renewed) AS renewed"
+        ))
+        .bind(owner.as_str())
+        .bind(&parts)
+        .bind(&epochs)
+        .bind(lease_until)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let owned: Vec<i32> = row
+            .try_get::<Option<Vec<i32>>, _>("owned_partitions")
+            .map_err(backend)?
+            .unwrap_or_default();
+        Ok(refused(partitions, &owned))
     }
 
     async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
