@@ -32,6 +32,11 @@ impl Admin {
         &self.keys
     }
 
+    /// The session it operates through.
+    pub fn session(&self) -> &Arc<dyn Session> {
+        &self.session
+    }
+
     async fn get<T: Record>(&self, key: &str) -> Result<Option<(T, u64)>, ClusterError> {
         match self.session.get(key).await? {
             Some(node) => Ok(Some((T::decode(&node.value)?, node.version))),

@@ -232,14 +232,34 @@ impl TestCluster {
         ) else {
             return false;
         };
-        let best = rebalance(&RebalanceInput {
-            resource: &self.resource,
-            state_model: &self.model,
-            instances,
-            previous: Some(&ideal),
-        })
-        .unwrap();
-        best == ideal && Self::view_map(&view) == Self::ideal_map(&ideal)
+        // The cheap comparison first: the rebalance is the costly part of a check.
+        Self::view_map(&view) == Self::ideal_map(&ideal)
+            && rebalance(&RebalanceInput {
+                resource: &self.resource,
+                state_model: &self.model,
+                instances,
+                previous: Some(&ideal),
+            })
+            .unwrap()
+                == ideal
+    }
+
+    /// Waits until converged over the running participants, checking each time the external
+    /// view is written rather than on a poll: the moment of convergence to within one store
+    /// event, for timing (checker asserted).
+    pub async fn wait_converged_on_events(&self) {
+        let instances = self.live_instances();
+        let key = self.admin.keys().external_view(RESOURCE);
+        let mut view = self.admin.session().watch(&key, false).await.unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        // The watch is registered before the first check, so no write can fall in between.
+        while !self.converged_over(&instances).await {
+            tokio::time::timeout_at(deadline, view.next())
+                .await
+                .expect("no convergence within the deadline")
+                .expect("the watch ended");
+        }
+        self.checker.assert_ok();
     }
 
     /// Waits until converged over the running participants (checker asserted).
@@ -339,11 +359,11 @@ pub async fn time_convergence_and_join(store: Arc<dyn Coordination>) -> (Duratio
     for id in ["p1", "p2", "p3", "p4", "p5"] {
         c.start_participant(id);
     }
-    c.wait_converged().await;
+    c.wait_converged_on_events().await;
     let initial = started.elapsed();
     let joined = std::time::Instant::now();
     c.start_participant("p6");
-    c.wait_converged().await;
+    c.wait_converged_on_events().await;
     let join = joined.elapsed();
     c.shutdown().await;
     (initial, join)

@@ -131,15 +131,15 @@ struct Serving {
     instance: InstanceId,
     keys: ClusterKeys,
     handler: Arc<dyn TransitionHandler>,
-    /// The replicas held, by resource: the participant's own truth, written to its current
-    /// states.
-    replicas: Mutex<BTreeMap<String, BTreeMap<PartitionId, PartitionCurrent>>>,
+    /// The replicas held, by resource: the participant's own truth, kept as the records its
+    /// current-state writes encode (no copy per write).
+    replicas: Mutex<BTreeMap<String, CurrentState>>,
     /// Resources whose current-state key exists in this session.
     written: SyncMutex<BTreeSet<String>>,
     /// Per resource, the finished transitions waiting for their current-state write.
     recorders: SyncMutex<HashMap<String, Arc<Recorder>>>,
     partition_locks: SyncMutex<HashMap<Replica, Arc<Mutex<()>>>>,
-    models: Mutex<HashMap<String, StateModel>>,
+    models: Mutex<HashMap<String, Arc<StateModel>>>,
     /// False while suspended or stopping: no transition starts.
     active: AtomicBool,
     highest_leader: AtomicU64,
@@ -418,7 +418,7 @@ impl Serving {
             .clone()
     }
 
-    async fn model(&self, resource: &str) -> Result<StateModel, ClusterError> {
+    async fn model(&self, resource: &str) -> Result<Arc<StateModel>, ClusterError> {
         if let Some(model) = self.models.lock().await.get(resource) {
             return Ok(model.clone());
         }
@@ -442,6 +442,7 @@ impl Serving {
                     .map_err(|e| ClusterError::Invalid(e.to_string()))?
             }
         };
+        let model = Arc::new(model);
         self.models
             .lock()
             .await
@@ -486,7 +487,7 @@ impl Serving {
     }
 
     async fn process(self: Arc<Self>, key: &str) -> Result<(), ClusterError> {
-        let _permit = self.permits.acquire().await.expect("never closed");
+        let permit = self.permits.acquire().await.expect("never closed");
         let Some(node) = self.session.get(key).await? else {
             return Ok(()); // Already processed.
         };
@@ -533,6 +534,10 @@ impl Serving {
         };
         self.set_state(&t.resource, t.partition, reached, t.epoch)
             .await;
+        // The permit bounds handlers running at once, not writes waiting: released here, the
+        // transitions that finish while a current-state write is in flight all join the next
+        // one (the partition's lock stays held until its transition is recorded).
+        drop(permit);
         self.record_finished(&t.resource, key).await
     }
 
@@ -550,6 +555,10 @@ impl Serving {
             .clone();
         let waiting = || recorder.waiting.lock().unwrap_or_else(|e| e.into_inner());
         waiting().push((message.to_owned(), done));
+        // Let the transitions finishing at the same moment join this write: on a store that
+        // answers at once nothing else would get a turn before it starts, and every write
+        // encodes the resource's whole current state.
+        tokio::task::yield_now().await;
         {
             let _turn = recorder.writing.lock().await;
             // Empty if an earlier writer took ours along.
@@ -601,7 +610,7 @@ impl Serving {
             .lock()
             .await
             .get(resource)
-            .and_then(|m| m.get(&partition))
+            .and_then(|c| c.partitions.get(&partition))
             .map_or_else(|| model.initial().clone(), |r| r.state.clone())
     }
 
@@ -613,7 +622,15 @@ impl Serving {
         epoch: Epoch,
     ) {
         let mut replicas = self.replicas.lock().await;
-        let map = replicas.entry(resource.to_owned()).or_default();
+        let map = &mut replicas
+            .entry(resource.to_owned())
+            .or_insert_with(|| CurrentState {
+                instance: self.instance.clone(),
+                session: self.session.id(),
+                resource: resource.to_owned(),
+                partitions: BTreeMap::new(),
+            })
+            .partitions;
         if state == StateName::dropped() {
             map.remove(&partition);
         } else {
@@ -627,12 +644,18 @@ impl Serving {
 
     /// Writes the current state of `resource` together with `extra` operations, atomically.
     async fn publish_with(&self, resource: &str, extra: Vec<Op>) -> Result<(), ClusterError> {
-        let replicas = self.replicas.lock().await;
-        let current = CurrentState {
-            instance: self.instance.clone(),
-            session: self.session.id(),
-            resource: resource.to_owned(),
-            partitions: replicas.get(resource).cloned().unwrap_or_default(),
+        let value = {
+            let replicas = self.replicas.lock().await;
+            match replicas.get(resource) {
+                Some(current) => current.encode(),
+                None => CurrentState {
+                    instance: self.instance.clone(),
+                    session: self.session.id(),
+                    resource: resource.to_owned(),
+                    partitions: BTreeMap::new(),
+                }
+                .encode(),
+            }
         };
         let key = self
             .keys
@@ -645,13 +668,13 @@ impl Serving {
         let write = if exists {
             Op::Set {
                 key,
-                value: current.encode(),
+                value,
                 expected: None,
             }
         } else {
             Op::Create {
                 key,
-                value: current.encode(),
+                value,
                 mode: CreateMode::Persistent,
             }
         };
@@ -685,7 +708,7 @@ impl Serving {
             .lock()
             .await
             .iter()
-            .flat_map(|(r, m)| m.keys().map(move |p| (r.clone(), *p)))
+            .flat_map(|(r, c)| c.partitions.keys().map(move |p| (r.clone(), *p)))
             .collect();
         let mut steps = JoinSet::new();
         for (resource, partition) in held {
@@ -705,7 +728,10 @@ impl Serving {
         loop {
             let (state, epoch) = {
                 let replicas = self.replicas.lock().await;
-                match replicas.get(resource).and_then(|m| m.get(&partition)) {
+                match replicas
+                    .get(resource)
+                    .and_then(|c| c.partitions.get(&partition))
+                {
                     Some(r) => (r.state.clone(), r.epoch),
                     None => return,
                 }
@@ -737,7 +763,7 @@ impl Serving {
     }
 
     /// The model of a resource from the cache only (no store access while suspended).
-    async fn model_cached(&self, resource: &str) -> Result<StateModel, ()> {
+    async fn model_cached(&self, resource: &str) -> Result<Arc<StateModel>, ()> {
         self.models.lock().await.get(resource).cloned().ok_or(())
     }
 

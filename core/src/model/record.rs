@@ -7,6 +7,28 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// The envelope as written.
+#[derive(Serialize)]
+struct Envelope<'a, T> {
+    kind: &'static str,
+    v: u32,
+    data: &'a T,
+}
+
+/// The envelope as read: the payload left unparsed until kind and version are known. Fields
+/// may come in any order (records written by earlier builds put `data` first).
+#[derive(serde::Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    v: Option<u64>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
 
 /// A persisted type with a kind name and a schema version.
 pub trait Record: Serialize + DeserializeOwned {
@@ -26,57 +48,55 @@ pub trait Record: Serialize + DeserializeOwned {
         })
     }
 
-    /// Serializes with the envelope.
+    /// Serializes with the envelope, straight from `self` (no intermediate JSON tree: current
+    /// states and external views of a thousand partitions are written many times while a
+    /// cluster converges).
     fn encode(&self) -> Vec<u8> {
-        let envelope = serde_json::json!({
-            "kind": Self::KIND,
-            "v": Self::VERSION,
-            "data": self,
-        });
-        serde_json::to_vec(&envelope).expect("rota records always serialize")
+        serde_json::to_vec(&Envelope {
+            kind: Self::KIND,
+            v: Self::VERSION,
+            data: self,
+        })
+        .expect("rota records always serialize")
     }
 
-    /// Parses an envelope, checking kind and version and migrating older versions.
+    /// Parses an envelope, checking kind and version and migrating older versions. The
+    /// payload of a record at the current version is parsed straight into `Self`; only an
+    /// older one goes through a JSON tree for [`Record::migrate`].
     fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let mut envelope: Value =
-            serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed {
-                kind: Self::KIND,
-                reason: e.to_string(),
-            })?;
-        let kind = envelope.get("kind").and_then(Value::as_str).unwrap_or("");
+        let malformed = |e: serde_json::Error| RecordError::Malformed {
+            kind: Self::KIND,
+            reason: e.to_string(),
+        };
+        let envelope: RawEnvelope<'_> = serde_json::from_slice(bytes).map_err(malformed)?;
+        let kind = envelope.kind.as_deref().unwrap_or("");
         if kind != Self::KIND {
             return Err(RecordError::WrongKind {
                 expected: Self::KIND,
                 found: kind.to_owned(),
             });
         }
-        let version = envelope
-            .get("v")
-            .and_then(Value::as_u64)
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or(RecordError::Malformed {
-                kind: Self::KIND,
-                reason: "missing schema version \"v\"".into(),
-            })?;
-        let data = envelope
-            .get_mut("data")
-            .map(Value::take)
-            .unwrap_or(Value::Null);
-        let data = match version.cmp(&Self::VERSION) {
-            std::cmp::Ordering::Equal => data,
-            std::cmp::Ordering::Less => Self::migrate(version, data)?,
-            std::cmp::Ordering::Greater => {
-                return Err(RecordError::UnsupportedVersion {
+        let version =
+            envelope
+                .v
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or(RecordError::Malformed {
                     kind: Self::KIND,
-                    found: version,
-                    supported: Self::VERSION,
-                });
+                    reason: "missing schema version \"v\"".into(),
+                })?;
+        let data = envelope.data.map_or("null", RawValue::get);
+        match version.cmp(&Self::VERSION) {
+            std::cmp::Ordering::Equal => serde_json::from_str(data).map_err(malformed),
+            std::cmp::Ordering::Less => {
+                let data = serde_json::from_str(data).map_err(malformed)?;
+                serde_json::from_value(Self::migrate(version, data)?).map_err(malformed)
             }
-        };
-        serde_json::from_value(data).map_err(|e| RecordError::Malformed {
-            kind: Self::KIND,
-            reason: e.to_string(),
-        })
+            std::cmp::Ordering::Greater => Err(RecordError::UnsupportedVersion {
+                kind: Self::KIND,
+                found: version,
+                supported: Self::VERSION,
+            }),
+        }
     }
 }
 
@@ -149,6 +169,11 @@ mod tests {
             matches!(err, RecordError::UnsupportedVersion { found: 2, .. }),
             "{err}"
         );
+
+        // Earlier builds wrote the envelope through a JSON tree, keys sorted: `data` first.
+        let sorted = serde_json::to_vec(&serde_json::from_slice::<Value>(&bytes).unwrap()).unwrap();
+        assert!(sorted.starts_with(b"{\"data\""));
+        assert_eq!(InstanceConfig::decode(&sorted).unwrap(), instance);
 
         let err = crate::model::LiveInstance::decode(&bytes).unwrap_err();
         assert!(matches!(err, RecordError::WrongKind { .. }), "{err}");
