@@ -303,6 +303,7 @@ impl TaskStore for MemoryTaskStore {
                 epoch: c.epoch,
             };
             let current = t.status == TaskStatus::Running
+                && t.partition == c.partition
                 && t.owner.as_ref() == Some(owner)
                 && t.epoch == Some(c.epoch)
                 && inner.owns(owner, &claim);

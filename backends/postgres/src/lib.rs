@@ -711,8 +711,10 @@ impl TaskStore for PostgresTaskStore {
         let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
         let mut retry: Vec<i64> = Vec::with_capacity(n);
         let mut started: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut partitions: Vec<i32> = Vec::with_capacity(n);
         for c in completions {
             ids.push(c.id);
+            partitions.push(c.partition as i32);
             epochs.push(c.epoch as i64);
             started.push(c.started_at);
             let (outcome, error, retry_at) = match &c.outcome {
@@ -726,9 +728,11 @@ impl TaskStore for PostgresTaskStore {
             errors.push(error);
             retry.push(retry_at);
         }
-        // The fence is a scalar lookup per task row (by its partition), so the plan stays
-        // "each id by primary key, then check its partition's owner": written as a join, the
-        // planner multiplied the ids by the owned partitions (a lookup per pair).
+        // Each completion names its task's partition, so the fence is an exact join with that
+        // partition's owner row and the task is looked up by primary key. (A fence correlated
+        // with the task row, found by the task's own partition, misled the planner: given the
+        // arrays' real length it scanned every RUNNING row once per completion, 15-26 ms for
+        // 250 completions with 500 tasks running, where the lookups take 2 ms.)
         let rows = sqlx::query(concat!(
             "WITH now AS (SELECT ",
             now!(6),
@@ -747,12 +751,13 @@ impl TaskStore for PostgresTaskStore {
                                  ELSE COALESCE(c.started_at, t.started_at) END, \
                last_error = CASE WHEN c.outcome = 1 THEN c.error ELSE t.last_error END, \
                owner = NULL, lease_until = NULL \
-             FROM now, UNNEST($2::bigint[], $3::bigint[], $4::smallint[], $5::text[], \
-                              $7::bigint[], $8::bigint[]) \
-               AS c(id, epoch, outcome, error, retry_at, started_at) \
-             WHERE t.id = c.id AND t.status = 'RUNNING' AND t.owner = $1 AND t.epoch = c.epoch \
-               AND c.epoch = (SELECT o.epoch FROM rota_partition_owners o \
-                              WHERE o.partition = t.partition AND o.owner = $1) \
+             FROM now, rota_partition_owners o, \
+               UNNEST($2::bigint[], $3::bigint[], $4::smallint[], $5::text[], $7::bigint[], \
+                      $8::bigint[], $9::int[]) \
+               AS c(id, epoch, outcome, error, retry_at, started_at, partition) \
+             WHERE t.id = c.id AND t.partition = c.partition AND t.status = 'RUNNING' \
+               AND t.owner = $1 AND t.epoch = c.epoch \
+               AND o.partition = c.partition AND o.owner = $1 AND o.epoch = c.epoch \
              RETURNING t.id, t.status"
         ))
         .bind(owner.as_str())
@@ -763,6 +768,7 @@ impl TaskStore for PostgresTaskStore {
         .bind(self.clock(now))
         .bind(&retry)
         .bind(&started)
+        .bind(&partitions)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;

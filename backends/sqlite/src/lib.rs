@@ -496,12 +496,12 @@ impl TaskStore for SqliteTaskStore {
                 // Applied only while the claim is this owner's under this epoch, and the
                 // partition is still held by it at that epoch.
                 const CURRENT: &str = "id = ?1 AND status = 'RUNNING' AND owner = ?2 AND epoch = ?3 \
-                    AND EXISTS (SELECT 1 FROM partition_owners o WHERE o.partition = tasks.partition \
-                                AND o.owner = ?2 AND o.epoch = ?3)";
+                    AND partition = ?4 AND EXISTS (SELECT 1 FROM partition_owners o \
+                      WHERE o.partition = ?4 AND o.owner = ?2 AND o.epoch = ?3)";
                 let mut succeed = tx
                     .prepare_cached(&format!(
                         "UPDATE tasks SET status = 'COMPLETED', owner = NULL, lease_until = NULL, \
-                         finished_at = ?4, started_at = coalesce(?5, started_at) \
+                         finished_at = ?5, started_at = coalesce(?6, started_at) \
                          WHERE {CURRENT} RETURNING status"
                     ))
                     .map_err(backend)?;
@@ -516,10 +516,10 @@ impl TaskStore for SqliteTaskStore {
                     .prepare_cached(&format!(
                         "UPDATE tasks SET \
                            status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
-                           scheduled_at = CASE WHEN attempts >= max_attempts THEN scheduled_at ELSE ?5 END, \
-                           finished_at = CASE WHEN attempts >= max_attempts THEN ?4 ELSE NULL END, \
-                           last_error = ?6, owner = NULL, lease_until = NULL, \
-                           started_at = coalesce(?7, started_at) \
+                           scheduled_at = CASE WHEN attempts >= max_attempts THEN scheduled_at ELSE ?6 END, \
+                           finished_at = CASE WHEN attempts >= max_attempts THEN ?5 ELSE NULL END, \
+                           last_error = ?7, owner = NULL, lease_until = NULL, \
+                           started_at = coalesce(?8, started_at) \
                          WHERE {CURRENT} RETURNING status"
                     ))
                     .map_err(backend)?;
@@ -527,7 +527,14 @@ impl TaskStore for SqliteTaskStore {
                     let status: Option<String> = match &c.outcome {
                         CompletionOutcome::Succeeded => succeed
                             .query_row(
-                                params![c.id, owner.as_str(), c.epoch as i64, now, c.started_at],
+                                params![
+                                    c.id,
+                                    owner.as_str(),
+                                    c.epoch as i64,
+                                    c.partition,
+                                    now,
+                                    c.started_at
+                                ],
                                 |r| r.get(0),
                             )
                             .optional(),
@@ -537,6 +544,7 @@ impl TaskStore for SqliteTaskStore {
                                     c.id,
                                     owner.as_str(),
                                     c.epoch as i64,
+                                    c.partition,
                                     now,
                                     retry_at,
                                     error,
@@ -546,7 +554,10 @@ impl TaskStore for SqliteTaskStore {
                             )
                             .optional(),
                         CompletionOutcome::Released => release
-                            .query_row(params![c.id, owner.as_str(), c.epoch as i64], |r| r.get(0))
+                            .query_row(
+                                params![c.id, owner.as_str(), c.epoch as i64, c.partition],
+                                |r| r.get(0),
+                            )
                             .optional(),
                     }
                     .map_err(backend)?;

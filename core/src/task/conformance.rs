@@ -3,7 +3,7 @@
 //! the macro expands to one `#[tokio::test]` per case.
 
 use super::store::{CancelOutcome, Claim, Completion, CompletionOutcome, ListFilter, TaskStore};
-use super::{Millis, NewTask, TaskStatus, partition_for};
+use super::{Millis, NewTask, Task, TaskStatus, partition_for};
 use crate::model::InstanceId;
 use std::sync::Arc;
 
@@ -214,8 +214,9 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
         .unwrap()
         .tasks;
     assert_eq!(claimed.len(), 3);
-    let failed = |id| Completion {
-        id,
+    let failed = |t: &Task| Completion {
+        id: t.id,
+        partition: t.partition,
         epoch: 1,
         started_at: None,
         outcome: CompletionOutcome::Failed {
@@ -229,12 +230,13 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
             &[
                 Completion {
                     id: inserted[0].0.id,
+                    partition: inserted[0].0.partition,
                     epoch: 1,
                     started_at: None,
                     outcome: CompletionOutcome::Succeeded,
                 },
-                failed(inserted[1].0.id),
-                failed(inserted[2].0.id),
+                failed(&inserted[1].0),
+                failed(&inserted[2].0),
             ],
             NOW + 10,
         )
@@ -287,6 +289,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
             &owner,
             &[Completion {
                 id: ok.id,
+                partition: ok.partition,
                 epoch: 1,
                 started_at: None,
                 outcome: CompletionOutcome::Succeeded,
@@ -339,6 +342,7 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     );
     let done = Completion {
         id,
+        partition: 0,
         epoch: 1,
         started_at: None,
         outcome: CompletionOutcome::Succeeded,
@@ -376,6 +380,7 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     assert_eq!((again.attempts, again.epoch), (2, Some(2)));
     let done = Completion {
         id,
+        partition: 0,
         epoch: 2,
         started_at: None,
         outcome: CompletionOutcome::Succeeded,
@@ -488,12 +493,14 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
             &[
                 Completion {
                     id: ids[0],
+                    partition: 0,
                     epoch: 1,
                     started_at: Some(NOW + 7),
                     outcome: CompletionOutcome::Succeeded,
                 },
                 Completion {
                     id: ids[1],
+                    partition: 0,
                     epoch: 1,
                     started_at: None,
                     outcome: CompletionOutcome::Released,
@@ -525,6 +532,7 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
     assert_eq!(again.tasks.len(), 1);
     let stale = Completion {
         id: ids[1],
+        partition: 0,
         epoch: 0,
         started_at: None,
         outcome: CompletionOutcome::Released,
@@ -533,7 +541,25 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
         store.complete(&owner, &[stale], NOW + 11).await.unwrap(),
         [None]
     );
-    assert_eq!(store.get(ids[1]).await.unwrap().unwrap().attempts, 1);
+    // Naming another partition than the task's: refused, even with the right epoch and an
+    // owned partition.
+    store.acquire(1, &owner, 1, NOW).await.unwrap();
+    let elsewhere = Completion {
+        id: ids[1],
+        partition: 1,
+        epoch: 1,
+        started_at: None,
+        outcome: CompletionOutcome::Succeeded,
+    };
+    assert_eq!(
+        store
+            .complete(&owner, &[elsewhere], NOW + 11)
+            .await
+            .unwrap(),
+        [None]
+    );
+    let b = store.get(ids[1]).await.unwrap().unwrap();
+    assert_eq!((b.status, b.attempts), (TaskStatus::Running, 1));
 }
 
 /// Cancel: PENDING only; racing claims, each task ends either cancelled or claimed, never both.
@@ -562,7 +588,7 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
             let mut claimed = Vec::new();
             for _ in 0..40 {
                 let batch = store.claim(&owner, &all(1), NOW, 1, 30_000).await.unwrap();
-                claimed.extend(batch.tasks.into_iter().map(|t| t.id));
+                claimed.extend(batch.tasks.into_iter().map(|t| (t.id, t.partition)));
                 tokio::task::yield_now().await;
             }
             claimed
@@ -582,13 +608,14 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
     }
     let claimed = claimer.await.unwrap();
     assert!(
-        claimed.iter().all(|id| !cancelled.contains(id)),
+        claimed.iter().all(|(id, _)| !cancelled.contains(id)),
         "a task was both claimed and cancelled"
     );
     assert_eq!(claimed.len() + cancelled.len(), 40);
-    if let Some(&id) = claimed.first() {
+    if let Some(&(id, partition)) = claimed.first() {
         let done = Completion {
             id,
+            partition,
             epoch: 1,
             started_at: None,
             outcome: CompletionOutcome::Succeeded,
@@ -709,6 +736,7 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
     assert_eq!(claimed.len(), 1);
     let done = Completion {
         id: claimed[0].id,
+        partition: claimed[0].partition,
         epoch: 1,
         started_at: None,
         outcome: CompletionOutcome::Succeeded,

@@ -61,6 +61,9 @@ pub enum CompletionOutcome {
 pub struct Completion {
     /// Task.
     pub id: TaskId,
+    /// The task's partition, as claimed: with `epoch`, the fencing token checked against the
+    /// partition's owner. A completion naming another partition than the task's is refused.
+    pub partition: u32,
     /// Epoch of the claim.
     pub epoch: Epoch,
     /// When the handler started, recorded as the task's `started_at` (the claim's time when
@@ -68,6 +71,20 @@ pub struct Completion {
     pub started_at: Option<Millis>,
     /// How it ended.
     pub outcome: CompletionOutcome,
+}
+
+impl Completion {
+    /// The end of the attempt `task` was claimed for (its partition and claim epoch), with the
+    /// handler's start unknown.
+    pub fn of(task: &Task, outcome: CompletionOutcome) -> Self {
+        Self {
+            id: task.id,
+            partition: task.partition,
+            epoch: task.epoch.unwrap_or(0),
+            started_at: None,
+            outcome,
+        }
+    }
 }
 
 /// The result of cancelling.
@@ -221,8 +238,8 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<Claimed, StoreError>;
 
     /// Ends attempts. Each result is the task's new status, or `None` if the completion was
-    /// refused (the claim is no longer this owner's under this epoch, or the task is not
-    /// RUNNING under it).
+    /// refused (the claim is no longer this owner's under this epoch, the task is not
+    /// RUNNING under it, or the completion names another partition than the task's).
     async fn complete(
         &self,
         owner: &InstanceId,

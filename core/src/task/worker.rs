@@ -484,12 +484,7 @@ impl Inner {
         }
         let released: Vec<Completion> = tasks
             .iter()
-            .map(|t| Completion {
-                id: t.id,
-                epoch: t.epoch.unwrap_or(0),
-                started_at: None,
-                outcome: CompletionOutcome::Released,
-            })
+            .map(|t| Completion::of(t, CompletionOutcome::Released))
             .collect();
         match self
             .store
@@ -602,7 +597,6 @@ impl Inner {
     }
 
     async fn execute(&self, task: &Task) -> Completion {
-        let epoch = task.epoch.unwrap_or(0);
         let started_at = (self.now)();
         self.stats.record_lag(started_at - task.scheduled_at);
         let result = match self.handlers.for_task(task) {
@@ -636,10 +630,8 @@ impl Inner {
             }
         };
         Completion {
-            id: task.id,
-            epoch,
             started_at: Some(started_at),
-            outcome,
+            ..Completion::of(task, outcome)
         }
     }
 
