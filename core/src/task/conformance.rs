@@ -674,6 +674,86 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
         .await
         .unwrap();
     assert!(running.tasks.is_empty());
+
+    // Every status filter, alone and with the name, page by page in id order.
+    let owner = InstanceId::new("w1");
+    own_all(&*store, &owner, 1).await;
+    let claimed = store
+        .claim(&owner, &all(1), NOW, 9, 30_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(claimed.len(), 9);
+    let done: Vec<_> = claimed[..3]
+        .iter()
+        .map(|t| Completion {
+            epoch: 1,
+            ..Completion::of(t, CompletionOutcome::Succeeded)
+        })
+        .collect();
+    store.complete(&owner, &done, NOW).await.unwrap();
+    let pending: Vec<_> = seen
+        .iter()
+        .filter(|id| !claimed.iter().any(|t| t.id == **id))
+        .copied()
+        .collect();
+    for &id in &pending[..2] {
+        store.cancel(id, NOW).await.unwrap();
+    }
+    let all_tasks = store
+        .list(&ListFilter {
+            limit: 100,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap()
+        .tasks;
+    for status in [
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ] {
+        for name in [None, Some("odd")] {
+            let expected: Vec<_> = all_tasks
+                .iter()
+                .filter(|t| t.status == status && name.is_none_or(|n| t.name == n))
+                .map(|t| t.id)
+                .collect();
+            let (mut listed, mut after) = (Vec::new(), None);
+            loop {
+                let page = store
+                    .list(&ListFilter {
+                        status: Some(status),
+                        name: name.map(str::to_owned),
+                        limit: 2,
+                        after,
+                    })
+                    .await
+                    .unwrap();
+                assert!(page.tasks.iter().all(|t| t.status == status));
+                listed.extend(page.tasks.iter().map(|t| t.id));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+                assert!(listed.len() <= 25, "pagination does not end");
+            }
+            assert_eq!(listed, expected, "{status:?} {name:?}");
+        }
+    }
+    let count = |s| all_tasks.iter().filter(|t| t.status == s).count();
+    assert_eq!(
+        [
+            TaskStatus::Pending,
+            TaskStatus::Running,
+            TaskStatus::Completed,
+            TaskStatus::Cancelled
+        ]
+        .map(count),
+        [14, 6, 3, 2]
+    );
 }
 
 /// A whole-cluster restart forgets owners and takes back every claim.
