@@ -795,12 +795,15 @@ async fn renew_leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Deletes finished tasks past the retention, a batch at a time, from the one worker that leads
-/// partition 0 (so the cluster purges once, not once per worker).
+/// partition 0 (so the cluster purges once, not once per worker), every tenth of the retention
+/// but at most hourly: finding what is past the retention may scan the whole table (an index
+/// of finished tasks would cost every completion), so it is done rarely: a task outlives its
+/// retention by at most one period (an hour for the 7-day default).
 async fn purge_finished(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     let Some(retention) = inner.config.retention else {
         return;
     };
-    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
