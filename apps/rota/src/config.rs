@@ -160,6 +160,11 @@ pub struct WorkerSection {
     pub lease_ms: u64,
     /// Per-task timeout.
     pub task_timeout_ms: u64,
+    /// On giving a partition up gracefully (moved by the controller, or the worker stopping),
+    /// how long its tasks in flight may still finish before they are aborted and reported
+    /// interrupted; default: the task timeout and 2 s more, so every task reaches its own
+    /// timeout first.
+    pub drain_timeout_ms: Option<u64>,
 }
 
 impl Default for WorkerSection {
@@ -170,6 +175,7 @@ impl Default for WorkerSection {
             batch: 256,
             lease_ms: 30_000,
             task_timeout_ms: 30_000,
+            drain_timeout_ms: None,
         }
     }
 }
@@ -267,8 +273,8 @@ impl Config {
     }
 
     /// A worker's settings for instance `id`: the `[worker]` section, the retention, and a
-    /// step-down time of a third of the session timeout (at most the task timeout), so a worker
-    /// cut off from the store has stopped before its session can expire.
+    /// queue age of a sixth of the session timeout (at most half the task timeout), so a task
+    /// claimed by a worker cut off from the store is not started after its session can expire.
     pub fn worker_config(&self, id: &str) -> rota_core::task::worker::WorkerConfig {
         use std::time::Duration;
         let mut w = rota_core::task::worker::WorkerConfig::new(rota_core::InstanceId::new(id));
@@ -276,6 +282,10 @@ impl Config {
         w.batch = self.worker.batch;
         w.lease = Duration::from_millis(self.worker.lease_ms);
         w.task_timeout = Duration::from_millis(self.worker.task_timeout_ms);
+        w.drain_timeout = self.worker.drain_timeout_ms.map_or(
+            w.task_timeout + Duration::from_secs(2),
+            Duration::from_millis,
+        );
         w.step_down_timeout = (self.session_timeout() / 3).min(w.task_timeout);
         w.retention = self.retention();
         // An embedded store commits in microseconds: nothing to gather.

@@ -1,6 +1,11 @@
 //! Workers end to end on the in-memory stores, in real time: tasks due over the next seconds are
 //! each executed exactly once across three workers, and when one worker is cut off from the
 //! coordination store mid-run nothing is lost and no task runs on two workers at once.
+//!
+//! The handover tests run tasks of seconds through a "receiver" that, like a webhook's, goes on
+//! with a run its caller gave up on, and records when each run starts and ends: a graceful stop,
+//! a worker joining, an instance disabled and a task-store outage at completion time must cause
+//! neither an overlapping run nor a second one.
 
 use async_trait::async_trait;
 use rota_core::cluster::admin::Admin;
@@ -11,7 +16,10 @@ use rota_core::cluster::participant::{
 };
 use rota_core::coordination::Coordination;
 use rota_core::task::worker::{Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms};
-use rota_core::task::{ListFilter, NewTask, TASKS_RESOURCE, Task, TaskId, TaskStatus, TaskStore};
+use rota_core::task::{
+    Backlog, CancelOutcome, Claim, Claimed, Completion, ListFilter, Millis, NewTask, Page,
+    StoreError, TASKS_RESOURCE, Task, TaskId, TaskStatus, TaskStore,
+};
 use rota_core::{InstanceConfig, InstanceId, ResourceConfig};
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use std::collections::HashMap;
@@ -22,46 +30,190 @@ use tokio::sync::watch;
 const PARTITIONS: u32 = 12;
 const SESSION: Duration = Duration::from_secs(2);
 
-/// One execution of a task: which worker, from when to when.
+/// One execution of a task: which worker, from when to when (`None` while it runs).
 #[derive(Clone, Debug)]
 struct Execution {
     worker: String,
     start: Instant,
-    end: Instant,
+    end: Option<Instant>,
 }
 
 #[derive(Clone, Default)]
 struct Recorder(Arc<Mutex<HashMap<TaskId, Vec<Execution>>>>);
 
+impl Recorder {
+    fn started(&self) -> usize {
+        self.0.lock().unwrap().values().map(Vec::len).sum()
+    }
+}
+
 struct Recording {
     worker: String,
     recorder: Recorder,
+    /// How long a run takes; `None`: a few milliseconds.
+    work: Option<Duration>,
 }
 
 #[async_trait]
 impl TaskHandler for Recording {
     async fn run(&self, task: &Task) -> Result<(), String> {
-        let start = Instant::now();
-        tokio::time::sleep(Duration::from_millis(2 + (task.id % 7) as u64)).await;
-        let end = Instant::now();
-        let mut map = self.recorder.0.lock().unwrap();
-        map.entry(task.id).or_default().push(Execution {
-            worker: self.worker.clone(),
-            start,
-            end,
+        let work = self
+            .work
+            .unwrap_or(Duration::from_millis(2 + (task.id % 7) as u64));
+        // The run happens at the "receiver", which finishes it even if this handler is
+        // aborted (as a webhook's receiver does), and records its start and end.
+        let (recorder, worker, id) = (self.recorder.clone(), self.worker.clone(), task.id);
+        let (done, finished) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let index = {
+                let mut map = recorder.0.lock().unwrap();
+                let runs = map.entry(id).or_default();
+                runs.push(Execution {
+                    worker,
+                    start: Instant::now(),
+                    end: None,
+                });
+                runs.len() - 1
+            };
+            tokio::time::sleep(work).await;
+            recorder.0.lock().unwrap().get_mut(&id).unwrap()[index].end = Some(Instant::now());
+            let _ = done.send(());
         });
-        Ok(())
+        finished
+            .await
+            .map_err(|_| "the receiver vanished".to_string())
+    }
+}
+
+/// A task store that can be made unreachable: while `down`, every call fails as a lost
+/// connection would.
+struct Outage {
+    store: Arc<MemoryTaskStore>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Outage {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(StoreError::Unavailable(
+                "connection refused (outage)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl TaskStore for Outage {
+    async fn insert(
+        &self,
+        tasks: Vec<NewTask>,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<Vec<(Task, bool)>, StoreError> {
+        self.check()?;
+        self.store.insert(tasks, partitions, now).await
+    }
+    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        self.check()?;
+        self.store.get(id).await
+    }
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        self.check()?;
+        self.store.list(filter).await
+    }
+    async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
+        self.check()?;
+        self.store.cancel(id, now).await
+    }
+    async fn acquire(
+        &self,
+        partition: u32,
+        owner: &InstanceId,
+        epoch: u64,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        self.check()?;
+        self.store.acquire(partition, owner, epoch, now).await
+    }
+    async fn claim(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Claimed, StoreError> {
+        self.check()?;
+        self.store
+            .claim(owner, partitions, now, limit, lease_ms)
+            .await
+    }
+    async fn complete(
+        &self,
+        owner: &InstanceId,
+        completions: &[Completion],
+        now: Millis,
+    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        self.check()?;
+        self.store.complete(owner, completions, now).await
+    }
+    async fn renew(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        lease_until: Millis,
+    ) -> Result<Vec<u32>, StoreError> {
+        self.check()?;
+        self.store.renew(owner, partitions, lease_until).await
+    }
+    async fn requeue_expired(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        self.check()?;
+        self.store.requeue_expired(owner, partitions, now).await
+    }
+    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
+        self.check()?;
+        self.store.reset_after_restart(now).await
+    }
+    async fn purge_finished(&self, before: Millis, limit: usize) -> Result<u64, StoreError> {
+        self.check()?;
+        self.store.purge_finished(before, limit).await
+    }
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        self.check()?;
+        self.store.backlog().await
+    }
+    fn inserted(&self) -> tokio::sync::broadcast::Receiver<u32> {
+        self.store.inserted()
     }
 }
 
 struct Setup {
     coordination: MemoryCoordination,
-    tasks: Arc<MemoryTaskStore>,
+    admin: Admin,
+    /// The store as the workers see it.
+    tasks: Arc<Outage>,
     recorder: Recorder,
     checker: Checker,
     stop: watch::Sender<bool>,
     participants: HashMap<String, ParticipantHandle>,
     joins: Vec<tokio::task::JoinHandle<()>>,
+    options: Options,
+    /// Each worker's own stop (its participant and its poll loop).
+    worker_stops: HashMap<String, watch::Sender<bool>>,
+}
+
+#[derive(Clone, Default)]
+struct Options {
+    retention: Option<Duration>,
+    /// How long each run takes (default: a few milliseconds).
+    work: Option<Duration>,
 }
 
 async fn setup(workers: &[&str]) -> Setup {
@@ -69,6 +221,17 @@ async fn setup(workers: &[&str]) -> Setup {
 }
 
 async fn setup_with(workers: &[&str], retention: Option<Duration>) -> Setup {
+    setup_options(
+        workers,
+        Options {
+            retention,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+async fn setup_options(workers: &[&str], options: Options) -> Setup {
     let coordination = MemoryCoordination::new();
     let store: Arc<dyn Coordination> = Arc::new(coordination.clone());
     let admin = Admin::new(store.connect(SESSION).await.unwrap(), "sched");
@@ -81,7 +244,10 @@ async fn setup_with(workers: &[&str], retention: Option<Duration>) -> Setup {
         ))
         .await
         .unwrap();
-    let tasks = Arc::new(MemoryTaskStore::new());
+    let tasks = Arc::new(Outage {
+        store: Arc::new(MemoryTaskStore::new()),
+        down: Default::default(),
+    });
     let recorder = Recorder::default();
     let checker = Checker::new("MASTER", 1);
     let (stop, stopped) = watch::channel(false);
@@ -100,44 +266,70 @@ async fn setup_with(workers: &[&str], retention: Option<Duration>) -> Setup {
     joins.push(tokio::spawn(async move {
         controller.run(s).await.unwrap();
     }));
-    let mut participants = HashMap::new();
+    let mut s = Setup {
+        coordination,
+        admin,
+        tasks,
+        recorder,
+        checker,
+        stop,
+        participants: HashMap::new(),
+        joins,
+        options,
+        worker_stops: HashMap::new(),
+    };
     for &id in workers {
+        s.start_worker(id);
+    }
+    s
+}
+
+impl Setup {
+    /// Starts a worker (participant and poll loop) with its own stop.
+    fn start_worker(&mut self, id: &str) {
+        let store: Arc<dyn Coordination> = Arc::new(self.coordination.clone());
         let mut handlers = Handlers::default();
         handlers.set_default(Arc::new(Recording {
             worker: id.into(),
-            recorder: recorder.clone(),
+            recorder: self.recorder.clone(),
+            work: self.options.work,
         }));
         let mut config = WorkerConfig::new(InstanceId::new(id));
         config.step_down_timeout = Duration::from_millis(500);
         config.max_idle = Duration::from_millis(500);
-        config.retention = retention;
-        let worker = Worker::new(config, tasks.clone(), handlers);
+        config.retention = self.options.retention;
+        let worker = Worker::new(config, self.tasks.clone(), handlers);
         let (participant, handle) = Participant::new(
-            store.clone(),
+            store,
             ParticipantConfig {
                 cluster: "sched".into(),
                 instance: InstanceConfig::new(id),
                 session_timeout: SESSION,
                 max_parallel: 16,
             },
-            checker.wrap(worker.transition_handler()),
+            self.checker.wrap(worker.transition_handler()),
         );
-        participants.insert(id.to_owned(), handle);
-        let s = stopped.clone();
-        joins.push(tokio::spawn(async move {
-            participant.run(s).await.unwrap();
+        self.participants.insert(id.to_owned(), handle);
+        // Stopped by its own switch or the whole setup's.
+        let (own, mut stopped) = watch::channel(false);
+        let mut all = self.stop.subscribe();
+        let (either, s) = watch::channel(false);
+        self.joins.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => {}
+                _ = all.wait_for(|s| *s) => {}
+            }
+            either.send_replace(true);
+            // Keep the sender alive until both loops have seen it.
+            either.closed().await;
         }));
-        let s = stopped.clone();
-        joins.push(tokio::spawn(async move { worker.run(s).await }));
-    }
-    Setup {
-        coordination,
-        tasks,
-        recorder,
-        checker,
-        stop,
-        participants,
-        joins,
+        self.worker_stops.insert(id.to_owned(), own);
+        let p = s.clone();
+        self.joins.push(tokio::spawn(async move {
+            participant.run(p).await.unwrap();
+        }));
+        self.joins
+            .push(tokio::spawn(async move { worker.run(s).await }));
     }
 }
 
@@ -246,7 +438,7 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
             sorted.sort_by_key(|e| e.start);
             for pair in sorted.windows(2) {
                 assert!(
-                    pair[0].end <= pair[1].start,
+                    pair[0].end.is_some_and(|end| end <= pair[1].start),
                     "task {id} ran on two workers at once: {sorted:?}"
                 );
             }
@@ -282,4 +474,87 @@ async fn finished_tasks_are_purged_after_the_retention() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     finish(s).await;
+}
+
+/// Three workers start 24 tasks of two seconds each, all due now; returns once a dozen runs
+/// are under way.
+async fn long_runs_under_way() -> (Setup, Vec<TaskId>) {
+    let s = setup_options(
+        &["w1", "w2", "w3"],
+        Options {
+            work: Some(Duration::from_secs(2)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let ids = insert_spread(&*s.tasks, 24, Duration::ZERO).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.recorder.started() < 12 {
+        assert!(Instant::now() < deadline, "the runs did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (s, ids)
+}
+
+/// Every task ran exactly once, to its end.
+fn ran_once_each(runs: &HashMap<TaskId, Vec<Execution>>, ids: &[TaskId]) {
+    let repeated: Vec<_> = ids
+        .iter()
+        .filter(|id| runs.get(id).map_or(0, Vec::len) != 1)
+        .map(|id| (id, &runs[id]))
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "{} of {} tasks ran more than once (or never): {repeated:?}",
+        repeated.len(),
+        ids.len()
+    );
+    assert!(runs.values().flatten().all(|e| e.end.is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_waits_for_runs_in_flight() {
+    let (s, ids) = long_runs_under_way().await;
+    s.worker_stops["w2"].send_replace(true);
+    wait_all_completed(&*s.tasks, ids.len()).await;
+    let runs = finish(s).await;
+    ran_once_each(&runs, &ids);
+    assert!(runs.values().flatten().any(|e| e.worker == "w2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_worker_takes_partitions_only_once_their_runs_ended() {
+    let (mut s, ids) = long_runs_under_way().await;
+    s.start_worker("w4");
+    wait_all_completed(&*s.tasks, ids.len()).await;
+    let runs = finish(s).await;
+    ran_once_each(&runs, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_an_instance_moves_its_partitions_after_their_runs() {
+    let (s, ids) = long_runs_under_way().await;
+    s.admin
+        .set_enabled(&InstanceId::new("w2"), false)
+        .await
+        .unwrap();
+    wait_all_completed(&*s.tasks, ids.len()).await;
+    let runs = finish(s).await;
+    ran_once_each(&runs, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_survive_a_task_store_outage() {
+    let (s, ids) = long_runs_under_way().await;
+    // The runs under way end during the outage: their completions cannot be written.
+    s.tasks
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.tasks
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_all_completed(&*s.tasks, ids.len()).await;
+    let runs = finish(s).await;
+    ran_once_each(&runs, &ids);
 }

@@ -2,7 +2,9 @@
 //!
 //! The [`Coordination`] store on ZooKeeper (>= 3.6), for production.
 //!
-//! - **Sessions** are ZooKeeper sessions with the requested timeout. The client reports
+//! - **Sessions** are ZooKeeper sessions with the requested timeout as the server grants it
+//!   (bounded by its `minSessionTimeout` and `maxSessionTimeout`; [`Session::timeout`] reports
+//!   the granted one, and a warning says when it differs). The client reports
 //!   `Disconnected` as [`SessionState::Suspended`] (the session may come back within its
 //!   timeout), and `Expired` / `Closed` as final; a new session is a new client.
 //! - **Keys** are znodes; versions are znode data versions (0 at creation). Missing parents are
@@ -122,6 +124,17 @@ impl Coordination for ZooKeeperCoordination {
                 other => CoordError::Backend(format!("cannot connect to ZooKeeper: {other}")),
             })?;
         let id = SessionId::new(format!("zk-{}", client.session_id()));
+        // The server bounds session timeouts (its minSessionTimeout and maxSessionTimeout):
+        // every timing derived from the session must use what it granted.
+        let granted = client.session_timeout();
+        if granted != timeout {
+            tracing::warn!(
+                requested = ?timeout,
+                ?granted,
+                "ZooKeeper granted another session timeout than configured; using the granted one"
+            );
+        }
+        let timeout = granted;
         let (state_tx, state_rx) = watch::channel(SessionState::Connected);
         self.sessions
             .lock()

@@ -174,4 +174,8 @@ impl TransitionHandler for Checked {
         self.checker.end(request, result.is_ok());
         result
     }
+
+    fn session_deadline(&self, deadline: Option<tokio::time::Instant>) {
+        self.inner.session_deadline(deadline);
+    }
 }

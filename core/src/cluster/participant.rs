@@ -58,6 +58,13 @@ pub struct TransitionRequest {
     /// Partition epoch: a grant of the top state carries a new, higher one. Pass it to storage
     /// with every write the replica's role allows, so that writes of a superseded holder fail.
     pub epoch: Epoch,
+    /// When the transition must be over, if it is a step-down forced by the session: the
+    /// participant lost contact with the store (its session may expire, and the replica be
+    /// granted elsewhere, from then on) or the session has ended (the deadline is now). `None`
+    /// when the controller asked for the transition, or the participant is shutting down: the
+    /// next holder is not promoted before this transition is over, so the handler may take the
+    /// time it needs.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// The user's code: what moving a replica from one state to another means.
@@ -65,6 +72,13 @@ pub struct TransitionRequest {
 pub trait TransitionHandler: Send + Sync + 'static {
     /// Performs the transition. An error puts the replica in ERROR.
     async fn on_transition(&self, request: &TransitionRequest) -> Result<(), String>;
+
+    /// The session can no longer be relied on (`Some`: lost contact, or ended): every transition
+    /// in flight, including one the controller asked for with no deadline, must be over by
+    /// then. `None`: contact is back. By default nothing happens.
+    fn session_deadline(&self, deadline: Option<tokio::time::Instant>) {
+        let _ = deadline;
+    }
 }
 
 /// How a participant runs.
@@ -331,7 +345,8 @@ impl Participant {
         });
         self.status
             .send_replace(ParticipantStatus::Live(session.id()));
-        info!(instance = %serving.instance, session = %session.id(), "participant live");
+        self.handler.session_deadline(None);
+        info!(instance = %serving.instance, session = %session.id(), timeout = ?session.timeout(), "participant live");
         let mut tasks = Processing::new();
         serving.process_all(&mut tasks).await?;
         let mut state = session.state();
@@ -356,10 +371,15 @@ impl Participant {
                             self.status.send_replace(ParticipantStatus::Suspended);
                             warn!(instance = %serving.instance, "session suspended: taking replicas offline");
                             serving.active.store(false, Ordering::SeqCst);
-                            serving.go_offline().await;
+                            // The store may expire the session once its timeout has passed since
+                            // the last contact, which was before we noticed: be done by half of it.
+                            let deadline = tokio::time::Instant::now() + session.timeout() / 2;
+                            serving.handler.session_deadline(Some(deadline));
+                            serving.go_offline(Some(deadline)).await;
                         }
                         SessionState::Connected => {
                             // Contact is back within the session: report the truth and serve again.
+                            serving.handler.session_deadline(None);
                             serving.active.store(true, Ordering::SeqCst);
                             serving.publish_all().await?;
                             serving.process_all(&mut tasks).await?;
@@ -367,7 +387,9 @@ impl Participant {
                         }
                         SessionState::Expired | SessionState::Closed => {
                             serving.active.store(false, Ordering::SeqCst);
-                            serving.go_offline().await;
+                            let now = tokio::time::Instant::now();
+                            serving.handler.session_deadline(Some(now));
+                            serving.go_offline(Some(now)).await;
                             return Ok(Ended::SessionLost);
                         }
                     }
@@ -396,7 +418,7 @@ impl Participant {
                 _ = shutdown.changed() => {
                     serving.active.store(false, Ordering::SeqCst);
                     while tasks.join_next().await.is_some() {}
-                    serving.go_offline().await;
+                    serving.go_offline(None).await;
                     // Best effort: tell the controller before leaving.
                     let _ = serving.publish_all().await;
                     return Ok(Ended::Shutdown);
@@ -524,6 +546,7 @@ impl Serving {
             from: t.from.clone(),
             to: t.to.clone(),
             epoch: t.epoch,
+            deadline: None,
         };
         let reached = match self.handler.on_transition(&request).await {
             Ok(()) => t.to.clone(),
@@ -699,7 +722,7 @@ impl Serving {
     /// Takes every replica to the initial state through the handler, in parallel up to the
     /// permit count, once transitions in flight have finished. Replicas in ERROR are left
     /// alone: they are not acting.
-    async fn go_offline(self: &Arc<Self>) {
+    async fn go_offline(self: &Arc<Self>, deadline: Option<tokio::time::Instant>) {
         // Let transitions already running finish first (none starts any more): a replica whose
         // first grant is in flight is not in `replicas` until it completes.
         drop(self.permits.acquire_many(self.parallel).await);
@@ -713,12 +736,17 @@ impl Serving {
         let mut steps = JoinSet::new();
         for (resource, partition) in held {
             let s = self.clone();
-            steps.spawn(async move { s.step_down(&resource, partition).await });
+            steps.spawn(async move { s.step_down(&resource, partition, deadline).await });
         }
         while steps.join_next().await.is_some() {}
     }
 
-    async fn step_down(&self, resource: &str, partition: PartitionId) {
+    async fn step_down(
+        &self,
+        resource: &str,
+        partition: PartitionId,
+        deadline: Option<tokio::time::Instant>,
+    ) {
         let _permit = self.permits.acquire().await.expect("never closed");
         let lock = self.partition_lock(resource, partition);
         let _guard = lock.lock().await;
@@ -753,6 +781,7 @@ impl Serving {
                 from: state,
                 to: model.name_of(next).clone(),
                 epoch,
+                deadline,
             };
             let reached = match self.handler.on_transition(&request).await {
                 Ok(()) => request.to.clone(),

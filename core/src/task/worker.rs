@@ -4,8 +4,13 @@
 //! - **Ownership** follows the partition's top state. Being granted it (with a new epoch)
 //!   records the ownership in the task store, which fences the previous owner and requeues its
 //!   unfinished claims at once. Losing it stops claiming from that partition immediately and
-//!   waits (up to the task timeout) for the partition's tasks in flight, so that a graceful move
-//!   never runs a task twice.
+//!   waits until every claim of the partition has ended in the store (tasks in flight finished,
+//!   their completions written) before the transition is acknowledged, so that a graceful move
+//!   never runs a task twice: up to `drain_timeout`, or the session's deadline when the
+//!   participant lost contact with the store; then the rest is aborted and reported
+//!   interrupted.
+//! - **Completions** that fail for a reason that may pass are written again for as long as the
+//!   worker holds their partition.
 //! - **One poll loop** claims due tasks in batches across all owned partitions in one store
 //!   call, runs them with bounded concurrency and a per-task timeout, and completes them in
 //!   batches. When nothing is due it sleeps until the next due time, a new insert into an owned
@@ -27,7 +32,7 @@ use super::{Millis, RetryPolicy, Task, TaskId};
 use crate::cluster::participant::{TransitionHandler, TransitionRequest};
 use crate::model::{Epoch, InstanceId};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -132,10 +137,16 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// Longest sleep without any wake-up (a backstop against lost notifications).
     pub max_idle: Duration,
-    /// On losing a partition, how long its tasks in flight may finish before they are aborted.
-    /// Keep it well under the coordination session timeout: a worker cut off from the store
-    /// must have stopped before its partitions are granted elsewhere.
+    /// A claimed task waits for a free slot at most half of this, then is given back rather
+    /// than started (a claim is fenced by the store, a start is not): keep it well under the
+    /// coordination session timeout.
     pub step_down_timeout: Duration,
+    /// On giving a partition up gracefully (the controller moves it, or the worker stops), how
+    /// long its tasks in flight may run on and have their completions written before they are
+    /// aborted and reported as interrupted. The partition's next owner is not promoted before
+    /// this is over. A step-down the session forces (lost contact) has the session's deadline
+    /// instead.
+    pub drain_timeout: Duration,
     /// Finished tasks older than this are deleted (by the worker leading partition 0); `None`
     /// keeps them forever.
     pub retention: Option<Duration>,
@@ -147,7 +158,8 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// Defaults: 16 at once, batches of 256, 30 s leases and task timeout, 5 s backstop, 3 s
-    /// to step down, 2 ms of gathering.
+    /// to step down, a drain of the task timeout and 2 s more (every task reaches its own
+    /// timeout first), 2 ms of gathering.
     pub fn new(id: InstanceId) -> Self {
         Self {
             id,
@@ -158,6 +170,7 @@ impl WorkerConfig {
             retry: RetryPolicy::default(),
             max_idle: Duration::from_secs(5),
             step_down_timeout: Duration::from_secs(3),
+            drain_timeout: Duration::from_secs(32),
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             gather: Duration::from_millis(2),
         }
@@ -211,8 +224,9 @@ struct Inner {
     handlers: Handlers,
     /// Owned partitions and their epochs.
     owned: Mutex<BTreeMap<u32, Epoch>>,
-    /// Tasks in flight per partition, with the handles that abort them.
-    in_flight: Mutex<HashMap<u32, HashMap<TaskId, AbortHandle>>>,
+    /// Tasks in flight per partition, with the handles that abort them and the completion that
+    /// reports them interrupted if they are.
+    in_flight: Mutex<HashMap<u32, HashMap<TaskId, Running>>>,
     /// Claimed tasks waiting for a free slot, in due order. Its lock is held while a task
     /// moves from here to `in_flight`, so a partition's step-down sees each task in one place.
     queue: Mutex<VecDeque<Queued>>,
@@ -222,9 +236,16 @@ struct Inner {
     /// not yet written. Claims wait for this to fall, so a slow store slows claiming down
     /// instead of piling up claimed tasks.
     outstanding: AtomicUsize,
+    /// The same claims per partition: a partition is given up once its count is zero (every
+    /// claim of it ended in the store), or at the drain's deadline.
+    unsettled: Mutex<HashMap<u32, usize>>,
+    /// Partitions being given up (no longer claimed from, still draining).
+    leaving: Mutex<HashSet<u32>>,
+    /// Set while the participant's session cannot be relied on: every drain ends by then.
+    session_deadline: watch::Sender<Option<tokio::time::Instant>>,
     /// Wakes the poll loop (ownership changed, capacity freed).
     wake: Notify,
-    /// Signals that a partition's tasks in flight finished.
+    /// Signals that claims were settled or tasks in flight finished.
     drained: Notify,
     permits: Arc<Semaphore>,
     stats: WorkerStats,
@@ -250,6 +271,9 @@ impl Worker {
                 queue: Mutex::new(VecDeque::new()),
                 starts: Mutex::new(StartRate::default()),
                 outstanding: AtomicUsize::new(0),
+                unsettled: Mutex::new(HashMap::new()),
+                leaving: Mutex::new(HashSet::new()),
+                session_deadline: watch::Sender::new(None),
                 wake: Notify::new(),
                 drained: Notify::new(),
                 stats: WorkerStats::default(),
@@ -314,9 +338,7 @@ impl Worker {
                             .stats
                             .claimed
                             .fetch_add(claimed.tasks.len() as u64, Ordering::Relaxed);
-                        inner
-                            .outstanding
-                            .fetch_add(claimed.tasks.len(), Ordering::SeqCst);
+                        inner.unsettle(&claimed.tasks);
                         inner.enqueue(claimed.tasks);
                         if full {
                             continue; // More may be due right now.
@@ -354,6 +376,10 @@ impl Worker {
         purger.abort();
     }
 }
+
+/// A task in flight: the handle that aborts it, and its claim's completion (to report it
+/// interrupted).
+type Running = (AbortHandle, Completion);
 
 /// A claimed task waiting for a slot.
 struct Queued {
@@ -497,14 +523,49 @@ impl Inner {
             ),
             Err(e) => warn!(error = %e, count = tasks.len(), "releasing unstarted tasks failed"),
         }
+        self.settled(tasks.iter().map(|t| t.partition));
     }
 
-    /// `n` claims ended in the store (or were given up): room for more.
-    fn settled(&self, n: usize) {
+    /// Counts new claims as not yet settled.
+    fn unsettle(&self, tasks: &[Task]) {
+        self.outstanding.fetch_add(tasks.len(), Ordering::SeqCst);
+        let mut unsettled = self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+        for t in tasks {
+            *unsettled.entry(t.partition).or_default() += 1;
+        }
+    }
+
+    /// Claims of these partitions (one per item) ended in the store, or were given up: room
+    /// for more, and maybe a partition drained.
+    fn settled(&self, partitions: impl IntoIterator<Item = u32>) {
+        let mut n = 0;
+        {
+            let mut unsettled = self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+            for p in partitions {
+                n += 1;
+                if let Some(count) = unsettled.get_mut(&p) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        unsettled.remove(&p);
+                    }
+                }
+            }
+        }
         if n > 0 {
             self.outstanding.fetch_sub(n, Ordering::SeqCst);
+            self.drained.notify_waiters();
             self.wake.notify_one();
         }
+    }
+
+    /// Claims of `partition` not yet settled.
+    fn unsettled(&self, partition: u32) -> usize {
+        self.unsettled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Takes the queued tasks of `partition` out of the queue.
@@ -541,8 +602,8 @@ impl Inner {
         drop(owned);
         // Their queued claims are no longer ours: the new owner took them back.
         for &p in partitions {
-            let gone = self.unqueue(p).len();
-            self.settled(gone);
+            let gone = self.unqueue(p);
+            self.settled(gone.iter().map(|t| t.partition));
         }
     }
 
@@ -554,6 +615,7 @@ impl Inner {
         done: mpsc::UnboundedSender<Completion>,
     ) {
         let (partition, id) = (task.partition, task.id);
+        let interrupted = Completion::of(&task, CompletionOutcome::Released);
         // Dropped with the future, whether it completes or is aborted.
         let guard = InFlight {
             inner: self.clone(),
@@ -575,7 +637,7 @@ impl Inner {
         in_flight
             .entry(partition)
             .or_default()
-            .insert(id, handle.abort_handle());
+            .insert(id, (handle.abort_handle(), interrupted));
     }
 
     /// Waits for a new task in an owned partition (or for lost notifications).
@@ -635,39 +697,95 @@ impl Inner {
         }
     }
 
-    /// Waits until no task of `partition` is in flight, up to the step-down timeout; then aborts
-    /// the rest (the next owner runs them again).
-    async fn drain(&self, partition: u32) {
-        let deadline = tokio::time::Instant::now() + self.config.step_down_timeout;
+    /// Gives `partition` up: waits until every claim of it has ended in the store (the queued
+    /// ones were released before; running ones finish and their completions are written), until
+    /// `deadline` or the session's deadline, whichever comes first. Then it aborts what still
+    /// runs and reports it interrupted (a failed attempt, retried while attempts remain), so
+    /// that the next owner runs it again only once this worker has let it go.
+    async fn drain(&self, partition: u32, deadline: tokio::time::Instant) {
+        let mut session = self.session_deadline.subscribe();
+        let mut announced = false;
         loop {
             let drained = self.drained.notified();
-            let busy = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&partition)
-                .is_some_and(|tasks| !tasks.is_empty());
-            if !busy {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, drained).await.is_err() {
-                let aborted = self
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&partition)
-                    .unwrap_or_default();
-                warn!(
-                    partition,
-                    count = aborted.len(),
-                    "aborting tasks of a lost partition"
-                );
-                for handle in aborted.values() {
-                    handle.abort();
+            let left = self.unsettled(partition);
+            if left == 0 {
+                if announced {
+                    info!(partition, "partition drained");
                 }
                 return;
             }
+            let until = match *session.borrow_and_update() {
+                Some(forced) => forced.min(deadline),
+                None => deadline,
+            };
+            if !announced {
+                announced = true;
+                info!(
+                    partition,
+                    tasks = left,
+                    limit = ?until.saturating_duration_since(tokio::time::Instant::now()),
+                    "giving the partition up: waiting for its tasks in flight to finish"
+                );
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = session.changed() => {}
+                _ = tokio::time::sleep_until(until) => break,
+            }
         }
+        let aborted = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&partition)
+            .unwrap_or_default();
+        if aborted.is_empty() {
+            warn!(
+                partition,
+                "giving the partition up with completions not yet written"
+            );
+            return;
+        }
+        warn!(
+            partition,
+            count = aborted.len(),
+            "drain limit reached: aborting the partition's tasks and reporting them interrupted"
+        );
+        let now = (self.now)();
+        let interrupted: Vec<Completion> = aborted
+            .into_values()
+            .map(|(handle, c)| {
+                handle.abort();
+                Completion {
+                    outcome: CompletionOutcome::Failed {
+                        error: "interrupted: its partition was given up before it finished".into(),
+                        retry_at: now,
+                    },
+                    ..c
+                }
+            })
+            .collect();
+        if let Err(e) = self
+            .store
+            .complete(&self.config.id, &interrupted, now)
+            .await
+        {
+            warn!(error = %e, "reporting interrupted tasks failed; their leases will expire");
+        }
+    }
+
+    /// Whether completions of `partition` are still worth retrying: it is owned, or being
+    /// given up.
+    fn holds(&self, partition: u32) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&partition)
+            || self
+                .leaving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&partition)
     }
 }
 
@@ -696,7 +814,7 @@ impl Drop for InFlight {
         }
         drop(in_flight);
         if !self.sent {
-            self.inner.settled(1);
+            self.inner.settled([self.partition]);
         }
         self.inner.drained.notify_waiters();
         self.inner.wake.notify_one();
@@ -710,7 +828,11 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Sends completions to the store in batches: whatever has arrived since the last write.
+/// Sends completions to the store in batches: whatever has arrived since the last write. A
+/// write that fails for a reason that may pass (the store unreachable) is tried again, with a
+/// growing pause, for as long as the worker holds the tasks' partitions: a task must not run
+/// again because its completion was lost. (The store's fence refuses it if the claim has moved
+/// on meanwhile.)
 async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::UnboundedReceiver<Completion>) {
     let mut batch = Vec::new();
     while let Some(first) = done.recv().await {
@@ -731,19 +853,43 @@ async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::UnboundedReceive
             tokio::time::sleep(inner.config.gather).await;
             drain(&mut batch, &mut done);
         }
-        let now = (inner.now)();
-        match inner.store.complete(&inner.config.id, &batch, now).await {
-            Ok(results) => {
-                let refused = results.iter().filter(|r| r.is_none()).count() as u64;
-                inner.stats.refused.fetch_add(refused, Ordering::Relaxed);
+        let mut pause = COMPLETION_RETRY_FIRST;
+        loop {
+            let now = (inner.now)();
+            match inner.store.complete(&inner.config.id, &batch, now).await {
+                Ok(results) => {
+                    let refused = results.iter().filter(|r| r.is_none()).count() as u64;
+                    inner.stats.refused.fetch_add(refused, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) if e.retryable() => {
+                    let (kept, gone): (Vec<_>, Vec<_>) =
+                        batch.drain(..).partition(|c| inner.holds(c.partition));
+                    inner.settled(gone.iter().map(|c| c.partition));
+                    batch = kept;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    warn!(error = %e, count = batch.len(), retry_in = ?pause, "completion failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(COMPLETION_RETRY_MAX);
+                }
+                // Not worth retrying: the claims stay RUNNING, and the tasks run again once
+                // their lease expires.
+                Err(e) => {
+                    warn!(error = %e, count = batch.len(), "completion failed");
+                    break;
+                }
             }
-            // The claims stay RUNNING; their lease expires and they run again.
-            Err(e) => warn!(error = %e, count = batch.len(), "completion failed"),
         }
-        inner.settled(batch.len());
+        inner.settled(batch.iter().map(|c| c.partition));
         batch.clear();
     }
 }
+
+/// First pause before writing failed completions again; it doubles up to the maximum.
+const COMPLETION_RETRY_FIRST: Duration = Duration::from_millis(100);
+const COMPLETION_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Renews the leases of every claimed task (running or queued), one store write per worker,
 /// three times per lease; then requeues the tasks of owned partitions whose lease ran out
@@ -866,14 +1012,32 @@ impl TransitionHandler for Ownership {
                 .insert(t.partition, t.epoch);
             inner.wake.notify_one();
         } else if was_top {
+            // Leaving before no longer owned, so completions in flight are still retried.
+            inner
+                .leaving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(t.partition);
             inner
                 .owned
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&t.partition);
             inner.release(inner.unqueue(t.partition)).await;
-            inner.drain(t.partition).await;
+            let deadline = t
+                .deadline
+                .unwrap_or_else(|| tokio::time::Instant::now() + inner.config.drain_timeout);
+            inner.drain(t.partition, deadline).await;
+            inner
+                .leaving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&t.partition);
         }
         Ok(())
+    }
+
+    fn session_deadline(&self, deadline: Option<tokio::time::Instant>) {
+        self.inner.session_deadline.send_replace(deadline);
     }
 }
