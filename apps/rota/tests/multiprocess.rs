@@ -10,13 +10,15 @@
 //! The same test runs on ZooKeeper and on etcd (the binary must be built with `--features etcd`,
 //! as the test script does), one after the other: each takes both cores.
 
+mod common;
+
 use axum::http::HeaderMap;
+use common::{Env, Proc, http, wait_for};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TASKS: usize = 20_000;
 const SESSION_MS: u64 = 4_000;
@@ -30,86 +32,6 @@ struct Execution {
 }
 
 type Log = Arc<Mutex<HashMap<i64, Vec<Execution>>>>;
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Env {
-    vars: Vec<(String, String)>,
-    api: std::net::SocketAddr,
-    /// Names this run's log files.
-    tag: &'static str,
-}
-
-impl Env {
-    fn command(&self, args: &[&str], worker: Option<&str>) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_rota"));
-        c.args(args)
-            .envs(self.vars.iter().cloned())
-            .env("RUST_LOG", "warn");
-        if let Some(w) = worker {
-            c.env("ROTA_WORKER__ID", w);
-        }
-        // Each process logs to its own file in the temporary directory, named after its role.
-        let name = format!("{}-{}-{}", self.tag, args[0], worker.unwrap_or("x"));
-        let log = std::env::temp_dir().join(format!("rota-mp-{}-{name}.log", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        c.stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file);
-        c
-    }
-
-    fn spawn(&self, args: &[&str], worker: Option<&str>) -> Proc {
-        Proc(self.command(args, worker).spawn().expect("start rota"))
-    }
-}
-
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, Value::Null); // not listening yet
-    };
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut ready: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !ready().await {
-        assert!(start.elapsed() < deadline, "no {what} within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The receiver: records each request as one execution, then answers 200 after 5 ms.
 async fn receiver(log: Log) -> String {
@@ -223,19 +145,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
         http(env.api, "GET", "/readyz", None).await.0 == 200
     })
     .await;
-    wait_for("every partition led", Duration::from_secs(60), || async {
-        let (_, c) = http(env.api, "GET", "/cluster", None).await;
-        c["partitions"].as_array().is_some_and(|ps| {
-            ps.iter().all(|p| {
-                p["holders"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|h| h["state"] == "MASTER")
-            })
-        })
-    })
-    .await;
+    common::wait_all_led(env.api).await;
 
     let log: Log = Arc::default();
     let url = receiver(log.clone()).await;

@@ -1,0 +1,113 @@
+//! What the multi-process tests share: processes of the `rota` binary under test with an
+//! environment of settings, each logging to its own file, and a minimal HTTP client.
+
+#![allow(dead_code)] // Each test binary uses its own part.
+
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The settings and API address of one cluster under test.
+pub struct Env {
+    /// `ROTA_*` settings of every process.
+    pub vars: Vec<(String, String)>,
+    /// The API's address.
+    pub api: std::net::SocketAddr,
+    /// Names this run's log files.
+    pub tag: &'static str,
+}
+
+impl Env {
+    /// `rota ARGS` with the settings (and `worker` as the worker id), logging to a file.
+    pub fn command(&self, args: &[&str], worker: Option<&str>) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rota"));
+        c.args(args)
+            .envs(self.vars.iter().cloned())
+            .env("RUST_LOG", "warn");
+        if let Some(w) = worker {
+            c.env("ROTA_WORKER__ID", w);
+        }
+        // Each process logs to its own file in the temporary directory, named after its role.
+        let name = format!("{}-{}-{}", self.tag, args[0], worker.unwrap_or("x"));
+        let log = std::env::temp_dir().join(format!("rota-mp-{}-{name}.log", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        c.stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        c
+    }
+
+    /// Starts `rota ARGS`.
+    pub fn spawn(&self, args: &[&str], worker: Option<&str>) -> Proc {
+        Proc(self.command(args, worker).spawn().expect("start rota"))
+    }
+}
+
+/// One HTTP/1.1 request: the status and JSON body, or `(0, Null)` if nothing listens yet.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, Value::Null); // not listening yet
+    };
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Polls until `ready`, failing at the deadline.
+pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ready().await {
+        assert!(start.elapsed() < deadline, "no {what} within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every partition has a MASTER.
+pub async fn wait_all_led(api: std::net::SocketAddr) {
+    wait_for("every partition led", Duration::from_secs(60), || async {
+        let (_, c) = http(api, "GET", "/cluster", None).await;
+        c["partitions"].as_array().is_some_and(|ps| {
+            ps.iter().all(|p| {
+                p["holders"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["state"] == "MASTER")
+            })
+        })
+    })
+    .await;
+}

@@ -1,0 +1,260 @@
+//! Graceful handovers on the production topology, as separate OS processes on a real
+//! ZooKeeper and PostgreSQL (started by the test harness): one controller, the API and three
+//! workers. Tasks take seconds at a webhook receiver in this test (the built-in `http`
+//! handler), which records when each run starts and ends and, like a real receiver, finishes a
+//! run whose caller went away. While runs are under way a worker gets SIGTERM and a fourth one
+//! starts; in a second wave an instance is disabled. No task may run twice, so none runs twice
+//! at once either: a worker giving a partition up must wait for its runs and write their
+//! completions before the next owner takes over.
+
+mod common;
+
+use common::{Env, Proc, http, wait_for};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SESSION_MS: u64 = 4_000;
+/// How long each run takes at the receiver: most of the session timeout, so a worker that
+/// gave runs up after a fraction of the session (as the drain once did) would show.
+const WORK: Duration = Duration::from_secs(3);
+const WAVE: usize = 24;
+
+/// One run at the receiver; `end` is `None` while it goes on.
+#[derive(Clone, Debug)]
+struct Run {
+    worker: String,
+    start: Instant,
+    end: Option<Instant>,
+}
+
+type Log = Arc<Mutex<HashMap<i64, Vec<Run>>>>;
+
+/// The receiver: records each request's start at once and its end after [`WORK`], finishing
+/// the run even if the worker hangs up meanwhile.
+async fn receiver(log: Log) -> String {
+    let app = axum::Router::new().route(
+        "/run",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let log = log.clone();
+            async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let id: i64 = header("x-rota-task-id").parse().unwrap_or(-1);
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    let runs = log.entry(id).or_default();
+                    runs.push(Run {
+                        worker: header("x-rota-worker"),
+                        start: Instant::now(),
+                        end: None,
+                    });
+                    runs.len() - 1
+                };
+                let work = tokio::spawn(async move {
+                    tokio::time::sleep(WORK).await;
+                    log.lock().unwrap().get_mut(&id).unwrap()[index].end = Some(Instant::now());
+                });
+                let _ = work.await;
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/run", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Submits a wave of tasks due now; returns their ids.
+async fn wave(env: &Env, url: &str, name: &str) -> Vec<i64> {
+    let due = chrono::Utc::now().to_rfc3339();
+    let tasks: Vec<Value> = (0..WAVE)
+        .map(|n| {
+            json!({"name": format!("{name}-{n}"), "scheduledTime": due, "handler": "http",
+                   "payload": {"url": url, "body": n}})
+        })
+        .collect();
+    let (status, body) = http(
+        env.api,
+        "POST",
+        "/tasks/batch",
+        Some(&json!({"tasks": tasks})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// Waits until `count` of `ids` have started at the receiver.
+async fn started(log: &Log, ids: &[i64], count: usize) {
+    wait_for("runs under way", Duration::from_secs(30), || async {
+        let log = log.lock().unwrap();
+        ids.iter().filter(|id| log.contains_key(id)).count() >= count
+    })
+    .await;
+}
+
+async fn all_completed(pool: &sqlx::PgPool, count: usize) {
+    wait_for("every task COMPLETED", Duration::from_secs(90), || async {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM rota_tasks WHERE status = 'COMPLETED'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        done == count as i64
+    })
+    .await;
+}
+
+/// SIGTERM, then waits for the process to exit (its drain included).
+fn terminate(mut worker: Proc) {
+    let pid = worker.0.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
+    let endpoint = rota_test_harness::zookeeper().endpoint();
+    let db = rota_test_harness::postgres().fresh_database();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
+        .parse()
+        .unwrap();
+    let vars = vec![
+        ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
+        ("ROTA_COORDINATION__ENDPOINTS", format!("[\"{endpoint}\"]")),
+        (
+            "ROTA_COORDINATION__SESSION_TIMEOUT_MS",
+            SESSION_MS.to_string(),
+        ),
+        ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
+        ("ROTA_STORAGE__URL", db.clone()),
+        ("ROTA_CLUSTER__NAME", format!("ho{}", std::process::id())),
+        ("ROTA_CLUSTER__PARTITIONS", "12".to_owned()),
+        ("ROTA_API__LISTEN", api.to_string()),
+    ];
+    let env = Env {
+        vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        api,
+        tag: "handover",
+    };
+    let init = env
+        .command(&["init"], None)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let _controller = env.spawn(&["controller"], None);
+    let _api = env.spawn(&["api"], None);
+    let mut workers: BTreeMap<&str, Proc> = ["w1", "w2", "w3"]
+        .into_iter()
+        .map(|w| (w, env.spawn(&["worker"], Some(w))))
+        .collect();
+    wait_for("a ready API", Duration::from_secs(60), || async {
+        http(env.api, "GET", "/readyz", None).await.0 == 200
+    })
+    .await;
+    common::wait_all_led(env.api).await;
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let log: Log = Arc::default();
+    let url = receiver(log.clone()).await;
+
+    // Wave 1: a worker stops (SIGTERM) and another joins while runs are under way.
+    let first = wave(&env, &url, "first").await;
+    started(&log, &first, WAVE / 2).await;
+    terminate(workers.remove("w2").unwrap());
+    workers.insert("w4", env.spawn(&["worker"], Some("w4")));
+    all_completed(&pool, WAVE).await;
+    wait_for(
+        "w4 leading a partition",
+        Duration::from_secs(60),
+        || async {
+            let (_, c) = http(env.api, "GET", "/cluster", None).await;
+            c["partitions"].as_array().is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    p["holders"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|h| h["instance"] == "w4" && h["state"] == "MASTER")
+                })
+            })
+        },
+    )
+    .await;
+
+    // Wave 2: an instance is disabled while runs are under way.
+    let second = wave(&env, &url, "second").await;
+    started(&log, &second, WAVE / 2).await;
+    let disable = env
+        .command(&["admin", "disable", "w3"], None)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        disable.status.success(),
+        "{}",
+        String::from_utf8_lossy(&disable.stderr)
+    );
+    all_completed(&pool, 2 * WAVE).await;
+
+    let log = log.lock().unwrap();
+    let repeated: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .filter(|id| log.get(id).map_or(0, Vec::len) != 1)
+        .map(|id| (id, log.get(id)))
+        .collect();
+    let workers_seen: std::collections::BTreeSet<_> =
+        log.values().flatten().map(|r| r.worker.clone()).collect();
+    println!(
+        "runs by worker: {workers_seen:?}; tasks run more than once: {}",
+        repeated.len()
+    );
+    assert!(
+        repeated.is_empty(),
+        "{} of {} tasks ran more than once (or never): {repeated:?}",
+        repeated.len(),
+        2 * WAVE
+    );
+    assert!(
+        log.values()
+            .flatten()
+            .all(|r| r.end.is_some_and(|end| end - r.start >= WORK)),
+        "a run did not finish at the receiver"
+    );
+    for w in ["w2", "w3", "w4"] {
+        assert!(
+            workers_seen.contains(w),
+            "{w} ran nothing: {workers_seen:?}"
+        );
+    }
+}
