@@ -137,10 +137,17 @@ fn terminate(mut worker: Proc) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
+/// A cluster under test: one controller, the API, workers w1-w3; the workers reach PostgreSQL
+/// at `worker_db` (through a proxy, say), everything else at `db`.
+struct Cluster {
+    env: Env,
+    db: String,
+    workers: BTreeMap<&'static str, Proc>,
+    _others: Vec<Proc>,
+}
+
+async fn cluster(tag: &'static str, db: String, worker_db: String) -> Cluster {
     let endpoint = rota_test_harness::zookeeper().endpoint();
-    let db = rota_test_harness::postgres().fresh_database();
     let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
         .parse()
         .unwrap();
@@ -153,14 +160,14 @@ async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
         ),
         ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
         ("ROTA_STORAGE__URL", db.clone()),
-        ("ROTA_CLUSTER__NAME", format!("ho{}", std::process::id())),
+        ("ROTA_CLUSTER__NAME", format!("{tag}{}", std::process::id())),
         ("ROTA_CLUSTER__PARTITIONS", "12".to_owned()),
         ("ROTA_API__LISTEN", api.to_string()),
     ];
     let env = Env {
         vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         api,
-        tag: "handover",
+        tag,
     };
     let init = env
         .command(&["init"], None)
@@ -172,17 +179,70 @@ async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let _controller = env.spawn(&["controller"], None);
-    let _api = env.spawn(&["api"], None);
-    let mut workers: BTreeMap<&str, Proc> = ["w1", "w2", "w3"]
+    let others = vec![env.spawn(&["controller"], None), env.spawn(&["api"], None)];
+    let workers = ["w1", "w2", "w3"]
         .into_iter()
-        .map(|w| (w, env.spawn(&["worker"], Some(w))))
+        .map(|w| {
+            let mut c = env.command(&["worker"], Some(w));
+            c.env("ROTA_STORAGE__URL", &worker_db);
+            (w, Proc(c.spawn().expect("start rota")))
+        })
         .collect();
     wait_for("a ready API", Duration::from_secs(60), || async {
         http(env.api, "GET", "/readyz", None).await.0 == 200
     })
     .await;
     common::wait_all_led(env.api).await;
+    Cluster {
+        env,
+        db,
+        workers,
+        _others: others,
+    }
+}
+
+/// Every task of `ids` ran exactly once, to its end at the receiver; the workers that ran them.
+fn ran_once_each(log: &Log, ids: &[i64]) -> std::collections::BTreeSet<String> {
+    let log = log.lock().unwrap();
+    let repeated: Vec<_> = ids
+        .iter()
+        .filter(|id| log.get(id).map_or(0, Vec::len) != 1)
+        .map(|id| (id, log.get(id)))
+        .collect();
+    let workers: std::collections::BTreeSet<_> =
+        log.values().flatten().map(|r| r.worker.clone()).collect();
+    println!(
+        "runs by worker: {workers:?}; tasks run more than once: {}",
+        repeated.len()
+    );
+    assert!(
+        repeated.is_empty(),
+        "{} of {} tasks ran more than once (or never): {repeated:?}",
+        repeated.len(),
+        ids.len()
+    );
+    assert!(
+        log.values()
+            .flatten()
+            .all(|r| r.end.is_some_and(|end| end - r.start >= WORK)),
+        "a run did not finish at the receiver"
+    );
+    workers
+}
+
+/// One cluster at a time: each takes both cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let db = rota_test_harness::postgres().fresh_database();
+    let Cluster {
+        env,
+        db,
+        mut workers,
+        _others,
+    } = cluster("handover", db.clone(), db).await;
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
     let log: Log = Arc::default();
     let url = receiver(log.clone()).await;
@@ -226,35 +286,40 @@ async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
     );
     all_completed(&pool, 2 * WAVE).await;
 
-    let log = log.lock().unwrap();
-    let repeated: Vec<_> = first
-        .iter()
-        .chain(&second)
-        .filter(|id| log.get(id).map_or(0, Vec::len) != 1)
-        .map(|id| (id, log.get(id)))
-        .collect();
-    let workers_seen: std::collections::BTreeSet<_> =
-        log.values().flatten().map(|r| r.worker.clone()).collect();
-    println!(
-        "runs by worker: {workers_seen:?}; tasks run more than once: {}",
-        repeated.len()
-    );
-    assert!(
-        repeated.is_empty(),
-        "{} of {} tasks ran more than once (or never): {repeated:?}",
-        repeated.len(),
-        2 * WAVE
-    );
-    assert!(
-        log.values()
-            .flatten()
-            .all(|r| r.end.is_some_and(|end| end - r.start >= WORK)),
-        "a run did not finish at the receiver"
-    );
+    let ids: Vec<i64> = first.iter().chain(&second).copied().collect();
+    let workers_seen = ran_once_each(&log, &ids);
     for w in ["w2", "w3", "w4"] {
         assert!(
             workers_seen.contains(w),
             "{w} ran nothing: {workers_seen:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_survive_a_20_s_postgres_outage_on_zookeeper() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let pg = rota_test_harness::postgres();
+    let db = pg.fresh_database();
+    // The workers reach PostgreSQL through a proxy that the test cuts.
+    let port = db
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(port, _)| port.parse::<u16>().unwrap())
+        .unwrap();
+    let proxy = rota_test_harness::Proxy::start(port);
+    let worker_db = db.replacen(&format!(":{port}/"), &format!(":{}/", proxy.port), 1);
+    let cluster = cluster("outage", db.clone(), worker_db).await;
+    let pool = sqlx::PgPool::connect(&cluster.db).await.unwrap();
+    let log: Log = Arc::default();
+    let url = receiver(log.clone()).await;
+    let ids = wave(&cluster.env, &url, "outage").await;
+    started(&log, &ids, WAVE / 2).await;
+    // The runs under way end during the outage: their completions cannot be written then.
+    proxy.partition();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    proxy.heal();
+    all_completed(&pool, WAVE).await;
+    ran_once_each(&log, &ids);
+    drop(cluster);
 }

@@ -905,12 +905,9 @@ async fn renew_leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         if claims.is_empty() {
             continue;
         }
-        let busy = inner.queued() > 0
-            || !inner
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
+        // Any claim not yet ended in the store: queued, running, or finished with its
+        // completion still to be written (during a store outage, say).
+        let busy = inner.outstanding.load(Ordering::SeqCst) > 0;
         if busy {
             let until = (inner.now)() + inner.config.lease.as_millis() as i64;
             match inner.store.renew(&inner.config.id, &claims, until).await {
