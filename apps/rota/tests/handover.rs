@@ -323,3 +323,52 @@ async fn completions_survive_a_20_s_postgres_outage_on_zookeeper() {
     ran_once_each(&log, &ids);
     drop(cluster);
 }
+
+/// Sends `signal` to a process.
+fn signal(worker: &Proc, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &worker.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_coming_back_takes_nothing_still_running() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let db = rota_test_harness::postgres().fresh_database();
+    let cluster = cluster("frozen", db.clone(), db).await;
+    let pool = sqlx::PgPool::connect(&cluster.db).await.unwrap();
+    let log: Log = Arc::default();
+    let url = receiver(log.clone()).await;
+    // Wave 1 under way, then w2 freezes for 10 s (its session, 4 s, expires meanwhile: its
+    // partitions move, and its runs are run again elsewhere, after they ended at the receiver).
+    let first = wave(&cluster.env, &url, "first").await;
+    started(&log, &first, WAVE / 2).await;
+    let frozen = &cluster.workers["w2"];
+    signal(frozen, "-STOP");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Wave 2 starts on the other workers; w2 comes back while it runs, and its partitions move
+    // back to it: their runs must be over first.
+    let second = wave(&cluster.env, &url, "second").await;
+    started(&log, &second, WAVE / 2).await;
+    signal(frozen, "-CONT");
+    all_completed(&pool, 2 * WAVE).await;
+    ran_once_each(&log, &second);
+    let log = log.lock().unwrap();
+    for id in &first {
+        let mut runs = log[id].clone();
+        runs.sort_by_key(|r| r.start);
+        assert!(
+            runs.len() <= 2,
+            "task {id} ran {} times: {runs:?}",
+            runs.len()
+        );
+        for pair in runs.windows(2) {
+            assert!(
+                pair[0].end.is_some_and(|end| end <= pair[1].start),
+                "task {id} ran twice at once: {runs:?}"
+            );
+        }
+    }
+}
