@@ -22,19 +22,44 @@ const SESSION_MS: u64 = 4_000;
 const WORK: Duration = Duration::from_secs(3);
 const WAVE: usize = 24;
 
-/// One run at the receiver; `end` is `None` while it goes on.
+/// One run at the receiver; `end` is `None` while it goes on. `caller_done` is when the
+/// worker stopped waiting for it: the answer, or the connection closed under it (an aborted
+/// handler).
 #[derive(Clone, Debug)]
 struct Run {
     worker: String,
     start: Instant,
     end: Option<Instant>,
+    caller_done: Option<Instant>,
+}
+
+/// Records when the caller stopped waiting: dropped with the request's handler, whether it
+/// answered or the caller hung up.
+struct CallerDone {
+    log: Log,
+    id: i64,
+    index: usize,
+}
+
+impl Drop for CallerDone {
+    fn drop(&mut self) {
+        if let Some(run) = self
+            .log
+            .lock()
+            .unwrap()
+            .get_mut(&self.id)
+            .and_then(|runs| runs.get_mut(self.index))
+        {
+            run.caller_done = Some(Instant::now());
+        }
+    }
 }
 
 type Log = Arc<Mutex<HashMap<i64, Vec<Run>>>>;
 
-/// The receiver: records each request's start at once and its end after [`WORK`], finishing
-/// the run even if the worker hangs up meanwhile.
-async fn receiver(log: Log) -> String {
+/// The receiver: records each request's start at once and its end after `work`, finishing the
+/// run even if the worker hangs up meanwhile.
+async fn receiver(log: Log, work: Duration) -> String {
     let app = axum::Router::new().route(
         "/run",
         axum::routing::post(move |headers: axum::http::HeaderMap| {
@@ -55,11 +80,17 @@ async fn receiver(log: Log) -> String {
                         worker: header("x-rota-worker"),
                         start: Instant::now(),
                         end: None,
+                        caller_done: None,
                     });
                     runs.len() - 1
                 };
+                let _caller = CallerDone {
+                    log: log.clone(),
+                    id,
+                    index,
+                };
                 let work = tokio::spawn(async move {
-                    tokio::time::sleep(WORK).await;
+                    tokio::time::sleep(work).await;
                     log.lock().unwrap().get_mut(&id).unwrap()[index].end = Some(Instant::now());
                 });
                 let _ = work.await;
@@ -137,8 +168,30 @@ fn terminate(mut worker: Proc) {
     }
 }
 
-/// A cluster under test: one controller, the API, workers w1-w3; the workers reach PostgreSQL
-/// at `worker_db` (through a proxy, say), everything else at `db`.
+/// What a cluster under test runs on: one controller, the API and workers w1-w3 on this
+/// PostgreSQL database and ZooKeeper; a worker may have settings of its own (a store or
+/// ZooKeeper reached through a proxy).
+struct Topology {
+    tag: &'static str,
+    db: String,
+    zookeeper: String,
+    session_ms: u64,
+    worker_vars: HashMap<&'static str, Vec<(&'static str, String)>>,
+}
+
+impl Topology {
+    fn new(tag: &'static str) -> Self {
+        Self {
+            tag,
+            db: rota_test_harness::postgres().fresh_database(),
+            zookeeper: rota_test_harness::zookeeper().endpoint(),
+            session_ms: SESSION_MS,
+            worker_vars: HashMap::new(),
+        }
+    }
+}
+
+/// A running cluster.
 struct Cluster {
     env: Env,
     db: String,
@@ -146,8 +199,14 @@ struct Cluster {
     _others: Vec<Proc>,
 }
 
-async fn cluster(tag: &'static str, db: String, worker_db: String) -> Cluster {
-    let endpoint = rota_test_harness::zookeeper().endpoint();
+async fn cluster(topology: Topology) -> Cluster {
+    let Topology {
+        tag,
+        db,
+        zookeeper: endpoint,
+        session_ms,
+        worker_vars,
+    } = topology;
     let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
         .parse()
         .unwrap();
@@ -156,7 +215,7 @@ async fn cluster(tag: &'static str, db: String, worker_db: String) -> Cluster {
         ("ROTA_COORDINATION__ENDPOINTS", format!("[\"{endpoint}\"]")),
         (
             "ROTA_COORDINATION__SESSION_TIMEOUT_MS",
-            SESSION_MS.to_string(),
+            session_ms.to_string(),
         ),
         ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
         ("ROTA_STORAGE__URL", db.clone()),
@@ -184,7 +243,9 @@ async fn cluster(tag: &'static str, db: String, worker_db: String) -> Cluster {
         .into_iter()
         .map(|w| {
             let mut c = env.command(&["worker"], Some(w));
-            c.env("ROTA_STORAGE__URL", &worker_db);
+            for (key, value) in worker_vars.get(w).into_iter().flatten() {
+                c.env(key, value);
+            }
             (w, Proc(c.spawn().expect("start rota")))
         })
         .collect();
@@ -236,16 +297,15 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let db = rota_test_harness::postgres().fresh_database();
     let Cluster {
         env,
         db,
         mut workers,
         _others,
-    } = cluster("handover", db.clone(), db).await;
+    } = cluster(Topology::new("handover")).await;
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
     let log: Log = Arc::default();
-    let url = receiver(log.clone()).await;
+    let url = receiver(log.clone(), WORK).await;
 
     // Wave 1: a worker stops (SIGTERM) and another joins while runs are under way.
     let first = wave(&env, &url, "first").await;
@@ -299,9 +359,9 @@ async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_survive_a_20_s_postgres_outage_on_zookeeper() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let pg = rota_test_harness::postgres();
-    let db = pg.fresh_database();
+    let mut topology = Topology::new("outage");
     // The workers reach PostgreSQL through a proxy that the test cuts.
+    let db = topology.db.clone();
     let port = db
         .rsplit_once(':')
         .and_then(|(_, rest)| rest.split_once('/'))
@@ -309,10 +369,15 @@ async fn completions_survive_a_20_s_postgres_outage_on_zookeeper() {
         .unwrap();
     let proxy = rota_test_harness::Proxy::start(port);
     let worker_db = db.replacen(&format!(":{port}/"), &format!(":{}/", proxy.port), 1);
-    let cluster = cluster("outage", db.clone(), worker_db).await;
+    for w in ["w1", "w2", "w3"] {
+        topology
+            .worker_vars
+            .insert(w, vec![("ROTA_STORAGE__URL", worker_db.clone())]);
+    }
+    let cluster = cluster(topology).await;
     let pool = sqlx::PgPool::connect(&cluster.db).await.unwrap();
     let log: Log = Arc::default();
-    let url = receiver(log.clone()).await;
+    let url = receiver(log.clone(), WORK).await;
     let ids = wave(&cluster.env, &url, "outage").await;
     started(&log, &ids, WAVE / 2).await;
     // The runs under way end during the outage: their completions cannot be written then.
@@ -336,11 +401,10 @@ fn signal(worker: &Proc, signal: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_coming_back_takes_nothing_still_running() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let db = rota_test_harness::postgres().fresh_database();
-    let cluster = cluster("frozen", db.clone(), db).await;
+    let cluster = cluster(Topology::new("frozen")).await;
     let pool = sqlx::PgPool::connect(&cluster.db).await.unwrap();
     let log: Log = Arc::default();
-    let url = receiver(log.clone()).await;
+    let url = receiver(log.clone(), WORK).await;
     // Wave 1 under way, then w2 freezes for 10 s (its session, 4 s, expires meanwhile: its
     // partitions move, and its runs are run again elsewhere, after they ended at the receiver).
     let first = wave(&cluster.env, &url, "first").await;
@@ -371,4 +435,52 @@ async fn a_frozen_worker_coming_back_takes_nothing_still_running() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_a_capped_zookeeper_stops_before_its_tasks_move() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // The server grants at most 4 s; the cluster asks for 30 s. A worker timing its step-down
+    // from the 30 s it asked for would still be running when its partitions move.
+    let zookeeper = rota_test_harness::zookeeper_capped(Duration::from_secs(4));
+    let proxy = rota_test_harness::Proxy::start(zookeeper.port);
+    let mut topology = Topology::new("capped");
+    topology.zookeeper = zookeeper.endpoint();
+    topology.session_ms = 30_000;
+    topology.worker_vars.insert(
+        "w2",
+        vec![(
+            "ROTA_COORDINATION__ENDPOINTS",
+            format!("[\"{}\"]", proxy.endpoint()),
+        )],
+    );
+    let cluster = cluster(topology).await;
+    let pool = sqlx::PgPool::connect(&cluster.db).await.unwrap();
+    let log: Log = Arc::default();
+    // Runs longer than the granted session: the cut-off worker must give them up in time.
+    let url = receiver(log.clone(), Duration::from_secs(8)).await;
+    let ids = wave(&cluster.env, &url, "capped").await;
+    started(&log, &ids, WAVE / 2).await;
+    proxy.partition();
+    all_completed(&pool, WAVE).await;
+    let log = log.lock().unwrap();
+    let mut moved = 0;
+    for id in &ids {
+        let mut runs = log[id].clone();
+        runs.sort_by_key(|r| r.start);
+        for pair in runs.windows(2) {
+            moved += 1;
+            // The receiver may still be busy with the first run (its request was out), but the
+            // old owner must have stopped waiting for it before the new owner started.
+            assert!(
+                pair[0]
+                    .caller_done
+                    .is_some_and(|done| done <= pair[1].start),
+                "task {id}: the old owner was still running it: {runs:?}"
+            );
+        }
+    }
+    println!("runs given up by the cut-off worker and run again: {moved}");
+    assert!(moved > 0, "nothing of w2's ran again elsewhere");
+    drop(cluster);
 }

@@ -272,10 +272,16 @@ impl ZooKeeper {
 /// The ZooKeeper server of this test binary, started on first use.
 pub fn zookeeper() -> &'static ZooKeeper {
     static SERVER: OnceLock<ZooKeeper> = OnceLock::new();
-    SERVER.get_or_init(start_zookeeper)
+    SERVER.get_or_init(|| start_zookeeper(Duration::from_secs(60)))
 }
 
-fn start_zookeeper() -> ZooKeeper {
+/// A ZooKeeper server of its own that grants sessions of at most `max_session` (its
+/// `maxSessionTimeout`), whatever a client asks for; stopped when the test process exits.
+pub fn zookeeper_capped(max_session: Duration) -> ZooKeeper {
+    start_zookeeper(max_session)
+}
+
+fn start_zookeeper(max_session: Duration) -> ZooKeeper {
     let jar = Path::new("/usr/share/java/zookeeper.jar");
     if !jar.exists() {
         panic!("no ZooKeeper at {}; {INSTALL}", jar.display());
@@ -288,8 +294,9 @@ fn start_zookeeper() -> ZooKeeper {
         format!(
             "tickTime=250\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
              admin.enableServer=false\n4lw.commands.whitelist=ruok\nminSessionTimeout=500\n\
-             maxSessionTimeout=60000\nforceSync=no\n",
-            dir.join("data").display()
+             maxSessionTimeout={}\nforceSync=no\n",
+            dir.join("data").display(),
+            max_session.as_millis()
         ),
     )
     .expect("write zoo.cfg");
