@@ -113,17 +113,8 @@ async fn wave(env: &Env, url: &str, name: &str) -> Vec<i64> {
                    "payload": {"url": url, "body": n}})
         })
         .collect();
-    let (status, body) = http(
-        env.api,
-        "POST",
-        "/tasks/batch",
-        Some(&json!({"tasks": tasks})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    body["tasks"]
-        .as_array()
-        .unwrap()
+    common::create_batch(env.api, tasks)
+        .await
         .iter()
         .map(|t| t["id"].as_i64().unwrap())
         .collect()

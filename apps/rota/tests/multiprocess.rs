@@ -163,15 +163,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
                        "maxAttempts": 5, "payload": {"url": url, "body": n}})
             })
             .collect();
-        let (status, body) = http(
-            env.api,
-            "POST",
-            "/tasks/batch",
-            Some(&json!({"tasks": tasks})),
-        )
-        .await;
-        assert_eq!(status, 201, "{body}");
-        for t in body["tasks"].as_array().unwrap() {
+        for t in common::create_batch(env.api, tasks).await {
             partition_of.insert(
                 t["id"].as_i64().unwrap(),
                 t["partitionId"].as_u64().unwrap(),

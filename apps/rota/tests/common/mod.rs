@@ -111,3 +111,16 @@ pub async fn wait_all_led(api: std::net::SocketAddr) {
     })
     .await;
 }
+
+/// Creates `tasks` with one `POST /tasks/batch` (asserting `201`); the created tasks.
+pub async fn create_batch(api: std::net::SocketAddr, tasks: Vec<Value>) -> Vec<Value> {
+    let (status, body) = http(
+        api,
+        "POST",
+        "/tasks/batch",
+        Some(&serde_json::json!({ "tasks": tasks })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["tasks"].as_array().cloned().unwrap_or_default()
+}
