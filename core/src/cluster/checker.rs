@@ -178,4 +178,8 @@ impl TransitionHandler for Checked {
     fn session_deadline(&self, deadline: Option<tokio::time::Instant>) {
         self.inner.session_deadline(deadline);
     }
+
+    fn session_timeout(&self, granted: std::time::Duration) {
+        self.inner.session_timeout(granted);
+    }
 }

@@ -79,6 +79,12 @@ pub trait TransitionHandler: Send + Sync + 'static {
     fn session_deadline(&self, deadline: Option<tokio::time::Instant>) {
         let _ = deadline;
     }
+
+    /// A session began with this timeout, as the store granted it (which may differ from the
+    /// one asked for). By default nothing happens.
+    fn session_timeout(&self, granted: Duration) {
+        let _ = granted;
+    }
 }
 
 /// How a participant runs.
@@ -346,6 +352,7 @@ impl Participant {
         self.status
             .send_replace(ParticipantStatus::Live(session.id()));
         self.handler.session_deadline(None);
+        self.handler.session_timeout(session.timeout());
         info!(instance = %serving.instance, session = %session.id(), timeout = ?session.timeout(), "participant live");
         let mut tasks = Processing::new();
         serving.process_all(&mut tasks).await?;

@@ -243,6 +243,8 @@ struct Inner {
     leaving: Mutex<HashSet<u32>>,
     /// Set while the participant's session cannot be relied on: every drain ends by then.
     session_deadline: watch::Sender<Option<tokio::time::Instant>>,
+    /// The session timeout the coordination store granted, in ms (0 until known).
+    granted_ms: AtomicU64,
     /// Wakes the poll loop (ownership changed, capacity freed).
     wake: Notify,
     /// Signals that claims were settled or tasks in flight finished.
@@ -274,6 +276,7 @@ impl Worker {
                 unsettled: Mutex::new(HashMap::new()),
                 leaving: Mutex::new(HashSet::new()),
                 session_deadline: watch::Sender::new(None),
+                granted_ms: AtomicU64::new(0),
                 wake: Notify::new(),
                 drained: Notify::new(),
                 stats: WorkerStats::default(),
@@ -447,7 +450,13 @@ impl Inner {
     /// that waited long might belong to a partition that moved while this worker did not
     /// notice (frozen, cut off), so an old claim is given back rather than started.
     fn max_queue_age(&self) -> Duration {
-        (self.config.step_down_timeout / 2).max(Duration::from_millis(50))
+        let mut age = self.config.step_down_timeout / 2;
+        // A store that granted a shorter session than configured shortens it too.
+        let granted = self.granted_ms.load(Ordering::Relaxed);
+        if granted > 0 {
+            age = age.min(Duration::from_millis(granted) / 6);
+        }
+        age.max(Duration::from_millis(50))
     }
 
     /// Starts queued tasks while slots are free. A task whose partition is no longer owned is
@@ -1036,5 +1045,11 @@ impl TransitionHandler for Ownership {
 
     fn session_deadline(&self, deadline: Option<tokio::time::Instant>) {
         self.inner.session_deadline.send_replace(deadline);
+    }
+
+    fn session_timeout(&self, granted: Duration) {
+        self.inner
+            .granted_ms
+            .store(granted.as_millis() as u64, Ordering::Relaxed);
     }
 }
