@@ -3,9 +3,11 @@
 //! workers. Tasks take seconds at a webhook receiver in this test (the built-in `http`
 //! handler), which records when each run starts and ends and, like a real receiver, finishes a
 //! run whose caller went away. While runs are under way a worker gets SIGTERM and a fourth one
-//! starts; in a second wave an instance is disabled. No task may run twice, so none runs twice
-//! at once either: a worker giving a partition up must wait for its runs and write their
-//! completions before the next owner takes over.
+//! starts; in a second wave an instance is disabled; in a third, leaving maintenance moves
+//! partitions onto a fifth. No task may run twice, so none runs twice at once either: a worker
+//! giving a partition up must wait for its runs and write their completions before the next
+//! owner takes over. Other cases: a task-store outage, a frozen worker coming back, a worker cut
+//! off from a ZooKeeper that caps session timeouts.
 
 mod common;
 
@@ -304,8 +306,38 @@ async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
     terminate(workers.remove("w2").unwrap());
     workers.insert("w4", env.spawn(&["worker"], Some("w4")));
     all_completed(&pool, WAVE).await;
+    leading(&env, "w4").await;
+
+    // Wave 2: an instance is disabled while runs are under way.
+    let second = wave(&env, &url, "second").await;
+    started(&log, &second, WAVE / 2).await;
+    admin(&env, &["disable", "w3"]);
+    all_completed(&pool, 2 * WAVE).await;
+
+    // Wave 3: in maintenance a fifth worker joins and gets nothing; leaving maintenance while
+    // runs are under way rebalances onto it.
+    admin(&env, &["maintenance", "on"]);
+    workers.insert("w5", env.spawn(&["worker"], Some("w5")));
+    let third = wave(&env, &url, "third").await;
+    started(&log, &third, WAVE / 2).await;
+    admin(&env, &["maintenance", "off"]);
+    all_completed(&pool, 3 * WAVE).await;
+    leading(&env, "w5").await;
+
+    let ids: Vec<i64> = first.iter().chain(&second).chain(&third).copied().collect();
+    let workers_seen = ran_once_each(&log, &ids);
+    for w in ["w2", "w3", "w4"] {
+        assert!(
+            workers_seen.contains(w),
+            "{w} ran nothing: {workers_seen:?}"
+        );
+    }
+}
+
+/// Waits until `worker` leads a partition.
+async fn leading(env: &Env, worker: &str) {
     wait_for(
-        "w4 leading a partition",
+        &format!("{worker} leading a partition"),
         Duration::from_secs(60),
         || async {
             let (_, c) = http(env.api, "GET", "/cluster", None).await;
@@ -315,36 +347,28 @@ async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
                         .as_array()
                         .unwrap()
                         .iter()
-                        .any(|h| h["instance"] == "w4" && h["state"] == "MASTER")
+                        .any(|h| h["instance"] == worker && h["state"] == "MASTER")
                 })
             })
         },
     )
     .await;
+}
 
-    // Wave 2: an instance is disabled while runs are under way.
-    let second = wave(&env, &url, "second").await;
-    started(&log, &second, WAVE / 2).await;
-    let disable = env
-        .command(&["admin", "disable", "w3"], None)
+/// `rota admin ARGS`, which must succeed.
+fn admin(env: &Env, args: &[&str]) {
+    let mut all = vec!["admin"];
+    all.extend_from_slice(args);
+    let out = env
+        .command(&all, None)
         .stderr(Stdio::piped())
         .output()
         .unwrap();
     assert!(
-        disable.status.success(),
-        "{}",
-        String::from_utf8_lossy(&disable.stderr)
+        out.status.success(),
+        "rota {all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    all_completed(&pool, 2 * WAVE).await;
-
-    let ids: Vec<i64> = first.iter().chain(&second).copied().collect();
-    let workers_seen = ran_once_each(&log, &ids);
-    for w in ["w2", "w3", "w4"] {
-        assert!(
-            workers_seen.contains(w),
-            "{w} ran nothing: {workers_seen:?}"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
