@@ -2,7 +2,8 @@
 //! each executed exactly once across three workers, and when one worker is cut off from the
 //! coordination store mid-run nothing is lost and no task runs on two workers at once.
 //!
-//! The handover tests run tasks of seconds through a "receiver" that, like a webhook's, goes on
+//! The handover tests (on tokio's paused clock: seconds of work take no time) run tasks of
+//! seconds through a "receiver" that, like a webhook's, goes on
 //! with a run its caller gave up on, and records when each run starts and ends: a graceful stop,
 //! a worker joining, an instance disabled and a task-store outage at completion time must cause
 //! neither an overlapping run nor a second one.
@@ -24,8 +25,10 @@ use rota_core::{InstanceConfig, InstanceId, ResourceConfig};
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: real time in most tests, paused (and advanced at will) in the handover ones.
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 const PARTITIONS: u32 = 12;
 const SESSION: Duration = Duration::from_secs(2);
@@ -512,7 +515,7 @@ fn ran_once_each(runs: &HashMap<TaskId, Vec<Execution>>, ids: &[TaskId]) {
     assert!(runs.values().flatten().all(|e| e.end.is_some()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_graceful_stop_waits_for_runs_in_flight() {
     let (s, ids) = long_runs_under_way().await;
     s.worker_stops["w2"].send_replace(true);
@@ -522,7 +525,7 @@ async fn a_graceful_stop_waits_for_runs_in_flight() {
     assert!(runs.values().flatten().any(|e| e.worker == "w2"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_joining_worker_takes_partitions_only_once_their_runs_ended() {
     let (mut s, ids) = long_runs_under_way().await;
     s.start_worker("w4");
@@ -531,7 +534,7 @@ async fn a_joining_worker_takes_partitions_only_once_their_runs_ended() {
     ran_once_each(&runs, &ids);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn disabling_an_instance_moves_its_partitions_after_their_runs() {
     let (s, ids) = long_runs_under_way().await;
     s.admin
@@ -543,7 +546,7 @@ async fn disabling_an_instance_moves_its_partitions_after_their_runs() {
     ran_once_each(&runs, &ids);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn completions_survive_a_task_store_outage() {
     let (s, ids) = long_runs_under_way().await;
     // The runs under way end during the outage: their completions cannot be written.
