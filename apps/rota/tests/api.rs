@@ -358,3 +358,30 @@ async fn health_readiness_metrics_and_the_openapi_document() {
         assert!(!fallback, "{method} {path} is not served: {status} {value}");
     }
 }
+
+#[tokio::test]
+async fn text_no_store_can_hold_is_a_400() {
+    let (app, tasks) = app();
+    let with_nul = [
+        r#"{"name": "a\u0000b", "scheduledTime": "2030-01-01T00:00:00Z", "payload": 1}"#,
+        r#"{"name": "a", "scheduledTime": "2030-01-01T00:00:00Z", "payload": {"k": ["x\u0000"]}}"#,
+        r#"{"name": "a", "scheduledTime": "2030-01-01T00:00:00Z", "payload": {"\u0000": 1}}"#,
+        r#"{"name": "a", "scheduledTime": "2030-01-01T00:00:00Z", "payload": 1, "partitionKey": "\u0000"}"#,
+    ];
+    for body in with_nul {
+        let (status, error) = call(&app, "POST", "/tasks", Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("NUL"),
+            "{error}"
+        );
+        let batch = format!(
+            r#"{{"tasks": [{{"name": "fine", "scheduledTime": "2030-01-01T00:00:00Z", "payload": 1}}, {body}]}}"#
+        );
+        let (status, error) = call(&app, "POST", "/tasks/batch", Some(&batch)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{batch}: {error}");
+    }
+    let (status, error) = call(&app, "GET", "/tasks?name=%00", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(tasks.backlog().await.unwrap().pending, 0, "nothing stored");
+}

@@ -756,6 +756,56 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
     );
 }
 
+/// Text no store can hold (a NUL character, in any field or anywhere in the payload) is refused
+/// as invalid input by every store, and a batch holding one such task stores nothing.
+pub async fn unstorable_text_is_refused(store: Arc<dyn TaskStore>) {
+    let nul = "a\u{0}b";
+    let variants: Vec<NewTask> = vec![
+        NewTask {
+            name: nul.into(),
+            ..task("x", NOW, None)
+        },
+        NewTask {
+            payload: serde_json::json!({"deep": [1, {"s": nul}]}),
+            ..task("x", NOW, None)
+        },
+        NewTask {
+            payload: serde_json::json!({ nul: 1 }),
+            ..task("x", NOW, None)
+        },
+        NewTask {
+            partition_key: Some(nul.into()),
+            ..task("x", NOW, None)
+        },
+        NewTask {
+            handler: Some(nul.into()),
+            ..task("x", NOW, None)
+        },
+        NewTask {
+            idempotency_key: Some(nul.into()),
+            ..task("x", NOW, None)
+        },
+    ];
+    for bad in variants {
+        let batch = vec![task("fine", NOW, None), bad.clone()];
+        assert!(
+            matches!(
+                store.insert(batch, PARTITIONS, NOW).await,
+                Err(super::StoreError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let stored = store
+        .list(&ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(stored.tasks.is_empty(), "{:?}", stored.tasks);
+}
+
 /// A whole-cluster restart forgets owners and takes back every claim.
 pub async fn reset_after_restart(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
@@ -863,7 +913,7 @@ macro_rules! task_store_conformance {
         $crate::task_store_conformance!(@cases $store;
             insert_and_get, idempotency_keys, claim_in_due_order, batch_completion_and_retries,
             fencing, leases, release_and_start_times, cancel_racing_claims, pagination, insert_notifications,
-            reset_after_restart, purge_finished);
+            reset_after_restart, purge_finished, unstorable_text_is_refused);
     };
     (@cases $store:path; $($case:ident),*) => {
         $(

@@ -108,7 +108,41 @@ impl NewTask {
         if self.max_attempts == 0 {
             return Err(StoreError::Invalid("maxAttempts must be at least 1".into()));
         }
-        Ok(())
+        storable_text("name", &self.name)?;
+        for (what, text) in [
+            ("handler", &self.handler),
+            ("partitionKey", &self.partition_key),
+            ("idempotencyKey", &self.idempotency_key),
+        ] {
+            if let Some(text) = text {
+                storable_text(what, text)?;
+            }
+        }
+        storable_json("payload", &self.payload)
+    }
+}
+
+/// Refuses text that some store cannot hold: PostgreSQL stores no NUL character (U+0000) in
+/// text or JSON, so no store takes one, and every store answers the same way.
+pub fn storable_text(what: &str, text: &str) -> Result<(), StoreError> {
+    if text.contains('\0') {
+        return Err(StoreError::Invalid(format!(
+            "{what} contains a NUL character (U+0000), which cannot be stored"
+        )));
+    }
+    Ok(())
+}
+
+/// [`storable_text`] for every string and object key of a JSON value.
+fn storable_json(what: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+    match value {
+        serde_json::Value::String(s) => storable_text(what, s),
+        serde_json::Value::Array(items) => items.iter().try_for_each(|v| storable_json(what, v)),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            storable_text(what, k)?;
+            storable_json(what, v)
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -685,6 +685,8 @@ impl Inner {
                 CompletionOutcome::Succeeded
             }
             Err(error) => {
+                // The error may quote what a receiver sent: keep it storable everywhere.
+                let error = error.replace('\0', "\u{FFFD}");
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 if task.attempts < task.max_attempts {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);

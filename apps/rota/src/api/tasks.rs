@@ -291,7 +291,11 @@ pub async fn list(
                     )
                 })?)
             }
-            "name" => filter.name = Some(value.clone()),
+            "name" => {
+                rota_core::task::storable_text("name", value)
+                    .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+                filter.name = Some(value.clone());
+            }
             "limit" => {
                 filter.limit = value
                     .parse()
