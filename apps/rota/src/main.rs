@@ -132,11 +132,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr, so that what a command prints for machines (`rota admin status`) is alone
+/// on stdout.
 fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
 }
 

@@ -47,13 +47,14 @@ pub trait TaskHandler: Send + Sync + 'static {
     async fn run(&self, task: &Task) -> Result<(), String>;
 }
 
-/// Logs `Handling task <id> <name>`, as the original system did.
+/// Logs `Handling task <id> <name>`, as the original system did (the name escaped, so that a
+/// client cannot forge log lines with control characters).
 pub struct LogHandler;
 
 #[async_trait]
 impl TaskHandler for LogHandler {
     async fn run(&self, task: &Task) -> Result<(), String> {
-        info!("Handling task {} {}", task.id, task.name);
+        info!("Handling task {} {}", task.id, task.name.escape_debug());
         Ok(())
     }
 }
@@ -687,6 +688,14 @@ impl Inner {
             Err(error) => {
                 // The error may quote what a receiver sent: keep it storable everywhere.
                 let error = error.replace('\0', "\u{FFFD}");
+                warn!(
+                    task = task.id,
+                    name = ?task.name,
+                    attempt = task.attempts,
+                    of = task.max_attempts,
+                    error = ?error,
+                    "attempt failed"
+                );
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 if task.attempts < task.max_attempts {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
