@@ -78,13 +78,34 @@ pub enum CoordinationBackend {
     Etcd,
 }
 
+/// A list of strings, or one string of comma-separated items.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::List(items) => items,
+        Form::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 /// `[coordination]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinationConfig {
     /// Backend.
     pub backend: CoordinationBackend,
-    /// Servers (`host:port`). ZooKeeper accepts a chroot on the last (`host:2181/rota`).
+    /// Servers (`host:port`). ZooKeeper accepts a chroot on the last (`host:2181/rota`). A list,
+    /// or one string of comma-separated servers (`ROTA_COORDINATION__ENDPOINTS=h1:2181,h2:2181`).
+    #[serde(deserialize_with = "list_or_commas")]
     pub endpoints: Vec<String>,
     /// Session timeout: ZooKeeper's session timeout, etcd's lease TTL (rounded up to seconds).
     /// A process cut off from the store longer than this loses its session; a crashed one is
@@ -264,6 +285,18 @@ impl Config {
         if self.storage.url.is_empty() && self.storage.backend != StorageBackend::Memory {
             bail!("invalid configuration: storage.url is required for this storage.backend");
         }
+        if self.storage.backend == StorageBackend::Postgres
+            && !["postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| self.storage.url.starts_with(scheme))
+        {
+            bail!(
+                "invalid configuration: storage.url must be a PostgreSQL URL \
+                 (postgres://user:password@host:port/database) for storage.backend = \"postgres\", \
+                 not {:?}",
+                redact_url(&self.storage.url)
+            );
+        }
         Ok(())
     }
 
@@ -398,6 +431,33 @@ mod tests {
         config.coordination.backend = CoordinationBackend::Zookeeper;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("for etcd"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_are_a_list_or_comma_separated() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ROTA_COORDINATION__ENDPOINTS", "h1:2181, h2:2181");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.coordination.endpoints, ["h1:2181", "h2:2181"]);
+            jail.set_env("ROTA_COORDINATION__ENDPOINTS", r#"["h3:2181"]"#);
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.coordination.endpoints, ["h3:2181"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_postgres_backend_needs_a_postgres_url() {
+        let mut config = Config::default();
+        config.storage.backend = StorageBackend::Postgres;
+        config.storage.url = "mysql://root:secret@db/rota".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("storage.url") && !err.contains("secret"),
+            "{err}"
+        );
+        config.storage.url = "postgres://rota@db/rota".into();
+        config.validate().unwrap();
     }
 
     #[test]
