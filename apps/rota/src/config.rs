@@ -439,6 +439,9 @@ mod tests {
             jail.set_env("ROTA_COORDINATION__ENDPOINTS", "h1:2181, h2:2181");
             let config = Config::load(None).unwrap();
             assert_eq!(config.coordination.endpoints, ["h1:2181", "h2:2181"]);
+            jail.set_env("ROTA_COORDINATION__ENDPOINTS", "127.0.0.1:2379");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.coordination.endpoints, ["127.0.0.1:2379"]);
             jail.set_env("ROTA_COORDINATION__ENDPOINTS", r#"["h3:2181"]"#);
             let config = Config::load(None).unwrap();
             assert_eq!(config.coordination.endpoints, ["h3:2181"]);
