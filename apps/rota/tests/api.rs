@@ -385,3 +385,28 @@ async fn text_no_store_can_hold_is_a_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
     assert_eq!(tasks.backlog().await.unwrap().pending, 0, "nothing stored");
 }
+
+#[tokio::test]
+async fn ids_are_digits_as_written_and_parameters_come_once() {
+    let (app, _) = app();
+    let body = r#"{"name": "a", "scheduledTime": "2030-01-01T00:00:00Z", "payload": 1}"#;
+    let (status, created) = call(&app, "POST", "/tasks", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_i64().unwrap();
+    let (status, _) = call(&app, "GET", &format!("/tasks/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    for other in [
+        format!("+{id}"),
+        format!("0{id}"),
+        format!("{id} "),
+        "-1".into(),
+    ] {
+        let path = format!("/tasks/{}", other.replace(' ', "%20").replace('+', "%2B"));
+        let (status, error) = call(&app, "GET", &path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {error}");
+        assert_eq!(error["error"], "invalid_id", "{path}: {error}");
+    }
+    let (status, error) = call(&app, "GET", "/tasks?limit=1&limit=2", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error["error"], "repeated_parameter", "{error}");
+}

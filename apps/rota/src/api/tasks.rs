@@ -12,7 +12,6 @@ use rota_core::task::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 /// Longest task name accepted.
@@ -252,8 +251,12 @@ pub async fn backlog(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
 }
 
 fn parse_id(id: &str) -> Result<TaskId, ApiError> {
-    id.parse::<TaskId>()
-        .ok()
+    // Digits only, as the API writes ids: no sign, no leading zero (`+1` and `01` are not 1).
+    let canonical =
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && !id.starts_with('0');
+    canonical
+        .then(|| id.parse::<TaskId>().ok())
+        .flatten()
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{id:?} is not a task id")))
 }
@@ -273,13 +276,20 @@ pub async fn get(
 /// `GET /tasks?status=&name=&limit=&cursor=`
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<TaskPage>, ApiError> {
     let mut filter = ListFilter {
         limit: 100,
         ..ListFilter::default()
     };
+    let mut seen = std::collections::HashSet::new();
     for (key, value) in &query {
+        if !seen.insert(key.as_str()) {
+            return Err(ApiError::bad_request(
+                "repeated_parameter",
+                format!("query parameter {key:?} is given more than once"),
+            ));
+        }
         match key.as_str() {
             "status" => {
                 filter.status = Some(TaskStatus::parse(value).ok_or_else(|| {
