@@ -350,8 +350,10 @@ impl TaskStore for MemoryTaskStore {
         &self,
         owner: &InstanceId,
         partitions: &[Claim],
-        lease_until: Millis,
+        now: Millis,
+        lease_ms: i64,
     ) -> Result<Vec<u32>, StoreError> {
+        let lease_until = now + lease_ms;
         let mut inner = self.lock();
         let mut refused = Vec::new();
         for claim in partitions {

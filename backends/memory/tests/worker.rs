@@ -166,10 +166,11 @@ impl TaskStore for Outage {
         &self,
         owner: &InstanceId,
         partitions: &[Claim],
-        lease_until: Millis,
+        now: Millis,
+        lease_ms: i64,
     ) -> Result<Vec<u32>, StoreError> {
         self.check()?;
-        self.store.renew(owner, partitions, lease_until).await
+        self.store.renew(owner, partitions, now, lease_ms).await
     }
     async fn requeue_expired(
         &self,

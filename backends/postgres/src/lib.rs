@@ -861,15 +861,18 @@ impl TaskStore for PostgresTaskStore {
         &self,
         owner: &InstanceId,
         partitions: &[Claim],
-        lease_until: Millis,
+        now: Millis,
+        lease_ms: i64,
     ) -> Result<Vec<u32>, StoreError> {
         let (parts, epochs) = claim_arrays(partitions);
-        // One statement, fenced like the claim.
+        // One statement, fenced like the claim, on the clock the claim used.
         let row = sqlx::query(concat!(
-            "WITH ",
+            "WITH now AS (SELECT ",
+            now!(5),
+            " AS ms), ",
             owned!(),
             ", renewed AS ( \
-               UPDATE rota_tasks t SET lease_until = $4 FROM owned \
+               UPDATE rota_tasks t SET lease_until = now.ms + $4 FROM owned, now \
                WHERE t.partition = owned.partition AND t.epoch = owned.epoch \
                  AND t.status = 'RUNNING' AND t.owner = $1 RETURNING 1) \
              SELECT (SELECT array_agg(partition) FROM owned) AS owned_partitions, \
@@ -878,7 +881,8 @@ impl TaskStore for PostgresTaskStore {
         .bind(owner.as_str())
         .bind(&parts)
         .bind(&epochs)
-        .bind(lease_until)
+        .bind(lease_ms)
+        .bind(self.clock(now))
         .fetch_one(&self.pool)
         .await
         .map_err(backend)?;

@@ -98,4 +98,13 @@ async fn due_times_are_compared_on_the_databases_clock() {
     }];
     let claimed = store.claim(&owner, &claim, 0, 10, 30_000).await.unwrap();
     assert_eq!(claimed.tasks.len(), 1);
+    // Renewal runs on the same clock: a lease of 30 s from the database's now, whatever the
+    // worker's clock says.
+    store.renew(&owner, &claim, 0, 30_000).await.unwrap();
+    let renewed = store.get(t.id).await.unwrap().unwrap();
+    let lease_until = renewed.lease_until.unwrap();
+    assert!(
+        (wall + 25_000..wall + 90_000).contains(&lease_until),
+        "lease until {lease_until}, wall clock {wall}"
+    );
 }

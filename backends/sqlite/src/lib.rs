@@ -601,8 +601,10 @@ impl TaskStore for SqliteTaskStore {
         &self,
         owner: &InstanceId,
         partitions: &[Claim],
-        lease_until: Millis,
+        now: Millis,
+        lease_ms: i64,
     ) -> Result<Vec<u32>, StoreError> {
+        let lease_until = now + lease_ms;
         let (owner, partitions) = (owner.clone(), partitions.to_vec());
         self.run(move |conn| {
             let tx = conn

@@ -354,7 +354,7 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
             .unwrap(),
         [None]
     );
-    assert_eq!(store.renew(&old, &stale, NOW + 60_000).await.unwrap(), [0]);
+    assert_eq!(store.renew(&old, &stale, NOW, 60_000).await.unwrap(), [0]);
     assert!(matches!(
         store.acquire(0, &old, 1, NOW + 3).await,
         Err(super::StoreError::StaleEpoch {
@@ -412,7 +412,7 @@ pub async fn leases(store: Arc<dyn TaskStore>) {
         .remove(0);
     assert!(
         store
-            .renew(&owner, &claims, NOW + 5_000)
+            .renew(&owner, &claims, NOW, 5_000)
             .await
             .unwrap()
             .is_empty()

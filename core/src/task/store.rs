@@ -247,14 +247,17 @@ pub trait TaskStore: Send + Sync {
         now: Millis,
     ) -> Result<Vec<Option<TaskStatus>>, StoreError>;
 
-    /// Extends to `lease_until` the lease of every task RUNNING under `owner` in the given
-    /// partitions (one write for all of them); returns the partitions refused as in
+    /// Extends the lease of every task RUNNING under `owner` in the given partitions to
+    /// `lease_ms` from now (one write for all of them), on the same clock as claims: a store
+    /// that takes "now" from the database for claims does so here too, so a worker's clock
+    /// skew cannot shorten or stretch a lease. Returns the partitions refused as in
     /// [`TaskStore::claim`].
     async fn renew(
         &self,
         owner: &InstanceId,
         partitions: &[Claim],
-        lease_until: Millis,
+        now: Millis,
+        lease_ms: i64,
     ) -> Result<Vec<u32>, StoreError>;
 
     /// Requeues (PENDING, or FAILED once out of attempts) every task RUNNING in these

@@ -929,8 +929,12 @@ async fn renew_leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         // completion still to be written (during a store outage, say).
         let busy = inner.outstanding.load(Ordering::SeqCst) > 0;
         if busy {
-            let until = (inner.now)() + inner.config.lease.as_millis() as i64;
-            match inner.store.renew(&inner.config.id, &claims, until).await {
+            let lease = inner.config.lease.as_millis() as i64;
+            match inner
+                .store
+                .renew(&inner.config.id, &claims, (inner.now)(), lease)
+                .await
+            {
                 Ok(refused) => inner.drop_partitions(&refused),
                 Err(e) => {
                     // Without a renewal, requeueing expired leases could take our own tasks.
