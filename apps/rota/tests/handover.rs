@@ -14,7 +14,6 @@ mod common;
 use common::{Env, Proc, http, wait_for};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -221,16 +220,7 @@ async fn cluster(topology: Topology) -> Cluster {
         api,
         tag,
     };
-    let init = env
-        .command(&["init"], None)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    env.run_ok(&["init"]);
     let others = vec![env.spawn(&["controller"], None), env.spawn(&["api"], None)];
     let workers = ["w1", "w2", "w3"]
         .into_iter()
@@ -359,16 +349,7 @@ async fn leading(env: &Env, worker: &str) {
 fn admin(env: &Env, args: &[&str]) {
     let mut all = vec!["admin"];
     all.extend_from_slice(args);
-    let out = env
-        .command(&all, None)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rota {all:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,16 +111,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
 
     // init: succeeds, is idempotent, and refuses to change the partition count.
     for _ in 0..2 {
-        let init = env
-            .command(&["init"], None)
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "rota init on {backend} failed: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        env.run_ok(&["init"]);
     }
     let refused = env
         .command(&["init"], None)

@@ -52,6 +52,21 @@ impl Env {
         c
     }
 
+    /// Runs `rota ARGS` to its end, which must be a success.
+    pub fn run_ok(&self, args: &[&str]) {
+        let out = self
+            .command(args, None)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run rota");
+        assert!(
+            out.status.success(),
+            "rota {args:?} on {} failed: {}",
+            self.tag,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts `rota ARGS`.
     pub fn spawn(&self, args: &[&str], worker: Option<&str>) -> Proc {
         Proc(self.command(args, worker).spawn().expect("start rota"))
