@@ -66,13 +66,7 @@ async fn receiver(log: Log, work: Duration) -> String {
         axum::routing::post(move |headers: axum::http::HeaderMap| {
             let log = log.clone();
             async move {
-                let header = |name: &str| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned()
-                };
+                let header = |name: &str| common::header(&headers, name);
                 let id: i64 = header("x-rota-task-id").parse().unwrap_or(-1);
                 let index = {
                     let mut log = log.lock().unwrap();

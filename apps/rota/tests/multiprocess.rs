@@ -42,13 +42,7 @@ async fn receiver(log: Log) -> String {
             async move {
                 let start = Instant::now();
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                let header = |name: &str| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned()
-                };
+                let header = |name: &str| common::header(&headers, name);
                 let id: i64 = header("x-rota-task-id").parse().unwrap_or(-1);
                 log.lock().unwrap().entry(id).or_default().push(Execution {
                     worker: header("x-rota-worker"),

@@ -139,3 +139,12 @@ pub async fn create_batch(api: std::net::SocketAddr, tasks: Vec<Value>) -> Vec<V
     assert_eq!(status, 201, "{body}");
     body["tasks"].as_array().cloned().unwrap_or_default()
 }
+
+/// A request header as text (empty if missing): the `http` handler's `x-rota-*` headers.
+pub fn header(headers: &axum::http::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
