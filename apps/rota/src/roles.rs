@@ -102,6 +102,41 @@ async fn session(config: &Config) -> anyhow::Result<Arc<dyn Session>> {
         })
 }
 
+/// The cluster's `tasks` resource as `rota init` stored it: every role starts from it, refusing a
+/// cluster that was never initialised and a configuration whose partitions or replicas differ
+/// from the cluster's (an API that spread tasks over partitions nobody owns would lose them).
+async fn initialised(config: &Config) -> anyhow::Result<ResourceConfig> {
+    let session = session(config).await?;
+    let keys = ClusterKeys::new(&config.cluster.name);
+    let stored = session.get(&keys.resource_config(TASKS_RESOURCE)).await;
+    let _ = session.close().await;
+    let Some(node) = stored.context("cannot read the cluster's configuration")? else {
+        bail!(
+            "cluster {:?} is not initialised on {}: run `rota init` with the same configuration \
+             first",
+            config.cluster.name,
+            config.coordination.endpoints.join(",")
+        );
+    };
+    let resource = <ResourceConfig as rota_core::Record>::decode(&node.value)
+        .context("cannot read the cluster's configuration")?;
+    if resource.partitions != config.cluster.partitions
+        || resource.replicas != config.cluster.replicas
+    {
+        bail!(
+            "cluster {:?} has {} partitions x {} replicas, but this configuration says {} x {}: \
+             set cluster.partitions and cluster.replicas to the cluster's (they cannot change \
+             after `rota init`)",
+            config.cluster.name,
+            resource.partitions,
+            resource.replicas,
+            config.cluster.partitions,
+            config.cluster.replicas
+        );
+    }
+    Ok(resource)
+}
+
 /// `rota init`: creates the cluster's `tasks` resource and migrates the task store. Idempotent;
 /// refuses to change the partition count of an existing cluster.
 pub async fn init(config: &Config) -> anyhow::Result<()> {
@@ -135,6 +170,7 @@ fn process_name(kind: &str, config: &Config) -> String {
 
 /// `rota controller`: campaigns, leads while elected, hands over at shutdown.
 pub async fn controller(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    initialised(config).await?;
     let (controller, _) = Controller::new(
         coordination(config)?,
         ControllerConfig {
@@ -151,6 +187,7 @@ pub async fn controller(config: &Config, shutdown: watch::Receiver<bool>) -> any
 
 /// `rota api`: serves the REST API until shutdown.
 pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let resource = initialised(config).await?;
     let tasks = task_store(config).await?;
     // The API only reads the cluster: it opens a new session when one ends, rather than
     // answering 503 until restarted.
@@ -165,7 +202,7 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
     let session: Arc<dyn Session> = Arc::new(session);
     let state = AppState {
         tasks,
-        partitions: config.cluster.partitions,
+        partitions: resource.partitions,
         handlers: Arc::new(BTreeSet::from(["log".into(), "noop".into(), "http".into()])),
         cluster: Some(ClusterView {
             session,
@@ -197,6 +234,7 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
 /// stable id (configured, or the host name) so a restart keeps its partitions.
 pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let id = config.worker_id()?;
+    initialised(config).await?;
     let tasks = task_store(config).await?;
     let worker = Worker::new(config.worker_config(&id), tasks, crate::handlers::builtin());
     let (participant, _) = Participant::new(
@@ -235,6 +273,7 @@ pub enum AdminCommand {
 
 /// `rota admin ...`
 pub async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
+    initialised(config).await?;
     let session = session(config).await?;
     let keys = ClusterKeys::new(&config.cluster.name);
     let admin = Admin::new(session.clone(), &config.cluster.name);

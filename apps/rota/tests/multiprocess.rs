@@ -8,7 +8,8 @@
 //! failover time (kill -> the dead worker's partitions claiming again elsewhere).
 //!
 //! The same test runs on ZooKeeper and on etcd (the binary must be built with `--features etcd`,
-//! as the test script does), one after the other: each takes both cores.
+//! as the test script does), one after the other: each takes both cores. Another checks that
+//! roles refuse a cluster never initialised, or configured with another partition count.
 
 mod common;
 
@@ -273,4 +274,60 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
         w2_partitions.len(),
         "some of w2's partitions never ran again"
     );
+}
+
+/// Every role starts from what `rota init` stored: a cluster never initialised, or a
+/// configuration whose partition count differs from the cluster's, is refused at start with a
+/// message saying what to do (an API taking its own count spread tasks over partitions nobody
+/// owns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_refuse_a_cluster_not_initialised_or_configured_otherwise() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let endpoint = rota_test_harness::zookeeper().endpoint();
+    let db = rota_test_harness::postgres().fresh_database();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
+        .parse()
+        .unwrap();
+    let env = Env {
+        vars: [
+            ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
+            ("ROTA_COORDINATION__ENDPOINTS", endpoint),
+            ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
+            ("ROTA_STORAGE__URL", db),
+            ("ROTA_CLUSTER__NAME", format!("never{}", std::process::id())),
+            ("ROTA_API__LISTEN", api.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        api,
+        tag: "refused",
+    };
+    let refused = |args: &[&str], partitions: &str| {
+        let out = env
+            .command(args, Some("w1"))
+            .env("ROTA_CLUSTER__PARTITIONS", partitions)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "rota {args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for role in [
+        &["api"][..],
+        &["worker"],
+        &["controller"],
+        &["admin", "status"],
+    ] {
+        let err = refused(role, "12");
+        assert!(err.contains("rota init"), "rota {role:?}: {err}");
+    }
+    env.run_ok(&["init"]);
+    for role in [&["api"][..], &["worker"], &["controller"]] {
+        let err = refused(role, "24");
+        assert!(
+            err.contains("12 partitions") && err.contains("24"),
+            "rota {role:?}: {err}"
+        );
+    }
 }
