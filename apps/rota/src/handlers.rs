@@ -13,13 +13,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The built-in handlers: `log` (the default), `noop` and `http` (10 s timeout).
-pub fn builtin() -> rota_core::task::worker::Handlers {
+/// The built-in handlers: `log` (the default), `noop` and `http`, whose request may take the
+/// whole task timeout (`worker.task_timeout_ms`).
+pub fn builtin(task_timeout: Duration) -> rota_core::task::worker::Handlers {
     let mut handlers = rota_core::task::worker::Handlers::default();
     handlers.register(
         "http",
         std::sync::Arc::new(HttpHandler {
-            timeout: Duration::from_secs(10),
+            timeout: task_timeout,
         }),
     );
     handlers

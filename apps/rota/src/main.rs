@@ -174,8 +174,10 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             workers: args.workers,
             data_dir: args.data_dir.clone(),
             listen: args.listen,
+            handlers: rota::handlers::builtin(std::time::Duration::from_millis(
+                config.worker.task_timeout_ms,
+            )),
             config,
-            handlers: rota::handlers::builtin(),
         })
         .await?;
         let url = format!("http://{}", cluster.addr);

@@ -236,7 +236,8 @@ pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow:
     let id = config.worker_id()?;
     initialised(config).await?;
     let tasks = task_store(config).await?;
-    let worker = Worker::new(config.worker_config(&id), tasks, crate::handlers::builtin());
+    let handlers = crate::handlers::builtin(Duration::from_millis(config.worker.task_timeout_ms));
+    let worker = Worker::new(config.worker_config(&id), tasks, handlers);
     let (participant, _) = Participant::new(
         coordination(config)?,
         ParticipantConfig {

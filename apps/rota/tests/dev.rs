@@ -270,7 +270,7 @@ async fn the_http_handler_posts_the_payload_and_retries_on_errors() {
         data_dir: dir,
         listen: "127.0.0.1:0".parse().unwrap(),
         config,
-        handlers: rota::handlers::builtin(),
+        handlers: rota::handlers::builtin(Duration::from_secs(30)),
     })
     .await
     .unwrap();

@@ -77,8 +77,10 @@ impl Cluster {
             workers,
             data_dir: dir.clone(),
             listen: "127.0.0.1:0".parse().expect("an address"),
+            handlers: crate::handlers::builtin(Duration::from_millis(
+                config.worker.task_timeout_ms,
+            )),
             config,
-            handlers: crate::handlers::builtin(),
         })
         .await?;
         let api = cluster.addr;
