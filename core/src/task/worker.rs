@@ -461,7 +461,8 @@ impl Inner {
     }
 
     /// Starts queued tasks while slots are free. A task whose partition is no longer owned is
-    /// not started (its step-down releases it).
+    /// released, never started: usually its step-down already took it out of the queue, but a
+    /// claim that returned while the partition was being given up lands here after that.
     fn start_queued(self: &Arc<Self>, done: &mpsc::UnboundedSender<Completion>) {
         let mut queue = self.lock_queue();
         if queue.is_empty() {
@@ -475,14 +476,10 @@ impl Inner {
             .copied()
             .collect();
         let max_age = self.max_queue_age();
-        let (mut kept, mut stale) = (Vec::new(), Vec::new());
+        let mut stale = Vec::new();
         let mut started = 0;
         while let Some(queued) = queue.pop_front() {
-            if !owned.contains(&queued.task.partition) {
-                kept.push(queued); // Its partition's step-down releases it.
-                continue;
-            }
-            if queued.claimed.elapsed() > max_age {
+            if !owned.contains(&queued.task.partition) || queued.claimed.elapsed() > max_age {
                 stale.push(queued.task);
                 continue;
             }
@@ -492,9 +489,6 @@ impl Inner {
             };
             self.spawn(queued.task, permit, done.clone());
             started += 1;
-        }
-        for queued in kept.into_iter().rev() {
-            queue.push_front(queued);
         }
         drop(queue);
         if started > 0 {
