@@ -17,7 +17,6 @@ use axum::http::HeaderMap;
 use common::{Env, Proc, http, wait_for};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,18 +107,8 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     for _ in 0..2 {
         env.run_ok(&["init"]);
     }
-    let refused = env
-        .command(&["init"], None)
-        .env("ROTA_CLUSTER__PARTITIONS", "24")
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("partitions"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let refused = env.run_fails(&["init"], "24");
+    assert!(refused.contains("partitions"), "{refused}");
 
     let mut controllers: Vec<Proc> = (0..2).map(|_| env.spawn(&["controller"], None)).collect();
     let _api = env.spawn(&["api"], None);
@@ -303,16 +292,7 @@ async fn roles_refuse_a_cluster_not_initialised_or_configured_otherwise() {
         api,
         tag: "refused",
     };
-    let refused = |args: &[&str], partitions: &str| {
-        let out = env
-            .command(args, Some("w1"))
-            .env("ROTA_CLUSTER__PARTITIONS", partitions)
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "rota {args:?} started");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let refused = |args: &[&str], partitions: &str| env.run_fails(args, partitions);
     for role in [
         &["api"][..],
         &["worker"],

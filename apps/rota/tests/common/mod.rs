@@ -67,6 +67,18 @@ impl Env {
         );
     }
 
+    /// Runs `rota ARGS` (as worker `w1`, with `partitions`), which must fail; its stderr.
+    pub fn run_fails(&self, args: &[&str], partitions: &str) -> String {
+        let out = self
+            .command(args, Some("w1"))
+            .env("ROTA_CLUSTER__PARTITIONS", partitions)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run rota");
+        assert!(!out.status.success(), "rota {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// Starts `rota ARGS`.
     pub fn spawn(&self, args: &[&str], worker: Option<&str>) -> Proc {
         Proc(self.command(args, worker).spawn().expect("start rota"))
