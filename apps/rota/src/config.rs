@@ -155,6 +155,9 @@ pub struct StorageConfig {
     pub url: String,
     /// Finished tasks are deleted after this long (0: kept forever).
     pub retention_ms: u64,
+    /// Longest a task-store call may take before it fails as unavailable (and is retried where
+    /// that is safe); PostgreSQL's `statement_timeout` and its wait for a pooled connection.
+    pub timeout_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -163,6 +166,7 @@ impl Default for StorageConfig {
             backend: StorageBackend::Sqlite,
             url: "rota-data/tasks.db".into(),
             retention_ms: 7 * 24 * 3600 * 1000,
+            timeout_ms: 10_000,
         }
     }
 }
@@ -237,20 +241,25 @@ impl Config {
                 self.coordination.session_timeout_ms,
             ),
             ("api.max_body_bytes", self.api.max_body_bytes as u64),
+            ("storage.timeout_ms", self.storage.timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
                 bail!("invalid configuration: {key} must be at least 1");
             }
         }
-        let name_ok = !self.cluster.name.is_empty()
+        // At most 58: PostgreSQL names the cluster's schema `rota_<name>`, in 63 bytes.
+        let name_ok = (1..=58).contains(&self.cluster.name.len())
             && self
                 .cluster
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !name_ok {
-            bail!("invalid configuration: cluster.name must be letters, digits, '-', '_' or '.'");
+            bail!(
+                "invalid configuration: cluster.name must be 1 to 58 letters, digits, '-', '_' \
+                 or '.'"
+            );
         }
         let prefix = &self.coordination.prefix;
         if !prefix.is_empty() {
@@ -326,6 +335,11 @@ impl Config {
             w.gather = Duration::ZERO;
         }
         w
+    }
+
+    /// The deadline of every task-store call.
+    pub fn store_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.storage.timeout_ms)
     }
 
     /// The retention of finished tasks, `None` to keep them.

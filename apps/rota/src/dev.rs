@@ -12,7 +12,7 @@ use rota_core::cluster::keys::ClusterKeys;
 use rota_core::cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
 use rota_core::coordination::Coordination;
 use rota_core::task::worker::{Handlers, Worker, wall_clock_ms};
-use rota_core::task::{TASKS_RESOURCE, TaskStore};
+use rota_core::task::{Deadlined, TASKS_RESOURCE, TaskStore};
 use rota_core::{InstanceConfig, ResourceConfig};
 use rota_memory::MemoryCoordination;
 use rota_sqlite::SqliteTaskStore;
@@ -59,8 +59,13 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating data directory {}", options.data_dir.display()))?;
     let db = options.data_dir.join("tasks.db");
-    let tasks: Arc<dyn TaskStore> =
-        Arc::new(SqliteTaskStore::open(&db).with_context(|| format!("opening {}", db.display()))?);
+    let tasks: Arc<dyn TaskStore> = Arc::new(Deadlined::new(
+        Arc::new(
+            SqliteTaskStore::open(&db, &config.cluster.name)
+                .with_context(|| format!("opening {}", db.display()))?,
+        ),
+        config.store_timeout(),
+    ));
     // The coordination store starts empty, and its epochs start again: forget the previous
     // run's owners and take back its claims.
     let requeued = tasks.reset_after_restart(wall_clock_ms()).await?;

@@ -14,7 +14,7 @@ use rota_core::cluster::participant::{Participant, ParticipantConfig};
 use rota_core::coordination::reconnecting::Reconnecting;
 use rota_core::coordination::{Coordination, CreateMode, Session};
 use rota_core::task::worker::{Worker, wall_clock_ms};
-use rota_core::task::{TASKS_RESOURCE, TaskStore};
+use rota_core::task::{Deadlined, TASKS_RESOURCE, TaskStore};
 use rota_core::{InstanceConfig, ResourceConfig};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -67,23 +67,34 @@ fn etcd(_: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
     )
 }
 
-/// The task store the configuration names (connecting migrates it).
+/// The task store the configuration names (connecting migrates it), each call bounded by
+/// `storage.timeout_ms`.
 pub async fn task_store(config: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
     let url = &config.storage.url;
-    Ok(match config.storage.backend {
+    let store: Arc<dyn TaskStore> = match config.storage.backend {
         StorageBackend::Postgres => Arc::new(
-            rota_postgres::PostgresTaskStore::connect(url)
+            rota_postgres::PostgresTaskStore::connect(url, &postgres_settings(config))
                 .await
                 .with_context(|| format!("task store {}", redact_url(url)))?,
         ),
         StorageBackend::Sqlite => Arc::new(
-            rota_sqlite::SqliteTaskStore::open(url).with_context(|| format!("task store {url}"))?,
+            rota_sqlite::SqliteTaskStore::open(url, &config.cluster.name)
+                .with_context(|| format!("task store {url}"))?,
         ),
         StorageBackend::Memory => bail!(
             "storage.backend = \"memory\" lives inside one process: use `rota dev`, or \
              postgres for separate processes"
         ),
-    })
+    };
+    Ok(Arc::new(Deadlined::new(store, config.store_timeout())))
+}
+
+/// The PostgreSQL store's settings: the cluster's schema, the call deadline as its statement
+/// timeout.
+fn postgres_settings(config: &Config) -> rota_postgres::Settings {
+    let mut settings = rota_postgres::Settings::for_cluster(&config.cluster.name);
+    settings.statement_timeout = config.store_timeout();
+    settings
 }
 
 fn timeout(config: &Config) -> Duration {

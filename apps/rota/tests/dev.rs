@@ -210,7 +210,7 @@ async fn a_restart_resumes_pending_tasks_from_the_file() {
     // Stop at once: most tasks are still pending (due in the next seconds).
     cluster.stop().await.unwrap();
     let pending_before = {
-        let store = rota_sqlite::SqliteTaskStore::open(dir.join("tasks.db")).unwrap();
+        let store = rota_sqlite::SqliteTaskStore::open(dir.join("tasks.db"), "rota").unwrap();
         use rota_core::task::TaskStore;
         let filter = ListFilter {
             status: Some(TaskStatus::Pending),

@@ -180,7 +180,6 @@ impl Topology {
 /// A running cluster.
 struct Cluster {
     env: Env,
-    db: String,
     workers: BTreeMap<&'static str, Proc>,
     _others: Vec<Proc>,
 }
@@ -204,7 +203,7 @@ async fn cluster(topology: Topology) -> Cluster {
             session_ms.to_string(),
         ),
         ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
-        ("ROTA_STORAGE__URL", db.clone()),
+        ("ROTA_STORAGE__URL", db),
         ("ROTA_CLUSTER__NAME", format!("{tag}{}", std::process::id())),
         ("ROTA_CLUSTER__PARTITIONS", "12".to_owned()),
         ("ROTA_API__LISTEN", api.to_string()),
@@ -233,7 +232,6 @@ async fn cluster(topology: Topology) -> Cluster {
     common::wait_all_led(env.api).await;
     Cluster {
         env,
-        db,
         workers,
         _others: others,
     }
@@ -276,11 +274,10 @@ async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let Cluster {
         env,
-        db,
         mut workers,
         _others,
     } = cluster(Topology::new("handover")).await;
-    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let pool = env.tasks_pool().await;
     let log: Log = Arc::default();
     let url = receiver(log.clone(), WORK).await;
 
@@ -365,7 +362,7 @@ async fn completions_survive_a_20_s_postgres_outage_on_zookeeper() {
             .insert(w, vec![("ROTA_STORAGE__URL", worker_db.clone())]);
     }
     let cluster = cluster(topology).await;
-    let pool = sqlx::PgPool::connect(&cluster.db).await.unwrap();
+    let pool = cluster.env.tasks_pool().await;
     let log: Log = Arc::default();
     let url = receiver(log.clone(), WORK).await;
     let ids = wave(&cluster.env, &url, "outage").await;
@@ -392,7 +389,7 @@ fn signal(worker: &Proc, signal: &str) {
 async fn a_frozen_worker_coming_back_takes_nothing_still_running() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = cluster(Topology::new("frozen")).await;
-    let pool = sqlx::PgPool::connect(&cluster.db).await.unwrap();
+    let pool = cluster.env.tasks_pool().await;
     let log: Log = Arc::default();
     let url = receiver(log.clone(), WORK).await;
     // Wave 1 under way, then w2 freezes for 10 s (its session, 4 s, expires meanwhile: its
@@ -445,7 +442,7 @@ async fn a_worker_cut_off_from_a_capped_zookeeper_stops_before_its_tasks_move() 
         )],
     );
     let cluster = cluster(topology).await;
-    let pool = sqlx::PgPool::connect(&cluster.db).await.unwrap();
+    let pool = cluster.env.tasks_pool().await;
     let log: Log = Arc::default();
     // Runs longer than the granted session: the cut-off worker must give them up in time.
     let url = receiver(log.clone(), Duration::from_secs(8)).await;

@@ -9,7 +9,8 @@
 //!
 //! The same test runs on ZooKeeper and on etcd (the binary must be built with `--features etcd`,
 //! as the test script does), one after the other: each takes both cores. Another checks that
-//! roles refuse a cluster never initialised, or configured with another partition count.
+//! roles refuse a cluster never initialised, or configured with another partition count; and
+//! that two clusters on one database and one ZooKeeper keep apart.
 
 mod common;
 
@@ -181,7 +182,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     workers.insert("w4", env.spawn(&["worker"], Some("w4")));
 
     // Every task completes.
-    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let pool = env.tasks_pool().await;
     wait_for("every task COMPLETED", Duration::from_secs(120), || async {
         let done: i64 =
             sqlx::query_scalar("SELECT count(*) FROM rota_tasks WHERE status = 'COMPLETED'")
@@ -310,4 +311,101 @@ async fn roles_refuse_a_cluster_not_initialised_or_configured_otherwise() {
             "rota {role:?}: {err}"
         );
     }
+}
+
+/// Two clusters, `staging` and `prod`, initialised on one PostgreSQL database and one
+/// ZooKeeper: each runs its own tasks only, lists only its own, and neither's replicas end in
+/// ERROR (once, prod's epochs were "stale" against staging's owners in shared tables).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_share_one_database_and_one_zookeeper_without_seeing_each_other() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let endpoint = rota_test_harness::zookeeper().endpoint();
+    let db = rota_test_harness::postgres().fresh_database();
+    let log: Log = Arc::default();
+    let url = receiver(log.clone()).await;
+    let mut running = Vec::new();
+    let mut envs = Vec::new();
+    for (name, tag) in [("staging", "staging"), ("prod", "prod")] {
+        let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
+            .parse()
+            .unwrap();
+        let env = Env {
+            vars: [
+                ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
+                ("ROTA_COORDINATION__ENDPOINTS", endpoint.clone()),
+                ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
+                ("ROTA_STORAGE__URL", db.clone()),
+                (
+                    "ROTA_CLUSTER__NAME",
+                    format!("{name}{}", std::process::id()),
+                ),
+                ("ROTA_API__LISTEN", api.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+            api,
+            tag,
+        };
+        env.run_ok(&["init"]);
+        running.push(env.spawn(&["controller"], None));
+        running.push(env.spawn(&["api"], None));
+        running.push(env.spawn(&["worker"], Some(&format!("{name}-w1"))));
+        envs.push((name, env));
+    }
+    for (_, env) in &envs {
+        wait_for("a ready API", Duration::from_secs(60), || async {
+            http(env.api, "GET", "/readyz", None).await.0 == 200
+        })
+        .await;
+        common::wait_all_led(env.api).await;
+        let cluster = env.var("ROTA_CLUSTER__NAME").to_owned();
+        let tasks = (0..20)
+            .map(|n| {
+                json!({"name": format!("{cluster}-{n}"), "handler": "http",
+                       "payload": {"url": url, "body": n}})
+            })
+            .collect();
+        assert_eq!(common::create_batch(env.api, tasks).await.len(), 20);
+    }
+    for (name, env) in &envs {
+        let cluster = env.var("ROTA_CLUSTER__NAME").to_owned();
+        wait_for(
+            &format!("{cluster}'s tasks COMPLETED"),
+            Duration::from_secs(60),
+            || async {
+                let (_, page) =
+                    http(env.api, "GET", "/tasks?status=COMPLETED&limit=100", None).await;
+                page["tasks"].as_array().is_some_and(|t| t.len() == 20)
+            },
+        )
+        .await;
+        let (_, page) = http(env.api, "GET", "/tasks?limit=100", None).await;
+        let names: Vec<&str> = page["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 20, "{cluster} lists {names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with(&format!("{cluster}-"))),
+            "{cluster} lists another cluster's tasks: {names:?}"
+        );
+        let (_, view) = http(env.api, "GET", "/cluster", None).await;
+        assert!(
+            !view.to_string().contains("ERROR"),
+            "{cluster} has replicas in ERROR: {view}"
+        );
+        // Its worker ran its own tasks, each once.
+        let log = log.lock().unwrap();
+        let worker = format!("{name}-w1");
+        let ran = log
+            .values()
+            .flatten()
+            .filter(|r| r.worker == worker)
+            .count();
+        assert_eq!(ran, 20, "{cluster}'s worker ran {ran} runs");
+    }
+    drop(running);
 }

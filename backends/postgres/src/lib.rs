@@ -11,7 +11,7 @@
 //! - **completion** is one `UPDATE ... FROM UNNEST(...)` for the whole batch, fenced the same way;
 //! - a partial index covers the pending due tasks per partition;
 //! - after every insert commits, the partitions it filled are announced with
-//!   `NOTIFY rota_tasks, '<partition>,<partition>...'`, by one background task per store that
+//!   `NOTIFY rota_tasks_<cluster>, '<partition>,<partition>...'`, by one background task per store that
 //!   gathers whatever inserts committed meanwhile into one statement. (PostgreSQL serialises
 //!   every notifying transaction's commit on one lock: notifying from each insert made
 //!   concurrent single creates wait on each other.) A listener turns notifications into
@@ -19,22 +19,75 @@
 //!   notification lost to a crash right after an insert costs its workers at most their idle
 //!   backstop.
 //!
-//! Migrations are embedded and versioned in `rota_schema`; a database with a newer schema than
-//! this build knows is refused with a clear error.
+//! **Clusters apart**: each cluster's tables live in a schema of their own, `rota_<cluster>`
+//! (every connection's `search_path`), and its inserts are announced on a channel of its own, so
+//! several clusters share one database without seeing each other's tasks or owners. Tables of
+//! an earlier rota, unscoped in `public`, are adopted by the first cluster that opens the
+//! database (with a warning naming it).
+//!
+//! **Deadlines**: every statement runs under the configured `statement_timeout`, and waiting for
+//! a pooled connection is bounded by the same time, so a hung or unreachable database gives
+//! [`StoreError::Unavailable`] in bounded time rather than a call that never returns.
+//!
+//! Migrations are embedded and versioned in each cluster's `rota_schema`; a database with a
+//! newer schema than this build knows is refused with a clear error.
 
 use rota_core::task::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis,
     NewTask, Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
 };
 use rota_core::{Epoch, InstanceId};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-/// The channel of insert notifications.
-const CHANNEL: &str = "rota_tasks";
+/// The channel of a cluster's insert notifications is this and the cluster's name.
+const CHANNEL_PREFIX: &str = "rota_tasks_";
+
+/// How to open the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The cluster whose tasks the store holds (letters, digits, `-`, `_`, `.`; its schema name,
+    /// `rota_<cluster>`, must fit PostgreSQL's 63 bytes).
+    pub cluster: String,
+    /// Longest a statement may run, and a connection may be waited for, before the call fails
+    /// as [`StoreError::Unavailable`].
+    pub statement_timeout: Duration,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Settings {
+    /// The defaults for `cluster`: 10 s per statement, 16 connections.
+    pub fn for_cluster(cluster: &str) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            statement_timeout: Duration::from_secs(10),
+            max_connections: 16,
+        }
+    }
+
+    /// The cluster's schema, as a quoted identifier; refused if PostgreSQL could not hold it.
+    fn schema(&self) -> Result<String, StoreError> {
+        let valid = !self.cluster.is_empty()
+            && self
+                .cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let name = format!("rota_{}", self.cluster);
+        if !valid || name.len() > 63 {
+            return Err(StoreError::Invalid(format!(
+                "cluster name {:?} cannot name a PostgreSQL schema: use at most 58 letters, \
+                 digits, '-', '_' or '.'",
+                self.cluster
+            )));
+        }
+        Ok(format!("\"{name}\""))
+    }
+}
 
 /// Schema migrations, in order; `rota_schema.version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -142,23 +195,36 @@ impl Drop for PostgresTaskStore {
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
-    // A connection lost or refused, or a server shutting down, starting up or in recovery
-    // (SQLSTATE classes 08 and 57P): the store is unreachable for now, and the call may be
-    // tried again.
-    let unreachable = match &e {
+    // What may pass if the call is made again: a connection lost, refused or not free in time;
+    // a server shutting down, starting up or in recovery (SQLSTATE 08, 57P); a statement
+    // cancelled by its deadline (57014); too many connections or no memory (53); a
+    // serialization failure or deadlock (40). Everything else (constraint violations, bad
+    // input, schema trouble) stays wrong on a second try.
+    let (retryable, code) = match &e {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::Io(_)
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-        _ => false,
+        | sqlx::Error::WorkerCrashed => (true, None),
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned());
+            let retryable = code.as_deref().is_some_and(|code| {
+                ["08", "57P", "53", "40"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || code == "57014"
+            });
+            (retryable, code)
+        }
+        _ => (false, None),
     };
-    if unreachable {
-        StoreError::Unavailable(e.to_string())
+    let text = match code {
+        Some(code) => format!("{e} (SQLSTATE {code})"),
+        None => e.to_string(),
+    };
+    if retryable {
+        StoreError::Unavailable(text)
     } else {
-        StoreError::Backend(e.to_string())
+        StoreError::Backend(text)
     }
 }
 
@@ -197,31 +263,53 @@ fn tasks_from(rows: &[PgRow]) -> Result<Vec<Task>, StoreError> {
 }
 
 impl PostgresTaskStore {
-    /// Connects (pool of up to 16 connections), migrates, and starts listening for inserts.
-    /// Due times, claim and finish times are taken from the database's clock, so workers with
-    /// skewed clocks agree on what is due. The URL is never logged (it may hold a password).
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::open(url, true).await
+    /// Connects, migrates the cluster's schema, and starts listening for inserts. Due times,
+    /// claim and finish times are taken from the database's clock, so workers with skewed
+    /// clocks agree on what is due. The URL is never logged (it may hold a password).
+    pub async fn connect(url: &str, settings: &Settings) -> Result<Self, StoreError> {
+        Self::open(url, settings, true).await
     }
 
     /// Like [`Self::connect`], but taking "now" from the caller on every call, as the
     /// conformance suite's synthetic times require.
-    pub async fn connect_with_caller_clock(url: &str) -> Result<Self, StoreError> {
-        Self::open(url, false).await
+    pub async fn connect_with_caller_clock(
+        url: &str,
+        settings: &Settings,
+    ) -> Result<Self, StoreError> {
+        Self::open(url, settings, false).await
     }
 
-    async fn open(url: &str, database_clock: bool) -> Result<Self, StoreError> {
+    async fn open(
+        url: &str,
+        settings: &Settings,
+        database_clock: bool,
+    ) -> Result<Self, StoreError> {
+        let schema = settings.schema()?;
+        let options = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Invalid(format!("storage.url is not a PostgreSQL URL: {e}"))
+        })?;
+        let timeout_ms = settings.statement_timeout.as_millis().max(1);
+        // Every connection works in the cluster's schema, under the statement deadline.
+        let setup = format!("SET search_path TO {schema}; SET statement_timeout = {timeout_ms}");
         let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .max_connections(settings.max_connections.max(2))
+            .acquire_timeout(settings.statement_timeout)
+            .after_connect(move |conn, _| {
+                let setup = setup.clone();
+                Box::pin(async move {
+                    sqlx::raw_sql(AssertSqlSafe(setup)).execute(conn).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-        migrate(&pool).await?;
+        migrate(&pool, &schema, &settings.cluster).await?;
+        let channel = format!("{CHANNEL_PREFIX}{}", settings.cluster);
         let (inserted, _) = broadcast::channel(1024);
-        let listener = tokio::spawn(listen(pool.clone(), inserted.clone()));
+        let listener = tokio::spawn(listen(pool.clone(), channel.clone(), inserted.clone()));
         let (announce, pending) = tokio::sync::mpsc::unbounded_channel();
-        let notifier = tokio::spawn(notify(pool.clone(), pending));
+        let notifier = tokio::spawn(notify(pool.clone(), channel, pending));
         Ok(Self {
             pool,
             database_clock,
@@ -269,13 +357,21 @@ impl PostgresTaskStore {
     }
 }
 
-async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+async fn migrate(pool: &PgPool, schema: &str, cluster: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(backend)?;
-    // One migrator at a time, across processes.
-    sqlx::query("SELECT pg_advisory_xact_lock(7402061)")
+    // One migrator at a time, across processes and clusters; a migration may take longer than
+    // a statement is allowed to in service (an index on a large table).
+    sqlx::raw_sql("SELECT pg_advisory_xact_lock(7402061); SET LOCAL statement_timeout = 0")
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    adopt_unscoped_tables(&mut tx, schema, cluster).await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS rota_schema (version INTEGER NOT NULL)")
         .execute(&mut *tx)
         .await
@@ -305,9 +401,41 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     tx.commit().await.map_err(backend)
 }
 
-/// Forwards `NOTIFY rota_tasks` payloads (partition numbers) to the broadcast channel,
+/// Tables of a rota from before clusters had schemas of their own live in `public`: the first
+/// cluster to open the database takes them over (a database of that age held one cluster's tasks).
+async fn adopt_unscoped_tables(
+    tx: &mut Transaction<'static, Postgres>,
+    schema: &str,
+    cluster: &str,
+) -> Result<(), StoreError> {
+    let (legacy, scoped): (bool, bool) = sqlx::query_as(
+        "SELECT to_regclass('public.rota_schema') IS NOT NULL, \
+                to_regclass('rota_schema') IS NOT NULL",
+    )
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if !legacy || scoped {
+        return Ok(());
+    }
+    tracing::warn!(
+        cluster,
+        "adopting the tasks of an earlier rota (tables in the public schema) into this cluster's schema"
+    );
+    let moves: String = ["rota_tasks", "rota_partition_owners", "rota_schema"]
+        .iter()
+        .map(|t| format!("ALTER TABLE IF EXISTS public.{t} SET SCHEMA {schema};"))
+        .collect();
+    sqlx::raw_sql(AssertSqlSafe(moves))
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Forwards the cluster's notification payloads (partition numbers) to the broadcast channel,
 /// reconnecting after errors.
-async fn listen(pool: PgPool, inserted: broadcast::Sender<u32>) {
+async fn listen(pool: PgPool, channel: String, inserted: broadcast::Sender<u32>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -317,7 +445,7 @@ async fn listen(pool: PgPool, inserted: broadcast::Sender<u32>) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen(CHANNEL).await {
+        if let Err(e) = listener.listen(&channel).await {
             tracing::warn!(error = %e, "LISTEN failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -333,7 +461,11 @@ async fn listen(pool: PgPool, inserted: broadcast::Sender<u32>) {
 }
 
 /// Announces inserted partitions: one `NOTIFY` for everything that arrived since the last one.
-async fn notify(pool: PgPool, mut pending: tokio::sync::mpsc::UnboundedReceiver<u32>) {
+async fn notify(
+    pool: PgPool,
+    channel: String,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<u32>,
+) {
     while let Some(first) = pending.recv().await {
         let mut partitions = BTreeSet::from([first]);
         while let Ok(p) = pending.try_recv() {
@@ -345,7 +477,7 @@ async fn notify(pool: PgPool, mut pending: tokio::sync::mpsc::UnboundedReceiver<
             .collect::<Vec<_>>()
             .join(",");
         if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
+            .bind(&channel)
             .bind(&payload)
             .execute(&pool)
             .await

@@ -2,14 +2,18 @@
 //! harness from the machine's installed binaries (a fresh database per case).
 
 use rota_core::task::TaskStore;
-use rota_postgres::PostgresTaskStore;
+use rota_postgres::{PostgresTaskStore, Settings};
 use std::sync::Arc;
+
+fn settings() -> Settings {
+    Settings::for_cluster("test")
+}
 
 async fn store() -> Arc<dyn TaskStore> {
     let url = rota_test_harness::postgres().fresh_database();
     // The suite's times are synthetic: compare with the caller's clock, not the database's.
     Arc::new(
-        PostgresTaskStore::connect_with_caller_clock(&url)
+        PostgresTaskStore::connect_with_caller_clock(&url, &settings())
             .await
             .expect("connect to the test server"),
     )
@@ -20,14 +24,14 @@ rota_core::task_store_conformance!(store);
 #[tokio::test]
 async fn migrating_twice_is_harmless_and_a_newer_schema_is_refused() {
     let url = rota_test_harness::postgres().fresh_database();
-    drop(PostgresTaskStore::connect(&url).await.unwrap());
-    drop(PostgresTaskStore::connect(&url).await.unwrap());
+    drop(PostgresTaskStore::connect(&url, &settings()).await.unwrap());
+    drop(PostgresTaskStore::connect(&url, &settings()).await.unwrap());
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query("INSERT INTO rota_schema (version) VALUES (99)")
+    sqlx::query("INSERT INTO rota_test.rota_schema (version) VALUES (99)")
         .execute(&pool)
         .await
         .unwrap();
-    let err = PostgresTaskStore::connect(&url)
+    let err = PostgresTaskStore::connect(&url, &settings())
         .await
         .err()
         .expect("refused");
@@ -37,8 +41,8 @@ async fn migrating_twice_is_harmless_and_a_newer_schema_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inserts_wake_other_processes_through_notify() {
     let url = rota_test_harness::postgres().fresh_database();
-    let writer = PostgresTaskStore::connect(&url).await.unwrap();
-    let reader = PostgresTaskStore::connect(&url).await.unwrap();
+    let writer = PostgresTaskStore::connect(&url, &settings()).await.unwrap();
+    let reader = PostgresTaskStore::connect(&url, &settings()).await.unwrap();
     let mut woken = reader.inserted();
     // The listener connects in the background; insert until its notification arrives.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -72,7 +76,7 @@ async fn inserts_wake_other_processes_through_notify() {
 async fn due_times_are_compared_on_the_databases_clock() {
     use rota_core::task::{Claim, NewTask};
     let url = rota_test_harness::postgres().fresh_database();
-    let store = PostgresTaskStore::connect(&url).await.unwrap();
+    let store = PostgresTaskStore::connect(&url, &settings()).await.unwrap();
     let wall = rota_core::task::worker::wall_clock_ms();
     let task = NewTask {
         name: "due".into(),
@@ -107,4 +111,144 @@ async fn due_times_are_compared_on_the_databases_clock() {
         (wall + 25_000..wall + 90_000).contains(&lease_until),
         "lease until {lease_until}, wall clock {wall}"
     );
+}
+
+fn new_task(name: &str) -> rota_core::task::NewTask {
+    rota_core::task::NewTask {
+        name: name.into(),
+        payload: serde_json::Value::Null,
+        scheduled_at: 0,
+        partition_key: None,
+        max_attempts: 1,
+        handler: None,
+        idempotency_key: Some(format!("key-{name}")),
+    }
+}
+
+#[tokio::test]
+async fn clusters_sharing_a_database_do_not_see_each_other() {
+    use rota_core::task::ListFilter;
+    let url = rota_test_harness::postgres().fresh_database();
+    let staging = PostgresTaskStore::connect(&url, &Settings::for_cluster("staging"))
+        .await
+        .unwrap();
+    let prod = PostgresTaskStore::connect(&url, &Settings::for_cluster("prod"))
+        .await
+        .unwrap();
+    let owner = rota_core::InstanceId::new("w");
+    // Each cluster's epochs start over: prod's epoch 1 is not stale because staging is at 5.
+    staging.acquire(0, &owner, 5, 0).await.unwrap();
+    prod.acquire(0, &owner, 1, 0).await.unwrap();
+    let (s, created) = staging
+        .insert(vec![new_task("a")], 1, 0)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(created);
+    // The same idempotency key is another cluster's business.
+    let (p, created) = prod
+        .insert(vec![new_task("a")], 1, 0)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(created, "prod's key collided with staging's");
+    let all = ListFilter {
+        limit: 10,
+        ..ListFilter::default()
+    };
+    let listed = |page: rota_core::task::Page| page.tasks.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(listed(staging.list(&all).await.unwrap()), vec![s.id]);
+    assert_eq!(listed(prod.list(&all).await.unwrap()), vec![p.id]);
+    assert_eq!(staging.backlog().await.unwrap().pending, 1);
+    // A worker of prod claims prod's task only.
+    let claim = [rota_core::task::Claim {
+        partition: 0,
+        epoch: 1,
+    }];
+    let claimed = prod.claim(&owner, &claim, 0, 10, 30_000).await.unwrap();
+    assert_eq!(
+        listed(rota_core::task::Page {
+            tasks: claimed.tasks,
+            next: None
+        }),
+        vec![p.id]
+    );
+    // Staging's task, whatever its id, is untouched.
+    let untouched = staging.get(s.id).await.unwrap().unwrap();
+    assert_eq!(untouched.status, rota_core::task::TaskStatus::Pending);
+}
+
+#[tokio::test]
+async fn tables_of_an_unscoped_earlier_version_are_adopted() {
+    let url = rota_test_harness::postgres().fresh_database();
+    let id = {
+        let store = PostgresTaskStore::connect(&url, &settings()).await.unwrap();
+        store.insert(vec![new_task("old")], 1, 0).await.unwrap()[0]
+            .0
+            .id
+    };
+    // Lay the tables out as a rota from before schemas per cluster did: in `public`.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "ALTER TABLE rota_test.rota_tasks SET SCHEMA public; \
+         ALTER TABLE rota_test.rota_partition_owners SET SCHEMA public; \
+         ALTER TABLE rota_test.rota_schema SET SCHEMA public; DROP SCHEMA rota_test",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = PostgresTaskStore::connect(&url, &Settings::for_cluster("adopter"))
+        .await
+        .unwrap();
+    let task = store.get(id).await.unwrap().expect("the old task is kept");
+    assert_eq!(task.name, "old");
+    // Ids go on from the adopted sequence.
+    let next = store.insert(vec![new_task("new")], 1, 0).await.unwrap()[0]
+        .0
+        .id;
+    assert!(next > id);
+    let public: bool = sqlx::query_scalar("SELECT to_regclass('public.rota_tasks') IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(public, "the unscoped tables are gone from public");
+}
+
+#[tokio::test]
+async fn a_statement_that_hangs_fails_as_unavailable_within_its_deadline() {
+    let url = rota_test_harness::postgres().fresh_database();
+    let mut quick = settings();
+    quick.statement_timeout = std::time::Duration::from_millis(300);
+    let store = PostgresTaskStore::connect(&url, &quick).await.unwrap();
+    let owner = rota_core::InstanceId::new("w");
+    store.acquire(0, &owner, 1, 0).await.unwrap();
+    // Another session holds the owner row: the next acquire waits on its lock.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("SELECT * FROM rota_test.rota_partition_owners FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = store.acquire(0, &owner, 2, 0).await.expect_err("blocked");
+    assert!(err.retryable(), "{err}");
+    assert!(err.to_string().contains("57014"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    blocker.rollback().await.unwrap();
+    assert_eq!(store.acquire(0, &owner, 2, 0).await, Ok(0));
+}
+
+#[tokio::test]
+async fn a_cluster_name_postgres_cannot_hold_is_refused() {
+    let url = rota_test_harness::postgres().fresh_database();
+    let long = "c".repeat(59);
+    let err = PostgresTaskStore::connect(&url, &Settings::for_cluster(&long))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("at most 58"), "{err}");
 }

@@ -6,6 +6,10 @@
 //! transaction (`BEGIN IMMEDIATE` for writes), which gives the contract's atomicity; partition
 //! ownership lives in the same database, so every claim, completion and renewal is checked
 //! against the current owner and epoch inside the transaction that applies it.
+//!
+//! A file belongs to one cluster, recorded by the first that opens it: another cluster opening
+//! it is refused (give each cluster a file of its own), so two clusters never share tasks or
+//! partition owners by accident.
 
 use rota_core::task::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis,
@@ -55,6 +59,10 @@ CREATE TABLE partition_owners (
 CREATE INDEX tasks_failed ON tasks (finished_at) WHERE status = 'FAILED';
 CREATE INDEX tasks_cancelled ON tasks (finished_at) WHERE status = 'CANCELLED';
 "#,
+    // The cluster whose tasks the file holds: another cluster opening it is refused.
+    r#"
+CREATE TABLE cluster (name TEXT NOT NULL);
+"#,
 ];
 
 const COLUMNS: &str = "id, name, payload, handler, partition_key, partition, status, scheduled_at, \
@@ -77,12 +85,35 @@ fn backend(e: rusqlite::Error) -> StoreError {
 }
 
 impl SqliteTaskStore {
-    /// Opens (creating and migrating if needed) the database at `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let conn = Connection::open(path.as_ref()).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open {}: {e}", path.as_ref().display()))
-        })?;
-        Self::with_connection(conn)
+    /// Opens (creating and migrating if needed) the database at `path` for `cluster`; refused
+    /// with [`StoreError::Invalid`] if the file holds another cluster's tasks.
+    pub fn open(path: impl AsRef<Path>, cluster: &str) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let store = Self::with_connection(conn)?;
+        {
+            let conn = store.conn.lock().unwrap_or_else(|e| e.into_inner());
+            let holder: Option<String> = conn
+                .query_row("SELECT name FROM cluster", [], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            match holder {
+                None => {
+                    conn.execute("INSERT INTO cluster (name) VALUES (?1)", [cluster])
+                        .map_err(backend)?;
+                }
+                Some(holder) if holder == cluster => {}
+                Some(holder) => {
+                    return Err(StoreError::Invalid(format!(
+                        "{} holds the tasks of cluster {holder:?}, not {cluster:?}: give each \
+                         cluster a file of its own (storage.url)",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        Ok(store)
     }
 
     /// A private database in memory, for tests.

@@ -22,7 +22,7 @@ fn temp_db(name: &str) -> std::path::PathBuf {
 async fn tasks_survive_reopening_the_file() {
     let path = temp_db("reopen");
     let id = {
-        let store = SqliteTaskStore::open(&path).unwrap();
+        let store = SqliteTaskStore::open(&path, "test").unwrap();
         let task = NewTask {
             name: "persisted".into(),
             payload: serde_json::json!("payload"),
@@ -34,7 +34,7 @@ async fn tasks_survive_reopening_the_file() {
         };
         store.insert(vec![task], 12, 1).await.unwrap()[0].0.id
     };
-    let store = SqliteTaskStore::open(&path).unwrap();
+    let store = SqliteTaskStore::open(&path, "test").unwrap();
     let task = store.get(id).await.unwrap().unwrap();
     assert_eq!(
         (task.name.as_str(), task.status),
@@ -46,10 +46,23 @@ async fn tasks_survive_reopening_the_file() {
 #[tokio::test]
 async fn a_newer_schema_is_refused_with_a_clear_error() {
     let path = temp_db("schema");
-    drop(SqliteTaskStore::open(&path).unwrap());
+    drop(SqliteTaskStore::open(&path, "test").unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    let err = SqliteTaskStore::open(&path).err().expect("refused");
+    let err = SqliteTaskStore::open(&path, "test").err().expect("refused");
     assert!(err.to_string().contains("newer than this build"), "{err}");
+}
+
+#[tokio::test]
+async fn a_file_of_another_cluster_is_refused() {
+    let path = temp_db("clusters");
+    drop(SqliteTaskStore::open(&path, "staging").unwrap());
+    drop(SqliteTaskStore::open(&path, "staging").unwrap());
+    let err = SqliteTaskStore::open(&path, "prod").err().expect("refused");
+    assert!(
+        matches!(&err, rota_core::task::StoreError::Invalid(m)
+            if m.contains("\"staging\"") && m.contains("a file of its own")),
+        "{err}"
+    );
 }

@@ -4,10 +4,12 @@
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod deadline;
 mod retry;
 pub mod store;
 pub mod worker;
 
+pub use deadline::Deadlined;
 pub use retry::RetryPolicy;
 pub use store::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Page,

@@ -29,6 +29,28 @@ pub struct Env {
 }
 
 impl Env {
+    /// A setting of this cluster's processes.
+    pub fn var(&self, key: &str) -> &str {
+        self.vars
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{key} is not set"))
+    }
+
+    /// A connection pool to the cluster's PostgreSQL database, working in the cluster's
+    /// schema (`rota_<cluster>`) as rota's own connections do.
+    pub async fn tasks_pool(&self) -> sqlx::PgPool {
+        use std::str::FromStr;
+        let cluster = self.var("ROTA_CLUSTER__NAME").to_owned();
+        let options = sqlx::postgres::PgConnectOptions::from_str(self.var("ROTA_STORAGE__URL"))
+            .expect("a PostgreSQL URL")
+            .options([("search_path", format!("rota_{cluster}"))]);
+        sqlx::PgPool::connect_with(options)
+            .await
+            .expect("connect to the cluster's database")
+    }
+
     /// `rota ARGS` with the settings (and `worker` as the worker id), logging to a file.
     pub fn command(&self, args: &[&str], worker: Option<&str>) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_rota"));
