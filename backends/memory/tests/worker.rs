@@ -18,8 +18,8 @@ use rota_core::cluster::participant::{
 use rota_core::coordination::Coordination;
 use rota_core::task::worker::{Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms};
 use rota_core::task::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, ListFilter, Millis, NewTask, Page,
-    StoreError, TASKS_RESOURCE, Task, TaskId, TaskStatus, TaskStore,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, Deadlined, ListFilter, Millis, NewTask,
+    Page, StoreError, TASKS_RESOURCE, Task, TaskId, TaskStatus, TaskStore,
 };
 use rota_core::{InstanceConfig, InstanceId, ResourceConfig};
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
@@ -32,13 +32,43 @@ use tokio::time::Instant;
 
 const PARTITIONS: u32 = 12;
 const SESSION: Duration = Duration::from_secs(2);
+/// The deadline of the workers' task-store calls.
+const STORE_DEADLINE: Duration = Duration::from_secs(3);
 
-/// One execution of a task: which worker, from when to when (`None` while it runs).
+/// One execution of a task: which worker, from when to when (`None` while it runs) at the
+/// receiver, and when the worker stopped waiting for it (its answer, or the handler aborted).
 #[derive(Clone, Debug)]
 struct Execution {
     worker: String,
     start: Instant,
     end: Option<Instant>,
+    caller_done: Option<Instant>,
+}
+
+/// Records when the handler stopped waiting for its run: dropped with the handler's future,
+/// whether it completed or was aborted.
+struct CallerDone {
+    recorder: Recorder,
+    id: TaskId,
+    index: Arc<Mutex<Option<usize>>>,
+}
+
+impl Drop for CallerDone {
+    fn drop(&mut self) {
+        let Some(index) = *self.index.lock().unwrap() else {
+            return;
+        };
+        if let Some(run) = self
+            .recorder
+            .0
+            .lock()
+            .unwrap()
+            .get_mut(&self.id)
+            .and_then(|runs| runs.get_mut(index))
+        {
+            run.caller_done = Some(Instant::now());
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -67,17 +97,26 @@ impl TaskHandler for Recording {
         // aborted (as a webhook's receiver does), and records its start and end.
         let (recorder, worker, id) = (self.recorder.clone(), self.worker.clone(), task.id);
         let (done, finished) = tokio::sync::oneshot::channel();
+        let slot = Arc::new(Mutex::new(None));
+        let _caller = CallerDone {
+            recorder: recorder.clone(),
+            id,
+            index: slot.clone(),
+        };
+        // Registered before the handler can be aborted, so every run has its caller's end.
+        let index = {
+            let mut map = recorder.0.lock().unwrap();
+            let runs = map.entry(id).or_default();
+            runs.push(Execution {
+                worker,
+                start: Instant::now(),
+                end: None,
+                caller_done: None,
+            });
+            runs.len() - 1
+        };
+        *slot.lock().unwrap() = Some(index);
         tokio::spawn(async move {
-            let index = {
-                let mut map = recorder.0.lock().unwrap();
-                let runs = map.entry(id).or_default();
-                runs.push(Execution {
-                    worker,
-                    start: Instant::now(),
-                    end: None,
-                });
-                runs.len() - 1
-            };
             tokio::time::sleep(work).await;
             recorder.0.lock().unwrap().get_mut(&id).unwrap()[index].end = Some(Instant::now());
             let _ = done.send(());
@@ -89,14 +128,19 @@ impl TaskHandler for Recording {
 }
 
 /// A task store that can be made unreachable: while `down`, every call fails as a lost
-/// connection would.
+/// connection would; while `hung`, every call waits (a frozen database) and goes on once it
+/// thaws.
 struct Outage {
     store: Arc<MemoryTaskStore>,
     down: std::sync::atomic::AtomicBool,
+    hung: std::sync::atomic::AtomicBool,
 }
 
 impl Outage {
-    fn check(&self) -> Result<(), StoreError> {
+    async fn check(&self) -> Result<(), StoreError> {
+        while self.hung.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             Err(StoreError::Unavailable(
                 "connection refused (outage)".into(),
@@ -115,19 +159,19 @@ impl TaskStore for Outage {
         partitions: u32,
         now: Millis,
     ) -> Result<Vec<(Task, bool)>, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.insert(tasks, partitions, now).await
     }
     async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.get(id).await
     }
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.list(filter).await
     }
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.cancel(id, now).await
     }
     async fn acquire(
@@ -137,7 +181,7 @@ impl TaskStore for Outage {
         epoch: u64,
         now: Millis,
     ) -> Result<u64, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.acquire(partition, owner, epoch, now).await
     }
     async fn claim(
@@ -148,7 +192,7 @@ impl TaskStore for Outage {
         limit: usize,
         lease_ms: i64,
     ) -> Result<Claimed, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store
             .claim(owner, partitions, now, limit, lease_ms)
             .await
@@ -159,7 +203,7 @@ impl TaskStore for Outage {
         completions: &[Completion],
         now: Millis,
     ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.complete(owner, completions, now).await
     }
     async fn renew(
@@ -169,7 +213,7 @@ impl TaskStore for Outage {
         now: Millis,
         lease_ms: i64,
     ) -> Result<Vec<u32>, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.renew(owner, partitions, now, lease_ms).await
     }
     async fn requeue_expired(
@@ -178,19 +222,19 @@ impl TaskStore for Outage {
         partitions: &[Claim],
         now: Millis,
     ) -> Result<u64, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.requeue_expired(owner, partitions, now).await
     }
     async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.reset_after_restart(now).await
     }
     async fn purge_finished(&self, before: Millis, limit: usize) -> Result<u64, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.purge_finished(before, limit).await
     }
     async fn backlog(&self) -> Result<Backlog, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.store.backlog().await
     }
     fn inserted(&self) -> tokio::sync::broadcast::Receiver<u32> {
@@ -251,6 +295,7 @@ async fn setup_options(workers: &[&str], options: Options) -> Setup {
     let tasks = Arc::new(Outage {
         store: Arc::new(MemoryTaskStore::new()),
         down: Default::default(),
+        hung: Default::default(),
     });
     let recorder = Recorder::default();
     let checker = Checker::new("MASTER", 1);
@@ -302,7 +347,9 @@ impl Setup {
         config.step_down_timeout = Duration::from_millis(500);
         config.max_idle = Duration::from_millis(500);
         config.retention = self.options.retention;
-        let worker = Worker::new(config, self.tasks.clone(), handlers);
+        // As in production, every store call has a deadline.
+        let tasks = Arc::new(Deadlined::new(self.tasks.clone(), STORE_DEADLINE));
+        let worker = Worker::new(config, tasks, handlers);
         let (participant, handle) = Participant::new(
             store,
             ParticipantConfig {
@@ -483,10 +530,16 @@ async fn finished_tasks_are_purged_after_the_retention() {
 /// Three workers start 24 tasks of two seconds each, all due now; returns once a dozen runs
 /// are under way.
 async fn long_runs_under_way() -> (Setup, Vec<TaskId>) {
+    runs_under_way(Duration::from_secs(2)).await
+}
+
+/// Three workers start 24 tasks of `work` each, all due now; returns once a dozen runs are
+/// under way.
+async fn runs_under_way(work: Duration) -> (Setup, Vec<TaskId>) {
     let s = setup_options(
         &["w1", "w2", "w3"],
         Options {
-            work: Some(Duration::from_secs(2)),
+            work: Some(work),
             ..Options::default()
         },
     )
@@ -561,4 +614,65 @@ async fn completions_survive_a_task_store_outage() {
     wait_all_completed(&*s.tasks, ids.len()).await;
     let runs = finish(s).await;
     ran_once_each(&runs, &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_cut_off_while_the_store_hangs_stops_its_runs_within_its_session() {
+    // Runs longer than the session, so that the cut-off worker's are still under way when its
+    // session expires.
+    let (s, ids) = runs_under_way(Duration::from_secs(20)).await;
+    s.tasks
+        .hung
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let ParticipantStatus::Live(session) = s.participants["w2"].status().borrow().clone() else {
+        panic!("w2 not live");
+    };
+    let cut = Instant::now();
+    s.coordination.suspend(&session);
+    // The store stays frozen well past w2's session, then thaws: whatever waited on it goes on.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let thaw = Instant::now();
+    s.tasks
+        .hung
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_all_completed(&*s.tasks, ids.len()).await;
+    let runs = finish(s).await;
+    let mut cut_off = 0;
+    for (id, executions) in &runs {
+        for e in executions
+            .iter()
+            .filter(|e| e.worker == "w2" && e.start < cut)
+        {
+            if e.end.is_some_and(|end| end <= cut + SESSION) {
+                continue;
+            }
+            cut_off += 1;
+            // Its step-down could not reach the store, yet w2 stopped waiting on the run
+            // before its session could expire (and the partition move elsewhere).
+            let stopped = e.caller_done.expect("a caller's end");
+            assert!(
+                stopped <= cut + SESSION,
+                "task {id}: w2 still ran it {:?} after it was cut off",
+                stopped - cut
+            );
+        }
+        // (Once the store thaws, w2, back with a new session, may be given partitions again.)
+        assert!(
+            executions
+                .iter()
+                .all(|e| e.worker != "w2" || e.start < cut || e.start >= thaw),
+            "task {id}: w2 started a run while cut off: {executions:?}"
+        );
+        let mut sorted = executions.clone();
+        sorted.sort_by_key(|e| e.start);
+        for pair in sorted.windows(2) {
+            assert!(
+                pair[0]
+                    .caller_done
+                    .is_some_and(|done| done <= pair[1].start),
+                "task {id} ran on two workers at once: {sorted:?}"
+            );
+        }
+    }
+    assert!(cut_off > 0, "w2 had no run under way when it was cut off");
 }

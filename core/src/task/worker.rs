@@ -315,6 +315,7 @@ impl Worker {
         let completer = tokio::spawn(complete_in_batches(inner.clone(), done_rx));
         let renewer = tokio::spawn(renew_leases(inner.clone(), shutdown.clone()));
         let purger = tokio::spawn(purge_finished(inner.clone(), shutdown.clone()));
+        let fence = tokio::spawn(inner.clone().fence_session(shutdown.clone()));
         let mut inserted = inner.store.inserted();
         let concurrency = inner.config.concurrency.max(1);
         while !*shutdown.borrow() {
@@ -327,7 +328,7 @@ impl Worker {
             let want = capacity.saturating_sub(outstanding).min(inner.config.batch);
             let worth = busy < concurrency || want * 2 >= capacity;
             let mut wait_until: Option<Millis> = None;
-            if !claims.is_empty() && want > 0 && worth {
+            if !claims.is_empty() && want > 0 && worth && !inner.session_in_doubt() {
                 let now = (inner.now)();
                 let lease = inner.config.lease.as_millis() as i64;
                 match inner
@@ -378,6 +379,7 @@ impl Worker {
         let _ = completer.await;
         renewer.abort();
         purger.abort();
+        fence.abort();
     }
 }
 
@@ -765,14 +767,24 @@ impl Inner {
             count = aborted.len(),
             "drain limit reached: aborting the partition's tasks and reporting them interrupted"
         );
+        self.interrupt(
+            aborted.into_values().collect(),
+            "its partition was given up",
+        )
+        .await;
+    }
+
+    /// Aborts tasks in flight and reports them interrupted: a failed attempt, retried at once
+    /// while attempts remain.
+    async fn interrupt(&self, aborted: Vec<Running>, why: &str) {
         let now = (self.now)();
         let interrupted: Vec<Completion> = aborted
-            .into_values()
+            .into_iter()
             .map(|(handle, c)| {
                 handle.abort();
                 Completion {
                     outcome: CompletionOutcome::Failed {
-                        error: "interrupted: its partition was given up before it finished".into(),
+                        error: format!("interrupted: {why} before it finished"),
                         retry_at: now,
                     },
                     ..c
@@ -785,6 +797,87 @@ impl Inner {
             .await
         {
             warn!(error = %e, "reporting interrupted tasks failed; their leases will expire");
+        }
+    }
+
+    /// Records this worker as the partition's owner at `epoch`. A failure that may pass (the
+    /// store unreachable or slow) is tried again with a growing pause, since a transition that
+    /// failed would leave the replica in ERROR, until the session can no longer be relied on
+    /// (the participant is then stepping down, and waits for this transition first).
+    async fn acquire(&self, partition: u32, epoch: Epoch) -> Result<u64, String> {
+        let mut session = self.session_deadline.subscribe();
+        let mut pause = COMPLETION_RETRY_FIRST;
+        loop {
+            let error = match self
+                .store
+                .acquire(partition, &self.config.id, epoch, (self.now)())
+                .await
+            {
+                Ok(requeued) => return Ok(requeued),
+                Err(e) if e.retryable() && session.borrow_and_update().is_none() => e,
+                Err(e) => return Err(e.to_string()),
+            };
+            warn!(partition, epoch, error = %error, retry_in = ?pause, "recording the partition's ownership failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = session.changed() => {}
+            }
+            pause = (pause * 2).min(COMPLETION_RETRY_MAX);
+        }
+    }
+
+    /// Whether the participant's session can be relied on: claims stop while it cannot.
+    fn session_in_doubt(&self) -> bool {
+        self.session_deadline.borrow().is_some()
+    }
+
+    /// Once the participant's session can no longer be relied on, nothing of this worker may
+    /// run past the session's deadline, whatever the step-down is waiting on (a store that
+    /// hangs, a transition in flight): at the deadline every task in flight is aborted and
+    /// reported interrupted, and queued claims are given back.
+    async fn fence_session(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut session = self.session_deadline.subscribe();
+        loop {
+            let deadline = *session.borrow_and_update();
+            if let Some(deadline) = deadline {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let aborted: Vec<Running> = self
+                            .in_flight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .drain()
+                            .flat_map(|(_, tasks)| tasks.into_values())
+                            .collect();
+                        let queued: Vec<Task> =
+                            self.lock_queue().drain(..).map(|q| q.task).collect();
+                        if !aborted.is_empty() {
+                            warn!(
+                                count = aborted.len(),
+                                "session deadline passed: aborting every task in flight"
+                            );
+                            let inner = self.clone();
+                            tokio::spawn(async move {
+                                inner.interrupt(aborted, "the worker's session was lost").await;
+                            });
+                        }
+                        let inner = self.clone();
+                        tokio::spawn(async move { inner.release(queued).await });
+                        // Until the session is back or replaced.
+                        tokio::select! {
+                            _ = session.changed() => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                    _ = session.changed() => {}
+                    _ = shutdown.changed() => return,
+                }
+            } else {
+                tokio::select! {
+                    _ = session.changed() => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
         }
     }
 
@@ -1009,11 +1102,7 @@ impl TransitionHandler for Ownership {
         let was_top = matches!(t.from.as_str(), "MASTER" | "LEADER" | "ONLINE");
         let inner = &self.inner;
         if top {
-            let requeued = inner
-                .store
-                .acquire(t.partition, &inner.config.id, t.epoch, (inner.now)())
-                .await
-                .map_err(|e| e.to_string())?;
+            let requeued = inner.acquire(t.partition, t.epoch).await?;
             if requeued > 0 {
                 info!(
                     partition = t.partition,
@@ -1038,10 +1127,16 @@ impl TransitionHandler for Ownership {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&t.partition);
-            inner.release(inner.unqueue(t.partition)).await;
             let deadline = t
                 .deadline
                 .unwrap_or_else(|| tokio::time::Instant::now() + inner.config.drain_timeout);
+            // The release settles its tasks whenever the store answers; the drain waits for
+            // that no longer than for anything else.
+            let releasing = {
+                let (inner, queued) = (inner.clone(), inner.unqueue(t.partition));
+                tokio::spawn(async move { inner.release(queued).await })
+            };
+            let _ = tokio::time::timeout_at(deadline, releasing).await;
             inner.drain(t.partition, deadline).await;
             inner
                 .leaving
@@ -1054,6 +1149,8 @@ impl TransitionHandler for Ownership {
 
     fn session_deadline(&self, deadline: Option<tokio::time::Instant>) {
         self.inner.session_deadline.send_replace(deadline);
+        // Claims paused while the session was in doubt go on.
+        self.inner.wake.notify_one();
     }
 
     fn session_timeout(&self, granted: Duration) {
