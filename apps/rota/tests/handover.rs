@@ -7,7 +7,8 @@
 //! partitions onto a fifth. No task may run twice, so none runs twice at once either: a worker
 //! giving a partition up must wait for its runs and write their completions before the next
 //! owner takes over. Other cases: a task-store outage, a frozen worker coming back, a worker cut
-//! off from a ZooKeeper that caps session timeouts.
+//! off from a ZooKeeper that caps session timeouts, a worker cut off from ZooKeeper while
+//! PostgreSQL is frozen (SIGSTOP).
 
 mod common;
 
@@ -469,5 +470,73 @@ async fn a_worker_cut_off_from_a_capped_zookeeper_stops_before_its_tasks_move() 
     }
     println!("runs given up by the cut-off worker and run again: {moved}");
     assert!(moved > 0, "nothing of w2's ran again elsewhere");
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_while_postgres_is_frozen_stops_within_its_session() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // A server of this test's own: it is frozen (SIGSTOP) under load.
+    let postgres = rota_test_harness::private_postgres();
+    let zookeeper = rota_test_harness::zookeeper();
+    let proxy = rota_test_harness::Proxy::start(zookeeper.port);
+    let mut topology = Topology::new("frozen-pg");
+    topology.db = postgres.fresh_database();
+    topology.worker_vars.insert(
+        "w2",
+        vec![(
+            "ROTA_COORDINATION__ENDPOINTS",
+            format!("[\"{}\"]", proxy.endpoint()),
+        )],
+    );
+    let mut cluster = cluster(topology).await;
+    let pool = cluster.env.tasks_pool().await;
+    let log: Log = Arc::default();
+    // Runs far longer than the session: the cut-off worker's are under way when it expires.
+    let url = receiver(log.clone(), Duration::from_secs(20)).await;
+    let ids = wave(&cluster.env, &url, "frozen-pg").await;
+    started(&log, &ids, WAVE / 2).await;
+    // The database stops answering, and w3 dies: once its session expires, its partitions are
+    // granted to w1 and w2, whose ownership records hang in the frozen store. Then w2 loses
+    // ZooKeeper with such a grant in flight: its step-down waits for the grant, and cannot
+    // reach the store anyway; yet it must stop its runs before its session can expire.
+    postgres.freeze();
+    cluster.workers.remove("w3").unwrap().0.kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(SESSION_MS + 2_000)).await;
+    let cut = Instant::now();
+    proxy.partition();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    postgres.thaw();
+    all_completed(&pool, WAVE).await;
+    let session = Duration::from_millis(SESSION_MS);
+    let log = log.lock().unwrap();
+    let mut stopped_by_w2 = 0;
+    for id in &ids {
+        let mut runs = log[id].clone();
+        runs.sort_by_key(|r| r.start);
+        for run in runs.iter().filter(|r| r.worker == "w2") {
+            assert!(run.start < cut, "task {id}: w2 started a run while cut off");
+            let done = run.caller_done.expect("the caller's end");
+            assert!(
+                done <= cut + session,
+                "task {id}: w2 still waited on its run {:?} after it was cut off: {runs:?}",
+                done - cut
+            );
+            stopped_by_w2 += usize::from(run.end.is_none_or(|end| end > done));
+        }
+        for pair in runs.windows(2) {
+            assert!(
+                pair[0]
+                    .caller_done
+                    .is_some_and(|done| done <= pair[1].start),
+                "task {id}: its old owner was still running it: {runs:?}"
+            );
+        }
+    }
+    println!("runs the cut-off worker gave up: {stopped_by_w2}");
+    assert!(
+        stopped_by_w2 > 0,
+        "w2 had no run under way when it was cut off"
+    );
     drop(cluster);
 }

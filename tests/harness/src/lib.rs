@@ -25,6 +25,7 @@ pub struct Postgres {
     /// Port on 127.0.0.1.
     pub port: u16,
     bin: PathBuf,
+    data: PathBuf,
     as_postgres: bool,
     databases: AtomicU64,
     _guard: Mutex<Child>,
@@ -134,6 +135,12 @@ pub fn postgres() -> &'static Postgres {
     SERVER.get_or_init(|| start_postgres(false))
 }
 
+/// A PostgreSQL server of the caller's own (not shared with the binary's other tests), for a
+/// test that freezes it ([`Postgres::freeze`]).
+pub fn private_postgres() -> Postgres {
+    start_postgres(false)
+}
+
 /// A new PostgreSQL server with PostgreSQL's default settings (fsync and synchronous commit on),
 /// as a production database runs: for benchmarks, whose figures must not hide the disk.
 pub fn durable_postgres() -> Postgres {
@@ -208,6 +215,7 @@ fn start_postgres(durable: bool) -> Postgres {
     Postgres {
         port,
         bin,
+        data,
         as_postgres,
         databases: AtomicU64::new(0),
         _guard: Mutex::new(guard),
@@ -215,6 +223,50 @@ fn start_postgres(durable: bool) -> Postgres {
 }
 
 impl Postgres {
+    /// Freezes the server (SIGSTOP to the postmaster and every backend): connections stay open
+    /// and calls hang, as with a database host that stopped answering. [`Postgres::thaw`]
+    /// resumes it.
+    pub fn freeze(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Resumes a frozen server.
+    pub fn thaw(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, signal: &str) {
+        let pid_file = self.data.join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", pid_file.display()));
+        let postmaster: u32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("the postmaster's pid");
+        // The postmaster and its children (backends, background processes), from /proc.
+        let mut pids = vec![postmaster.to_string()];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: the fields after the last ')'.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let status = Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pids:?} failed");
+    }
+
     /// URL of database `name` as the superuser `rota`.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://rota@127.0.0.1:{}/{name}", self.port)
