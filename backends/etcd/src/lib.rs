@@ -42,7 +42,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch as state_watch};
+use tokio::sync::watch as state_watch;
 
 /// Keys read per request when listing children.
 const PAGE: i64 = 1_000;
@@ -340,7 +340,8 @@ impl Session for EtcdSession {
             )
             .await?;
         let revision = now.header().map_or(0, |h| h.revision());
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, events) =
+            rota_core::coordination::watch_channel(rota_core::coordination::WATCH_CAPACITY);
         let spec = watch::Spec {
             path: key.to_owned(),
             recursive,
@@ -353,7 +354,7 @@ impl Session for EtcdSession {
             tx,
             self.state_rx.clone(),
         ));
-        Ok(Watch::new(rx))
+        Ok(events)
     }
 
     async fn close(&self) -> Result<(), CoordError> {

@@ -11,9 +11,9 @@
 
 use crate::keys::{KeySpace, in_scope};
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
-use rota_core::coordination::{SessionState, WatchEvent};
+use rota_core::coordination::{SessionState, WatchEvent, WatchSender};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 /// What one watch covers.
@@ -36,7 +36,7 @@ pub(crate) async fn run(
     client: Client,
     spec: Spec,
     mut next: i64,
-    tx: mpsc::UnboundedSender<WatchEvent>,
+    tx: WatchSender,
     mut state: watch::Receiver<SessionState>,
 ) {
     let (start, end) = if spec.recursive {
@@ -122,12 +122,7 @@ enum Delivered {
 }
 
 /// Passes on one response's events and advances `next`.
-fn deliver(
-    spec: &Spec,
-    response: &WatchResponse,
-    next: &mut i64,
-    tx: &mpsc::UnboundedSender<WatchEvent>,
-) -> Delivered {
+fn deliver(spec: &Spec, response: &WatchResponse, next: &mut i64, tx: &WatchSender) -> Delivered {
     if response.compact_revision() > 0 {
         // History up to the compaction is gone (etcd also cancels the watch): the holder
         // re-reads, then events resume from the oldest revision kept.
@@ -138,7 +133,7 @@ fn deliver(
             "etcd watch fell behind a compaction: resync"
         );
         *next = response.compact_revision();
-        if tx.send(WatchEvent::Resync).is_err() {
+        if !tx.send(WatchEvent::Resync) {
             return Delivered::ReceiverGone;
         }
         return Delivered::Resynced;
@@ -175,7 +170,7 @@ fn deliver(
             EventType::Put => WatchEvent::Changed { key: path },
             EventType::Delete => WatchEvent::Deleted { key: path },
         };
-        if tx.send(out).is_err() {
+        if !tx.send(out) {
             return Delivered::ReceiverGone;
         }
     }
@@ -186,7 +181,7 @@ fn deliver(
 async fn pause(
     backoff: &mut Duration,
     state: &mut watch::Receiver<SessionState>,
-    tx: &mpsc::UnboundedSender<WatchEvent>,
+    tx: &WatchSender,
 ) -> bool {
     let wait = *backoff;
     *backoff = (*backoff * 2).min(MAX_BACKOFF);

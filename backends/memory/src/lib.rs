@@ -20,12 +20,13 @@ use async_trait::async_trait;
 use rota_core::SessionId;
 use rota_core::coordination::{
     CoordError, Coordination, CreateMode, MAX_VALUE_BYTES, Node, Op, OpResult, Session,
-    SessionState, Watch, WatchEvent, validate_key, validate_transaction,
+    SessionState, WATCH_CAPACITY, Watch, WatchEvent, WatchSender, validate_key,
+    validate_transaction, watch_channel,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// The in-memory store. Cloning gives another handle to the same store.
 #[derive(Clone, Default)]
@@ -76,7 +77,7 @@ struct Watcher {
     session: u64,
     key: String,
     recursive: bool,
-    tx: mpsc::UnboundedSender<WatchEvent>,
+    tx: WatchSender,
     held: Vec<WatchEvent>,
     lost: bool,
 }
@@ -427,7 +428,7 @@ impl Inner {
 }
 
 fn deliver(w: &mut Watcher, event: WatchEvent) -> bool {
-    deliver_resync(w) && w.tx.send(event).is_ok()
+    deliver_resync(w) && w.tx.send(event)
 }
 
 /// Sends the `Resync` a watcher owes after losing events, if it owes one.
@@ -436,7 +437,7 @@ fn deliver_resync(w: &mut Watcher) -> bool {
         return true;
     }
     w.lost = false;
-    w.tx.send(WatchEvent::Resync).is_ok()
+    w.tx.send(WatchEvent::Resync)
 }
 
 fn too_large(key: &str, value: &[u8]) -> Result<(), CoordError> {
@@ -532,7 +533,7 @@ impl Session for MemorySession {
         validate_key(key)?;
         let mut inner = self.store.lock();
         inner.check_live(self.number)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, watch) = watch_channel(WATCH_CAPACITY);
         inner.watchers.push(Watcher {
             session: self.number,
             key: key.to_owned(),
@@ -541,7 +542,7 @@ impl Session for MemorySession {
             held: Vec::new(),
             lost: false,
         });
-        Ok(Watch::new(rx))
+        Ok(watch)
     }
 
     async fn close(&self) -> Result<(), CoordError> {

@@ -41,6 +41,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -182,8 +183,9 @@ pub struct PostgresTaskStore {
     database_clock: bool,
     inserted: broadcast::Sender<u32>,
     listener: tokio::task::JoinHandle<()>,
-    /// Partitions to announce, to the notifier task.
-    announce: tokio::sync::mpsc::UnboundedSender<u32>,
+    /// Partitions to announce, gathered for the notifier task (a set: bounded by the
+    /// partition count however far the notifier falls behind).
+    announce: Arc<Announcements>,
     notifier: tokio::task::JoinHandle<()>,
 }
 
@@ -308,7 +310,8 @@ impl PostgresTaskStore {
         let channel = format!("{CHANNEL_PREFIX}{}", settings.cluster);
         let (inserted, _) = broadcast::channel(1024);
         let listener = tokio::spawn(listen(pool.clone(), channel.clone(), inserted.clone()));
-        let (announce, pending) = tokio::sync::mpsc::unbounded_channel();
+        let announce = Arc::new(Announcements::default());
+        let pending = announce.clone();
         let notifier = tokio::spawn(notify(pool.clone(), channel, pending));
         Ok(Self {
             pool,
@@ -460,17 +463,38 @@ async fn listen(pool: PgPool, channel: String, inserted: broadcast::Sender<u32>)
     }
 }
 
-/// Announces inserted partitions: one `NOTIFY` for everything that arrived since the last one.
-async fn notify(
-    pool: PgPool,
-    channel: String,
-    mut pending: tokio::sync::mpsc::UnboundedReceiver<u32>,
-) {
-    while let Some(first) = pending.recv().await {
-        let mut partitions = BTreeSet::from([first]);
-        while let Ok(p) = pending.try_recv() {
-            partitions.insert(p);
+/// Partitions waiting to be announced.
+#[derive(Default)]
+struct Announcements {
+    partitions: std::sync::Mutex<BTreeSet<u32>>,
+    added: tokio::sync::Notify,
+}
+
+impl Announcements {
+    fn add(&self, partitions: impl IntoIterator<Item = u32>) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(partitions);
+        self.added.notify_one();
+    }
+
+    async fn take(&self) -> BTreeSet<u32> {
+        loop {
+            let taken =
+                std::mem::take(&mut *self.partitions.lock().unwrap_or_else(|e| e.into_inner()));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.added.notified().await;
         }
+    }
+}
+
+/// Announces inserted partitions: one `NOTIFY` for everything that arrived since the last one.
+async fn notify(pool: PgPool, channel: String, pending: Arc<Announcements>) {
+    loop {
+        let partitions = pending.take().await;
         let payload = partitions
             .iter()
             .map(u32::to_string)
@@ -630,10 +654,10 @@ impl TaskStore for PostgresTaskStore {
                 .ok_or_else(|| StoreError::Backend(format!("idempotency key {key} vanished")))?;
             out.push((task, false));
         }
-        for p in notified {
+        for &p in &notified {
             let _ = self.inserted.send(p);
-            let _ = self.announce.send(p);
         }
+        self.announce.add(notified);
         Ok(out)
     }
 

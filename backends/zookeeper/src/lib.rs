@@ -20,13 +20,14 @@
 use async_trait::async_trait;
 use rota_core::SessionId;
 use rota_core::coordination::{
-    CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState, Watch,
-    WatchEvent, validate_key, validate_transaction, validate_value,
+    CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState,
+    WATCH_CAPACITY, Watch, WatchEvent, validate_key, validate_transaction, validate_value,
+    watch_channel,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use zookeeper_client as zk;
 
 /// A session's credentials and the state its holder sees.
@@ -382,7 +383,7 @@ impl Session for ZooKeeperSession {
             .watch(key, mode)
             .await
             .map_err(|e| map_error(e, key))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, watch) = watch_channel(WATCH_CAPACITY);
         tokio::spawn(async move {
             let mut disconnected = false;
             loop {
@@ -413,13 +414,13 @@ impl Session for ZooKeeperSession {
                     },
                 };
                 if let Some(out) = out {
-                    if tx.send(out).is_err() {
+                    if !tx.send(out) {
                         return;
                     }
                 }
             }
         });
-        Ok(Watch::new(rx))
+        Ok(watch)
     }
 
     async fn close(&self) -> Result<(), CoordError> {

@@ -9,7 +9,7 @@
 
 use super::{
     CoordError, Coordination, CreateMode, MAX_TRANSACTION_OPS, MAX_VALUE_BYTES, Op, OpResult,
-    Session, SessionState, Watch, WatchEvent,
+    Session, SessionState, WATCH_CAPACITY, Watch, WatchEvent,
 };
 use crate::model::SessionId;
 use async_trait::async_trait;
@@ -576,6 +576,60 @@ pub async fn watch_scope(h: &Harness) {
     assert_eq!(subtree.try_next(), None);
 }
 
+/// A watcher that does not keep up with a flood of changes costs bounded memory: it receives
+/// at most [`WATCH_CAPACITY`] events, then a `Resync`; re-reading then shows every change, and
+/// the watch goes on delivering the changes after it.
+pub async fn a_flooded_watcher_gets_a_resync(h: &Harness) {
+    let s = h.session().await;
+    let root = h.key("flood");
+    s.create(&root, vec![], CreateMode::Persistent)
+        .await
+        .unwrap();
+    let mut watch = s.watch(&root, true).await.unwrap();
+    // Twice what the watch holds, written while nobody reads it, a transaction of 50 at a time.
+    let keys = 2 * WATCH_CAPACITY;
+    for batch in 0..keys / 50 {
+        let ops = (0..50)
+            .map(|i| Op::Create {
+                key: format!("{root}/k{}", batch * 50 + i),
+                value: vec![],
+                mode: CreateMode::Persistent,
+            })
+            .collect();
+        s.transaction(ops).await.unwrap();
+    }
+    let mut before_resync = 0;
+    loop {
+        match next_event(&mut watch).await.expect("watch open") {
+            WatchEvent::Resync => break,
+            WatchEvent::Created { .. } => before_resync += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            before_resync <= WATCH_CAPACITY,
+            "the watch held more than {WATCH_CAPACITY} events"
+        );
+    }
+    let children = s.children(&root).await.unwrap();
+    assert_eq!(
+        children.len(),
+        keys / 50 * 50,
+        "re-reading shows every change"
+    );
+    // Still watching: the next change arrives (after whatever the overflow left queued).
+    let last = format!("{root}/after");
+    s.create(&last, vec![], CreateMode::Persistent)
+        .await
+        .unwrap();
+    loop {
+        match next_event(&mut watch).await.expect("watch open") {
+            WatchEvent::Created { key } if key == last => break,
+            WatchEvent::Created { .. } | WatchEvent::Resync => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each with a fresh [`Harness`] from
 /// the given async function.
 #[macro_export]
@@ -584,7 +638,7 @@ macro_rules! coordination_conformance {
         $crate::coordination_conformance!(@cases $harness;
             crud, cas_conflicts, transaction_atomicity, transaction_limits, deep_trees, large_values,
             ephemeral_removed_on_close, ephemeral_removed_on_expiry,
-            watch_order_under_concurrent_writers, watch_scope);
+            watch_order_under_concurrent_writers, watch_scope, a_flooded_watcher_gets_a_resync);
     };
     (@cases $harness:path; $($case:ident),*) => {
         $(

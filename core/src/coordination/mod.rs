@@ -311,25 +311,92 @@ pub fn validate_value(key: &str, value: &[u8]) -> Result<(), CoordError> {
     Ok(())
 }
 
+/// Events a watch holds for its receiver before it gives up on keeping them: past this, the
+/// events that do not fit are dropped and the receiver gets one [`WatchEvent::Resync`] instead,
+/// so a receiver that falls behind (a flood of changes) costs bounded memory.
+pub const WATCH_CAPACITY: usize = 1024;
+
+/// A watch channel: a bounded queue of events whose overflow turns into a
+/// [`WatchEvent::Resync`]. The sending half is the backend's.
+pub fn watch_channel(capacity: usize) -> (WatchSender, Watch) {
+    let (events, receiver) = mpsc::channel(capacity.max(1));
+    let overflowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    (
+        WatchSender {
+            events,
+            overflowed: overflowed.clone(),
+        },
+        Watch {
+            events: receiver,
+            overflowed,
+        },
+    )
+}
+
+/// The sending half of a watch: never blocks, and never holds more than its capacity.
+#[derive(Clone)]
+pub struct WatchSender {
+    events: mpsc::Sender<WatchEvent>,
+    overflowed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WatchSender {
+    /// Queues an event; if the queue is full, drops it and marks the watch for a
+    /// [`WatchEvent::Resync`]. `false` once the receiver is gone.
+    pub fn send(&self, event: WatchEvent) -> bool {
+        match self.events.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Completes once the receiver is gone.
+    pub async fn closed(&self) {
+        self.events.closed().await
+    }
+}
+
 /// Stream of watch events. Ends (`None`) when the session ends.
 pub struct Watch {
-    events: mpsc::UnboundedReceiver<WatchEvent>,
+    events: mpsc::Receiver<WatchEvent>,
+    overflowed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Watch {
-    /// Wraps the receiving end of a backend's event channel.
-    pub fn new(events: mpsc::UnboundedReceiver<WatchEvent>) -> Self {
-        Self { events }
-    }
-
-    /// The next event, or `None` once the session has ended.
+    /// The next event, or `None` once the session has ended. After an overflow, the events
+    /// still queued are dropped and a [`WatchEvent::Resync`] comes in their place.
     pub async fn next(&mut self) -> Option<WatchEvent> {
-        self.events.recv().await
+        if let Some(resync) = self.after_overflow() {
+            return Some(resync);
+        }
+        let event = self.events.recv().await?;
+        // It may have been queued before an overflow that happened while we waited.
+        Some(self.after_overflow().unwrap_or(event))
     }
 
     /// An event if one is ready now.
     pub fn try_next(&mut self) -> Option<WatchEvent> {
+        if let Some(resync) = self.after_overflow() {
+            return Some(resync);
+        }
         self.events.try_recv().ok()
+    }
+
+    /// A resync in place of everything queued, if events were dropped.
+    fn after_overflow(&mut self) -> Option<WatchEvent> {
+        if !self
+            .overflowed
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return None;
+        }
+        while self.events.try_recv().is_ok() {}
+        Some(WatchEvent::Resync)
     }
 }
 

@@ -311,7 +311,11 @@ impl Worker {
     /// flight finish.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let inner = &self.inner;
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+        // Bounded by what a worker can hold claimed (every slot and the most it prefetches), so
+        // sending never waits: each claim sends at most one completion.
+        let (done_tx, done_rx) = mpsc::channel::<Completion>(
+            inner.config.concurrency.max(1) + 2 * inner.config.batch + 1,
+        );
         let completer = tokio::spawn(complete_in_batches(inner.clone(), done_rx));
         let renewer = tokio::spawn(renew_leases(inner.clone(), shutdown.clone()));
         let purger = tokio::spawn(purge_finished(inner.clone(), shutdown.clone()));
@@ -465,7 +469,7 @@ impl Inner {
     /// Starts queued tasks while slots are free. A task whose partition is no longer owned is
     /// released, never started: usually its step-down already took it out of the queue, but a
     /// claim that returned while the partition was being given up lands here after that.
-    fn start_queued(self: &Arc<Self>, done: &mpsc::UnboundedSender<Completion>) {
+    fn start_queued(self: &Arc<Self>, done: &mpsc::Sender<Completion>) {
         let mut queue = self.lock_queue();
         if queue.is_empty() {
             return;
@@ -618,7 +622,7 @@ impl Inner {
         self: &Arc<Self>,
         task: Task,
         permit: OwnedSemaphorePermit,
-        done: mpsc::UnboundedSender<Completion>,
+        done: mpsc::Sender<Completion>,
     ) {
         let (partition, id) = (task.partition, task.id);
         let interrupted = Completion::of(&task, CompletionOutcome::Released);
@@ -637,7 +641,7 @@ impl Inner {
         let handle = tokio::spawn(async move {
             let mut guard = guard;
             let completion = inner.execute(&task).await;
-            guard.sent = done.send(completion).is_ok();
+            guard.sent = done.send(completion).await.is_ok();
             drop(guard);
         });
         in_flight
@@ -940,12 +944,11 @@ fn mix(mut z: u64) -> u64 {
 /// growing pause, for as long as the worker holds the tasks' partitions: a task must not run
 /// again because its completion was lost. (The store's fence refuses it if the claim has moved
 /// on meanwhile.)
-async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::UnboundedReceiver<Completion>) {
+async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::Receiver<Completion>) {
     let mut batch = Vec::new();
     while let Some(first) = done.recv().await {
         batch.push(first);
-        let drain = |batch: &mut Vec<Completion>,
-                     done: &mut mpsc::UnboundedReceiver<Completion>| {
+        let drain = |batch: &mut Vec<Completion>, done: &mut mpsc::Receiver<Completion>| {
             while batch.len() < 1024 {
                 match done.try_recv() {
                     Ok(c) => batch.push(c),
