@@ -19,6 +19,7 @@
 
 pub mod cluster;
 pub mod coordination;
+pub mod metrics;
 pub mod model;
 pub mod planner;
 pub mod rebalancer;

@@ -23,6 +23,39 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Workers.
     pub worker: WorkerSection,
+    /// Metrics and health of `rota worker` and `rota controller`.
+    pub metrics: MetricsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `rota worker` and `rota controller` serve `/metrics`, `/healthz` and `/readyz`
+    /// (`ROTA_METRICS__LISTEN=0.0.0.0:9100`); unset: not served. (`rota api` and `rota dev`
+    /// serve them on the API's address.)
+    pub listen: Option<SocketAddr>,
+}
+
+/// Log line formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: one line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json` (`ROTA_LOG__FORMAT=json`). Levels come from `RUST_LOG`.
+    pub format: LogFormat,
 }
 
 /// `[api]`

@@ -11,6 +11,7 @@ use rota_core::cluster::controller::{Controller, ControllerConfig};
 use rota_core::cluster::keys::ClusterKeys;
 use rota_core::cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
 use rota_core::coordination::Coordination;
+use rota_core::metrics::Metrics;
 use rota_core::task::worker::{Handlers, Worker, wall_clock_ms};
 use rota_core::task::{Deadlined, TASKS_RESOURCE, TaskStore};
 use rota_core::{InstanceConfig, ResourceConfig};
@@ -59,13 +60,18 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating data directory {}", options.data_dir.display()))?;
     let db = options.data_dir.join("tasks.db");
-    let tasks: Arc<dyn TaskStore> = Arc::new(Deadlined::new(
-        Arc::new(
-            SqliteTaskStore::open(&db, &config.cluster.name)
-                .with_context(|| format!("opening {}", db.display()))?,
-        ),
-        config.store_timeout(),
-    ));
+    // One process: one set of metrics for the API, the controller and every worker.
+    let metrics = Arc::new(Metrics::default());
+    let tasks: Arc<dyn TaskStore> = Arc::new(
+        Deadlined::new(
+            Arc::new(
+                SqliteTaskStore::open(&db, &config.cluster.name)
+                    .with_context(|| format!("opening {}", db.display()))?,
+            ),
+            config.store_timeout(),
+        )
+        .counting_errors(metrics.clone()),
+    );
     // The coordination store starts empty, and its epochs start again: forget the previous
     // run's owners and take back its claims.
     let requeued = tasks.reset_after_restart(wall_clock_ms()).await?;
@@ -104,16 +110,17 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
         },
     );
     let s = stopped.clone();
+    let controller = controller.with_metrics(metrics.clone());
     joins.push(tokio::spawn(async move { Ok(controller.run(s).await?) }));
 
-    let mut workers = Vec::new();
     let mut participants = Vec::new();
     for n in 1..=options.workers {
         let id = format!("worker-{n}");
-        let worker = Worker::new(
+        let worker = Worker::with_metrics(
             config.worker_config(&id),
             tasks.clone(),
             options.handlers.clone(),
+            metrics.clone(),
         );
         let (participant, handle) = Participant::new(
             store.clone(),
@@ -123,7 +130,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
                 session_timeout: timeout,
                 max_parallel: 16,
             },
-            worker.transition_handler(),
+            metrics.count_transitions(worker.transition_handler()),
         );
         participants.push((id, handle));
         let s = stopped.clone();
@@ -133,7 +140,6 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
             w.run(s).await;
             Ok(())
         }));
-        workers.push(worker);
     }
 
     let handler_names: BTreeSet<String> = ["log", "noop", "http"]
@@ -149,8 +155,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
             session: admin_session,
             keys: ClusterKeys::new(&cluster),
         }),
-        workers: Arc::new(workers),
-        metrics: Arc::default(),
+        metrics,
         storage: format!("sqlite {}", redact_url(&db.display().to_string())),
         now: Arc::new(wall_clock_ms),
     };

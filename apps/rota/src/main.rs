@@ -3,7 +3,7 @@
 //! the rebalancer.
 
 use clap::{Args, Parser, Subcommand};
-use rota::config::Config;
+use rota::config::{Config, LogFormat};
 use rota::dev::{self, DevOptions};
 use rota::plan;
 use rota::roles;
@@ -134,13 +134,16 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr, so that what a command prints for machines (`rota admin status`) is alone
 /// on stdout.
-fn init_logging() {
-    tracing_subscriber::fmt()
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// Runs a role with its configuration until it ends or SIGTERM / Ctrl-C sets the shutdown flag.
@@ -149,8 +152,8 @@ where
     F: FnOnce(Config, tokio::sync::watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    init_logging();
     let config = Config::load(args.config.as_deref())?;
+    init_logging(config.log.format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -163,11 +166,11 @@ where
 }
 
 fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    init_logging();
     if args.workers == 0 {
         anyhow::bail!("--workers must be at least 1");
     }
     let config = Config::load(args.config.as_deref())?;
+    init_logging(config.log.format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let cluster = dev::start(DevOptions {

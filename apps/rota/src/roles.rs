@@ -8,11 +8,12 @@ use crate::config::{Config, CoordinationBackend, StorageBackend, redact_url};
 use anyhow::{Context, bail};
 use rota_core::InstanceId;
 use rota_core::cluster::admin::Admin;
-use rota_core::cluster::controller::{Controller, ControllerConfig};
+use rota_core::cluster::controller::{Controller, ControllerConfig, ControllerStatus};
 use rota_core::cluster::keys::ClusterKeys;
-use rota_core::cluster::participant::{Participant, ParticipantConfig};
+use rota_core::cluster::participant::{Participant, ParticipantConfig, ParticipantStatus};
 use rota_core::coordination::reconnecting::Reconnecting;
 use rota_core::coordination::{Coordination, CreateMode, Session};
+use rota_core::metrics::Metrics;
 use rota_core::task::worker::{Worker, wall_clock_ms};
 use rota_core::task::{Deadlined, TASKS_RESOURCE, TaskStore};
 use rota_core::{InstanceConfig, ResourceConfig};
@@ -69,7 +70,10 @@ fn etcd(_: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
 
 /// The task store the configuration names (connecting migrates it), each call bounded by
 /// `storage.timeout_ms`.
-pub async fn task_store(config: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
+pub async fn task_store(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn TaskStore>> {
     let url = &config.storage.url;
     let store: Arc<dyn TaskStore> = match config.storage.backend {
         StorageBackend::Postgres => Arc::new(
@@ -86,7 +90,9 @@ pub async fn task_store(config: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
              postgres for separate processes"
         ),
     };
-    Ok(Arc::new(Deadlined::new(store, config.store_timeout())))
+    Ok(Arc::new(
+        Deadlined::new(store, config.store_timeout()).counting_errors(metrics.clone()),
+    ))
 }
 
 /// The PostgreSQL store's settings: the cluster's schema, the call deadline as its statement
@@ -151,7 +157,7 @@ async fn initialised(config: &Config) -> anyhow::Result<ResourceConfig> {
 /// `rota init`: creates the cluster's `tasks` resource and migrates the task store. Idempotent;
 /// refuses to change the partition count of an existing cluster.
 pub async fn init(config: &Config) -> anyhow::Result<()> {
-    task_store(config).await?;
+    task_store(config, &Arc::default()).await?;
     let admin = Admin::new(session(config).await?, &config.cluster.name);
     admin
         .add_resource(&ResourceConfig::new(
@@ -182,7 +188,8 @@ fn process_name(kind: &str, config: &Config) -> String {
 /// `rota controller`: campaigns, leads while elected, hands over at shutdown.
 pub async fn controller(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     initialised(config).await?;
-    let (controller, _) = Controller::new(
+    let metrics = Arc::new(Metrics::default());
+    let (controller, status) = Controller::new(
         coordination(config)?,
         ControllerConfig {
             cluster: config.cluster.name.clone(),
@@ -192,14 +199,71 @@ pub async fn controller(config: &Config, shutdown: watch::Receiver<bool>) -> any
             settle: Duration::from_millis(5),
         },
     );
-    controller.run(shutdown).await?;
+    let ready = move || !matches!(*status.borrow(), ControllerStatus::Stopped);
+    serve_metrics(config, metrics.clone(), ready, shutdown.clone()).await?;
+    controller.with_metrics(metrics).run(shutdown).await?;
+    Ok(())
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (200 while `ready`, else 503) on
+/// `metrics.listen`, if set, until shutdown.
+async fn serve_metrics(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let Some(listen) = config.metrics.listen else {
+        return Ok(());
+    };
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { api::metrics_response(&metrics) }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready() {
+                        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"})))
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(serde_json::json!({"error": {"code": "unavailable",
+                                "message": "not serving: no live session with the coordination store"}})),
+                        )
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?;
+    info!(%listen, "metrics and health served");
+    tokio::spawn(async move {
+        if let Err(e) = api::serve(listener, router, shutdown).await {
+            tracing::warn!(error = %e, "metrics listener failed");
+        }
+    });
     Ok(())
 }
 
 /// `rota api`: serves the REST API until shutdown.
 pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let resource = initialised(config).await?;
-    let tasks = task_store(config).await?;
+    let metrics = Arc::new(Metrics::default());
+    let tasks = task_store(config, &metrics).await?;
     // The API only reads the cluster: it opens a new session when one ends, rather than
     // answering 503 until restarted.
     let session = Reconnecting::connect(coordination(config)?, timeout(config))
@@ -219,8 +283,7 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
             session,
             keys: ClusterKeys::new(&config.cluster.name),
         }),
-        workers: Arc::new(Vec::new()),
-        metrics: Arc::default(),
+        metrics,
         storage: format!(
             "{:?} {}",
             config.storage.backend,
@@ -246,10 +309,11 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
 pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let id = config.worker_id()?;
     initialised(config).await?;
-    let tasks = task_store(config).await?;
+    let metrics = Arc::new(Metrics::default());
+    let tasks = task_store(config, &metrics).await?;
     let handlers = crate::handlers::builtin(Duration::from_millis(config.worker.task_timeout_ms));
-    let worker = Worker::new(config.worker_config(&id), tasks, handlers);
-    let (participant, _) = Participant::new(
+    let worker = Worker::with_metrics(config.worker_config(&id), tasks, handlers, metrics.clone());
+    let (participant, handle) = Participant::new(
         coordination(config)?,
         ParticipantConfig {
             cluster: config.cluster.name.clone(),
@@ -257,8 +321,11 @@ pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow:
             session_timeout: timeout(config),
             max_parallel: 16,
         },
-        worker.transition_handler(),
+        metrics.count_transitions(worker.transition_handler()),
     );
+    let status = handle.status();
+    let ready = move || matches!(*status.borrow(), ParticipantStatus::Live(_));
+    serve_metrics(config, metrics, ready, shutdown.clone()).await?;
     info!(worker = %id, "worker starting");
     let runner = {
         let (w, s) = (worker.clone(), shutdown.clone());

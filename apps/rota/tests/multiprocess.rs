@@ -111,11 +111,33 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     let refused = env.run_fails(&["init"], "24");
     assert!(refused.contains("partitions"), "{refused}");
 
-    let mut controllers: Vec<Proc> = (0..2).map(|_| env.spawn(&["controller"], None)).collect();
+    // Each controller and w1 serve their metrics and health (metrics.listen).
+    let metrics_port = || -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", rota_test_harness::free_port())
+            .parse()
+            .unwrap()
+    };
+    let mut controller_metrics: Vec<std::net::SocketAddr> =
+        (0..2).map(|_| metrics_port()).collect();
+    let mut controllers: Vec<Proc> = controller_metrics
+        .iter()
+        .map(|addr| {
+            let mut c = env.command(&["controller"], None);
+            c.env("ROTA_METRICS__LISTEN", addr.to_string());
+            Proc(c.spawn().expect("start rota"))
+        })
+        .collect();
     let _api = env.spawn(&["api"], None);
+    let w1_metrics = metrics_port();
     let mut workers: BTreeMap<&str, Proc> = ["w1", "w2", "w3"]
         .into_iter()
-        .map(|w| (w, env.spawn(&["worker"], Some(w))))
+        .map(|w| {
+            let mut c = env.command(&["worker"], Some(w));
+            if w == "w1" {
+                c.env("ROTA_METRICS__LISTEN", w1_metrics.to_string());
+            }
+            (w, Proc(c.spawn().expect("start rota")))
+        })
         .collect();
     wait_for("a ready API", Duration::from_secs(60), || async {
         http(env.api, "GET", "/readyz", None).await.0 == 200
@@ -172,6 +194,9 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     assert!(!w2_partitions.is_empty(), "w2 leads nothing: {c}");
     let leader = c["leader"]["controller"].as_str().unwrap().to_owned();
     let leader_epoch = c["leader"]["epoch"].as_u64().unwrap();
+    let (_, mid_run) = common::http_text(w1_metrics, "GET", "/metrics", None).await;
+    let completed = r#"rota_tasks_completed_total{handler="http"}"#;
+    let completed_mid_run = common::sample(&mid_run, completed).unwrap_or(0.0);
     let killed_at = Instant::now();
     workers.remove("w2").unwrap().0.kill().unwrap();
     let index = controllers
@@ -179,6 +204,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
         .position(|p| leader.ends_with(&format!("-{}", p.0.id())))
         .unwrap_or_else(|| panic!("leader {leader} is not one of ours"));
     controllers.remove(index).0.kill().unwrap();
+    controller_metrics.remove(index);
     workers.insert("w4", env.spawn(&["worker"], Some("w4")));
 
     // Every task completes.
@@ -192,7 +218,39 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
         done == TASKS as i64
     })
     .await;
+    // w1's own metrics moved under the load; the surviving controller reports its leadership.
+    let (status, text) = common::http_text(w1_metrics, "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let completed_at_end = common::sample(&text, completed).unwrap_or(0.0);
+    println!("w1 completed {completed_mid_run} tasks before the kills, {completed_at_end} in all");
+    assert!(
+        completed_mid_run > 0.0 && completed_at_end > completed_mid_run,
+        "w1's completions did not move: {completed_mid_run} then {completed_at_end}\n{text}"
+    );
+    assert!(
+        common::sample(&text, "rota_owned_partitions").is_some_and(|p| p > 0.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("rota_task_start_lag_seconds_bucket"),
+        "{text}"
+    );
+    assert_eq!(
+        common::http(w1_metrics, "GET", "/readyz", None).await.0,
+        200
+    );
     let (_, after) = http(env.api, "GET", "/cluster", None).await;
+    let (_, survivor) = common::http_text(controller_metrics[0], "GET", "/metrics", None).await;
+    assert_eq!(
+        common::sample(&survivor, "rota_controller_leader"),
+        Some(1.0),
+        "{survivor}"
+    );
+    assert_eq!(
+        common::sample(&survivor, "rota_controller_epoch"),
+        after["leader"]["epoch"].as_u64().map(|e| e as f64),
+        "{survivor}"
+    );
     assert!(
         after["leader"]["epoch"]
             .as_u64()

@@ -21,6 +21,7 @@ use super::records::{ControllerHistory, LeaderRecord, LeadershipChange, message_
 use super::snapshot::{Snapshot, read_snapshot};
 use super::{ClusterError, monotonic_ms, now_ms};
 use crate::coordination::{CoordError, Coordination, CreateMode, Op, Session, SessionState};
+use crate::metrics::Metrics;
 use crate::model::{InstanceId, Message, Record};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -172,6 +173,7 @@ pub struct Controller {
     config: ControllerConfig,
     keys: ClusterKeys,
     status: watch::Sender<ControllerStatus>,
+    metrics: Arc<Metrics>,
 }
 
 impl Controller {
@@ -188,9 +190,16 @@ impl Controller {
                 config,
                 keys,
                 status,
+                metrics: Arc::default(),
             },
             rx,
         )
+    }
+
+    /// Counts into the process's `metrics` (leadership, epoch, reconcile durations).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Campaigns and leads until `shutdown` becomes true.
@@ -209,7 +218,11 @@ impl Controller {
             };
             match self.campaign(session.clone(), &mut shutdown).await {
                 Ok(Some(lease)) => {
+                    self.metrics.controller_leader.set(1);
+                    self.metrics.controller_epoch.set(lease.epoch as i64);
                     let outcome = self.lead(&lease, &mut shutdown).await;
+                    self.metrics.controller_leader.set(0);
+                    self.metrics.controller_epoch.set(0);
                     if let Err(e) = outcome {
                         warn!(error = %e, epoch = lease.epoch, "leadership ended");
                     }
@@ -270,6 +283,7 @@ impl Controller {
             // A failed read or write is retried by the next reconcile; only a refused fence or
             // a lost session ends leadership (a transient error must not cause an election).
             let mut wake_at = None;
+            let started = tokio::time::Instant::now();
             let outcome = match read_snapshot(&*session, &self.keys).await {
                 Ok(snapshot) => {
                     let now = monotonic_ms();
@@ -283,6 +297,9 @@ impl Controller {
                 }
                 Err(e) => Err(e.into()),
             };
+            self.metrics
+                .reconcile_duration
+                .observe(crate::metrics::seconds(started.elapsed()));
             match outcome {
                 Ok(()) => {}
                 Err(e @ ClusterError::Deposed { .. }) => return Err(e),

@@ -9,6 +9,7 @@ use super::store::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, ListFilter, Page, StoreError, TaskStore,
 };
 use super::{Millis, NewTask, Task, TaskId, TaskStatus};
+use crate::metrics::Metrics;
 use crate::model::{Epoch, InstanceId};
 use async_trait::async_trait;
 use std::future::Future;
@@ -20,12 +21,23 @@ use tokio::sync::broadcast;
 pub struct Deadlined {
     inner: Arc<dyn TaskStore>,
     limit: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Deadlined {
     /// `inner`, with each call bounded by `limit`.
     pub fn new(inner: Arc<dyn TaskStore>, limit: Duration) -> Self {
-        Self { inner, limit }
+        Self {
+            inner,
+            limit,
+            metrics: None,
+        }
+    }
+
+    /// Counts every failed call (by call and kind) in `metrics`.
+    pub fn counting_errors(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn within<T>(
@@ -33,13 +45,17 @@ impl Deadlined {
         call: &str,
         f: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.limit, f).await {
+        let result = match tokio::time::timeout(self.limit, f).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "{call}: no answer from the task store within {:?}",
                 self.limit
             ))),
+        };
+        if let (Err(e), Some(metrics)) = (&result, &self.metrics) {
+            metrics.store_error(call, e);
         }
+        result
     }
 }
 
@@ -251,5 +267,19 @@ mod tests {
                 .retryable()
         );
         assert!(store.backlog().await.unwrap_err().retryable());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_calls_are_counted_by_call_and_kind() {
+        let metrics = Arc::new(Metrics::default());
+        let store =
+            Deadlined::new(Arc::new(Hung), Duration::from_secs(1)).counting_errors(metrics.clone());
+        let _ = store.backlog().await;
+        let _ = store.backlog().await;
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"rota_store_errors_total{call="backlog",kind="timeout"} 2"#),
+            "{text}"
+        );
     }
 }

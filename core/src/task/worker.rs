@@ -30,8 +30,11 @@
 use super::store::{Claim, Completion, CompletionOutcome, TaskStore};
 use super::{Millis, RetryPolicy, Task, TaskId};
 use crate::cluster::participant::{TransitionHandler, TransitionRequest};
+use crate::metrics::{HandlerLabel, Metrics, seconds};
 use crate::model::{Epoch, InstanceId};
 use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,6 +106,18 @@ impl Handlers {
     /// Whether a handler is registered under `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+
+    /// The name of the handler `task` runs with, for metrics: a registered name, `default`, or
+    /// `unknown` (the task names a handler this worker lacks). Never the task's own name unless
+    /// a handler is registered under it, so the label's values stay few.
+    pub fn label_for<'a>(&'a self, task: &'a Task) -> &'a str {
+        match &task.handler {
+            Some(name) if self.by_name.contains_key(name) => name,
+            Some(_) => "unknown",
+            None if self.by_name.contains_key(&task.name) => &task.name,
+            None => "default",
+        }
     }
 
     fn for_task(&self, task: &Task) -> Result<Arc<dyn TaskHandler>, String> {
@@ -178,38 +193,14 @@ impl WorkerConfig {
     }
 }
 
-/// Upper bounds (ms) of the due-to-start lag histogram buckets; a last bucket takes the rest.
-pub const LAG_BUCKETS_MS: [u64; 10] = [5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000];
-
-/// Counters a worker keeps, for metrics.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Tasks claimed.
-    pub claimed: AtomicU64,
-    /// Attempts that succeeded.
-    pub completed: AtomicU64,
-    /// Attempts that failed (retried or not).
-    pub failed: AtomicU64,
-    /// Failed attempts that will be retried.
-    pub retried: AtomicU64,
-    /// Completions the store refused (the claim had moved on).
-    pub refused: AtomicU64,
-    /// Due-to-start lag: counts per bucket of [`LAG_BUCKETS_MS`], then the overflow bucket.
-    pub lag_buckets: [AtomicU64; LAG_BUCKETS_MS.len() + 1],
-    /// Sum of all lags, in ms.
-    pub lag_sum_ms: AtomicU64,
-}
-
-impl WorkerStats {
-    fn record_lag(&self, lag_ms: i64) {
-        let lag = lag_ms.max(0) as u64;
-        let bucket = LAG_BUCKETS_MS
-            .iter()
-            .position(|&b| lag <= b)
-            .unwrap_or(LAG_BUCKETS_MS.len());
-        self.lag_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.lag_sum_ms.fetch_add(lag, Ordering::Relaxed);
-    }
+/// A handler's metrics, fetched once per handler name (a label lookup allocates).
+#[derive(Clone)]
+struct HandlerMetrics {
+    claimed: Counter,
+    completed: Counter,
+    failed: Counter,
+    retried: Counter,
+    duration: Histogram,
 }
 
 /// A worker: give [`Worker::transition_handler`] to a participant of the `tasks` resource and
@@ -251,7 +242,9 @@ struct Inner {
     /// Signals that claims were settled or tasks in flight finished.
     drained: Notify,
     permits: Arc<Semaphore>,
-    stats: WorkerStats,
+    metrics: Arc<Metrics>,
+    /// Per handler name, its metrics.
+    handler_metrics: Mutex<HashMap<String, HandlerMetrics>>,
     now: Arc<dyn Fn() -> Millis + Send + Sync>,
 }
 
@@ -261,8 +254,18 @@ pub fn wall_clock_ms() -> Millis {
 }
 
 impl Worker {
-    /// A worker over `store` with `handlers`.
+    /// A worker over `store` with `handlers`, counting into metrics of its own.
     pub fn new(config: WorkerConfig, store: Arc<dyn TaskStore>, handlers: Handlers) -> Self {
+        Self::with_metrics(config, store, handlers, Arc::default())
+    }
+
+    /// A worker over `store` with `handlers`, counting into the process's `metrics`.
+    pub fn with_metrics(
+        config: WorkerConfig,
+        store: Arc<dyn TaskStore>,
+        handlers: Handlers,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
@@ -280,7 +283,8 @@ impl Worker {
                 granted_ms: AtomicU64::new(0),
                 wake: Notify::new(),
                 drained: Notify::new(),
-                stats: WorkerStats::default(),
+                metrics,
+                handler_metrics: Mutex::new(HashMap::new()),
                 now: Arc::new(wall_clock_ms),
             }),
         }
@@ -293,9 +297,9 @@ impl Worker {
         })
     }
 
-    /// Counters.
-    pub fn stats(&self) -> &WorkerStats {
-        &self.inner.stats
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Partitions owned now.
@@ -335,18 +339,22 @@ impl Worker {
             if !claims.is_empty() && want > 0 && worth && !inner.session_in_doubt() {
                 let now = (inner.now)();
                 let lease = inner.config.lease.as_millis() as i64;
-                match inner
+                let asked = tokio::time::Instant::now();
+                let result = inner
                     .store
                     .claim(&inner.config.id, &claims, now, want, lease)
-                    .await
-                {
+                    .await;
+                inner
+                    .metrics
+                    .claim_duration
+                    .observe(seconds(asked.elapsed()));
+                match result {
                     Ok(claimed) => {
                         inner.drop_partitions(&claimed.refused);
                         let full = claimed.tasks.len() == want;
-                        inner
-                            .stats
-                            .claimed
-                            .fetch_add(claimed.tasks.len() as u64, Ordering::Relaxed);
+                        for t in &claimed.tasks {
+                            inner.handler_metrics(t).claimed.inc();
+                        }
                         inner.unsettle(&claimed.tasks);
                         inner.enqueue(claimed.tasks);
                         if full {
@@ -429,6 +437,31 @@ impl StartRate {
 }
 
 impl Inner {
+    /// The metrics of the handler `task` runs with.
+    fn handler_metrics(&self, task: &Task) -> HandlerMetrics {
+        let label = self.handlers.label_for(task);
+        let mut cache = self
+            .handler_metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = cache.get(label) {
+            return m.clone();
+        }
+        let key = HandlerLabel {
+            handler: label.to_owned(),
+        };
+        let m = &self.metrics;
+        let fresh = HandlerMetrics {
+            claimed: m.tasks_claimed.get_or_create(&key).clone(),
+            completed: m.tasks_completed.get_or_create(&key).clone(),
+            failed: m.tasks_failed.get_or_create(&key).clone(),
+            retried: m.tasks_retried.get_or_create(&key).clone(),
+            duration: m.task_duration.get_or_create(&key).clone(),
+        };
+        cache.insert(key.handler, fresh.clone());
+        fresh
+    }
+
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -603,6 +636,7 @@ impl Inner {
         let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
         for p in partitions {
             if owned.remove(p).is_some() {
+                self.metrics.partitions_owned.dec();
                 warn!(
                     partition = p,
                     "the store refused our claim: partition dropped"
@@ -670,7 +704,10 @@ impl Inner {
 
     async fn execute(&self, task: &Task) -> Completion {
         let started_at = (self.now)();
-        self.stats.record_lag(started_at - task.scheduled_at);
+        let lag_ms = (started_at - task.scheduled_at).max(0);
+        self.metrics.start_lag.observe(lag_ms as f64 / 1000.0);
+        let metrics = self.handler_metrics(task);
+        let started = tokio::time::Instant::now();
         let result = match self.handlers.for_task(task) {
             Ok(handler) => {
                 match tokio::time::timeout(self.config.task_timeout, handler.run(task)).await {
@@ -680,9 +717,10 @@ impl Inner {
             }
             Err(e) => Err(e),
         };
+        metrics.duration.observe(seconds(started.elapsed()));
         let outcome = match result {
             Ok(()) => {
-                self.stats.completed.fetch_add(1, Ordering::Relaxed);
+                metrics.completed.inc();
                 CompletionOutcome::Succeeded
             }
             Err(error) => {
@@ -696,9 +734,9 @@ impl Inner {
                     error = ?error,
                     "attempt failed"
                 );
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                metrics.failed.inc();
                 if task.attempts < task.max_attempts {
-                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    metrics.retried.inc();
                 }
                 let random = (mix(task.id as u64 ^ u64::from(task.attempts)) >> 11) as f64
                     / (1u64 << 53) as f64;
@@ -966,10 +1004,16 @@ async fn complete_in_batches(inner: Arc<Inner>, mut done: mpsc::Receiver<Complet
         let mut pause = COMPLETION_RETRY_FIRST;
         loop {
             let now = (inner.now)();
-            match inner.store.complete(&inner.config.id, &batch, now).await {
+            let asked = tokio::time::Instant::now();
+            let result = inner.store.complete(&inner.config.id, &batch, now).await;
+            inner
+                .metrics
+                .completion_duration
+                .observe(seconds(asked.elapsed()));
+            match result {
                 Ok(results) => {
                     let refused = results.iter().filter(|r| r.is_none()).count() as u64;
-                    inner.stats.refused.fetch_add(refused, Ordering::Relaxed);
+                    inner.metrics.completions_refused.inc_by(refused);
                     break;
                 }
                 Err(e) if e.retryable() => {
@@ -1112,11 +1156,14 @@ impl TransitionHandler for Ownership {
                     requeued, "took back the previous owner's claims"
                 );
             }
-            inner
+            let before = inner
                 .owned
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(t.partition, t.epoch);
+            if before.is_none() {
+                inner.metrics.partitions_owned.inc();
+            }
             inner.wake.notify_one();
         } else if was_top {
             // Leaving before no longer owned, so completions in flight are still retried.
@@ -1125,11 +1172,14 @@ impl TransitionHandler for Ownership {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(t.partition);
-            inner
+            let held = inner
                 .owned
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&t.partition);
+            if held.is_some() {
+                inner.metrics.partitions_owned.dec();
+            }
             let deadline = t
                 .deadline
                 .unwrap_or_else(|| tokio::time::Instant::now() + inner.config.drain_timeout);

@@ -15,23 +15,15 @@ use error::ApiError;
 use rota_core::cluster::keys::ClusterKeys;
 use rota_core::cluster::snapshot::read_snapshot;
 use rota_core::coordination::Session;
-use rota_core::task::worker::{LAG_BUCKETS_MS, Worker};
+use rota_core::metrics::Metrics;
 use rota_core::task::{ListFilter, Millis, TASKS_RESOURCE, TaskStore};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use openapi::{ROUTES, document as openapi_document};
-
-/// Counters of this API process.
-#[derive(Debug, Default)]
-pub struct ApiMetrics {
-    /// Tasks created.
-    pub created: AtomicU64,
-}
 
 /// The coordination view `/cluster` and `/readyz` read.
 #[derive(Clone)]
@@ -53,10 +45,8 @@ pub struct AppState {
     pub handlers: Arc<BTreeSet<String>>,
     /// The cluster, if this process can see it.
     pub cluster: Option<ClusterView>,
-    /// Workers running in this process (dev mode), for metrics.
-    pub workers: Arc<Vec<Worker>>,
-    /// API counters.
-    pub metrics: Arc<ApiMetrics>,
+    /// The process's metrics (in `rota dev`, its workers' and controller's too).
+    pub metrics: Arc<Metrics>,
     /// The storage, described for `/cluster` (passwords redacted).
     pub storage: String,
     /// The clock.
@@ -209,73 +199,19 @@ pub async fn cluster_status(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    fn load(a: &AtomicU64) -> u64 {
-        a.load(Ordering::Relaxed)
-    }
-    let sum = |f: fn(&Worker) -> u64| state.workers.iter().map(f).sum::<u64>();
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    };
-    counter(
-        "rota_tasks_created_total",
-        "Tasks created through this process.",
-        load(&state.metrics.created),
-    );
-    counter(
-        "rota_tasks_claimed_total",
-        "Tasks claimed by this process's workers.",
-        sum(|w| load(&w.stats().claimed)),
-    );
-    counter(
-        "rota_tasks_completed_total",
-        "Attempts that succeeded.",
-        sum(|w| load(&w.stats().completed)),
-    );
-    counter(
-        "rota_tasks_failed_total",
-        "Attempts that failed.",
-        sum(|w| load(&w.stats().failed)),
-    );
-    counter(
-        "rota_tasks_retried_total",
-        "Failed attempts that will be retried.",
-        sum(|w| load(&w.stats().retried)),
-    );
-    counter(
-        "rota_completions_refused_total",
-        "Completions the store refused because the claim had moved on.",
-        sum(|w| load(&w.stats().refused)),
-    );
-    out.push_str("# HELP rota_task_start_lag_seconds Time from a task's due time to its start.\n");
-    out.push_str("# TYPE rota_task_start_lag_seconds histogram\n");
-    let mut cumulative = 0;
-    for (i, bound) in LAG_BUCKETS_MS
-        .iter()
-        .map(|ms| format!("{}", *ms as f64 / 1000.0))
-        .chain(std::iter::once("+Inf".to_owned()))
-        .enumerate()
-    {
-        cumulative += state
-            .workers
-            .iter()
-            .map(|w| load(&w.stats().lag_buckets[i]))
-            .sum::<u64>();
-        out.push_str(&format!(
-            "rota_task_start_lag_seconds_bucket{{le=\"{bound}\"}} {cumulative}\n"
-        ));
-    }
-    let lag_sum = sum(|w| load(&w.stats().lag_sum_ms)) as f64 / 1000.0;
-    out.push_str(&format!("rota_task_start_lag_seconds_sum {lag_sum}\n"));
-    out.push_str(&format!("rota_task_start_lag_seconds_count {cumulative}\n"));
-    let owned: usize = state.workers.iter().map(|w| w.owned().len()).sum();
-    out.push_str(&format!(
-        "# HELP rota_owned_partitions Partitions led by this process's workers.\n\
-         # TYPE rota_owned_partitions gauge\nrota_owned_partitions {owned}\n"
-    ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    metrics_response(&state.metrics)
+}
+
+/// `/metrics`: the text exposition of `metrics`.
+pub fn metrics_response(metrics: &Metrics) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn openapi() -> axum::Json<Value> {

@@ -12,7 +12,6 @@ use rota_core::task::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::atomic::Ordering;
 
 /// Longest task name accepted.
 const MAX_NAME: usize = 256;
@@ -195,7 +194,7 @@ pub async fn create(
         .pop()
         .expect("one result per task");
     let status = if created {
-        state.metrics.created.fetch_add(1, Ordering::Relaxed);
+        state.metrics.tasks_created.inc();
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -234,7 +233,7 @@ pub async fn create_batch(
         .insert(tasks, state.partitions, (state.now)())
         .await?;
     let created = stored.iter().filter(|(_, c)| *c).count() as u64;
-    state.metrics.created.fetch_add(created, Ordering::Relaxed);
+    state.metrics.tasks_created.inc_by(created);
     // Serialized straight from the views (building a JSON tree of a thousand tasks first was
     // a fifth of the API's CPU under batch inserts).
     let tasks: Vec<TaskView> = stored.into_iter().map(|(t, _)| t.into()).collect();

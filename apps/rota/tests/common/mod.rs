@@ -114,8 +114,19 @@ pub async fn http(
     path: &str,
     body: Option<&Value>,
 ) -> (u16, Value) {
+    let (status, text) = http_text(addr, method, path, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// One HTTP/1.1 request: the status and body as text, or `(0, "")` if nothing listens yet.
+pub async fn http_text(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, String) {
     let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, Value::Null); // not listening yet
+        return (0, String::new()); // not listening yet
     };
     let body = body.map(Value::to_string).unwrap_or_default();
     let request = format!(
@@ -128,7 +139,13 @@ pub async fn http(
     let text = String::from_utf8_lossy(&response);
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    (status, body.to_owned())
+}
+
+/// The value of the sample `name` (with its labels, as exposed) in a `/metrics` text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Polls until `ready`, failing at the deadline.
