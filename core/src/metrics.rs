@@ -274,3 +274,70 @@ impl TransitionHandler for CountTransitions {
         self.handler.session_timeout(granted);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric's exposed name (`# TYPE` lines), with a sample in each labelled family.
+    fn exposed() -> std::collections::BTreeSet<String> {
+        let m = Metrics::default();
+        let handler = HandlerLabel {
+            handler: "log".into(),
+        };
+        for family in [
+            &m.tasks_claimed,
+            &m.tasks_completed,
+            &m.tasks_failed,
+            &m.tasks_retried,
+        ] {
+            family.get_or_create(&handler).inc();
+        }
+        m.task_duration.get_or_create(&handler).observe(0.1);
+        m.store_error("claim", &crate::task::StoreError::Invalid("x".into()));
+        m.transitions
+            .get_or_create(&TransitionLabels {
+                from: "OFFLINE".into(),
+                to: "SLAVE".into(),
+                result: "ok".into(),
+            })
+            .inc();
+        m.encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let (name, kind) = l.split_once(' ').expect("name and type");
+                match kind {
+                    "counter" => format!("{name}_total"),
+                    _ => name.to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_docs_list_every_metric_and_the_dashboard_uses_only_real_ones() {
+        let exposed = exposed();
+        assert_eq!(exposed.len(), 16, "{exposed:?}");
+        let docs = include_str!("../../docs/production.md");
+        for name in &exposed {
+            assert!(
+                docs.contains(&format!("| `{name}` |")),
+                "{name} is not in the metrics table of docs/production.md"
+            );
+        }
+        let dashboard = include_str!("../../docs/grafana-dashboard.json");
+        let mut used = 0;
+        for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if let Some(name) = word.strip_prefix("rota_") {
+                let base = name.strip_suffix("_bucket").unwrap_or(name);
+                assert!(
+                    exposed.contains(&format!("rota_{base}")),
+                    "the dashboard queries rota_{name}, which no role exposes"
+                );
+                used += 1;
+            }
+        }
+        assert!(used > 10, "the dashboard queries {used} metrics");
+    }
+}

@@ -17,7 +17,6 @@ use rota_core::task::{Deadlined, TASKS_RESOURCE, TaskStore};
 use rota_core::{InstanceConfig, ResourceConfig};
 use rota_memory::MemoryCoordination;
 use rota_sqlite::SqliteTaskStore;
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,6 +128,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
                 instance: InstanceConfig::new(id.as_str()),
                 session_timeout: timeout,
                 max_parallel: 16,
+                capabilities: options.handlers.names(),
             },
             metrics.count_transitions(worker.transition_handler()),
         );
@@ -142,15 +142,11 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
         }));
     }
 
-    let handler_names: BTreeSet<String> = ["log", "noop", "http"]
-        .into_iter()
-        .map(str::to_owned)
-        .filter(|h| options.handlers.contains(h))
-        .collect();
+    // Every in-process worker runs the same handlers.
     let state = AppState {
         tasks: tasks.clone(),
         partitions: config.cluster.partitions,
-        handlers: Arc::new(handler_names),
+        handlers: api::HandlerCatalog::fixed(options.handlers.names()),
         cluster: Some(ClusterView {
             session: admin_session,
             keys: ClusterKeys::new(&cluster),

@@ -17,7 +17,6 @@ use rota_core::metrics::Metrics;
 use rota_core::task::worker::{Worker, wall_clock_ms};
 use rota_core::task::{Deadlined, TASKS_RESOURCE, TaskStore};
 use rota_core::{InstanceConfig, ResourceConfig};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -275,14 +274,15 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
             )
         })?;
     let session: Arc<dyn Session> = Arc::new(session);
+    let view = ClusterView {
+        session,
+        keys: ClusterKeys::new(&config.cluster.name),
+    };
     let state = AppState {
         tasks,
         partitions: resource.partitions,
-        handlers: Arc::new(BTreeSet::from(["log".into(), "noop".into(), "http".into()])),
-        cluster: Some(ClusterView {
-            session,
-            keys: ClusterKeys::new(&config.cluster.name),
-        }),
+        handlers: api::HandlerCatalog::live(view.clone(), shutdown.clone()).await,
+        cluster: Some(view),
         metrics,
         storage: format!(
             "{:?} {}",
@@ -312,6 +312,7 @@ pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow:
     let metrics = Arc::new(Metrics::default());
     let tasks = task_store(config, &metrics).await?;
     let handlers = crate::handlers::builtin(Duration::from_millis(config.worker.task_timeout_ms));
+    let handler_names = handlers.names();
     let worker = Worker::with_metrics(config.worker_config(&id), tasks, handlers, metrics.clone());
     let (participant, handle) = Participant::new(
         coordination(config)?,
@@ -320,6 +321,7 @@ pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow:
             instance: InstanceConfig::new(id.as_str()),
             session_timeout: timeout(config),
             max_parallel: 16,
+            capabilities: handler_names,
         },
         metrics.count_transitions(worker.transition_handler()),
     );

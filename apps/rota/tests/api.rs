@@ -19,7 +19,7 @@ fn app() -> (axum::Router, Arc<dyn TaskStore>) {
     let state = AppState {
         tasks: tasks.clone(),
         partitions: 12,
-        handlers: Arc::new(BTreeSet::from(["log".to_owned(), "noop".to_owned()])),
+        handlers: api::HandlerCatalog::fixed(["log".to_owned(), "noop".to_owned()]),
         cluster: None,
         metrics: Arc::default(),
         storage: "memory".into(),

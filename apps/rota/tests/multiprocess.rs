@@ -467,3 +467,61 @@ async fn two_clusters_share_one_database_and_one_zookeeper_without_seeing_each_o
     }
     drop(running);
 }
+
+/// The API checks a task's `handler` against what live workers publish: with no worker live
+/// it accepts any (nothing to ask); once one is, a handler no worker offers is a 400 that names
+/// what is offered, and one that is offered is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_checks_handlers_against_what_live_workers_offer() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
+        .parse()
+        .unwrap();
+    let env = Env {
+        vars: [
+            ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
+            (
+                "ROTA_COORDINATION__ENDPOINTS",
+                rota_test_harness::zookeeper().endpoint(),
+            ),
+            ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
+            (
+                "ROTA_STORAGE__URL",
+                rota_test_harness::postgres().fresh_database(),
+            ),
+            ("ROTA_CLUSTER__NAME", format!("caps{}", std::process::id())),
+            ("ROTA_API__LISTEN", api.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        api,
+        tag: "caps",
+    };
+    env.run_ok(&["init"]);
+    let _controller = env.spawn(&["controller"], None);
+    let _api = env.spawn(&["api"], None);
+    let create = |handler: &'static str| async move {
+        let body =
+            json!({"name": "t", "handler": handler, "scheduledTime": "2999-01-01T00:00:00Z"});
+        http(env.api, "POST", "/tasks", Some(&body)).await
+    };
+    wait_for("the API", Duration::from_secs(60), || async {
+        http(env.api, "GET", "/healthz", None).await.0 == 200
+    })
+    .await;
+    let (status, body) = create("made-up").await;
+    assert_eq!(status, 201, "no worker live: accepted unchecked: {body}");
+    let _worker = env.spawn(&["worker"], Some("w1"));
+    wait_for(
+        "the worker's handlers checked",
+        Duration::from_secs(60),
+        || async { create("made-up").await.0 == 400 },
+    )
+    .await;
+    let (_, refused) = create("made-up").await;
+    assert_eq!(refused["error"], "unknown_handler", "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("offered: http, log, noop"), "{message}");
+    assert_eq!(create("http").await.0, 201);
+}

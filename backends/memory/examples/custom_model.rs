@@ -87,6 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 instance: InstanceConfig::new(node).with_zone(format!("rack-{node}")),
                 session_timeout: timeout,
                 max_parallel: 4,
+                capabilities: Vec::new(),
             },
             Arc::new(CacheNode),
         );

@@ -357,6 +357,7 @@ impl Setup {
                 instance: InstanceConfig::new(id),
                 session_timeout: SESSION,
                 max_parallel: 16,
+                capabilities: Vec::new(),
             },
             self.checker.wrap(worker.transition_handler()),
         );

@@ -141,6 +141,7 @@ impl TestCluster {
                 instance: InstanceConfig::new(id),
                 session_timeout: TIMEOUT,
                 max_parallel: 8,
+                capabilities: Vec::new(),
             },
             handler,
         );

@@ -141,4 +141,14 @@ impl ClusterKeys {
     pub fn history(&self) -> String {
         format!("{}/CONTROLLER/HISTORY", self.root)
     }
+
+    /// What live instances offer (ephemeral, one per instance).
+    pub fn capabilities(&self) -> String {
+        format!("{}/CAPABILITIES", self.root)
+    }
+
+    /// What one live instance offers.
+    pub fn capability(&self, id: &InstanceId) -> String {
+        format!("{}/CAPABILITIES/{id}", self.root)
+    }
 }

@@ -24,6 +24,7 @@
 
 use super::ClusterError;
 use super::keys::ClusterKeys;
+use super::records::InstanceCapabilities;
 use crate::coordination::{
     CoordError, Coordination, CreateMode, MAX_TRANSACTION_OPS, Op, Session, SessionState,
     WatchEvent,
@@ -98,6 +99,9 @@ pub struct ParticipantConfig {
     pub session_timeout: Duration,
     /// Transitions run at the same time, at most.
     pub max_parallel: usize,
+    /// What this instance offers (a worker: the handlers it can run), published under an
+    /// ephemeral key for as long as its session lives; empty: nothing published.
+    pub capabilities: Vec<String>,
 }
 
 /// What a participant is doing.
@@ -264,6 +268,42 @@ impl Participant {
         Ok(())
     }
 
+    /// Publishes what this instance offers, under an ephemeral key of `session` (created once
+    /// the live-instance key is, so an earlier session's is gone by then).
+    async fn publish_capabilities(
+        &self,
+        session: &dyn Session,
+        id: &InstanceId,
+    ) -> Result<(), ClusterError> {
+        if self.config.capabilities.is_empty() {
+            return Ok(());
+        }
+        let mut handlers = self.config.capabilities.clone();
+        handlers.sort();
+        handlers.dedup();
+        let record = InstanceCapabilities {
+            id: id.clone(),
+            handlers,
+        }
+        .encode();
+        let (dir, key) = (self.keys.capabilities(), self.keys.capability(id));
+        match session
+            .create(&dir, Vec::new(), CreateMode::Persistent)
+            .await
+        {
+            Ok(()) | Err(CoordError::Exists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match session
+            .create(&key, record.clone(), CreateMode::Ephemeral)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(CoordError::Exists(_)) => Ok(session.set(&key, record, None).await.map(|_| ())?),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn register(&self, session: &Arc<dyn Session>) -> Result<(), ClusterError> {
         let id = &self.config.instance.id;
         match session
@@ -309,7 +349,7 @@ impl Participant {
                 .create(&key, live.encode(), CreateMode::Ephemeral)
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.publish_capabilities(&**session, id).await,
                 Err(CoordError::Exists(_)) => {
                     info!(instance = %id, "an earlier session is still live; waiting for it to end");
                     tokio::select! {

@@ -1,6 +1,6 @@
 //! Cluster-level records kept in the coordination store besides the model types.
 
-use crate::model::{Epoch, PartitionId, Record, SessionId};
+use crate::model::{Epoch, InstanceId, PartitionId, Record, SessionId};
 use crate::planner::Throttle;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -66,6 +66,17 @@ impl ControllerHistory {
     }
 }
 
+/// What a live instance offers (for the `tasks` resource: the handlers its worker can run),
+/// under an ephemeral key of its session beside its live-instance key, so that readers that do
+/// not know this record (earlier builds) are unaffected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceCapabilities {
+    /// Which instance.
+    pub id: InstanceId,
+    /// Names it offers, sorted.
+    pub handlers: Vec<String>,
+}
+
 /// A message id: `{leader epoch}-{sequence}`, unique across leaders and sorted by age.
 pub fn message_id(leader_epoch: u64, sequence: u64) -> String {
     format!("{leader_epoch:010}-{sequence:012}")
@@ -82,4 +93,7 @@ impl Record for LeaderRecord {
 }
 impl Record for ControllerHistory {
     const KIND: &'static str = "ControllerHistory";
+}
+impl Record for InstanceCapabilities {
+    const KIND: &'static str = "InstanceCapabilities";
 }

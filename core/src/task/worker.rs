@@ -103,6 +103,13 @@ impl Handlers {
         self.default = handler;
     }
 
+    /// The registered names, sorted: what a worker offers.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.by_name.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Whether a handler is registered under `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)

@@ -1,6 +1,7 @@
 //! The REST API (axum): tasks, cluster status, health, metrics and the OpenAPI document.
 //! [`router`] builds it from an [`AppState`]; [`serve`] runs it on a listener until shutdown.
 
+mod catalog;
 pub mod error;
 mod openapi;
 pub mod tasks;
@@ -11,6 +12,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+pub use catalog::HandlerCatalog;
 use error::ApiError;
 use rota_core::cluster::keys::ClusterKeys;
 use rota_core::cluster::snapshot::read_snapshot;
@@ -18,7 +20,7 @@ use rota_core::coordination::Session;
 use rota_core::metrics::Metrics;
 use rota_core::task::{ListFilter, Millis, TASKS_RESOURCE, TaskStore};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -41,8 +43,8 @@ pub struct AppState {
     pub tasks: Arc<dyn TaskStore>,
     /// Partitions of the `tasks` resource.
     pub partitions: u32,
-    /// Names of the handlers workers know, for validating `handler`.
-    pub handlers: Arc<BTreeSet<String>>,
+    /// The handlers workers offer, for validating `handler`.
+    pub handlers: Arc<HandlerCatalog>,
     /// The cluster, if this process can see it.
     pub cluster: Option<ClusterView>,
     /// The process's metrics (in `rota dev`, its workers' and controller's too).

@@ -140,13 +140,10 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
         ));
     }
     if let Some(h) = &c.handler {
-        if !state.handlers.contains(h) {
-            let known: Vec<_> = state.handlers.iter().cloned().collect();
-            return Err(ApiError::bad_request(
-                "unknown_handler",
-                format!("no handler named {h:?}; known: {}", known.join(", ")),
-            ));
-        }
+        state
+            .handlers
+            .check(h)
+            .map_err(|m| ApiError::bad_request("unknown_handler", m))?;
     }
     for (field, value) in [("partitionKey", &c.partition_key), ("idempotencyKey", &key)] {
         if value
