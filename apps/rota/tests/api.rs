@@ -121,12 +121,50 @@ async fn an_idempotency_key_returns_the_original_task() {
     let (app, tasks) = app();
     let key = [("Idempotency-Key", "order-17")];
     let (first, a) = call_with(&app, "POST", "/tasks", Some(ORIGINAL), &key).await;
-    let (second, b) = call_with(&app, "POST", "/tasks", Some(r#"{"name": "changed"}"#), &key).await;
+    let (second, b) = call_with(&app, "POST", "/tasks", Some(ORIGINAL), &key).await;
     assert_eq!((first, second), (StatusCode::CREATED, StatusCode::OK));
     assert_eq!(a, b);
+    // The key reused for another request: refused, as Stripe does, rather than answered with a
+    // task the client did not ask for.
+    let (reused, err) =
+        call_with(&app, "POST", "/tasks", Some(r#"{"name": "changed"}"#), &key).await;
+    assert_eq!(reused, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"], "idempotency_key_reused");
+    // The header and the body naming two keys: which one was meant?
+    let both = r#"{"name": "x", "idempotencyKey": "order-18"}"#;
+    let (status, err) = call_with(&app, "POST", "/tasks", Some(both), &key).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     assert_eq!(
         tasks.list(&Default::default()).await.unwrap().tasks.len(),
         1
+    );
+}
+
+#[tokio::test]
+async fn names_count_characters_and_deep_json_gets_a_short_message() {
+    let (app, _) = app();
+    let name = "\u{00e9}".repeat(256); // 512 bytes, 256 characters
+    let body = json!({ "name": name }).to_string();
+    assert_eq!(
+        call(&app, "POST", "/tasks", Some(&body)).await.0,
+        StatusCode::CREATED
+    );
+    let too_long = json!({"name": "\u{00e9}".repeat(257)}).to_string();
+    assert_eq!(
+        call(&app, "POST", "/tasks", Some(&too_long)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let deep = format!(
+        r#"{{"name": "d", "payload": {}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let (status, err) = call(&app, "POST", "/tasks", Some(&deep)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.len() < 200 && message.contains("128 levels"),
+        "{message}"
     );
 }
 

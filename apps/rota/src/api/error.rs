@@ -19,6 +19,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// A 422 with `code`: well-formed, but at odds with what the server holds.
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            message: message.into(),
+        }
+    }
+
     /// A 400 with `code`.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -95,10 +104,20 @@ impl From<JsonRejection> for ApiError {
             }
             _ => (rejection.status(), "invalid_body"),
         };
+        let text = rejection.body_text();
+        // serde's message for deep nesting names the whole path, level by level.
+        let message = if text.contains("recursion limit exceeded") {
+            "the JSON is nested deeper than 128 levels".to_owned()
+        } else if text.chars().count() > 500 {
+            let cut: String = text.chars().take(500).collect();
+            format!("{cut}...")
+        } else {
+            text
+        };
         Self {
             status,
             code,
-            message: rejection.body_text(),
+            message,
         }
     }
 }

@@ -28,7 +28,13 @@ fn task_response(description: &str) -> Value {
 
 /// The document.
 pub fn document() -> Value {
-    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1}}]);
+    let id = json!([{"name": "id", "in": "path", "required": true,
+                     "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX}}]);
+    // A key: 1 to 256 characters, no NUL (no store can hold one).
+    let text = |description: &str| {
+        json!({"type": "string", "nullable": true, "minLength": 1, "maxLength": 256,
+                                          "pattern": "^[^\\u0000]*$", "description": description})
+    };
     json!({
         "openapi": "3.0.3",
         "info": {"title": "rota", "version": env!("CARGO_PKG_VERSION"),
@@ -37,20 +43,23 @@ pub fn document() -> Value {
             "/tasks": {
                 "post": {
                     "summary": "Create a task",
-                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"},
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false,
+                                    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
                                     "description": "A repeat with the same key returns the original task (200) instead of creating one."}],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewTask"}}}},
                     "responses": {"201": task_response("Created"), "200": task_response("Repeat of an idempotent create"),
                                   "400": error_response("Invalid request"), "413": error_response("Body too large"),
-                                  "415": error_response("Not JSON")}
+                                  "415": error_response("Not JSON"),
+                                  "422": error_response("The idempotency key names a task created by a different request")}
                 },
                 "get": {
                     "summary": "List tasks by increasing id",
                     "parameters": [
                         {"name": "status", "in": "query", "schema": {"$ref": "#/components/schemas/Status"}},
-                        {"name": "name", "in": "query", "schema": {"type": "string"}},
+                        {"name": "name", "in": "query", "schema": {"type": "string", "pattern": "^[^\\u0000]*$"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "nextCursor of the previous page"}
+                        {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"},
+                         "description": "nextCursor of the previous page"}
                     ],
                     "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {
                         "type": "object", "properties": {"tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
@@ -63,9 +72,11 @@ pub fn document() -> Value {
                     "summary": "Create up to 1,000 tasks atomically",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {
                         "type": "object", "required": ["tasks"],
-                        "properties": {"tasks": {"type": "array", "items": {"$ref": "#/components/schemas/NewTask"}}}}}}},
+                        "properties": {"tasks": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                                 "items": {"$ref": "#/components/schemas/NewTask"}}}}}}},
                     "responses": {"201": {"description": "Created (or, for repeated idempotency keys, the originals)"},
-                                  "400": error_response("Invalid request"), "413": error_response("Body too large")}
+                                  "400": error_response("Invalid request"), "413": error_response("Body too large"),
+                                  "415": error_response("Not JSON")}
                 }
             },
             "/tasks/backlog": {
@@ -94,13 +105,15 @@ pub fn document() -> Value {
             "Error": {"type": "object", "required": ["error", "message"],
                       "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
             "NewTask": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-                "name": {"type": "string"},
-                "scheduledTime": {"type": "string", "description": "RFC 3339; without offset read as UTC; default now"},
-                "payload": {"description": "Any JSON value"},
-                "partitionKey": {"type": "string"},
-                "maxAttempts": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3},
-                "handler": {"type": "string"},
-                "idempotencyKey": {"type": "string", "description": "For batch items"}}},
+                "name": {"type": "string", "minLength": 1, "maxLength": 256,
+                         "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$", "description": "1 to 256 characters"},
+                "scheduledTime": {"type": "string", "format": "date-time", "nullable": true,
+                                  "description": "RFC 3339; without offset read as UTC; default now"},
+                "payload": {"description": "Any JSON value (no NUL character in its strings)"},
+                "partitionKey": text("Tasks with the same key share a partition"),
+                "maxAttempts": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3, "nullable": true},
+                "handler": {"type": "string", "nullable": true, "description": "A handler some live worker offers (log, noop and http are built in)"},
+                "idempotencyKey": text("For batch items")}},
             "Task": {"type": "object", "properties": {
                 "id": {"type": "integer"}, "name": {"type": "string"}, "eventName": {"type": "string"},
                 "status": {"$ref": "#/components/schemas/Status"}, "partitionId": {"type": "integer"},

@@ -36,6 +36,35 @@ pub struct CreateTask {
     idempotency_key: Option<String>,
 }
 
+/// Whether `stored` (found by its idempotency key) is what `asked` would have created: a repeat
+/// of the same request, not another request reusing the key. A due time left out (now) is
+/// not compared.
+fn same_request(asked: &NewTask, stored: &Task, scheduled_given: bool) -> bool {
+    asked.name == stored.name
+        && same_json(&asked.payload, &stored.payload)
+        && asked.partition_key == stored.partition_key
+        && asked.max_attempts == stored.max_attempts
+        && asked.handler == stored.handler
+        && (!scheduled_given || asked.scheduled_at == stored.scheduled_at)
+}
+
+/// JSON equality as a store keeps it: objects regardless of key order, numbers by value (a
+/// store may write `1e2` back as `100`).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// `POST /tasks/batch` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +151,7 @@ impl From<Task> for TaskView {
 
 fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewTask, ApiError> {
     let name = c.name.trim().to_owned();
-    if name.is_empty() || name.len() > MAX_NAME {
+    if name.is_empty() || name.chars().count() > MAX_NAME {
         return Err(ApiError::bad_request(
             "invalid_name",
             format!("name must have 1 to {MAX_NAME} characters"),
@@ -148,7 +177,7 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
     for (field, value) in [("partitionKey", &c.partition_key), ("idempotencyKey", &key)] {
         if value
             .as_ref()
-            .is_some_and(|v| v.is_empty() || v.len() > 256)
+            .is_some_and(|v| v.is_empty() || v.chars().count() > 256)
         {
             return Err(ApiError::bad_request(
                 "invalid_key",
@@ -182,14 +211,33 @@ pub async fn create(
         ),
         None => None,
     };
+    if let (Some(header), Some(body)) = (&header_key, &body.idempotency_key) {
+        if header != body {
+            return Err(ApiError::bad_request(
+                "invalid_key",
+                "the Idempotency-Key header and idempotencyKey differ: give the key once",
+            ));
+        }
+    }
     let key = header_key.or_else(|| body.idempotency_key.clone());
+    let scheduled_given = body.scheduled_time.is_some();
     let task = validate(&state, body, key)?;
     let (stored, created) = state
         .tasks
-        .insert(vec![task], state.partitions, (state.now)())
+        .insert(vec![task.clone()], state.partitions, (state.now)())
         .await?
         .pop()
         .expect("one result per task");
+    if !created && !same_request(&task, &stored, scheduled_given) {
+        return Err(ApiError::unprocessable(
+            "idempotency_key_reused",
+            format!(
+                "idempotency key {:?} names task {}, created by a different request; use a new key",
+                task.idempotency_key.as_deref().unwrap_or_default(),
+                stored.id
+            ),
+        ));
+    }
     let status = if created {
         state.metrics.tasks_created.inc();
         StatusCode::CREATED
