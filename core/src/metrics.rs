@@ -84,6 +84,9 @@ pub struct Metrics {
     pub controller_epoch: Gauge,
     /// Duration of a leader's reconcile (read the snapshot, decide, write).
     pub reconcile_duration: Histogram,
+    /// Problems a leader's reconciles found (a record it cannot read, a resource the rebalancer
+    /// refused, which then keeps its previous ideal state).
+    pub reconcile_problems: Counter,
     /// Transitions participants ran, by states and outcome.
     pub transitions: Family<TransitionLabels, Counter>,
 }
@@ -106,6 +109,7 @@ impl Default for Metrics {
             controller_leader: Gauge::default(),
             controller_epoch: Gauge::default(),
             reconcile_duration: duration_histogram(),
+            reconcile_problems: Counter::default(),
             transitions: Family::default(),
         }
     }
@@ -194,6 +198,11 @@ impl Metrics {
             "Duration of a leader's reconcile: read, decide, write",
             prometheus_client::registry::Unit::Seconds,
             self.reconcile_duration.clone(),
+        );
+        r.register(
+            "reconcile_problems",
+            "Problems reconciles found (unreadable records, resources the rebalancer refused)",
+            self.reconcile_problems.clone(),
         );
         r.register(
             "transitions",
@@ -318,7 +327,7 @@ mod tests {
     #[test]
     fn the_docs_list_every_metric_and_the_dashboard_uses_only_real_ones() {
         let exposed = exposed();
-        assert_eq!(exposed.len(), 16, "{exposed:?}");
+        assert_eq!(exposed.len(), 17, "{exposed:?}");
         let docs = include_str!("../../docs/production.md");
         for name in &exposed {
             assert!(

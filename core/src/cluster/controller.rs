@@ -292,6 +292,9 @@ impl Controller {
                     for problem in &decisions.problems {
                         warn!(%problem, "reconcile");
                     }
+                    self.metrics
+                        .reconcile_problems
+                        .inc_by(decisions.problems.len() as u64);
                     wake_at = decisions.wake_at_ms;
                     self.write(lease, &snapshot, decisions, &mut sequence).await
                 }

@@ -104,16 +104,36 @@ pub fn reconcile(
         let ideal = if snapshot.config.maintenance {
             previous.cloned()
         } else {
-            match rebalance(&RebalanceInput {
-                resource,
-                state_model: model,
-                instances: &candidates,
-                previous,
-            }) {
-                Ok(ideal) => Some(ideal),
-                Err(e) => {
-                    out.problems.push(format!("resource {name}: {e}"));
-                    continue;
+            // A rebalancer that fails (or breaks one of its own invariants and panics) on this
+            // snapshot would fail the same way in every controller that takes over: keep the
+            // previous ideal state instead, go on reconciling toward it, and say why.
+            let computed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rebalance(&RebalanceInput {
+                    resource,
+                    state_model: model,
+                    instances: &candidates,
+                    previous,
+                })
+            }));
+            match computed {
+                Ok(Ok(ideal)) => Some(ideal),
+                Ok(Err(e)) => {
+                    out.problems.push(format!(
+                        "resource {name}: {e}; keeping its previous ideal state"
+                    ));
+                    previous.cloned()
+                }
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    out.problems.push(format!(
+                        "resource {name}: the rebalancer failed ({why}); keeping its previous \
+                         ideal state"
+                    ));
+                    previous.cloned()
                 }
             }
         };
@@ -227,5 +247,60 @@ fn live_target(
                 }
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LiveInstance, ResourceConfig};
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::default();
+        for name in ["w1", "w2"] {
+            let id = InstanceId::new(name);
+            s.instances.insert(id.clone(), InstanceConfig::new(name));
+            s.live.insert(
+                id.clone(),
+                LiveInstance {
+                    id,
+                    session: SessionId::new(format!("s-{name}")),
+                    host: None,
+                    started_at_ms: 0,
+                    version: "test".into(),
+                },
+            );
+        }
+        let resource = ResourceConfig::new("tasks", 4, 2, "MasterSlave");
+        s.resources.insert("tasks".into(), resource);
+        s.models.insert(
+            "MasterSlave".into(),
+            StateModel::builtin("MasterSlave").unwrap(),
+        );
+        s
+    }
+
+    #[test]
+    fn a_rebalancer_failure_keeps_the_previous_ideal_state_and_goes_on() {
+        let mut s = snapshot();
+        let first = reconcile(&s, &BTreeMap::new(), 0);
+        let ideal = first.ideal_states["tasks"].clone();
+        s.ideal.insert("tasks".into(), ideal);
+        // An instance the rebalancer refuses (a weight past its maximum).
+        s.instances.get_mut(&InstanceId::new("w2")).unwrap().weight = u32::MAX;
+        let second = reconcile(&s, &BTreeMap::new(), 0);
+        assert!(
+            second
+                .problems
+                .iter()
+                .any(|p| p.contains("weight") && p.contains("keeping its previous ideal state")),
+            "{:?}",
+            second.problems
+        );
+        assert!(second.ideal_states.is_empty(), "the ideal state was kept");
+        assert!(
+            !second.transitions.is_empty(),
+            "reconciling toward the previous ideal state goes on"
+        );
     }
 }
