@@ -148,6 +148,39 @@ macro_rules! now {
     };
 }
 
+/// The SET clause that takes a claim back, the one rule for every way a claim is lost (its
+/// partition moved, its lease expired, the cluster restarted): PENDING again, or FAILED with
+/// `$reason` as its last error once its attempts are used up. `$t` prefixes the columns (`""`
+/// or `"t."`), `$now` is the SQL of "now".
+macro_rules! take_back {
+    ($t:literal, $reason:literal, $now:literal) => {
+        concat!(
+            "status = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN 'FAILED' ELSE 'PENDING' END, ",
+            "last_error = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN '",
+            $reason,
+            "' ELSE ",
+            $t,
+            "last_error END, ",
+            "finished_at = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN ",
+            $now,
+            " ELSE NULL END, ",
+            "owner = NULL, lease_until = NULL"
+        )
+    };
+}
+
 /// The partitions a claimant still owns at the given epochs (`$1` owner, `$2` partitions, `$3`
 /// epochs), their owner rows locked `FOR SHARE` until the statement ends, so an ownership
 /// change waits for it and then sees (and requeues) what it claimed.
@@ -795,16 +828,16 @@ impl TaskStore for PostgresTaskStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let requeued = sqlx::query(
-            "UPDATE rota_tasks SET \
-               status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
-               last_error = CASE WHEN attempts >= max_attempts \
-                 THEN 'claim lost: the partition moved to another worker' ELSE last_error END, \
-               finished_at = CASE WHEN attempts >= max_attempts THEN $4 ELSE NULL END, \
-               owner = NULL, lease_until = NULL \
-             WHERE partition = $1 AND status = 'RUNNING' \
-               AND (owner IS DISTINCT FROM $2 OR epoch IS DISTINCT FROM $3)",
-        )
+        let requeued = sqlx::query(concat!(
+            "UPDATE rota_tasks SET ",
+            take_back!(
+                "",
+                "claim lost: the partition moved to another worker",
+                "$4"
+            ),
+            " WHERE partition = $1 AND status = 'RUNNING' \
+               AND (owner IS DISTINCT FROM $2 OR epoch IS DISTINCT FROM $3)"
+        ))
         .bind(partition as i32)
         .bind(owner.as_str())
         .bind(epoch as i64)
@@ -992,14 +1025,13 @@ impl TaskStore for PostgresTaskStore {
             now!(4),
             " AS ms), ",
             owned!(),
-            " UPDATE rota_tasks t SET \
-               status = CASE WHEN t.attempts >= t.max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
-               last_error = CASE WHEN t.attempts >= t.max_attempts \
-                 THEN 'lease expired: the worker neither finished nor renewed it' \
-                 ELSE t.last_error END, \
-               finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now.ms ELSE NULL END, \
-               owner = NULL, lease_until = NULL \
-             FROM owned, now \
+            " UPDATE rota_tasks t SET ",
+            take_back!(
+                "t.",
+                "lease expired: the worker neither finished nor renewed it",
+                "now.ms"
+            ),
+            " FROM owned, now \
              WHERE t.partition = owned.partition AND t.status = 'RUNNING' \
                AND t.lease_until < now.ms"
         ))
@@ -1056,15 +1088,11 @@ impl TaskStore for PostgresTaskStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let requeued = sqlx::query(
-            "UPDATE rota_tasks SET \
-               status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
-               last_error = CASE WHEN attempts >= max_attempts \
-                 THEN 'claim lost: the cluster restarted' ELSE last_error END, \
-               finished_at = CASE WHEN attempts >= max_attempts THEN $1 ELSE NULL END, \
-               owner = NULL, lease_until = NULL \
-             WHERE status = 'RUNNING'",
-        )
+        let requeued = sqlx::query(concat!(
+            "UPDATE rota_tasks SET ",
+            take_back!("", "claim lost: the cluster restarted", "$1"),
+            " WHERE status = 'RUNNING'"
+        ))
         .bind(now)
         .execute(&mut *tx)
         .await

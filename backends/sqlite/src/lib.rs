@@ -65,6 +65,39 @@ CREATE TABLE cluster (name TEXT NOT NULL);
 "#,
 ];
 
+/// The SET clause that takes a claim back, the one rule for every way a claim is lost (its
+/// partition moved, its lease expired, the cluster restarted): PENDING again, or FAILED with
+/// `$reason` as its last error once its attempts are used up. `$t` prefixes the columns (`""`
+/// or `"t."`), `$now` is the SQL of "now".
+macro_rules! take_back {
+    ($t:literal, $reason:literal, $now:literal) => {
+        concat!(
+            "status = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN 'FAILED' ELSE 'PENDING' END, ",
+            "last_error = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN '",
+            $reason,
+            "' ELSE ",
+            $t,
+            "last_error END, ",
+            "finished_at = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN ",
+            $now,
+            " ELSE NULL END, ",
+            "owner = NULL, lease_until = NULL"
+        )
+    };
+}
+
 const COLUMNS: &str = "id, name, payload, handler, partition_key, partition, status, scheduled_at, \
      attempts, max_attempts, last_error, owner, epoch, lease_until, idempotency_key, created_at, \
      started_at, finished_at";
@@ -440,14 +473,16 @@ impl TaskStore for SqliteTaskStore {
             .map_err(backend)?;
             let requeued = tx
                 .execute(
-                    "UPDATE tasks SET \
-                       status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
-                       last_error = CASE WHEN attempts >= max_attempts \
-                         THEN 'claim lost: the partition moved to another worker' ELSE last_error END, \
-                       finished_at = CASE WHEN attempts >= max_attempts THEN ?4 ELSE NULL END, \
-                       owner = NULL, lease_until = NULL \
-                     WHERE partition = ?1 AND status = 'RUNNING' \
-                       AND NOT (owner IS ?2 AND epoch IS ?3)",
+                    concat!(
+                        "UPDATE tasks SET ",
+                        take_back!(
+                            "",
+                            "claim lost: the partition moved to another worker",
+                            "?4"
+                        ),
+                        " WHERE partition = ?1 AND status = 'RUNNING' \
+                           AND NOT (owner IS ?2 AND epoch IS ?3)"
+                    ),
                     params![partition, owner.as_str(), epoch as i64, now],
                 )
                 .map_err(backend)?;
@@ -670,16 +705,15 @@ impl TaskStore for SqliteTaskStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            tx.execute("DELETE FROM partition_owners", []).map_err(backend)?;
+            tx.execute("DELETE FROM partition_owners", [])
+                .map_err(backend)?;
             let requeued = tx
                 .execute(
-                    "UPDATE tasks SET \
-                       status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
-                       last_error = CASE WHEN attempts >= max_attempts \
-                         THEN 'claim lost: the cluster restarted' ELSE last_error END, \
-                       finished_at = CASE WHEN attempts >= max_attempts THEN ?1 ELSE NULL END, \
-                       owner = NULL, lease_until = NULL \
-                     WHERE status = 'RUNNING'",
+                    concat!(
+                        "UPDATE tasks SET ",
+                        take_back!("", "claim lost: the cluster restarted", "?1"),
+                        " WHERE status = 'RUNNING'"
+                    ),
                     [now],
                 )
                 .map_err(backend)?;
@@ -739,16 +773,15 @@ impl TaskStore for SqliteTaskStore {
             let mut requeued = 0;
             {
                 let mut stmt = tx
-                    .prepare_cached(
-                        "UPDATE tasks SET \
-                           status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'PENDING' END, \
-                           last_error = CASE WHEN attempts >= max_attempts \
-                             THEN 'lease expired: the worker neither finished nor renewed it' \
-                             ELSE last_error END, \
-                           finished_at = CASE WHEN attempts >= max_attempts THEN ?2 ELSE NULL END, \
-                           owner = NULL, lease_until = NULL \
-                         WHERE partition = ?1 AND status = 'RUNNING' AND lease_until < ?2",
-                    )
+                    .prepare_cached(concat!(
+                        "UPDATE tasks SET ",
+                        take_back!(
+                            "",
+                            "lease expired: the worker neither finished nor renewed it",
+                            "?2"
+                        ),
+                        " WHERE partition = ?1 AND status = 'RUNNING' AND lease_until < ?2"
+                    ))
                     .map_err(backend)?;
                 for c in valid {
                     requeued += stmt.execute(params![c.partition, now]).map_err(backend)? as u64;

@@ -56,6 +56,9 @@ pub struct TransitionRequest {
     pub from: StateName,
     /// State to move it to.
     pub to: StateName,
+    /// The state model's top state (the one that leads: `MASTER`, `LEADER`, `ONLINE`), so a
+    /// handler need not know the model's names.
+    pub top: StateName,
     /// Partition epoch: a grant of the top state carries a new, higher one. Pass it to storage
     /// with every write the replica's role allows, so that writes of a superseded holder fail.
     pub epoch: Epoch,
@@ -592,6 +595,7 @@ impl Serving {
             partition: t.partition,
             from: t.from.clone(),
             to: t.to.clone(),
+            top: model.top_state().clone(),
             epoch: t.epoch,
             deadline: None,
         };
@@ -827,6 +831,7 @@ impl Serving {
                 partition,
                 from: state,
                 to: model.name_of(next).clone(),
+                top: model.top_state().clone(),
                 epoch,
                 deadline,
             };

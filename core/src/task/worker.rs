@@ -1152,8 +1152,7 @@ struct Ownership {
 #[async_trait]
 impl TransitionHandler for Ownership {
     async fn on_transition(&self, t: &TransitionRequest) -> Result<(), String> {
-        let top = matches!(t.to.as_str(), "MASTER" | "LEADER" | "ONLINE");
-        let was_top = matches!(t.from.as_str(), "MASTER" | "LEADER" | "ONLINE");
+        let (top, was_top) = (t.to == t.top, t.from == t.top);
         let inner = &self.inner;
         if top {
             let requeued = inner.acquire(t.partition, t.epoch).await?;
