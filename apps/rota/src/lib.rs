@@ -9,3 +9,4 @@ pub mod dev;
 pub mod handlers;
 pub mod plan;
 pub mod roles;
+pub mod status;

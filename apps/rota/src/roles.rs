@@ -364,7 +364,7 @@ pub async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<()>
                 session: session.clone(),
                 keys,
             };
-            let status = api::cluster_status(
+            let status = crate::status::cluster_status(
                 &view,
                 config.cluster.partitions,
                 &redact_url(&config.storage.url),

@@ -16,12 +16,18 @@
 //! SEMI_AUTO and CUSTOMIZED resources keep the user's placement, restricted to eligible
 //! instances, with states assigned (SEMI_AUTO) or validated (CUSTOMIZED) against the state model.
 
-pub mod baseline;
+// The rebalancer itself.
 mod buckets;
 mod leaders;
 mod placement;
-pub mod scenario;
 mod shares;
+
+// Its measuring kit, not on any controller's path: a naive baseline to compare movement with,
+// scripted cluster changes, and movement / balance statistics. Used by the property tests
+// (`core/tests/rebalancer_props.rs`), the benchmark (`core/benches/rebalance.rs`) and
+// `rota plan`.
+pub mod baseline;
+pub mod scenario;
 pub mod stats;
 
 use crate::model::{
