@@ -14,8 +14,14 @@
 //!   state-transition messages, never exceeding a state's bound and fencing top-state grants with
 //!   a per-partition epoch.
 //!
-//! Nothing in this crate performs I/O: the controller reads a snapshot, calls these functions and
-//! writes what they return.
+//! - [`cluster`]: the controller, participant and admin over the coordination trait; each
+//!   reconcile reads a snapshot, decides by the pure functions above, writes what they return.
+//! - [`task`]: the scheduler's task model, the task-store trait and the worker that runs tasks.
+//! - [`metrics`]: what every role counts, for `/metrics`.
+//!
+//! The decisions (rebalancer, planner, reconcile) perform no I/O; the controller, participant
+//! and worker do theirs only through the coordination and task-store traits, which the
+//! backends implement.
 
 pub mod cluster;
 pub mod coordination;

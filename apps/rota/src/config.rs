@@ -435,6 +435,20 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_configuration_files_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 2, "no configuration files in {}", dir.display());
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         Jail::expect_with(|jail| {
             jail.set_env("ROTA_CLUSTER__PARTITIONS", "0");

@@ -83,9 +83,9 @@ struct DevArgs {
     /// Directory of the SQLite task store.
     #[arg(long, default_value = "./rota-data")]
     data_dir: PathBuf,
-    /// Address of the API.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    /// Address of the API [default: api.listen of the configuration, 127.0.0.1:8080]
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// A TOML configuration file (see configs/); ROTA_* environment variables override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -176,7 +176,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         let cluster = dev::start(DevOptions {
             workers: args.workers,
             data_dir: args.data_dir.clone(),
-            listen: args.listen,
+            listen: args.listen.unwrap_or(config.api.listen),
             handlers: rota::handlers::builtin(std::time::Duration::from_millis(
                 config.worker.task_timeout_ms,
             )),
