@@ -107,15 +107,47 @@ fn timeout(config: &Config) -> Duration {
 }
 
 async fn session(config: &Config) -> anyhow::Result<Arc<dyn Session>> {
-    coordination(config)?
-        .connect(timeout(config))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the coordination store at {}",
-                config.coordination.endpoints.join(",")
-            )
-        })
+    let store = coordination(config)?;
+    let session = store.connect(timeout(config)).await;
+    match session {
+        Ok(session) => Ok(session),
+        // Say what is wrong with each server, which the client's own error does not.
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot reach the coordination store ({e}): {}; check coordination.endpoints and \
+             that the servers run",
+            unreachable(&config.coordination.endpoints).await
+        )),
+    }
+}
+
+/// What stops a TCP connection to each `host:port` (a ZooKeeper chroot after the port is
+/// ignored): the name does not resolve, the connection is refused, no answer.
+async fn unreachable(endpoints: &[String]) -> String {
+    if endpoints.is_empty() {
+        return "no endpoints are configured".into();
+    }
+    let mut why = Vec::new();
+    for endpoint in endpoints {
+        let address = endpoint.split('/').next().unwrap_or(endpoint);
+        let probe = async {
+            let resolved: Vec<_> = match tokio::net::lookup_host(address).await {
+                Ok(found) => found.collect(),
+                Err(e) => return format!("{address}: the name does not resolve ({e})"),
+            };
+            let Some(first) = resolved.first() else {
+                return format!("{address}: the name resolves to no address");
+            };
+            match tokio::net::TcpStream::connect(first).await {
+                Ok(_) => format!("{address}: reachable, but no session could be opened"),
+                Err(e) => format!("{address}: {e}"),
+            }
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(3), probe)
+            .await
+            .unwrap_or_else(|_| format!("{address}: no answer within 3 s"));
+        why.push(answer);
+    }
+    why.join("; ")
 }
 
 /// The cluster's `tasks` resource as `rota init` stored it: every role starts from it, refusing a

@@ -525,3 +525,43 @@ async fn the_api_checks_handlers_against_what_live_workers_offer() {
     assert!(message.contains("offered: http, log, noop"), "{message}");
     assert_eq!(create("http").await.0, 201);
 }
+
+/// A store that cannot be reached is named, with what stops it, rather than "pool timed out" or
+/// "connection lost".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_stores_are_named_with_the_reason() {
+    let closed = rota_test_harness::free_port();
+    let env = |endpoints: String, storage: String| Env {
+        vars: [
+            ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
+            ("ROTA_COORDINATION__ENDPOINTS", endpoints),
+            ("ROTA_COORDINATION__SESSION_TIMEOUT_MS", "2000".to_owned()),
+            ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
+            ("ROTA_STORAGE__URL", storage),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        api: "127.0.0.1:1".parse().unwrap(),
+        tag: "unreachable",
+    };
+    let no_postgres = env(
+        rota_test_harness::zookeeper().endpoint(),
+        format!("postgres://rota@127.0.0.1:{closed}/rota"),
+    );
+    let err = no_postgres.run_fails(&["init"], "12");
+    assert!(
+        err.contains(&format!("PostgreSQL at 127.0.0.1:{closed}")) && err.contains("refused"),
+        "{err}"
+    );
+    let no_zookeeper = env(
+        format!("no-such-host.invalid:2181,127.0.0.1:{closed}"),
+        rota_test_harness::postgres().fresh_database(),
+    );
+    let err = no_zookeeper.run_fails(&["worker"], "12");
+    assert!(
+        err.contains("no-such-host.invalid:2181: the name does not resolve")
+            && err.contains(&format!("127.0.0.1:{closed}: Connection refused")),
+        "{err}"
+    );
+}

@@ -323,6 +323,30 @@ impl PostgresTaskStore {
         let options = PgConnectOptions::from_str(url).map_err(|e| {
             StoreError::Invalid(format!("storage.url is not a PostgreSQL URL: {e}"))
         })?;
+        // One connection first, to report why none can be made (the pool only says it timed
+        // out): refused, unknown host, bad password, no such database.
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        match tokio::time::timeout(
+            settings.statement_timeout,
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {server}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "no answer from PostgreSQL at {server} within {:?}",
+                    settings.statement_timeout
+                )));
+            }
+        }
         let timeout_ms = settings.statement_timeout.as_millis().max(1);
         // Every connection works in the cluster's schema, under the statement deadline.
         let setup = format!("SET search_path TO {schema}; SET statement_timeout = {timeout_ms}");
