@@ -1,5 +1,7 @@
 //! Helpers of the etcd fault tests.
 
+#![allow(dead_code)] // Each test binary uses its own part.
+
 use rota_core::coordination::conformance::next_event;
 use rota_core::coordination::{Coordination, Session, Watch, WatchEvent};
 use rota_etcd::EtcdCoordination;
