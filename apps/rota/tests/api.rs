@@ -154,6 +154,11 @@ async fn names_count_characters_and_deep_json_gets_a_short_message() {
         call(&app, "POST", "/tasks", Some(&too_long)).await.0,
         StatusCode::BAD_REQUEST
     );
+    // An integer past 64 bits would come back as another number: refused, not rounded.
+    let big = r#"{"name": "b", "payload": {"n": 123456789012345678901234567890}}"#;
+    let (status, err) = call(&app, "POST", "/tasks", Some(big)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"], "invalid_payload");
     let deep = format!(
         r#"{{"name": "d", "payload": {}{}}}"#,
         "[".repeat(200),

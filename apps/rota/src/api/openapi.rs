@@ -109,7 +109,7 @@ pub fn document() -> Value {
                          "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$", "description": "1 to 256 characters"},
                 "scheduledTime": {"type": "string", "format": "date-time", "nullable": true,
                                   "description": "RFC 3339; without offset read as UTC; default now"},
-                "payload": {"description": "Any JSON value (no NUL character in its strings)"},
+                "payload": {"description": "Any JSON value: no NUL character in its strings, no integer beyond 64 bits (send those as strings)"},
                 "partitionKey": text("Tasks with the same key share a partition"),
                 "maxAttempts": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3, "nullable": true},
                 "handler": {"type": "string", "nullable": true, "description": "A handler some live worker offers (log, noop and http are built in)"},

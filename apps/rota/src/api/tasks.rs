@@ -28,7 +28,8 @@ pub struct CreateTask {
     name: String,
     /// Due time; default: now.
     scheduled_time: Option<String>,
-    payload: Option<Value>,
+    /// Kept as text until checked (see [`payload_from`]).
+    payload: Option<Box<serde_json::value::RawValue>>,
     partition_key: Option<String>,
     max_attempts: Option<u32>,
     handler: Option<String>,
@@ -46,6 +47,70 @@ fn same_request(asked: &NewTask, stored: &Task, scheduled_given: bool) -> bool {
         && asked.max_attempts == stored.max_attempts
         && asked.handler == stored.handler
         && (!scheduled_given || asked.scheduled_at == stored.scheduled_at)
+}
+
+/// The payload as a JSON value, refusing integers beyond 64 bits: the JSON parser would turn
+/// them into floats, and the task would carry another number than the client sent.
+fn payload_from(raw: Option<&serde_json::value::RawValue>) -> Result<Value, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(Value::Null);
+    };
+    let text = raw.get();
+    if let Some(big) = integer_beyond_64_bits(text) {
+        return Err(ApiError::bad_request(
+            "invalid_payload",
+            format!(
+                "the payload holds the integer {big}, beyond 64 bits, which would lose its \
+                 precision: send it as a string"
+            ),
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let message = if e.to_string().contains("recursion limit exceeded") {
+            "the payload is nested deeper than 128 levels".to_owned()
+        } else {
+            format!("payload: {e}")
+        };
+        ApiError::bad_request("invalid_payload", message)
+    })
+}
+
+/// The first integer literal (no fraction, no exponent) of a JSON text that fits neither
+/// `i64` nor `u64`, outside strings.
+fn integer_beyond_64_bits(json: &str) -> Option<&str> {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let integer = !matches!(bytes.get(i), Some(b'.' | b'e' | b'E'));
+                let literal = &json[start..i];
+                if integer && literal.parse::<i64>().is_err() && literal.parse::<u64>().is_err() {
+                    return Some(literal);
+                }
+                while i < bytes.len()
+                    && matches!(bytes[i], b'.' | b'e' | b'E' | b'+' | b'-' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// JSON equality as a store keeps it: objects regardless of key order, numbers by value (a
@@ -187,7 +252,7 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
     }
     Ok(NewTask {
         name,
-        payload: c.payload.unwrap_or(Value::Null),
+        payload: payload_from(c.payload.as_deref())?,
         scheduled_at,
         partition_key: c.partition_key,
         max_attempts,
@@ -391,5 +456,31 @@ pub async fn cancel(
             "task {id} is {}; only PENDING tasks can be cancelled",
             task.status.as_str()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::integer_beyond_64_bits as big;
+
+    #[test]
+    fn integers_beyond_64_bits_are_found_outside_strings_only() {
+        assert_eq!(
+            big(r#"{"a": 18446744073709551616}"#),
+            Some("18446744073709551616")
+        );
+        assert_eq!(
+            big(r#"[-9223372036854775809]"#),
+            Some("-9223372036854775809")
+        );
+        assert_eq!(big(r#"[18446744073709551615, -9223372036854775808]"#), None);
+        assert_eq!(
+            big(r#"{"s": "123456789012345678901234567890", "e": "\"9"}"#),
+            None
+        );
+        assert_eq!(
+            big(r#"[1.5e300, 123456789012345678901234567890.5, 1e400]"#),
+            None
+        );
     }
 }
