@@ -1,12 +1,11 @@
 //! What the multi-process tests share: processes of the `rota` binary under test with an
-//! environment of settings, each logging to its own file, and a minimal HTTP client.
+//! environment of settings, each logging to its own file, and an HTTP client.
 
 #![allow(dead_code)] // Each test binary uses its own part.
 
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
@@ -118,28 +117,28 @@ pub async fn http(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// One HTTP/1.1 request: the status and body as text, or `(0, "")` if nothing listens yet.
+/// One HTTP request (reqwest, as the `http` handler uses): the status and body as text, or
+/// `(0, "")` if nothing listens yet.
 pub async fn http_text(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> (u16, String) {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, String::new()); // not listening yet
-    };
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_owned())
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let mut request = reqwest::Client::new().request(method, format!("http://{addr}{path}"));
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()), // not listening yet
+    }
 }
 
 /// The value of the sample `name` (with its labels, as exposed) in a `/metrics` text.
