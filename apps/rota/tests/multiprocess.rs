@@ -331,26 +331,8 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_refuse_a_cluster_not_initialised_or_configured_otherwise() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let endpoint = rota_test_harness::zookeeper().endpoint();
     let db = rota_test_harness::postgres().fresh_database();
-    let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
-        .parse()
-        .unwrap();
-    let env = Env {
-        vars: [
-            ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
-            ("ROTA_COORDINATION__ENDPOINTS", endpoint),
-            ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
-            ("ROTA_STORAGE__URL", db),
-            ("ROTA_CLUSTER__NAME", format!("never{}", std::process::id())),
-            ("ROTA_API__LISTEN", api.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect(),
-        api,
-        tag: "refused",
-    };
+    let env = Env::on_zookeeper("refused", "never", db);
     let refused = |args: &[&str], partitions: &str| env.run_fails(args, partitions);
     for role in [
         &["api"][..],
@@ -377,34 +359,13 @@ async fn roles_refuse_a_cluster_not_initialised_or_configured_otherwise() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_share_one_database_and_one_zookeeper_without_seeing_each_other() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let endpoint = rota_test_harness::zookeeper().endpoint();
     let db = rota_test_harness::postgres().fresh_database();
     let log: Log = Arc::default();
     let url = receiver(log.clone()).await;
     let mut running = Vec::new();
     let mut envs = Vec::new();
     for (name, tag) in [("staging", "staging"), ("prod", "prod")] {
-        let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
-            .parse()
-            .unwrap();
-        let env = Env {
-            vars: [
-                ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
-                ("ROTA_COORDINATION__ENDPOINTS", endpoint.clone()),
-                ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
-                ("ROTA_STORAGE__URL", db.clone()),
-                (
-                    "ROTA_CLUSTER__NAME",
-                    format!("{name}{}", std::process::id()),
-                ),
-                ("ROTA_API__LISTEN", api.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-            api,
-            tag,
-        };
+        let env = Env::on_zookeeper(tag, name, db.clone());
         env.run_ok(&["init"]);
         running.push(env.spawn(&["controller"], None));
         running.push(env.spawn(&["api"], None));
@@ -474,30 +435,8 @@ async fn two_clusters_share_one_database_and_one_zookeeper_without_seeing_each_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_checks_handlers_against_what_live_workers_offer() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
-        .parse()
-        .unwrap();
-    let env = Env {
-        vars: [
-            ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
-            (
-                "ROTA_COORDINATION__ENDPOINTS",
-                rota_test_harness::zookeeper().endpoint(),
-            ),
-            ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
-            (
-                "ROTA_STORAGE__URL",
-                rota_test_harness::postgres().fresh_database(),
-            ),
-            ("ROTA_CLUSTER__NAME", format!("caps{}", std::process::id())),
-            ("ROTA_API__LISTEN", api.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect(),
-        api,
-        tag: "caps",
-    };
+    let db = rota_test_harness::postgres().fresh_database();
+    let env = Env::on_zookeeper("caps", "caps", db);
     env.run_ok(&["init"]);
     let _controller = env.spawn(&["controller"], None);
     let _api = env.spawn(&["api"], None);

@@ -86,30 +86,8 @@ async fn the_dev_api_matches_its_document_and_never_answers_5xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_production_api_matches_its_document_and_never_answers_5xx() {
-    let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
-        .parse()
-        .unwrap();
-    let env = Env {
-        vars: [
-            ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
-            (
-                "ROTA_COORDINATION__ENDPOINTS",
-                rota_test_harness::zookeeper().endpoint(),
-            ),
-            ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
-            (
-                "ROTA_STORAGE__URL",
-                rota_test_harness::postgres().fresh_database(),
-            ),
-            ("ROTA_CLUSTER__NAME", format!("st{}", std::process::id())),
-            ("ROTA_API__LISTEN", api.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect(),
-        api,
-        tag: "schemathesis",
-    };
+    let db = rota_test_harness::postgres().fresh_database();
+    let env = Env::on_zookeeper("schemathesis", "st", db);
     env.run_ok(&["init"]);
     let _roles = [
         env.spawn(&["controller"], None),

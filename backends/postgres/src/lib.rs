@@ -148,39 +148,6 @@ macro_rules! now {
     };
 }
 
-/// The SET clause that takes a claim back, the one rule for every way a claim is lost (its
-/// partition moved, its lease expired, the cluster restarted): PENDING again, or FAILED with
-/// `$reason` as its last error once its attempts are used up. `$t` prefixes the columns (`""`
-/// or `"t."`), `$now` is the SQL of "now".
-macro_rules! take_back {
-    ($t:literal, $reason:literal, $now:literal) => {
-        concat!(
-            "status = CASE WHEN ",
-            $t,
-            "attempts >= ",
-            $t,
-            "max_attempts THEN 'FAILED' ELSE 'PENDING' END, ",
-            "last_error = CASE WHEN ",
-            $t,
-            "attempts >= ",
-            $t,
-            "max_attempts THEN '",
-            $reason,
-            "' ELSE ",
-            $t,
-            "last_error END, ",
-            "finished_at = CASE WHEN ",
-            $t,
-            "attempts >= ",
-            $t,
-            "max_attempts THEN ",
-            $now,
-            " ELSE NULL END, ",
-            "owner = NULL, lease_until = NULL"
-        )
-    };
-}
-
 /// The partitions a claimant still owns at the given epochs (`$1` owner, `$2` partitions, `$3`
 /// epochs), their owner rows locked `FOR SHARE` until the statement ends, so an ownership
 /// change waits for it and then sees (and requeues) what it claimed.
@@ -854,7 +821,7 @@ impl TaskStore for PostgresTaskStore {
             .map_err(backend)?;
         let requeued = sqlx::query(concat!(
             "UPDATE rota_tasks SET ",
-            take_back!(
+            rota_core::take_back_sql!(
                 "",
                 "claim lost: the partition moved to another worker",
                 "$4"
@@ -1050,7 +1017,7 @@ impl TaskStore for PostgresTaskStore {
             " AS ms), ",
             owned!(),
             " UPDATE rota_tasks t SET ",
-            take_back!(
+            rota_core::take_back_sql!(
                 "t.",
                 "lease expired: the worker neither finished nor renewed it",
                 "now.ms"
@@ -1114,7 +1081,7 @@ impl TaskStore for PostgresTaskStore {
             .map_err(backend)?;
         let requeued = sqlx::query(concat!(
             "UPDATE rota_tasks SET ",
-            take_back!("", "claim lost: the cluster restarted", "$1"),
+            rota_core::take_back_sql!("", "claim lost: the cluster restarted", "$1"),
             " WHERE status = 'RUNNING'"
         ))
         .bind(now)

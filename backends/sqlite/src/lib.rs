@@ -65,39 +65,6 @@ CREATE TABLE cluster (name TEXT NOT NULL);
 "#,
 ];
 
-/// The SET clause that takes a claim back, the one rule for every way a claim is lost (its
-/// partition moved, its lease expired, the cluster restarted): PENDING again, or FAILED with
-/// `$reason` as its last error once its attempts are used up. `$t` prefixes the columns (`""`
-/// or `"t."`), `$now` is the SQL of "now".
-macro_rules! take_back {
-    ($t:literal, $reason:literal, $now:literal) => {
-        concat!(
-            "status = CASE WHEN ",
-            $t,
-            "attempts >= ",
-            $t,
-            "max_attempts THEN 'FAILED' ELSE 'PENDING' END, ",
-            "last_error = CASE WHEN ",
-            $t,
-            "attempts >= ",
-            $t,
-            "max_attempts THEN '",
-            $reason,
-            "' ELSE ",
-            $t,
-            "last_error END, ",
-            "finished_at = CASE WHEN ",
-            $t,
-            "attempts >= ",
-            $t,
-            "max_attempts THEN ",
-            $now,
-            " ELSE NULL END, ",
-            "owner = NULL, lease_until = NULL"
-        )
-    };
-}
-
 const COLUMNS: &str = "id, name, payload, handler, partition_key, partition, status, scheduled_at, \
      attempts, max_attempts, last_error, owner, epoch, lease_until, idempotency_key, created_at, \
      started_at, finished_at";
@@ -475,7 +442,7 @@ impl TaskStore for SqliteTaskStore {
                 .execute(
                     concat!(
                         "UPDATE tasks SET ",
-                        take_back!(
+                        rota_core::take_back_sql!(
                             "",
                             "claim lost: the partition moved to another worker",
                             "?4"
@@ -711,7 +678,7 @@ impl TaskStore for SqliteTaskStore {
                 .execute(
                     concat!(
                         "UPDATE tasks SET ",
-                        take_back!("", "claim lost: the cluster restarted", "?1"),
+                        rota_core::take_back_sql!("", "claim lost: the cluster restarted", "?1"),
                         " WHERE status = 'RUNNING'"
                     ),
                     [now],
@@ -775,7 +742,7 @@ impl TaskStore for SqliteTaskStore {
                 let mut stmt = tx
                     .prepare_cached(concat!(
                         "UPDATE tasks SET ",
-                        take_back!(
+                        rota_core::take_back_sql!(
                             "",
                             "lease expired: the worker neither finished nor renewed it",
                             "?2"

@@ -294,3 +294,38 @@ pub trait TaskStore: Send + Sync {
     /// lags sees `Lagged` and should poll).
     fn inserted(&self) -> broadcast::Receiver<u32>;
 }
+
+/// The SQL `SET` clause that takes a claim back, the one rule of every SQL store for every way a
+/// claim is lost (its partition moved, its lease expired, the cluster restarted): PENDING
+/// again, or FAILED with `$reason` as its last error once its attempts are used up (the rule
+/// the memory store applies in Rust). `$t` prefixes the columns (`""` or `"t."`), `$now` is
+/// the SQL of "now". Expands to a string literal, for `concat!`.
+#[macro_export]
+macro_rules! take_back_sql {
+    ($t:literal, $reason:literal, $now:literal) => {
+        concat!(
+            "status = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN 'FAILED' ELSE 'PENDING' END, ",
+            "last_error = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN '",
+            $reason,
+            "' ELSE ",
+            $t,
+            "last_error END, ",
+            "finished_at = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN ",
+            $now,
+            " ELSE NULL END, ",
+            "owner = NULL, lease_until = NULL"
+        )
+    };
+}

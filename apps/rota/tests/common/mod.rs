@@ -28,6 +28,33 @@ pub struct Env {
 }
 
 impl Env {
+    /// Cluster `name` (made unique to this test process) on the harness's ZooKeeper and the
+    /// PostgreSQL database `db`, its API on a free port.
+    pub fn on_zookeeper(tag: &'static str, name: &str, db: String) -> Env {
+        let api: std::net::SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port())
+            .parse()
+            .expect("an address");
+        let vars = [
+            ("ROTA_COORDINATION__BACKEND", "zookeeper".to_owned()),
+            (
+                "ROTA_COORDINATION__ENDPOINTS",
+                rota_test_harness::zookeeper().endpoint(),
+            ),
+            ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
+            ("ROTA_STORAGE__URL", db),
+            (
+                "ROTA_CLUSTER__NAME",
+                format!("{name}{}", std::process::id()),
+            ),
+            ("ROTA_API__LISTEN", api.to_string()),
+        ];
+        Env {
+            vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            api,
+            tag,
+        }
+    }
+
     /// A setting of this cluster's processes.
     pub fn var(&self, key: &str) -> &str {
         self.vars
