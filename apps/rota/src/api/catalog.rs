@@ -20,6 +20,9 @@ const REFRESH: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct HandlerCatalog {
     offered: RwLock<Offered>,
+    /// When the last "accepted unchecked" warning was logged (ms since the Unix epoch): one a
+    /// minute, not one a task (a batch of a thousand would write a thousand lines).
+    warned_at_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone, Default)]
@@ -37,6 +40,7 @@ impl HandlerCatalog {
                 names: names.into_iter().collect(),
                 workers: 1,
             }),
+            warned_at_ms: Default::default(),
         })
     }
 
@@ -70,10 +74,25 @@ impl HandlerCatalog {
     pub fn check(&self, handler: &str) -> Result<(), String> {
         let offered = self.offered.read().unwrap_or_else(|e| e.into_inner());
         if offered.workers == 0 {
-            tracing::warn!(
-                handler,
-                "no live worker has published its handlers: accepting the task unchecked"
-            );
+            let now = rota_core::cluster::now_ms();
+            let last = self.warned_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+            if now.saturating_sub(last) >= 60_000
+                && self
+                    .warned_at_ms
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(
+                    handler,
+                    "no live worker has published its handlers: accepting tasks unchecked \
+                     (said once a minute)"
+                );
+            }
             return Ok(());
         }
         if offered.names.contains(handler) {
