@@ -18,6 +18,15 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// What every error answers, for the document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable code (`invalid_name`, `not_found`, ...).
+    pub error: String,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
 impl ApiError {
     /// A 422 with `code`: well-formed, but at odds with what the server holds.
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {

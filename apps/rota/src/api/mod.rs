@@ -96,11 +96,16 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "The process is up",
+    responses((status = 200, description = "OK")))]
 async fn healthz() -> axum::Json<Value> {
     axum::Json(json!({"status": "ok"}))
 }
 
 /// Ready when the task store answers and (if visible) a controller leads.
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "The task store answers and a controller leads",
+    responses((status = 200, description = "Ready"),
+              (status = 503, description = "Not ready", body = error::ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
     let probe = ListFilter {
         limit: 1,
@@ -124,6 +129,10 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiE
     Ok(axum::Json(json!({"status": "ready"})))
 }
 
+#[utoipa::path(get, path = "/cluster", tag = "operations",
+    summary = "Controller leader, instances, partitions with holders, states and epochs",
+    responses((status = 200, description = "Cluster status"),
+              (status = 503, description = "Coordination store unreachable", body = error::ErrorBody)))]
 async fn cluster(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
     let Some(view) = &state.cluster else {
         return Err(ApiError::unavailable(
@@ -136,6 +145,8 @@ async fn cluster(State(state): State<AppState>) -> Result<axum::Json<Value>, Api
         .map_err(|e| ApiError::unavailable(format!("coordination store: {e}")))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "This process's metrics (OpenMetrics text)",
+    responses((status = 200, description = "OpenMetrics text exposition", content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     metrics_response(&state.metrics)
 }
@@ -152,6 +163,8 @@ pub fn metrics_response(metrics: &Metrics) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1")))]
 async fn openapi() -> axum::Json<Value> {
     axum::Json(openapi_document())
 }

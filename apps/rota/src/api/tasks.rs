@@ -1,6 +1,7 @@
 //! `/tasks`: create (one or a batch), read, list, cancel, and the backlog's size.
 
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::{AppState, time};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -22,18 +23,34 @@ const MAX_ATTEMPTS: u32 = 100;
 
 /// A task as clients send it. The original system's body (`name`, `scheduledTime`,
 /// `payload`) is accepted verbatim.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateTask {
+    /// 1 to 256 characters, one of them not white space.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     name: String,
-    /// Due time; default: now.
+    /// Due time, RFC 3339 (without an offset: UTC); default: now.
+    #[schema(format = DateTime)]
     scheduled_time: Option<String>,
-    /// Kept as text until checked (see [`payload_from`]).
+    /// Any JSON value: no NUL character in its strings, no integer beyond 64 bits (send those
+    /// as strings).
+    // Kept as text until checked (see `payload_from`).
+    #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<serde_json::value::RawValue>>,
+    /// Tasks with the same key share a partition.
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000]*$")]
     partition_key: Option<String>,
+    /// Attempts before the task is FAILED (default 3).
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
+    /// A handler some live worker offers (`log`, `noop` and `http` are built in).
     handler: Option<String>,
     /// For batch items (a single create takes the `Idempotency-Key` header).
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000]*$")]
     idempotency_key: Option<String>,
 }
 
@@ -131,28 +148,55 @@ fn same_json(a: &Value, b: &Value) -> bool {
 }
 
 /// `POST /tasks/batch` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBatch {
+    /// 1 to 1,000 tasks, created together or not at all.
+    #[schema(min_items = 1, max_items = 1000)]
     tasks: Vec<CreateTask>,
 }
 
 /// `POST /tasks/batch` response: the tasks in request order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchCreated {
     tasks: Vec<TaskView>,
 }
 
 /// `GET /tasks` response: one page, and the cursor of the next if there is one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskPage {
     tasks: Vec<TaskView>,
     next_cursor: Option<String>,
 }
 
+/// A task's status, as the API names it (the document's copy of [`TaskStatus`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, clippy::upper_case_acronyms)]
+pub enum Status {
+    /// Waiting to be due, or due and not yet claimed.
+    PENDING,
+    /// Claimed by a worker.
+    RUNNING,
+    /// Succeeded.
+    COMPLETED,
+    /// Out of attempts.
+    FAILED,
+    /// Cancelled before it ran.
+    CANCELLED,
+}
+
+/// `GET /tasks/backlog` response: the queue's depth.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BacklogView {
+    /// PENDING tasks, due or not.
+    pending: u64,
+    /// RUNNING tasks.
+    running: u64,
+}
+
 /// A task as the API shows it.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskView {
     /// Id.
@@ -162,12 +206,14 @@ pub struct TaskView {
     /// The name again, under the original system's key.
     pub event_name: String,
     /// Status.
+    #[schema(value_type = Status)]
     pub status: TaskStatus,
     /// Partition of the `tasks` resource.
     pub partition_id: u32,
     /// Due time (RFC 3339, UTC).
     pub scheduled_time: String,
     /// Payload.
+    #[schema(value_type = serde_json::Value)]
     pub payload: Value,
     /// Attempts started.
     pub attempts: u32,
@@ -262,6 +308,17 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
 }
 
 /// `POST /tasks`
+#[utoipa::path(post, path = "/tasks", tag = "tasks", summary = "Create a task",
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256,
+            description = "A repeat with the same key returns the original task (200) instead of creating one")),
+    request_body = CreateTask,
+    responses((status = 201, description = "Created", body = TaskView),
+              (status = 200, description = "Repeat of an idempotent create", body = TaskView),
+              (status = 400, description = "Invalid request", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 422, description = "The idempotency key names a task created by a different request", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -319,6 +376,13 @@ pub async fn create(
 }
 
 /// `POST /tasks/batch`
+#[utoipa::path(post, path = "/tasks/batch", tag = "tasks", summary = "Create up to 1,000 tasks atomically",
+    request_body = CreateBatch,
+    responses((status = 201, description = "Created (for keys that name existing tasks, those tasks)", body = BatchCreated),
+              (status = 400, description = "Invalid request", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn create_batch(
     State(state): State<AppState>,
     body: Result<Json<CreateBatch>, JsonRejection>,
@@ -351,12 +415,16 @@ pub async fn create_batch(
 }
 
 /// `GET /tasks/backlog`
-pub async fn backlog(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/tasks/backlog", tag = "tasks",
+    summary = "How many tasks are PENDING (due or not) and RUNNING: the queue's depth",
+    responses((status = 200, description = "Counts", body = BacklogView),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
+pub async fn backlog(State(state): State<AppState>) -> Result<Json<BacklogView>, ApiError> {
     let backlog = state.tasks.backlog().await?;
-    Ok(Json(serde_json::json!({
-        "pending": backlog.pending,
-        "running": backlog.running,
-    })))
+    Ok(Json(BacklogView {
+        pending: backlog.pending,
+        running: backlog.running,
+    }))
 }
 
 fn parse_id(id: &str) -> Result<TaskId, ApiError> {
@@ -371,6 +439,12 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
 }
 
 /// `GET /tasks/{id}`
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", summary = "Read a task",
+    params(("id" = i64, Path, minimum = 1, description = "Task id")),
+    responses((status = 200, description = "The task", body = TaskView),
+              (status = 400, description = "Not an id", body = ErrorBody),
+              (status = 404, description = "No such task", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -383,6 +457,14 @@ pub async fn get(
 }
 
 /// `GET /tasks?status=&name=&limit=&cursor=`
+#[utoipa::path(get, path = "/tasks", tag = "tasks", summary = "List tasks by increasing id",
+    params(("status" = Option<Status>, Query, description = "Only this status"),
+           ("name" = Option<String>, Query, pattern = r"^[^\u0000]*$", description = "Only this name"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+           ("cursor" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,17}$", description = "nextCursor of the previous page")),
+    responses((status = 200, description = "A page", body = TaskPage),
+              (status = 400, description = "Invalid query", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<Vec<(String, String)>>,
@@ -444,6 +526,13 @@ pub async fn list(
 }
 
 /// `DELETE /tasks/{id}`: cancels a PENDING task.
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", summary = "Cancel a PENDING task",
+    params(("id" = i64, Path, minimum = 1, description = "Task id")),
+    responses((status = 200, description = "Cancelled", body = TaskView),
+              (status = 400, description = "Not an id", body = ErrorBody),
+              (status = 404, description = "No such task", body = ErrorBody),
+              (status = 409, description = "Running or finished", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
