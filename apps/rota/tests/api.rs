@@ -176,12 +176,22 @@ async fn names_count_characters_and_deep_json_gets_a_short_message() {
 #[tokio::test]
 async fn batches_are_created_together() {
     let (app, _) = app();
-    let body = json!({"tasks": [{"name": "a"}, {"name": "b", "idempotencyKey": "k"}, {"name": "c", "idempotencyKey": "k"}]});
+    let body = json!({"tasks": [{"name": "a"}, {"name": "b", "idempotencyKey": "k"}, {"name": "b", "idempotencyKey": "k"}]});
     let (status, out) = call(&app, "POST", "/tasks/batch", Some(&body.to_string())).await;
     assert_eq!(status, StatusCode::CREATED);
     let tasks = out["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 3);
     assert_eq!(tasks[1]["id"], tasks[2]["id"]);
+    // A key reused for something else, within a batch or against a stored task: the whole
+    // batch is refused and nothing is created.
+    for reuse in [
+        json!({"tasks": [{"name": "x", "idempotencyKey": "j"}, {"name": "y", "idempotencyKey": "j"}]}),
+        json!({"tasks": [{"name": "fresh"}, {"name": "not b", "idempotencyKey": "k"}]}),
+    ] {
+        let (status, err) = call(&app, "POST", "/tasks/batch", Some(&reuse.to_string())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+        assert_eq!(err["error"], "idempotency_key_reused");
+    }
     let (status, err) = call(&app, "POST", "/tasks/batch", Some(r#"{"tasks": []}"#)).await;
     assert_eq!(
         (status, err["error"].as_str()),

@@ -166,6 +166,15 @@ impl TaskStore for MemoryTaskStore {
         Ok(self.lock().tasks.get(&id).cloned())
     }
 
+    async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
+        let inner = self.lock();
+        Ok(keys
+            .iter()
+            .filter_map(|k| inner.keys.get(k))
+            .filter_map(|id| inner.tasks.get(id).cloned())
+            .collect())
+    }
+
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
         let inner = self.lock();
         let limit = filter.limit.max(1);

@@ -170,6 +170,10 @@ impl TaskStore for Outage {
         self.check().await?;
         self.store.list(filter).await
     }
+    async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
+        self.check().await?;
+        self.store.by_idempotency_keys(keys).await
+    }
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
         self.check().await?;
         self.store.cancel(id, now).await

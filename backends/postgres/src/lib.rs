@@ -96,7 +96,7 @@ const MIGRATIONS: &[&str] = &[
 CREATE TABLE rota_tasks (
     id              BIGSERIAL PRIMARY KEY,
     name            TEXT    NOT NULL,
-    payload         JSONB   NOT NULL,
+    payload         JSONB   NOT NULL, -- JSON since migration 4
     handler         TEXT,
     partition_key   TEXT,
     partition       INTEGER NOT NULL,
@@ -133,6 +133,12 @@ ALTER TABLE rota_tasks DROP CONSTRAINT rota_tasks_idempotency_key_key;
     // purge, cost 6% of the burn-down rate, see docs/performance.md).
     r#"
 CREATE INDEX rota_tasks_failed ON rota_tasks (id) WHERE status IN ('FAILED', 'CANCELLED');
+"#,
+    // Payloads kept as the text rota wrote (JSON), not normalised (JSONB): JSONB writes a number
+    // such as -1.7976931348623157e308 back as 309 digits, which no JSON parser reads as a
+    // float again, so the task could no longer be read. (Rows already normalised stay so.)
+    r#"
+ALTER TABLE rota_tasks ALTER COLUMN payload TYPE JSON USING payload::json;
 "#,
 ];
 
@@ -611,10 +617,10 @@ impl TaskStore for PostgresTaskStore {
             sqlx::query(concat!(
                 "INSERT INTO rota_tasks (id, name, payload, handler, partition_key, partition, \
                    status, scheduled_at, max_attempts, idempotency_key, created_at) \
-                 SELECT id, name, payload, handler, partition_key, partition, 'PENDING', \
+                 SELECT id, name, payload::json, handler, partition_key, partition, 'PENDING', \
                    scheduled_at, max_attempts, idempotency_key, ",
                 now!(11),
-                " FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[], $4::text[], $5::text[], \
+                " FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
                      $6::int[], $7::bigint[], $8::int[], $9::text[], $10::bigint[]) \
                      AS t(id, name, payload, handler, partition_key, partition, scheduled_at, \
                           max_attempts, idempotency_key, ord) \
@@ -683,6 +689,13 @@ impl TaskStore for PostgresTaskStore {
         }
         self.announce.add(notified);
         Ok(out)
+    }
+
+    async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.by_keys(keys).await
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
@@ -1140,7 +1153,9 @@ impl TaskStore for PostgresTaskStore {
 struct InsertColumns {
     id: Vec<i64>,
     name: Vec<String>,
-    payload: Vec<serde_json::Value>,
+    /// As text, bound as `text[]` and cast to JSON in the statement: bound as JSONB (sqlx's
+    /// default for a JSON value), PostgreSQL would normalise it on the way.
+    payload: Vec<String>,
     handler: Vec<Option<String>>,
     partition_key: Vec<Option<String>>,
     partition: Vec<i32>,
@@ -1155,7 +1170,7 @@ impl InsertColumns {
         self.ord.push(self.id.len() as i64);
         self.id.push(id);
         self.name.push(t.name.clone());
-        self.payload.push(t.payload.clone());
+        self.payload.push(t.payload.to_string());
         self.handler.push(t.handler.clone());
         self.partition_key.push(t.partition_key.clone());
         self.partition.push(partition as i32);

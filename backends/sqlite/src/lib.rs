@@ -332,6 +332,29 @@ impl TaskStore for SqliteTaskStore {
         self.run(move |conn| get_task(conn, id)).await
     }
 
+    async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
+        let keys = keys.to_vec();
+        self.run(move |conn| {
+            let mut by_key = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?1"
+                ))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for key in &keys {
+                if let Some(t) = by_key
+                    .query_row([key], task_from)
+                    .optional()
+                    .map_err(backend)?
+                {
+                    out.push(t);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
         let filter = filter.clone();
         self.run(move |conn| {

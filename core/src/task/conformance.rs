@@ -98,6 +98,42 @@ pub async fn idempotency_keys(store: Arc<dyn TaskStore>) {
         .await
         .unwrap();
     assert_eq!(page.tasks.len(), 1);
+    // Read back by key; a key that names nothing is left out.
+    let found = store
+        .by_idempotency_keys(&["req-1".into(), "none".into()])
+        .await
+        .unwrap();
+    assert_eq!(found, vec![first[0].0.clone()]);
+    assert!(store.by_idempotency_keys(&[]).await.unwrap().is_empty());
+}
+
+/// A payload comes back as it was sent, extreme numbers included (a store that normalises
+/// numbers may write one back in a form no JSON parser reads as the same number, or at all).
+pub async fn payloads_come_back_as_sent(store: Arc<dyn TaskStore>) {
+    let payload = serde_json::json!({
+        "floats": [f64::MIN, f64::MAX, f64::MIN_POSITIVE, 1e-300, -0.5, 0.1],
+        "integers": [i64::MIN, i64::MAX, u64::MAX, 0],
+        "text": "caf\u{e9} \u{1f600} \"quoted\" \\ back",
+        "nested": {"b": [true, false, null], "a": {}},
+    });
+    let mut t = task("numbers", NOW, None);
+    t.payload = payload.clone();
+    let (stored, _) = store
+        .insert(vec![t], PARTITIONS, NOW)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(stored.payload, payload, "as inserted");
+    let read = store.get(stored.id).await.unwrap().expect("stored");
+    assert_eq!(read.payload, payload, "as read back");
+    let listed = store
+        .list(&ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.tasks[0].payload, payload, "as listed");
 }
 
 /// One claim takes due tasks across partitions in due order; future and unowned ones stay.
@@ -913,7 +949,8 @@ macro_rules! task_store_conformance {
         $crate::task_store_conformance!(@cases $store;
             insert_and_get, idempotency_keys, claim_in_due_order, batch_completion_and_retries,
             fencing, leases, release_and_start_times, cancel_racing_claims, pagination, insert_notifications,
-            reset_after_restart, purge_finished, unstorable_text_is_refused);
+            reset_after_restart, purge_finished, unstorable_text_is_refused,
+            payloads_come_back_as_sent);
     };
     (@cases $store:path; $($case:ident),*) => {
         $(

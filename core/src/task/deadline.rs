@@ -79,6 +79,11 @@ impl TaskStore for Deadlined {
         self.within("list", self.inner.list(filter)).await
     }
 
+    async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
+        self.within("by keys", self.inner.by_idempotency_keys(keys))
+            .await
+    }
+
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
         self.within("cancel", self.inner.cancel(id, now)).await
     }
@@ -187,6 +192,9 @@ mod tests {
             std::future::pending().await
         }
         async fn list(&self, _: &ListFilter) -> Result<Page, StoreError> {
+            std::future::pending().await
+        }
+        async fn by_idempotency_keys(&self, _: &[String]) -> Result<Vec<Task>, StoreError> {
             std::future::pending().await
         }
         async fn cancel(&self, _: TaskId, _: Millis) -> Result<CancelOutcome, StoreError> {

@@ -208,6 +208,9 @@ pub trait TaskStore: Send + Sync {
     /// One task.
     async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
 
+    /// The tasks these idempotency keys name (keys that name none are left out), in no order.
+    async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError>;
+
     /// A page of tasks by increasing id.
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
 

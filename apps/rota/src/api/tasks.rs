@@ -186,6 +186,75 @@ pub enum Status {
     CANCELLED,
 }
 
+/// Refuses the whole batch (422, nothing created) if an item's idempotency key names a task
+/// that a different request created, or two items share a key but differ. Checked before the
+/// insert: a key a concurrent request takes in between still gets its task back as it is.
+async fn refuse_reused_keys(
+    state: &AppState,
+    tasks: &[NewTask],
+    scheduled_given: &[bool],
+) -> Result<(), ApiError> {
+    let keys: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| t.idempotency_key.clone())
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let existing = state.tasks.by_idempotency_keys(&keys).await?;
+    let by_key: std::collections::HashMap<&str, &Task> = existing
+        .iter()
+        .filter_map(|t| t.idempotency_key.as_deref().map(|k| (k, t)))
+        .collect();
+    let mut first_with_key: std::collections::HashMap<&str, usize> = Default::default();
+    for (i, task) in tasks.iter().enumerate() {
+        let Some(key) = task.idempotency_key.as_deref() else {
+            continue;
+        };
+        if let Some(stored) = by_key.get(key) {
+            if !same_request(task, stored, scheduled_given[i]) {
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    format!(
+                        "tasks[{i}]: idempotency key {key:?} names task {}, created by a \
+                         different request; use a new key (nothing was created)",
+                        stored.id
+                    ),
+                ));
+            }
+        }
+        match first_with_key.get(key) {
+            Some(&j)
+                if !same_new_task(&tasks[j], task, scheduled_given[j] && scheduled_given[i]) =>
+            {
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    format!(
+                        "tasks[{j}] and tasks[{i}] share the idempotency key {key:?} but differ \
+                         (nothing was created)"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                first_with_key.insert(key, i);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether two items of one batch ask for the same task (their due times compared only when
+/// both gave one: "now" is read per item).
+fn same_new_task(a: &NewTask, b: &NewTask, compare_times: bool) -> bool {
+    a.name == b.name
+        && a.payload == b.payload
+        && a.partition_key == b.partition_key
+        && a.max_attempts == b.max_attempts
+        && a.handler == b.handler
+        && (!compare_times || a.scheduled_at == b.scheduled_at)
+}
+
 /// `GET /tasks/backlog` response: the queue's depth.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BacklogView {
@@ -382,6 +451,7 @@ pub async fn create(
               (status = 400, description = "Invalid request", body = ErrorBody),
               (status = 413, description = "Body too large", body = ErrorBody),
               (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 422, description = "An idempotency key names a task a different request created; nothing was created", body = ErrorBody),
               (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn create_batch(
     State(state): State<AppState>,
@@ -395,13 +465,16 @@ pub async fn create_batch(
         ));
     }
     let mut tasks = Vec::with_capacity(body.tasks.len());
+    let mut scheduled_given = Vec::with_capacity(body.tasks.len());
     for (i, c) in body.tasks.into_iter().enumerate() {
         let key = c.idempotency_key.clone();
+        scheduled_given.push(c.scheduled_time.is_some());
         tasks.push(validate(&state, c, key).map_err(|mut e| {
             e.message = format!("tasks[{i}]: {}", e.message);
             e
         })?);
     }
+    refuse_reused_keys(&state, &tasks, &scheduled_given).await?;
     let stored = state
         .tasks
         .insert(tasks, state.partitions, (state.now)())
