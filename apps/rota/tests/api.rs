@@ -197,6 +197,10 @@ async fn batches_are_created_together() {
         (status, err["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_batch"))
     );
+    // A key no store can hold is refused before any store is asked (its lookup included).
+    let nul = json!({"tasks": [{"name": "n", "idempotencyKey": "a\u{0}b"}]});
+    let (status, err) = call(&app, "POST", "/tasks/batch", Some(&nul.to_string())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     let bad = json!({"tasks": [{"name": "ok"}, {"name": ""}]});
     let (status, err) = call(&app, "POST", "/tasks/batch", Some(&bad.to_string())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -225,10 +225,16 @@ fn backend(e: sqlx::Error) -> StoreError {
         }
         _ => (false, None),
     };
+    // A data exception (class 22: text the encoding cannot hold, a number out of range, bad
+    // JSON) is the input's fault, not the store's: the caller gets it back as invalid.
+    let invalid = code.as_deref().is_some_and(|c| c.starts_with("22"));
     let text = match code {
         Some(code) => format!("{e} (SQLSTATE {code})"),
         None => e.to_string(),
     };
+    if invalid {
+        return StoreError::Invalid(text);
+    }
     if retryable {
         StoreError::Unavailable(text)
     } else {

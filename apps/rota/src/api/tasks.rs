@@ -365,7 +365,7 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
             ));
         }
     }
-    Ok(NewTask {
+    let task = NewTask {
         name,
         payload: payload_from(c.payload.as_deref())?,
         scheduled_at,
@@ -373,7 +373,11 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
         max_attempts,
         handler: c.handler,
         idempotency_key: key,
-    })
+    };
+    // What every store refuses (a NUL character anywhere), refused before any store is asked,
+    // by a lookup of its keys included.
+    task.validate()?;
+    Ok(task)
 }
 
 /// `POST /tasks`
