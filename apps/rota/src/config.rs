@@ -25,8 +25,42 @@ pub struct Config {
     pub worker: WorkerSection,
     /// Metrics and health of `rota worker` and `rota controller`.
     pub metrics: MetricsConfig,
+    /// The `http` handler.
+    pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[http]`: where the `http` handler may send requests, and how it signs them.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Networks (`10.0.0.0/8`), addresses and host names (`hooks.example.com`,
+    /// `*.example.com`) the handler may call; empty: anything but link-local and cloud metadata
+    /// addresses. A list, or one comma-separated string (`ROTA_HTTP__ALLOW=10.0.0.0/8,...`).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub allow: Vec<String>,
+    /// With it, each request carries `X-Rota-Signature` (HMAC-SHA256 of its time and body).
+    /// Give it in `ROTA_HTTP__SECRET`, not a file.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("HttpConfig")
+            .field("allow", &self.allow)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl HttpConfig {
+    /// The parsed allow-list.
+    pub fn destinations(&self) -> anyhow::Result<crate::destinations::Destinations> {
+        crate::destinations::Destinations::parse(&self.allow)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: http.allow: {e}"))
+    }
 }
 
 /// `[metrics]`
@@ -324,6 +358,10 @@ impl Config {
                 );
             }
         }
+        self.http.destinations()?;
+        if self.http.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            bail!("invalid configuration: http.secret must have at least 16 characters");
+        }
         if self.storage.url.is_empty() && self.storage.backend != StorageBackend::Memory {
             bail!("invalid configuration: storage.url is required for this storage.backend");
         }
@@ -368,6 +406,15 @@ impl Config {
             w.gather = Duration::ZERO;
         }
         w
+    }
+
+    /// The built-in handlers as this configuration sets them up.
+    pub fn handlers(&self) -> anyhow::Result<rota_core::task::worker::Handlers> {
+        Ok(crate::handlers::builtin_with(
+            std::time::Duration::from_millis(self.worker.task_timeout_ms),
+            self.http.destinations()?,
+            self.http.secret.clone(),
+        ))
     }
 
     /// The deadline of every task-store call.

@@ -179,9 +179,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             workers: args.workers,
             data_dir: args.data_dir.clone(),
             listen: args.listen.unwrap_or(config.api.listen),
-            handlers: rota::handlers::builtin(std::time::Duration::from_millis(
-                config.worker.task_timeout_ms,
-            )),
+            handlers: config.handlers()?,
             config,
         })
         .await?;

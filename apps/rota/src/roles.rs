@@ -343,7 +343,7 @@ pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow:
     initialised(config).await?;
     let metrics = Arc::new(Metrics::default());
     let tasks = task_store(config, &metrics).await?;
-    let handlers = crate::handlers::builtin(Duration::from_millis(config.worker.task_timeout_ms));
+    let handlers = config.handlers()?;
     let handler_names = handlers.names();
     let worker = Worker::with_metrics(config.worker_config(&id), tasks, handlers, metrics.clone());
     let (participant, handle) = Participant::new(

@@ -297,3 +297,99 @@ async fn the_http_handler_posts_the_payload_and_retries_on_errors() {
             .all(|(k, b)| *k == format!("rota-task-{id}") && *b == json!({"order": 17}))
     );
 }
+
+/// Waits until task `id` has a failed attempt; its last error.
+async fn last_error(cluster: &DevCluster, id: i64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, t) = http(cluster.addr, "GET", &format!("/tasks/{id}"), None).await;
+        if let Some(e) = t["lastError"].as_str() {
+            return e.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no failed attempt: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_handler_refuses_what_http_allow_does_not_permit_and_signs_what_it_sends() {
+    const SECRET: &str = "a-secret-of-the-receiver";
+    // A receiver that checks the signature as the docs tell receivers to.
+    let verified: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let record = verified.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                let header = headers["x-rota-signature"].to_str().unwrap().to_owned();
+                let t: i64 = header
+                    .split(',')
+                    .find_map(|p| p.strip_prefix("t="))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let fresh = (wall_clock_ms() - t).abs() < 60_000;
+                let ok = fresh && header == rota::handlers::signature(SECRET, t, &body);
+                record.lock().unwrap().push(ok);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut config = Config::default();
+    // Only loopback by address, and one host name that is not this one.
+    config.http.allow = vec!["127.0.0.0/8".into(), "hooks.example.com".into()];
+    config.http.secret = Some(SECRET.into());
+    let cluster = dev::start(DevOptions {
+        workers: 1,
+        data_dir: data_dir("http-allow"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        handlers: config.handlers().unwrap(),
+        config,
+    })
+    .await
+    .unwrap();
+    let create = |url: String| {
+        let task = json!({"name": "hook", "handler": "http", "maxAttempts": 1,
+                          "payload": {"url": url, "body": {"n": 1}}});
+        async move {
+            let (status, created) = http(cluster.addr, "POST", "/tasks", Some(&task)).await;
+            assert_eq!(status, 201, "{created}");
+            created["id"].as_i64().unwrap()
+        }
+    };
+    // The metadata address (refused whatever the list says); an address no listed network holds
+    // (::1); and `localhost`, which resolves to 127.0.0.1, in a listed network: signed and sent.
+    let metadata = create("http://169.254.169.254/latest/meta-data/".into()).await;
+    let unlisted = create(format!("http://[::1]:{port}/hook")).await;
+    let signed = create(format!("http://localhost:{port}/hook")).await;
+    let err = last_error(&cluster, metadata).await;
+    assert!(
+        err.contains("refused") && err.contains("169.254.169.254"),
+        "{err}"
+    );
+    let err = last_error(&cluster, unlisted).await;
+    assert!(
+        err.contains("refused") && err.contains("not in http.allow"),
+        "{err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, t) = http(cluster.addr, "GET", &format!("/tasks/{signed}"), None).await;
+        if t["status"] == "COMPLETED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not completed: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop().await.unwrap();
+    assert_eq!(
+        *verified.lock().unwrap(),
+        vec![true],
+        "the receiver verified one request"
+    );
+}
