@@ -100,6 +100,10 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Longest a request may take, its body's arrival included (408 past it).
+    pub request_timeout_ms: u64,
+    /// Requests served at once; more are answered 503 at once rather than queued.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ApiConfig {
@@ -107,6 +111,8 @@ impl Default for ApiConfig {
         Self {
             listen: ([127, 0, 0, 1], 8080).into(),
             max_body_bytes: 1 << 20,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 1_024,
         }
     }
 }
@@ -308,6 +314,11 @@ impl Config {
                 self.coordination.session_timeout_ms,
             ),
             ("api.max_body_bytes", self.api.max_body_bytes as u64),
+            ("api.request_timeout_ms", self.api.request_timeout_ms),
+            (
+                "api.max_concurrent_requests",
+                self.api.max_concurrent_requests as u64,
+            ),
             ("storage.timeout_ms", self.storage.timeout_ms),
         ];
         for (key, value) in positive {

@@ -159,7 +159,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let addr = listener.local_addr()?;
-    let router = api::router(state, config.api.max_body_bytes);
+    let router = api::router(state, &config.api);
     let s = stopped.clone();
     joins.push(tokio::spawn(async move {
         api::serve(listener, router, s).await?;

@@ -327,12 +327,7 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         .await
         .with_context(|| format!("cannot listen on {}", config.api.listen))?;
     info!(listen = %config.api.listen, "API serving");
-    api::serve(
-        listener,
-        api::router(state, config.api.max_body_bytes),
-        shutdown,
-    )
-    .await?;
+    api::serve(listener, api::router(state, &config.api), shutdown).await?;
     Ok(())
 }
 

@@ -25,7 +25,11 @@ fn app() -> (axum::Router, Arc<dyn TaskStore>) {
         storage: "memory".into(),
         now: Arc::new(|| NOW),
     };
-    (api::router(state, 64 * 1024), tasks)
+    let limits = rota::config::ApiConfig {
+        max_body_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    (api::router(state, &limits), tasks)
 }
 
 async fn call(
@@ -466,4 +470,54 @@ async fn ids_are_digits_as_written_and_parameters_come_once() {
     let (status, error) = call(&app, "GET", "/tasks?limit=1&limit=2", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
     assert_eq!(error["error"], "repeated_parameter", "{error}");
+}
+
+/// A request body that never arrives (a client that sent its headers and stalls).
+struct Stalled;
+
+impl axum::body::HttpBody for Stalled {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_arrives_gets_408_within_the_timeout() {
+    let tasks: Arc<dyn TaskStore> = Arc::new(MemoryTaskStore::new());
+    let state = AppState {
+        tasks,
+        partitions: 12,
+        handlers: api::HandlerCatalog::fixed(["log".to_owned()]),
+        cluster: None,
+        metrics: Arc::default(),
+        storage: "memory".into(),
+        now: Arc::new(|| NOW),
+    };
+    let limits = rota::config::ApiConfig {
+        request_timeout_ms: 200,
+        ..Default::default()
+    };
+    let app = api::router(state, &limits);
+    let request = Request::builder()
+        .method("POST")
+        .uri("/tasks")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, "100")
+        .body(Body::new(Stalled))
+        .unwrap();
+    // Without the limit this would wait for ever: give it far longer than the limit.
+    let response = tokio::time::timeout(std::time::Duration::from_secs(30), app.oneshot(request))
+        .await
+        .expect("an answer, not a request held open")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["error"], "request_timeout");
 }

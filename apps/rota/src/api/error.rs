@@ -81,6 +81,34 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer to a request the API's limits stopped: too slow (408), or too many at once
+    /// (503).
+    pub fn from_limit(e: &tower::BoxError) -> Self {
+        if e.is::<tower::timeout::error::Elapsed>() {
+            Self {
+                status: StatusCode::REQUEST_TIMEOUT,
+                code: "request_timeout",
+                message: "the request took longer than api.request_timeout_ms".into(),
+            }
+        } else if e.is::<tower::load_shed::error::Overloaded>() {
+            Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "overloaded",
+                message: "too many requests at once (api.max_concurrent_requests); try again"
+                    .into(),
+            }
+        } else {
+            tracing::error!(error = %e, "request failed");
+            Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal",
+                message: "the request failed; see the server log".into(),
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -54,7 +54,16 @@ pub struct AppState {
 }
 
 /// The router with every route, JSON errors for unknown routes and methods, and the body limit.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, limits: &crate::config::ApiConfig) -> Router {
+    use axum::error_handling::HandleErrorLayer;
+    use tower::ServiceBuilder;
+    let guard = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
+            ApiError::from_limit(&e)
+        }))
+        .load_shed()
+        .concurrency_limit(limits.max_concurrent_requests.max(1))
+        .timeout(std::time::Duration::from_millis(limits.request_timeout_ms));
     Router::new()
         .route("/tasks", post(tasks::create).get(tasks::list))
         .route("/tasks/batch", post(tasks::create_batch))
@@ -67,7 +76,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(guard)
         .with_state(state)
 }
 
