@@ -291,6 +291,51 @@ impl Config {
         Self::extract(figment.merge(Env::prefixed("ROTA_").split("__")))
     }
 
+    /// A warning if the configuration file at `path` holds a secret (a password in
+    /// `storage.url`, `coordination.password`, `http.secret`) and every user of the machine may
+    /// read it.
+    pub fn secrets_readable_by_all(path: &Path) -> Option<String> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).ok()?.permissions().mode();
+            if mode & 0o004 == 0 {
+                return None;
+            }
+            let file: serde_json::Value = Figment::from(Toml::file(path)).extract().ok()?;
+            let text = |section: &str, key: &str| file[section][key].as_str().map(str::to_owned);
+            let url_password = text("storage", "url").is_some_and(|url| {
+                url.split_once("://")
+                    .and_then(|(_, rest)| rest.split_once('@'))
+                    .is_some_and(|(credentials, _)| credentials.contains(':'))
+            });
+            let secrets: Vec<&str> = [
+                ("storage.url", url_password),
+                (
+                    "coordination.password",
+                    text("coordination", "password").is_some(),
+                ),
+                ("http.secret", text("http", "secret").is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(key, set)| set.then_some(key))
+            .collect();
+            (!secrets.is_empty()).then(|| {
+                format!(
+                    "{} holds {} and every user of this machine may read it: chmod o-r it, or \
+                     give secrets in ROTA_* environment variables",
+                    path.display(),
+                    secrets.join(", ")
+                )
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
     /// Extracts and validates; errors name the offending key.
     pub fn extract(figment: Figment) -> anyhow::Result<Self> {
         let config: Config = figment
@@ -490,6 +535,41 @@ mod tests {
             assert_eq!(config.worker.concurrency, 16);
             Ok(())
         });
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_world_readable_file_with_secrets_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rota-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        };
+        let secret = "[http]\nsecret = \"0123456789abcdef0123\"\n";
+        let url = "[storage]\nurl = \"postgres://rota:hunter2@db/rota\"\n";
+        let warned = Config::secrets_readable_by_all(&write("open.toml", secret, 0o644)).unwrap();
+        assert!(
+            warned.contains("http.secret") && !warned.contains("0123"),
+            "{warned}"
+        );
+        let warned = Config::secrets_readable_by_all(&write("url.toml", url, 0o644)).unwrap();
+        assert!(
+            warned.contains("storage.url") && !warned.contains("hunter2"),
+            "{warned}"
+        );
+        assert_eq!(
+            Config::secrets_readable_by_all(&write("closed.toml", secret, 0o600)),
+            None
+        );
+        let plain = "[storage]\nurl = \"postgres://rota@db/rota\"\n";
+        assert_eq!(
+            Config::secrets_readable_by_all(&write("plain.toml", plain, 0o644)),
+            None
+        );
     }
 
     #[test]

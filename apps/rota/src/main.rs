@@ -148,6 +148,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Warns if the configuration file holds secrets every user may read.
+fn warn_about_readable_secrets(file: Option<&std::path::Path>) {
+    if let Some(warning) = file.and_then(Config::secrets_readable_by_all) {
+        tracing::warn!("{warning}");
+    }
+}
+
 /// Runs a role with its configuration until it ends or SIGTERM / Ctrl-C sets the shutdown flag.
 fn run_role<F, Fut>(args: ConfigArg, role: F) -> anyhow::Result<()>
 where
@@ -156,6 +163,7 @@ where
 {
     let config = Config::load(args.config.as_deref())?;
     init_logging(config.log.format);
+    warn_about_readable_secrets(args.config.as_deref());
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -173,6 +181,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     }
     let config = Config::load(args.config.as_deref())?;
     init_logging(config.log.format);
+    warn_about_readable_secrets(args.config.as_deref());
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let cluster = dev::start(DevOptions {
