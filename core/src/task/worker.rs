@@ -110,11 +110,6 @@ impl Handlers {
         names
     }
 
-    /// Whether a handler is registered under `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
-    }
-
     /// The name of the handler `task` runs with, for metrics: a registered name, `default`, or
     /// `unknown` (the task names a handler this worker lacks). Never the task's own name unless
     /// a handler is registered under it, so the label's values stay few.
