@@ -598,18 +598,23 @@ pub async fn a_flooded_watcher_gets_a_resync(h: &Harness) {
             .collect();
         s.transaction(ops).await.unwrap();
     }
-    let mut before_resync = 0;
-    loop {
-        match next_event(&mut watch).await.expect("watch open") {
-            WatchEvent::Resync => break,
-            WatchEvent::Created { .. } => before_resync += 1,
-            other => panic!("unexpected {other:?}"),
-        }
+    // The backend delivers the flood at its own pace: wait until it has filled the watch and
+    // had to drop events.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !watch.overflowed() {
         assert!(
-            before_resync <= WATCH_CAPACITY,
-            "the watch held more than {WATCH_CAPACITY} events"
+            tokio::time::Instant::now() < deadline,
+            "no overflow: {} events queued of {keys} changes",
+            watch.queued()
         );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(
+        watch.queued() <= WATCH_CAPACITY,
+        "the watch held {} events",
+        watch.queued()
+    );
+    assert_eq!(next_event(&mut watch).await, Some(WatchEvent::Resync));
     let children = s.children(&root).await.unwrap();
     assert_eq!(
         children.len(),

@@ -387,6 +387,16 @@ impl Watch {
         self.events.try_recv().ok()
     }
 
+    /// Whether events were dropped since the last one received (the next is a resync).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Events waiting to be received (at most the watch's capacity).
+    pub fn queued(&self) -> usize {
+        self.events.len()
+    }
+
     /// A resync in place of everything queued, if events were dropped.
     fn after_overflow(&mut self) -> Option<WatchEvent> {
         if !self
