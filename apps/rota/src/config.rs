@@ -98,6 +98,24 @@ pub struct LogConfig {
 pub struct ApiConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// The tokens the API admits (`rota admin token create` prints an entry). With none, every
+    /// route is open, which `rota api` and `rota dev` accept only on a loopback address.
+    pub tokens: Vec<crate::api::auth::TokenEntry>,
+    /// Serve without tokens on a non-loopback address (anyone who reaches it may create and
+    /// cancel tasks): for a network where something in front authenticates.
+    pub allow_unauthenticated: bool,
+    /// `/metrics` without a token (for scrapers that cannot send one); otherwise it needs `read`.
+    pub open_metrics: bool,
+    /// Requests per second per token (per client address when no tokens are configured), bursts
+    /// up to a second's worth; 429 past it. 0: no limit. A token's own
+    /// `rate_limit_per_second` overrides it.
+    pub rate_limit_per_second: u32,
+    /// Longest a client may take to finish the TLS handshake, and then to send each request's
+    /// headers, before its connection is closed. (A body slower than its `Content-Length` falls
+    /// under `request_timeout_ms`: 408.)
+    pub header_read_timeout_ms: u64,
+    /// HTTPS: the certificate chain and private key (PEM files); unset: plain HTTP.
+    pub tls: Option<TlsFiles>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Longest a request may take, its body's arrival included (408 past it).
@@ -113,7 +131,39 @@ impl Default for ApiConfig {
             max_body_bytes: 1 << 20,
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1_024,
+            tokens: Vec::new(),
+            allow_unauthenticated: false,
+            open_metrics: false,
+            rate_limit_per_second: 0,
+            header_read_timeout_ms: 10_000,
+            tls: None,
         }
+    }
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+impl ApiConfig {
+    /// Refuses to serve every route to anyone on an address others can reach, unless told to.
+    pub fn check_exposure(&self, listen: SocketAddr) -> anyhow::Result<()> {
+        if self.tokens.is_empty() && !listen.ip().is_loopback() && !self.allow_unauthenticated {
+            bail!(
+                "refusing to serve the API on {listen} without tokens: anyone who can reach it \
+                 could create and cancel tasks. Create one with `rota admin token create --name \
+                 NAME --scopes read,write` and add its [[api.tokens]] entry, listen on a loopback \
+                 address, or set api.allow_unauthenticated = true \
+                 (ROTA_API__ALLOW_UNAUTHENTICATED=true) if something in front authenticates"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -187,10 +237,27 @@ pub struct CoordinationConfig {
     /// etcd only: a key prefix (`/name[/name...]`) under which everything is kept, so several
     /// tenants can share one etcd. Empty: keys start at `/rota/{cluster}`.
     pub prefix: String,
-    /// etcd only: the user to log in as, when etcd has authentication enabled.
+    /// The user to log in as: etcd's user (when etcd has authentication enabled), or
+    /// ZooKeeper's `digest` user, which then owns every node rota creates (others may only read
+    /// them).
     pub username: Option<String>,
-    /// etcd only: that user's password (give it in `ROTA_COORDINATION__PASSWORD`, not a file).
+    /// That user's password (give it in `ROTA_COORDINATION__PASSWORD`, not a file).
     pub password: Option<String>,
+    /// etcd only: TLS to the servers.
+    pub tls: Option<CoordinationTls>,
+}
+
+/// `[coordination.tls]`: PEM files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinationTls {
+    /// The authority that signed the servers' certificates.
+    pub ca: std::path::PathBuf,
+    /// This client's certificate (for servers that require one, like etcd's
+    /// `--client-cert-auth`); with `key`.
+    pub cert: Option<std::path::PathBuf>,
+    /// This client's private key; with `cert`.
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl Default for CoordinationConfig {
@@ -202,6 +269,7 @@ impl Default for CoordinationConfig {
             prefix: String::new(),
             username: None,
             password: None,
+            tls: None,
         }
     }
 }
@@ -365,6 +433,7 @@ impl Config {
                 self.api.max_concurrent_requests as u64,
             ),
             ("storage.timeout_ms", self.storage.timeout_ms),
+            ("api.header_read_timeout_ms", self.api.header_read_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -401,16 +470,39 @@ impl Config {
         }
         let (user, password) = (&self.coordination.username, &self.coordination.password);
         if user.is_some() || password.is_some() {
-            if self.coordination.backend != CoordinationBackend::Etcd {
+            if self.coordination.backend == CoordinationBackend::Memory {
                 bail!(
                     "invalid configuration: coordination.username and coordination.password are \
-                     for etcd"
+                     for etcd and ZooKeeper"
                 );
             }
             if user.is_none() || password.is_none() {
                 bail!(
                     "invalid configuration: give both coordination.username and \
                      coordination.password, or neither"
+                );
+            }
+        }
+        if let Some(tls) = &self.coordination.tls {
+            if self.coordination.backend != CoordinationBackend::Etcd {
+                bail!("invalid configuration: coordination.tls is for etcd");
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                bail!(
+                    "invalid configuration: give both coordination.tls.cert and \
+                     coordination.tls.key, or neither"
+                );
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for token in &self.api.tokens {
+            token
+                .validate()
+                .map_err(|e| anyhow::anyhow!("invalid configuration: api.tokens: {e}"))?;
+            if !names.insert(&token.name) {
+                bail!(
+                    "invalid configuration: api.tokens: two tokens are named {:?}",
+                    token.name
                 );
             }
         }
@@ -631,8 +723,10 @@ mod tests {
         config.coordination.password = Some("s3cret".into());
         config.validate().unwrap();
         config.coordination.backend = CoordinationBackend::Zookeeper;
+        config.validate().unwrap();
+        config.coordination.backend = CoordinationBackend::Memory;
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("for etcd"), "{err}");
+        assert!(err.contains("for etcd and ZooKeeper"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct DevOptions {
 pub struct DevCluster {
     /// Where the API listens.
     pub addr: SocketAddr,
+    /// The API's URL (`https://` when it serves TLS).
+    pub url: String,
     /// The task store.
     pub tasks: Arc<dyn TaskStore>,
     /// The coordination store (for fault injection in tests).
@@ -56,6 +58,8 @@ pub struct DevCluster {
 /// Starts a dev cluster.
 pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
     let config = &options.config;
+    config.api.check_exposure(options.listen)?;
+    let listening = api::Listening::from_config(&config.api)?;
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating data directory {}", options.data_dir.display()))?;
     let db = options.data_dir.join("tasks.db");
@@ -159,14 +163,16 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let addr = listener.local_addr()?;
+    let url = api::server::url(&listening, addr);
     let router = api::router(state, &config.api);
     let s = stopped.clone();
     joins.push(tokio::spawn(async move {
-        api::serve(listener, router, s).await?;
+        api::serve(listener, router, listening, s).await?;
         Ok(())
     }));
     Ok(DevCluster {
         addr,
+        url,
         tasks,
         coordination,
         participants,

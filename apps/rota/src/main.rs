@@ -73,6 +73,25 @@ enum AdminAction {
     },
     /// Ask the leading controller to reconcile now.
     Rebalance,
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print a new random token (once: it is stored nowhere), then the [[api.tokens]] entry
+    /// that admits it, holding only its SHA-256.
+    Create {
+        /// Who will hold it (letters, digits, '-', '_', '.'), for logs and messages.
+        #[arg(long)]
+        name: String,
+        /// What it may do: read, write, admin (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<rota::api::auth::Scope>,
+    },
 }
 
 #[derive(Args)]
@@ -108,6 +127,12 @@ fn main() -> ExitCode {
         Command::Worker(c) => run_role(c, |config, stop| async move {
             roles::worker(&config, stop).await
         }),
+        Command::Admin {
+            action: AdminAction::Token { action },
+            ..
+        } => match action {
+            TokenAction::Create { name, scopes } => create_token(name, scopes),
+        },
         Command::Admin { config, action } => {
             let command = match action {
                 AdminAction::Status => roles::AdminCommand::Status,
@@ -117,6 +142,7 @@ fn main() -> ExitCode {
                     roles::AdminCommand::Maintenance(state == "on")
                 }
                 AdminAction::Rebalance => roles::AdminCommand::Rebalance,
+                AdminAction::Token { .. } => unreachable!("handled above"),
             };
             run_role(config, move |config, _| async move {
                 roles::admin(&config, command).await
@@ -130,6 +156,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `rota admin token create`: the token alone on the first line (for `| head -1`), then the
+/// entry to configure.
+fn create_token(name: String, mut scopes: Vec<rota::api::auth::Scope>) -> anyhow::Result<()> {
+    use rota::api::auth::{TokenEntry, generate_token, token_sha256};
+    scopes.sort();
+    scopes.dedup();
+    let token = generate_token()?;
+    let entry = TokenEntry {
+        name,
+        scopes,
+        sha256: token_sha256(&token),
+        rate_limit_per_second: None,
+    };
+    entry.validate().map_err(anyhow::Error::msg)?;
+    // The name was validated: letters, digits and '-', '_', '.', nothing to escape.
+    let scopes: Vec<String> = entry
+        .scopes
+        .iter()
+        .map(|s| format!("\"{}\"", s.name()))
+        .collect();
+    let scopes = scopes.join(", ");
+    println!("{token}");
+    println!(
+        "# The token above is shown once and stored nowhere: give it to {name:?}, who sends it as\n\
+         # `Authorization: Bearer <token>`. Admit it in the configuration of every `rota api`\n\
+         # (and `rota dev`), then restart them:\n\
+         [[api.tokens]]\n\
+         name = \"{name}\"\n\
+         scopes = [{scopes}]\n\
+         sha256 = \"{sha}\"\n\
+         # or in the environment (one variable holds every token):\n\
+         # ROTA_API__TOKENS='[{{name=\"{name}\", scopes=[{scopes}], sha256=\"{sha}\"}}]'",
+        name = entry.name,
+        sha = entry.sha256,
+    );
+    Ok(())
 }
 
 /// Logs go to stderr, so that what a command prints for machines (`rota admin status`) is alone
@@ -192,7 +256,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             config,
         })
         .await?;
-        let url = format!("http://{}", cluster.addr);
+        let url = cluster.url.clone();
         println!("rota dev: {} workers, tasks in {}", args.workers, args.data_dir.join("tasks.db").display());
         println!("API on {url} (OpenAPI: {url}/openapi.json, cluster: {url}/cluster)");
         println!(

@@ -29,9 +29,14 @@ pub fn coordination(config: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
             if config.coordination.endpoints.is_empty() {
                 bail!("coordination.endpoints is empty: give the ZooKeeper servers as host:port");
             }
-            Ok(Arc::new(rota_zookeeper::ZooKeeperCoordination::new(
-                config.coordination.endpoints.join(","),
-            )))
+            let mut store =
+                rota_zookeeper::ZooKeeperCoordination::new(config.coordination.endpoints.join(","));
+            if let (Some(user), Some(password)) =
+                (&config.coordination.username, &config.coordination.password)
+            {
+                store = store.with_digest(user, password);
+            }
+            Ok(Arc::new(store))
         }
         CoordinationBackend::Memory => bail!(
             "coordination.backend = \"memory\" lives inside one process: use `rota dev`, or \
@@ -54,6 +59,22 @@ fn etcd(config: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
         (&config.coordination.username, &config.coordination.password)
     {
         store = store.with_user(user, password);
+    }
+    if let Some(tls) = &config.coordination.tls {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| {
+                format!("cannot read {} (coordination.tls)", path.display())
+            })
+        };
+        let ca = read(&tls.ca)?;
+        let identity = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        };
+        store = store.with_tls(
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        );
     }
     Ok(Arc::new(store))
 }
@@ -283,7 +304,8 @@ async fn serve_metrics(
         .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?;
     info!(%listen, "metrics and health served");
     tokio::spawn(async move {
-        if let Err(e) = api::serve(listener, router, shutdown).await {
+        let listening = api::Listening::plain(Duration::from_secs(10));
+        if let Err(e) = api::serve(listener, router, listening, shutdown).await {
             tracing::warn!(error = %e, "metrics listener failed");
         }
     });
@@ -292,6 +314,7 @@ async fn serve_metrics(
 
 /// `rota api`: serves the REST API until shutdown.
 pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    config.api.check_exposure(config.api.listen)?;
     let resource = initialised(config).await?;
     let metrics = Arc::new(Metrics::default());
     let tasks = task_store(config, &metrics).await?;
@@ -323,11 +346,16 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         ),
         now: Arc::new(wall_clock_ms),
     };
+    let listening = api::Listening::from_config(&config.api)?;
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.api.listen))?;
-    info!(listen = %config.api.listen, "API serving");
-    api::serve(listener, api::router(state, &config.api), shutdown).await?;
+    info!(
+        url = %api::server::url(&listening, config.api.listen),
+        tokens = config.api.tokens.len(),
+        "API serving"
+    );
+    api::serve(listener, api::router(state, &config.api), listening, shutdown).await?;
     Ok(())
 }
 

@@ -54,6 +54,8 @@ pub struct EtcdCoordination {
     keys: KeySpace,
     /// User name and password, when etcd has authentication enabled.
     user: Option<(String, String)>,
+    /// TLS to the servers: the authority to trust, and the client's certificate.
+    tls: Option<etcd_client::TlsOptions>,
 }
 
 impl EtcdCoordination {
@@ -64,7 +66,21 @@ impl EtcdCoordination {
             endpoints,
             keys: KeySpace::new(prefix),
             user: None,
+            tls: None,
         }
+    }
+
+    /// Talks TLS to every server (endpoints without a scheme become `https://`), trusting the
+    /// PEM authority `ca` and, with `identity` (PEM certificate and key), presenting that client
+    /// certificate, as an etcd with `--client-cert-auth` requires.
+    pub fn with_tls(mut self, ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Self {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(ca));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        self.tls = Some(tls);
+        self
     }
 
     /// Authenticates every session as `name` (for an etcd with authentication enabled). The
@@ -84,6 +100,9 @@ impl EtcdCoordination {
             // A member cut off from the quorum fails our calls and ends our streams instead of
             // serving stale reads and silent watches; the client moves on to another member.
             .with_require_leader(true);
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        }
         if let Some((name, password)) = &self.user {
             // Tokens expire (etcd's --auth-token-ttl): log in again when one does.
             options = options

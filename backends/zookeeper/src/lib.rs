@@ -37,6 +37,9 @@ type Known = (zk::SessionInfo, watch::Receiver<SessionState>);
 #[derive(Clone)]
 pub struct ZooKeeperCoordination {
     endpoints: String,
+    /// `user:password` of ZooKeeper's `digest` scheme: with it, every session authenticates,
+    /// and the nodes rota creates are writable by that user only (readable by anyone).
+    digest: Option<String>,
     /// Session credentials and states by id, so tests can make the server expire a session.
     sessions: Arc<Mutex<HashMap<SessionId, Known>>>,
 }
@@ -46,8 +49,18 @@ impl ZooKeeperCoordination {
     pub fn new(endpoints: impl Into<String>) -> Self {
         Self {
             endpoints: endpoints.into(),
+            digest: None,
             sessions: Arc::default(),
         }
+    }
+
+    /// Authenticates every session as `user` with `password` (ZooKeeper's `digest` scheme) and
+    /// creates every node with an ACL that lets only that user change it and anyone read it,
+    /// so other clients of a shared ensemble cannot alter the cluster. Nodes created before
+    /// keep the ACL they were created with.
+    pub fn with_digest(mut self, user: &str, password: &str) -> Self {
+        self.digest = Some(format!("{user}:{password}"));
+        self
     }
 
     /// Makes the server expire a session now: a second client takes the session over and
@@ -97,12 +110,32 @@ fn map_error(e: zk::Error, key: &str) -> CoordError {
         zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::NoHosts => {
             CoordError::ConnectionLoss
         }
+        zk::Error::NoAuth => CoordError::Backend(format!(
+            "ZooKeeper refused to change {key}: the node's ACL does not admit this client \
+             (check coordination.username and coordination.password)"
+        )),
+        zk::Error::AuthFailed => CoordError::Backend(
+            "ZooKeeper refused the credentials (coordination.username and \
+             coordination.password)"
+                .into(),
+        ),
         other => CoordError::Backend(other.to_string()),
     }
 }
 
-fn acls() -> zk::Acls<'static> {
-    zk::Acls::anyone_all()
+/// Everything to its authenticated creator, reading to anyone.
+static OWNED: [zk::Acl; 2] = [
+    zk::Acl::new_const(zk::Permission::ALL, "auth", ""),
+    zk::Acl::new_const(zk::Permission::READ, "world", "anyone"),
+];
+
+/// The ACL of the nodes a session creates: open without credentials, owned with them.
+fn acls(secured: bool) -> zk::Acls<'static> {
+    if secured {
+        zk::Acls::new(&OWNED)
+    } else {
+        zk::Acls::anyone_all()
+    }
 }
 
 fn parent(key: &str) -> Option<&str> {
@@ -113,9 +146,14 @@ fn parent(key: &str) -> Option<&str> {
 #[async_trait]
 impl Coordination for ZooKeeperCoordination {
     async fn connect(&self, timeout: Duration) -> Result<Arc<dyn Session>, CoordError> {
-        let client = zk::Client::connector()
+        let mut connector = zk::Client::connector();
+        connector = connector
             .with_session_timeout(timeout)
-            .with_connection_timeout(timeout.min(Duration::from_secs(5)))
+            .with_connection_timeout(timeout.min(Duration::from_secs(5)));
+        if let Some(digest) = &self.digest {
+            connector = connector.with_auth("digest", digest.as_bytes());
+        }
+        let client = connector
             .connect(&self.endpoints)
             .await
             .map_err(|e| match e {
@@ -178,6 +216,7 @@ impl Coordination for ZooKeeperCoordination {
             id,
             timeout,
             client: Mutex::new(Some(client)),
+            secured: self.digest.is_some(),
             state: state_tx,
             state_rx,
         }))
@@ -188,6 +227,8 @@ struct ZooKeeperSession {
     id: SessionId,
     timeout: Duration,
     client: Mutex<Option<zk::Client>>,
+    /// Authenticated: create nodes only this user may change.
+    secured: bool,
     state: watch::Sender<SessionState>,
     state_rx: watch::Receiver<SessionState>,
 }
@@ -206,7 +247,7 @@ impl ZooKeeperSession {
         let Some(parent) = parent(key) else {
             return Ok(());
         };
-        let options = zk::CreateMode::Persistent.with_acls(acls());
+        let options = zk::CreateMode::Persistent.with_acls(acls(self.secured));
         client
             .mkdir(parent, &options)
             .await
@@ -319,7 +360,7 @@ impl Session for ZooKeeperSession {
                         CreateMode::Persistent => zk::CreateMode::Persistent,
                         CreateMode::Ephemeral => zk::CreateMode::Ephemeral,
                     };
-                    multi.add_create(key, value, &mode.with_acls(acls()))
+                    multi.add_create(key, value, &mode.with_acls(acls(self.secured)))
                 }
                 Op::Set {
                     key,

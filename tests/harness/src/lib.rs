@@ -9,6 +9,9 @@
 //! A server that cannot be started fails the test with a message saying how to install it
 //! (`bash scripts/install-deps.sh`); nothing is skipped silently.
 
+#[cfg(feature = "tls")]
+pub mod tls;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -147,7 +150,24 @@ pub fn durable_postgres() -> Postgres {
     start_postgres(true)
 }
 
+/// A PostgreSQL server of its own that accepts TCP connections only over TLS, with the
+/// certificate and key of `pki` (local socket connections, for the harness's own tools, stay
+/// open).
+#[cfg(feature = "tls")]
+pub fn tls_postgres(pki: &tls::Pki) -> Postgres {
+    start_postgres_with(false, Some(pki))
+}
+
 fn start_postgres(durable: bool) -> Postgres {
+    start_postgres_with(durable, None)
+}
+
+#[cfg(not(feature = "tls"))]
+type PkiRef<'a> = Option<&'a std::convert::Infallible>;
+#[cfg(feature = "tls")]
+type PkiRef<'a> = Option<&'a tls::Pki>;
+
+fn start_postgres_with(durable: bool, pki: PkiRef<'_>) -> Postgres {
     let bin = postgres_bin();
     let as_postgres = is_root();
     let dir = temp_dir("postgres");
@@ -177,11 +197,43 @@ fn start_postgres(durable: bool) -> Postgres {
         String::from_utf8_lossy(&init.stderr)
     );
     let port = free_port();
-    let settings = if durable {
-        ""
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut settings = if durable {
+        String::new()
     } else {
         "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
+            .to_owned()
     };
+    #[cfg(feature = "tls")]
+    if let Some(pki) = pki {
+        // The server reads its key as the user it runs as, and refuses a key others may read.
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).expect("a directory for the server's certificate");
+        for (from, to) in [(&pki.server_cert, "server.pem"), (&pki.server_key, "server.key")] {
+            std::fs::copy(from, tls.join(to)).expect("copy the server's certificate");
+        }
+        let mut chmod = Command::new("chmod");
+        chmod.arg("600").arg(tls.join("server.key"));
+        assert!(chmod.status().is_ok_and(|s| s.success()), "chmod the key");
+        if as_postgres {
+            let mut chown = Command::new("chown");
+            chown.args(["-R", "postgres:postgres"]).arg(&tls);
+            assert!(chown.status().is_ok_and(|s| s.success()), "chown the key");
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 0.0.0.0/0 reject\n",
+        )
+        .expect("write pg_hba.conf");
+        settings.push_str(&format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            tls.join("server.pem").display(),
+            tls.join("server.key").display()
+        ));
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = pki;
     let script = format!(
         "{} -D {} -p {port} -h 127.0.0.1 -k {} {settings} > {} 2>&1",
         bin.join("postgres").display(),
@@ -438,6 +490,43 @@ fn start_etcd() -> Etcd {
         Duration::from_secs(60),
         || etcd_healthy(port),
         &dir.join("rota-test.log"),
+    );
+    Etcd {
+        port,
+        _guard: Mutex::new(guard),
+    }
+}
+
+/// An etcd server of its own that serves clients only over TLS with the certificate of `pki`,
+/// and only clients with a certificate its authority signed.
+#[cfg(feature = "tls")]
+pub fn tls_etcd(pki: &tls::Pki) -> Etcd {
+    let dir = memory_dir("etcd-tls");
+    let (port, peer) = (free_port(), free_port());
+    let initial = format!("rota-tls=http://127.0.0.1:{peer}");
+    let plain = etcd_command("rota-tls", &dir, port, peer, &initial);
+    let script = plain.replace(
+        &format!(
+            "--listen-client-urls http://127.0.0.1:{port} --advertise-client-urls \
+             http://127.0.0.1:{port}"
+        ),
+        &format!(
+            "--listen-client-urls https://127.0.0.1:{port} --advertise-client-urls \
+             https://127.0.0.1:{port} --cert-file {} --key-file {} --trusted-ca-file {} \
+             --client-cert-auth",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        ),
+    );
+    assert_ne!(script, plain, "the etcd command line changed: update tls_etcd");
+    let guard = guarded(&script, &format!("rm -rf {}", dir.display()), false);
+    // No plain-HTTP health check over TLS: wait until it accepts connections.
+    wait_until(
+        "etcd with TLS",
+        Duration::from_secs(60),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        &dir.join("rota-tls.log"),
     );
     Etcd {
         port,

@@ -1,9 +1,11 @@
 //! The REST API (axum): tasks, cluster status, health, metrics and the OpenAPI document.
 //! [`router`] builds it from an [`AppState`]; [`serve`] runs it on a listener until shutdown.
 
+pub mod auth;
 mod catalog;
 pub mod error;
 mod openapi;
+pub mod server;
 pub mod tasks;
 pub mod time;
 
@@ -20,10 +22,16 @@ use rota_core::metrics::Metrics;
 use rota_core::task::{ListFilter, Millis, TaskStore};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use openapi::{ROUTES, document as openapi_document};
+
+/// What the route at (`method`, `path`) needs; a route missing from [`ROUTES`] needs `admin`.
+pub fn access_of(method: &str, path: &str) -> auth::Access {
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map_or(auth::Access::Needs(auth::Scope::Admin), |(_, _, access)| *access)
+}
 
 /// The coordination view `/cluster` and `/readyz` read.
 #[derive(Clone)]
@@ -74,6 +82,10 @@ pub fn router(state: AppState, limits: &crate::config::ApiConfig) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth::Gate::new(limits)),
+            auth::guard,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -81,18 +93,7 @@ pub fn router(state: AppState, limits: &crate::config::ApiConfig) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` becomes true.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-}
+pub use server::{Listening, serve};
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see GET /openapi.json")

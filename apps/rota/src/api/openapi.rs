@@ -1,21 +1,22 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`. [`ROUTES`] lists every route the router
 //! has; a test checks that the document describes exactly these and that each one answers.
 
-use serde_json::Value;
+use super::auth::{Access, Scope};
+use serde_json::{Value, json};
 
-/// Every (method, path) the router serves.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("post", "/tasks"),
-    ("get", "/tasks"),
-    ("post", "/tasks/batch"),
-    ("get", "/tasks/backlog"),
-    ("get", "/tasks/{id}"),
-    ("delete", "/tasks/{id}"),
-    ("get", "/cluster"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/openapi.json"),
+/// Every (method, path) the router serves, and who may call it once tokens are configured.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("post", "/tasks", Access::Needs(Scope::Write)),
+    ("get", "/tasks", Access::Needs(Scope::Read)),
+    ("post", "/tasks/batch", Access::Needs(Scope::Write)),
+    ("get", "/tasks/backlog", Access::Needs(Scope::Read)),
+    ("get", "/tasks/{id}", Access::Needs(Scope::Read)),
+    ("delete", "/tasks/{id}", Access::Needs(Scope::Write)),
+    ("get", "/cluster", Access::Needs(Scope::Admin)),
+    ("get", "/healthz", Access::Open),
+    ("get", "/readyz", Access::Open),
+    ("get", "/metrics", Access::Metrics),
+    ("get", "/openapi.json", Access::Open),
 ];
 
 /// The document, derived from the handlers' `#[utoipa::path]` annotations and the request and
@@ -48,5 +49,37 @@ pub fn document() -> Value {
     use utoipa::OpenApi;
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    serde_json::to_value(doc).expect("the document serializes")
+    let mut doc = serde_json::to_value(doc).expect("the document serializes");
+    // Who may call what, from the one table the gate reads.
+    doc["components"]["securitySchemes"]["bearer"] = json!({
+        "type": "http", "scheme": "bearer",
+        "description": "A token from `rota admin token create`, once `[[api.tokens]]` are configured; \
+                        without tokens every route is open."
+    });
+    for (method, path, access) in ROUTES {
+        let Some(operation) = doc["paths"][*path].get_mut(*method) else {
+            continue;
+        };
+        let scope = match access {
+            Access::Open => continue,
+            Access::Metrics => "read (unless api.open_metrics)",
+            Access::Needs(scope) => scope.name(),
+        };
+        operation["security"] = json!([{"bearer": []}]);
+        operation["description"] = json!(format!(
+            "{}Needs a token with the `{scope}` scope (or `admin`) when tokens are configured.",
+            operation["description"].as_str().map(|d| format!("{d}\n\n")).unwrap_or_default()
+        ));
+        let error = json!({"$ref": "#/components/schemas/ErrorBody"});
+        let responses = &mut operation["responses"];
+        for (status, text) in [
+            ("401", "No valid token"),
+            ("403", "The token lacks the scope"),
+            ("429", "Over the token's rate limit"),
+        ] {
+            responses[status] = json!({"description": text,
+                "content": {"application/json": {"schema": error}}});
+        }
+    }
+    doc
 }
