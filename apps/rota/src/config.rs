@@ -433,7 +433,10 @@ impl Config {
                 self.api.max_concurrent_requests as u64,
             ),
             ("storage.timeout_ms", self.storage.timeout_ms),
-            ("api.header_read_timeout_ms", self.api.header_read_timeout_ms),
+            (
+                "api.header_read_timeout_ms",
+                self.api.header_read_timeout_ms,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

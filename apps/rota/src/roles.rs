@@ -62,9 +62,8 @@ fn etcd(config: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
     }
     if let Some(tls) = &config.coordination.tls {
         let read = |path: &std::path::Path| {
-            std::fs::read(path).with_context(|| {
-                format!("cannot read {} (coordination.tls)", path.display())
-            })
+            std::fs::read(path)
+                .with_context(|| format!("cannot read {} (coordination.tls)", path.display()))
         };
         let ca = read(&tls.ca)?;
         let identity = match (&tls.cert, &tls.key) {
@@ -355,7 +354,13 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         tokens = config.api.tokens.len(),
         "API serving"
     );
-    api::serve(listener, api::router(state, &config.api), listening, shutdown).await?;
+    api::serve(
+        listener,
+        api::router(state, &config.api),
+        listening,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 

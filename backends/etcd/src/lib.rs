@@ -74,8 +74,8 @@ impl EtcdCoordination {
     /// PEM authority `ca` and, with `identity` (PEM certificate and key), presenting that client
     /// certificate, as an etcd with `--client-cert-auth` requires.
     pub fn with_tls(mut self, ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Self {
-        let mut tls = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(ca));
+        let mut tls =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
         if let Some((cert, key)) = identity {
             tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
         }

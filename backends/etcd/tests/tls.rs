@@ -21,8 +21,8 @@ async fn sessions_over_tls_with_a_client_certificate_work_and_others_are_refused
     let (ca, cert, key) = (read(&pki.ca), read(&pki.client_cert), read(&pki.client_key));
     let endpoint = server.endpoint();
 
-    let store = EtcdCoordination::new(vec![endpoint.clone()], "/tls")
-        .with_tls(&ca, Some((&cert, &key)));
+    let store =
+        EtcdCoordination::new(vec![endpoint.clone()], "/tls").with_tls(&ca, Some((&cert, &key)));
     // The server may still be starting behind its open port: poll with a deadline.
     let start = std::time::Instant::now();
     let owner = loop {
@@ -68,9 +68,6 @@ async fn sessions_over_tls_with_a_client_certificate_work_and_others_are_refused
             session.get(live).await
         })
         .await;
-        assert!(
-            !matches!(attempt, Ok(Ok(_))),
-            "a client {what} was served"
-        );
+        assert!(!matches!(attempt, Ok(Ok(_))), "a client {what} was served");
     }
 }

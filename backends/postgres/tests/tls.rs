@@ -15,11 +15,17 @@ async fn verify_full_connects_and_clients_without_tls_or_trust_are_refused() {
     let settings = Settings::for_cluster("tls");
     let with = |query: &str| format!("{base}?{query}");
 
-    let url = with(&format!("sslmode=verify-full&sslrootcert={}", pki.ca.display()));
+    let url = with(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        pki.ca.display()
+    ));
     let store = PostgresTaskStore::connect(&url, &settings)
         .await
         .expect("verify-full with the server's authority connects");
-    let listed = store.list(&Default::default()).await.expect("a query over TLS");
+    let listed = store
+        .list(&Default::default())
+        .await
+        .expect("a query over TLS");
     assert!(listed.tasks.is_empty());
 
     let refusals = [
@@ -33,7 +39,10 @@ async fn verify_full_connects_and_clients_without_tls_or_trust_are_refused() {
         match PostgresTaskStore::connect(&with(query), &settings).await {
             Err(StoreError::Unavailable(message)) => {
                 println!("{what}: {message}");
-                assert!(message.contains("cannot connect to PostgreSQL"), "{message}");
+                assert!(
+                    message.contains("cannot connect to PostgreSQL"),
+                    "{message}"
+                );
             }
             Err(other) => panic!("{what}: unexpected error {other}"),
             Ok(_) => panic!("a client {what} was admitted"),

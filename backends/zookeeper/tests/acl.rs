@@ -30,13 +30,24 @@ async fn nodes_of_an_authenticated_store_are_read_only_to_other_clients() {
     // Reading is allowed.
     let node = stranger.get(&key).await.unwrap().expect("the node");
     assert_eq!(node.value, b"v1");
-    assert_eq!(stranger.children(&format!("{root}/cluster")).await.unwrap().len(), 2);
+    assert_eq!(
+        stranger
+            .children(&format!("{root}/cluster"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     // Changing is not, whatever the operation.
     let refusals = [
         stranger.set(&key, b"evil".to_vec(), None).await.map(|_| ()),
         stranger.delete(&live, None).await,
         stranger
-            .create(&format!("{root}/cluster/extra"), Vec::new(), CreateMode::Persistent)
+            .create(
+                &format!("{root}/cluster/extra"),
+                Vec::new(),
+                CreateMode::Persistent,
+            )
             .await
             .map(|_| ()),
         stranger

@@ -209,7 +209,10 @@ fn start_postgres_with(durable: bool, pki: PkiRef<'_>) -> Postgres {
         // The server reads its key as the user it runs as, and refuses a key others may read.
         let tls = dir.join("tls");
         std::fs::create_dir_all(&tls).expect("a directory for the server's certificate");
-        for (from, to) in [(&pki.server_cert, "server.pem"), (&pki.server_key, "server.key")] {
+        for (from, to) in [
+            (&pki.server_cert, "server.pem"),
+            (&pki.server_key, "server.key"),
+        ] {
             std::fs::copy(from, tls.join(to)).expect("copy the server's certificate");
         }
         let mut chmod = Command::new("chmod");
@@ -519,7 +522,10 @@ pub fn tls_etcd(pki: &tls::Pki) -> Etcd {
             pki.ca.display()
         ),
     );
-    assert_ne!(script, plain, "the etcd command line changed: update tls_etcd");
+    assert_ne!(
+        script, plain,
+        "the etcd command line changed: update tls_etcd"
+    );
     let guard = guarded(&script, &format!("rm -rf {}", dir.display()), false);
     // No plain-HTTP health check over TLS: wait until it accepts connections.
     wait_until(

@@ -242,7 +242,10 @@ impl Gate {
         peer: Option<SocketAddr>,
     ) -> Result<Option<(String, Option<u32>)>, ApiError> {
         let anonymous = || {
-            let key = format!("address {}", peer.map_or("unknown".into(), |p| p.ip().to_string()));
+            let key = format!(
+                "address {}",
+                peer.map_or("unknown".into(), |p| p.ip().to_string())
+            );
             Some((key, self.default_rate))
         };
         if !self.enforcing() {
@@ -370,7 +373,10 @@ mod tests {
     #[test]
     fn a_token_hashes_to_what_the_gate_admits() {
         let token = generate_token().unwrap();
-        assert!(token.starts_with("rota_") && token.len() == 5 + 64, "{token}");
+        assert!(
+            token.starts_with("rota_") && token.len() == 5 + 64,
+            "{token}"
+        );
         assert_ne!(token, generate_token().unwrap());
         let entry = TokenEntry {
             name: "ci".into(),
@@ -390,13 +396,17 @@ mod tests {
         let read = Access::Needs(Scope::Read);
         let write = Access::Needs(Scope::Write);
         assert!(gate.admit(read, "GET /tasks", Some(&bearer), None).is_ok());
-        let refused = gate.admit(write, "POST /tasks", Some(&bearer), None).unwrap_err();
+        let refused = gate
+            .admit(write, "POST /tasks", Some(&bearer), None)
+            .unwrap_err();
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
         assert!(!refused.message.contains(&token), "{}", refused.message);
         let refused = gate.admit(read, "GET /tasks", None, None).unwrap_err();
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         let basic = HeaderValue::from_static("Basic dXNlcjpwYXNz");
-        let refused = gate.admit(read, "GET /tasks", Some(&basic), None).unwrap_err();
+        let refused = gate
+            .admit(read, "GET /tasks", Some(&basic), None)
+            .unwrap_err();
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         assert!(gate.admit(Access::Open, "GET /healthz", None, None).is_ok());
     }
@@ -416,6 +426,11 @@ mod tests {
         entry.scopes.push(Scope::Write);
         entry.name = "a b".into();
         assert!(entry.validate().unwrap_err().contains("name"));
-        assert!("delete".parse::<Scope>().unwrap_err().contains("read, write and admin"));
+        assert!(
+            "delete"
+                .parse::<Scope>()
+                .unwrap_err()
+                .contains("read, write and admin")
+        );
     }
 }

@@ -30,7 +30,9 @@ pub fn access_of(method: &str, path: &str) -> auth::Access {
     ROUTES
         .iter()
         .find(|(m, p, _)| *m == method && *p == path)
-        .map_or(auth::Access::Needs(auth::Scope::Admin), |(_, _, access)| *access)
+        .map_or(auth::Access::Needs(auth::Scope::Admin), |(_, _, access)| {
+            *access
+        })
 }
 
 /// The coordination view `/cluster` and `/readyz` read.

@@ -68,7 +68,10 @@ pub fn document() -> Value {
         operation["security"] = json!([{"bearer": []}]);
         operation["description"] = json!(format!(
             "{}Needs a token with the `{scope}` scope (or `admin`) when tokens are configured.",
-            operation["description"].as_str().map(|d| format!("{d}\n\n")).unwrap_or_default()
+            operation["description"]
+                .as_str()
+                .map(|d| format!("{d}\n\n"))
+                .unwrap_or_default()
         ));
         let error = json!({"$ref": "#/components/schemas/ErrorBody"});
         let responses = &mut operation["responses"];

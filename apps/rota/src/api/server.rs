@@ -128,10 +128,8 @@ pub async fn serve(
                     let _ = watcher.watch(conn).await;
                 }
                 Some(tls) => {
-                    let handshake = tokio::time::timeout(
-                        listening.header_read_timeout,
-                        tls.accept(stream),
-                    );
+                    let handshake =
+                        tokio::time::timeout(listening.header_read_timeout, tls.accept(stream));
                     let stream = match handshake.await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {

@@ -12,12 +12,23 @@ use tokio::net::TcpStream;
 pub struct Client {
     addr: SocketAddr,
     conn: Option<BufReader<TcpStream>>,
+    /// `Authorization: Bearer` of every request, from `ROTA_TOKEN`, for an API with tokens.
+    authorization: String,
 }
 
 impl Client {
     /// A client of the API at `addr` (connects on first use).
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, conn: None }
+        let authorization = std::env::var("ROTA_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+            .unwrap_or_default();
+        Self {
+            addr,
+            conn: None,
+            authorization,
+        }
     }
 
     /// Sends a request and returns the status and the JSON body (`Null` when empty or not JSON).
@@ -63,8 +74,9 @@ impl Client {
         let body = body.unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
+             {}Content-Length: {}\r\n\r\n",
             self.addr,
+            self.authorization,
             body.len()
         );
         let stream = conn.get_mut();

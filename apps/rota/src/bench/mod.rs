@@ -51,7 +51,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "zookeeper")]
     pub coordination: CoordinationKind,
     /// Measure a running cluster at this API address (host:port) instead of starting one. It
-    /// should be otherwise idle: the backlog it reports is the whole cluster's.
+    /// should be otherwise idle: the backlog it reports is the whole cluster's. An API with
+    /// tokens needs one with the read and write scopes in `ROTA_TOKEN`.
     #[arg(long)]
     pub url: Option<String>,
     /// Scenarios to run, comma-separated (default: all the target supports).
