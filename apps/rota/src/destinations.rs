@@ -6,7 +6,8 @@
 //! them (`100.100.100.200`, `fd00:ec2::254`). Once it lists anything, only what it lists is
 //! allowed: networks (`10.0.0.0/8`, `2001:db8::/32`, a single address) and host names (exact,
 //! or `*.example.com` for its subdomains); a listed host name still may not resolve to a
-//! link-local or metadata address unless a listed network holds it. The address is checked
+//! link-local or metadata address unless a listed network inside those ranges holds it (a
+//! `0.0.0.0/0` does not open them). The address is checked
 //! after DNS resolution, and the connection is made to the address checked, so a name that
 //! resolves differently the second time cannot get around it.
 
@@ -45,20 +46,36 @@ impl Destinations {
     /// Whether a request to `host` (as the URL names it) may connect to `ip`; `Err` says why
     /// not.
     pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), String> {
-        if self.networks.iter().any(|n| n.contains(&ip)) {
+        let special = metadata_or_link_local(ip);
+        // A link-local or metadata address must be listed as such: a network that merely
+        // holds it (`0.0.0.0/0`, `169.0.0.0/8`) does not open it.
+        let listed = self.networks.iter().any(|n| {
+            n.contains(&ip)
+                && (!special
+                    || (metadata_or_link_local(n.network())
+                        && n.prefix_len() >= if ip.is_ipv4() { 16 } else { 10 }))
+        });
+        if listed {
             return Ok(());
         }
         let open = self.networks.is_empty() && self.hosts.is_empty();
         if !open && !self.host_listed(host) {
             return Err(format!("{host} ({ip}) is not in http.allow"));
         }
-        if metadata_or_link_local(ip) {
+        if special {
             return Err(format!(
                 "{host} resolves to {ip}, a link-local or cloud metadata address: list its \
                  network in http.allow to call it"
             ));
         }
         Ok(())
+    }
+
+    /// Why `host` is refused whatever it resolves to: the list names only hosts, and not this
+    /// one. Refused before any DNS lookup, so an unlisted name never reaches a resolver.
+    pub fn refuses_name(&self, host: &str) -> Option<String> {
+        (self.networks.is_empty() && !self.hosts.is_empty() && !self.host_listed(host))
+            .then(|| format!("{host} is not in http.allow"))
     }
 
     fn host_listed(&self, host: &str) -> bool {
@@ -141,6 +158,12 @@ mod tests {
         // A listed name resolving to a metadata address: refused, unless its network is listed.
         assert!(d.check("hooks.example.com", ip("169.254.169.254")).is_err());
         assert!(d.check("hooks.example.com", ip("169.254.10.10")).is_ok());
+        // Only a network inside those ranges opens them, not one that merely holds them.
+        let wide = Destinations::parse(&["0.0.0.0/0".into(), "::/0".into()]).unwrap();
+        assert!(wide.check("x", ip("93.184.216.34")).is_ok());
+        for metadata in ["169.254.169.254", "fe80::1", "100.100.100.200"] {
+            assert!(wide.check("x", ip(metadata)).is_err(), "{metadata}");
+        }
     }
 
     #[test]

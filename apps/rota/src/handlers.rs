@@ -91,6 +91,9 @@ impl reqwest::dns::Resolve for CheckedResolver {
         let destinations = self.destinations.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
+            if let Some(why) = destinations.refuses_name(&host) {
+                return Err(format!("refused: {why}").into());
+            }
             let found: Vec<std::net::SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut refused = Vec::new();
@@ -248,6 +251,120 @@ mod tests {
         .expect("a task");
         t.payload = payload;
         t
+    }
+
+    /// A receiver on loopback that verifies each request's signature with `secret`; how many
+    /// it verified (and none it could not).
+    async fn receiver(secret: &'static str) -> (u16, Arc<std::sync::Mutex<Vec<bool>>>) {
+        let verified: Arc<std::sync::Mutex<Vec<bool>>> = Arc::default();
+        let record = verified.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let record = record.clone();
+                async move {
+                    let header = headers
+                        .get("x-rota-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let t: i64 = header
+                        .split(',')
+                        .find_map(|p| p.strip_prefix("t="))
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    let now = rota_core::task::worker::wall_clock_ms();
+                    let ok = (now - t).abs() < 60_000 && header == signature(secret, t, &body);
+                    record.lock().unwrap().push(ok);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (port, verified)
+    }
+
+    fn handler(allow: &[&str], secret: &str) -> HttpHandler {
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        HttpHandler::new(
+            Duration::from_secs(5),
+            Destinations::parse(&allow).unwrap(),
+            Some(secret.into()),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_handler_refuses_metadata_unlisted_hosts_and_names_resolving_elsewhere() {
+        const SECRET: &str = "the-receivers-secret";
+        let (port, verified) = receiver(SECRET).await;
+        let post = |url: String| task(serde_json::json!({"url": url, "body": {"n": 1}}));
+        let cases = [
+            // The metadata address, with the default (empty) list and with a permissive one.
+            (
+                vec![],
+                "http://169.254.169.254/latest/meta-data/".to_owned(),
+                "link-local or cloud metadata",
+            ),
+            (
+                vec!["0.0.0.0/0", "hooks.example.com"],
+                "http://169.254.169.254/".to_owned(),
+                "",
+            ),
+            // A host the list does not name (refused before any DNS lookup).
+            (
+                vec!["hooks.example.com"],
+                "http://evil.example.org/hook".to_owned(),
+                "evil.example.org is not in http.allow",
+            ),
+            (
+                vec!["hooks.example.com"],
+                format!("http://localhost:{port}/hook"),
+                "localhost is not in http.allow",
+            ),
+            // A name that resolves to an address no listed network holds.
+            (
+                vec!["10.0.0.0/8"],
+                format!("http://localhost:{port}/hook"),
+                "localhost (127.0.0.1) is not in http.allow",
+            ),
+            // Listing a name does not open an address literal.
+            (
+                vec!["localhost"],
+                "http://169.254.169.254/".to_owned(),
+                "is not in http.allow",
+            ),
+        ];
+        for (allow, url, why) in cases {
+            let err = handler(&allow, SECRET)
+                .run(&post(url.clone()))
+                .await
+                .expect_err(&format!("{url} was called with http.allow = {allow:?}"));
+            assert!(
+                err.contains("refused") && err.contains(why),
+                "{url} with {allow:?}: {err}"
+            );
+        }
+        assert!(
+            verified.lock().unwrap().is_empty(),
+            "a refused request arrived"
+        );
+        // Allowed by name and by network: sent, signed, verified by the receiver.
+        for allow in [vec!["localhost"], vec!["127.0.0.0/8"], vec![]] {
+            handler(&allow, SECRET)
+                .run(&post(format!("http://localhost:{port}/hook")))
+                .await
+                .unwrap_or_else(|e| panic!("allowed by {allow:?}: {e}"));
+        }
+        assert_eq!(*verified.lock().unwrap(), vec![true, true, true]);
+        // A receiver with another secret would not verify it.
+        let (other_port, other) = receiver("not-the-senders-secret").await;
+        handler(&[], SECRET)
+            .run(&post(format!("http://127.0.0.1:{other_port}/hook")))
+            .await
+            .unwrap();
+        assert_eq!(*other.lock().unwrap(), vec![false]);
     }
 
     #[test]
