@@ -246,6 +246,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     init_logging(config.log.format);
     warn_about_readable_secrets(args.config.as_deref());
+    let tokens = config.api.tokens.len();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let cluster = dev::start(DevOptions {
@@ -263,6 +264,12 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             "try: curl -X POST {url}/tasks -H 'Content-Type: application/json' \
              -d '{{\"name\": \"MyDistributedTask\", \"scheduledTime\": \"2023-12-31T23:59:59\", \"payload\": \"Payload Data\"}}'"
         );
+        if tokens > 0 {
+            println!(
+                "{tokens} API token(s) configured: add -H 'Authorization: Bearer <token>' to \
+                 every request but /healthz, /readyz and /openapi.json"
+            );
+        }
         wait_for_signal().await;
         println!("rota dev: stopping (finishing tasks in flight)");
         cluster.stop().await?;
