@@ -637,3 +637,72 @@ fn the_security_document_lists_every_route_with_its_scope() {
         assert!(doc.contains(&row), "docs/security.md lacks the row {row}");
     }
 }
+
+/// The configuration reaches the stores: `rota init` and `rota admin status` on an etcd that
+/// serves only TLS to clients with certificates (`coordination.tls`) and a PostgreSQL that takes
+/// only TLS (`sslmode=verify-full`); without the settings, each is refused with a message.
+#[test]
+fn the_roles_reach_etcd_and_postgres_over_tls_as_configured() {
+    let pki = rota_test_harness::tls::Pki::generate(&temp("store-pki"));
+    let etcd = rota_test_harness::tls_etcd(&pki);
+    let postgres = rota_test_harness::tls_postgres(&pki);
+    let db = postgres.fresh_database();
+    let verified = format!("{db}?sslmode=verify-full&sslrootcert={}", pki.ca.display());
+    let tls = format!(
+        "{{ca=\"{}\", cert=\"{}\", key=\"{}\"}}",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let rota = |args: &[&str], url: &str, tls: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rota"));
+        c.args(args)
+            .env("ROTA_COORDINATION__BACKEND", "etcd")
+            .env("ROTA_COORDINATION__ENDPOINTS", etcd.endpoint())
+            .env("ROTA_COORDINATION__SESSION_TIMEOUT_MS", "3000")
+            .env("ROTA_STORAGE__BACKEND", "postgres")
+            .env("ROTA_STORAGE__URL", url)
+            .env("ROTA_CLUSTER__NAME", "tls")
+            .env("RUST_LOG", "warn");
+        if let Some(tls) = tls {
+            c.env("ROTA_COORDINATION__TLS", tls);
+        }
+        c.output().unwrap()
+    };
+    // etcd may still be starting behind its open port: retry init with a deadline.
+    let start = Instant::now();
+    loop {
+        let out = rota(&["init"], &verified, Some(&tls));
+        if out.status.success() {
+            break;
+        }
+        let error = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "rota init over TLS: {error}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let status = rota(&["admin", "status"], &verified, Some(&tls));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["partitions"].as_array().unwrap().len(),
+        12,
+        "{status}"
+    );
+    // Without the coordination TLS settings: refused, and said so.
+    let plain = rota(&["admin", "status"], &verified, None);
+    assert!(!plain.status.success());
+    let error = String::from_utf8_lossy(&plain.stderr);
+    assert!(error.contains("coordination store"), "{error}");
+    // PostgreSQL without TLS: refused by the server, and said so.
+    let plain = rota(&["init"], &format!("{db}?sslmode=disable"), Some(&tls));
+    assert!(!plain.status.success());
+    let error = String::from_utf8_lossy(&plain.stderr);
+    assert!(error.contains("cannot connect to PostgreSQL"), "{error}");
+}
