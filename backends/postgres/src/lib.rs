@@ -207,10 +207,15 @@ fn backend(e: sqlx::Error) -> StoreError {
     // a server shutting down, starting up or in recovery (SQLSTATE 08, 57P); a statement
     // cancelled by its deadline (57014); too many connections or no memory (53); a
     // serialization failure or deadlock (40). Everything else (constraint violations, bad
-    // input, schema trouble) stays wrong on a second try.
+    // input, schema trouble) stays wrong on a second try. A TLS handshake that failed, or a
+    // reply that is not PostgreSQL's protocol (a connection cut in the middle of the opening
+    // exchange: "unexpected response from SSLRequest"), is the connection's trouble too: a new
+    // connection may well succeed.
     let (retryable, code) = match &e {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => (true, None),
         sqlx::Error::Database(db) => {
