@@ -65,7 +65,8 @@ pub fn document() -> Value {
             Access::Metrics => "read (unless api.open_metrics)",
             Access::Needs(scope) => scope.name(),
         };
-        operation["security"] = json!([{"bearer": []}]);
+        // Optional in the document (`{}`): a deployment without tokens serves every route open.
+        operation["security"] = json!([{}, {"bearer": []}]);
         operation["description"] = json!(format!(
             "{}Needs a token with the `{scope}` scope (or `admin`) when tokens are configured.",
             operation["description"]
