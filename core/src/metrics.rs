@@ -89,6 +89,13 @@ pub struct Metrics {
     pub reconcile_problems: Counter,
     /// Transitions participants ran, by states and outcome.
     pub transitions: Family<TransitionLabels, Counter>,
+    /// Schedule ticks whose task this process's clocks created.
+    pub schedule_ticks_fired: Counter,
+    /// Schedule ticks fired again whose task existed already (refused by the store's
+    /// uniqueness): zero unless two clocks fired the same tick.
+    pub schedule_ticks_duplicate: Counter,
+    /// Firings whose missed ticks their schedule's policy left out.
+    pub schedule_ticks_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -111,6 +118,9 @@ impl Default for Metrics {
             reconcile_duration: duration_histogram(),
             reconcile_problems: Counter::default(),
             transitions: Family::default(),
+            schedule_ticks_fired: Counter::default(),
+            schedule_ticks_duplicate: Counter::default(),
+            schedule_ticks_skipped: Counter::default(),
         }
     }
 }
@@ -208,6 +218,21 @@ impl Metrics {
             "transitions",
             "State transitions participants ran, by states and outcome",
             self.transitions.clone(),
+        );
+        r.register(
+            "schedule_ticks_fired",
+            "Schedule ticks whose task this process's clocks created",
+            self.schedule_ticks_fired.clone(),
+        );
+        r.register(
+            "schedule_ticks_duplicate",
+            "Schedule ticks fired again whose task existed already (zero unless two clocks fired one tick)",
+            self.schedule_ticks_duplicate.clone(),
+        );
+        r.register(
+            "schedule_ticks_skipped",
+            "Firings whose missed ticks their schedule's policy left out",
+            self.schedule_ticks_skipped.clone(),
         );
         r
     }

@@ -552,6 +552,7 @@ impl Config {
         );
         w.step_down_timeout = (self.session_timeout() / 3).min(w.task_timeout);
         w.retention = self.retention();
+        w.partitions = self.cluster.partitions;
         // An embedded store commits in microseconds: nothing to gather.
         if self.storage.backend != StorageBackend::Postgres {
             w.gather = Duration::ZERO;

@@ -1,9 +1,11 @@
 //! An in-memory [`TaskStore`]: for tests and embedders that need no durability. Passes the same
 //! conformance suite as SQLite and PostgreSQL.
 
+use rota_core::task::schedule::Schedule;
 use rota_core::task::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis,
-    NewTask, Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
+    ListFilter, Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, Task, TaskId,
+    TaskStatus, TaskStore, partition_for,
 };
 use rota_core::{Epoch, InstanceId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -26,6 +28,7 @@ struct Inner {
     /// RUNNING tasks by partition.
     running: HashMap<u32, BTreeSet<TaskId>>,
     next_id: TaskId,
+    schedules: BTreeMap<String, Schedule>,
 }
 
 impl Default for MemoryTaskStore {
@@ -46,9 +49,65 @@ impl MemoryTaskStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn announce(&self, partitions: BTreeSet<u32>) {
+        for p in partitions {
+            let _ = self.inserted.send(p);
+        }
+    }
 }
 
 impl Inner {
+    /// Inserts tasks (validated), returning them and the partitions that received new ones.
+    fn insert_tasks(
+        &mut self,
+        tasks: Vec<NewTask>,
+        partitions: u32,
+        now: Millis,
+    ) -> (Vec<(Task, bool)>, BTreeSet<u32>) {
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut notify = BTreeSet::new();
+        for t in tasks {
+            if let Some(existing) = t.idempotency_key.as_ref().and_then(|k| self.keys.get(k)) {
+                out.push((self.tasks[existing].clone(), false));
+                continue;
+            }
+            self.next_id += 1;
+            let id = self.next_id;
+            let task = Task {
+                id,
+                partition: partition_for(t.partition_key.as_deref(), id, partitions),
+                name: t.name,
+                payload: t.payload,
+                handler: t.handler,
+                partition_key: t.partition_key,
+                status: TaskStatus::Pending,
+                scheduled_at: t.scheduled_at,
+                attempts: 0,
+                max_attempts: t.max_attempts,
+                last_error: None,
+                owner: None,
+                epoch: None,
+                lease_until: None,
+                idempotency_key: t.idempotency_key,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+            };
+            if let Some(key) = &task.idempotency_key {
+                self.keys.insert(key.clone(), id);
+            }
+            self.due
+                .entry(task.partition)
+                .or_default()
+                .insert((task.scheduled_at, id));
+            notify.insert(task.partition);
+            out.push((task.clone(), true));
+            self.tasks.insert(id, task);
+        }
+        (out, notify)
+    }
+
     fn owns(&self, owner: &InstanceId, claim: &Claim) -> bool {
         self.owners
             .get(&claim.partition)
@@ -114,51 +173,9 @@ impl TaskStore for MemoryTaskStore {
             t.validate()?;
         }
         let mut inner = self.lock();
-        let mut out = Vec::with_capacity(tasks.len());
-        let mut notify = BTreeSet::new();
-        for t in tasks {
-            if let Some(existing) = t.idempotency_key.as_ref().and_then(|k| inner.keys.get(k)) {
-                out.push((inner.tasks[existing].clone(), false));
-                continue;
-            }
-            inner.next_id += 1;
-            let id = inner.next_id;
-            let task = Task {
-                id,
-                partition: partition_for(t.partition_key.as_deref(), id, partitions),
-                name: t.name,
-                payload: t.payload,
-                handler: t.handler,
-                partition_key: t.partition_key,
-                status: TaskStatus::Pending,
-                scheduled_at: t.scheduled_at,
-                attempts: 0,
-                max_attempts: t.max_attempts,
-                last_error: None,
-                owner: None,
-                epoch: None,
-                lease_until: None,
-                idempotency_key: t.idempotency_key,
-                created_at: now,
-                started_at: None,
-                finished_at: None,
-            };
-            if let Some(key) = &task.idempotency_key {
-                inner.keys.insert(key.clone(), id);
-            }
-            inner
-                .due
-                .entry(task.partition)
-                .or_default()
-                .insert((task.scheduled_at, id));
-            notify.insert(task.partition);
-            out.push((task.clone(), true));
-            inner.tasks.insert(id, task);
-        }
+        let (out, notify) = inner.insert_tasks(tasks, partitions, now);
         drop(inner);
-        for p in notify {
-            let _ = self.inserted.send(p);
-        }
+        self.announce(notify);
         Ok(out)
     }
 
@@ -448,6 +465,91 @@ impl TaskStore for MemoryTaskStore {
         Ok(Backlog {
             pending: inner.due.values().map(|d| d.len() as u64).sum(),
             running: inner.running.values().map(|r| r.len() as u64).sum(),
+        })
+    }
+
+    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        Ok(self.lock().schedules.get(name).cloned())
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Schedule>, StoreError> {
+        let inner = self.lock();
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_owned()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(inner
+            .schedules
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit.max(1))
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+
+    async fn write_schedule(
+        &self,
+        write: ScheduleWrite,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<ScheduleWritten, StoreError> {
+        for t in &write.tasks {
+            t.validate()?;
+        }
+        let mut inner = self.lock();
+        let name = write.schedule.def.name.clone();
+        let current = inner.schedules.get(&name);
+        if current.map(|s| s.revision) != write.expected {
+            return Ok(ScheduleWritten::Conflict(current.cloned()));
+        }
+        if let Some((owner, claim)) = &write.fence {
+            if claim.partition != write.schedule.partition || !inner.owns(owner, claim) {
+                let current = inner.owners.get(&claim.partition).map_or(0, |(_, e)| *e);
+                return Err(StoreError::StaleEpoch {
+                    partition: claim.partition,
+                    current,
+                    given: claim.epoch,
+                });
+            }
+        }
+        let (tasks, notify) = inner.insert_tasks(write.tasks, partitions, now);
+        inner.schedules.insert(name, write.schedule);
+        drop(inner);
+        self.announce(notify);
+        Ok(ScheduleWritten::Written(tasks))
+    }
+
+    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.schedules.get(name).map(|s| s.revision) != Some(revision) {
+            return Ok(false);
+        }
+        inner.schedules.remove(name);
+        Ok(true)
+    }
+
+    async fn due_schedules(
+        &self,
+        partitions: &[u32],
+        before: Millis,
+        limit: usize,
+    ) -> Result<DueSchedules, StoreError> {
+        let inner = self.lock();
+        let mut active: Vec<&Schedule> = inner
+            .schedules
+            .values()
+            .filter(|s| !s.paused && s.next_tick.is_some() && partitions.contains(&s.partition))
+            .collect();
+        active.sort_by_key(|s| (s.next_tick, s.def.name.clone()));
+        let (due, later): (Vec<&Schedule>, Vec<&Schedule>) = active
+            .into_iter()
+            .partition(|s| s.next_tick.is_some_and(|t| t <= before));
+        Ok(DueSchedules {
+            schedules: due.into_iter().take(limit.max(1)).cloned().collect(),
+            next_tick: later.first().and_then(|s| s.next_tick),
         })
     }
 

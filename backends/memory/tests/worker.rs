@@ -17,9 +17,11 @@ use rota_core::cluster::participant::{
 };
 use rota_core::coordination::Coordination;
 use rota_core::task::worker::{Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms};
+use rota_core::task::schedule::Schedule;
 use rota_core::task::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, Deadlined, ListFilter, Millis, NewTask,
-    Page, StoreError, TASKS_RESOURCE, Task, TaskId, TaskStatus, TaskStore,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, Deadlined, DueSchedules, ListFilter,
+    Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, TASKS_RESOURCE, Task,
+    TaskId, TaskStatus, TaskStore,
 };
 use rota_core::{InstanceConfig, InstanceId, ResourceConfig};
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
@@ -240,6 +242,40 @@ impl TaskStore for Outage {
     async fn backlog(&self) -> Result<Backlog, StoreError> {
         self.check().await?;
         self.store.backlog().await
+    }
+    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        self.check().await?;
+        self.store.schedule(name).await
+    }
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Schedule>, StoreError> {
+        self.check().await?;
+        self.store.schedules(after, limit).await
+    }
+    async fn write_schedule(
+        &self,
+        write: ScheduleWrite,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<ScheduleWritten, StoreError> {
+        self.check().await?;
+        self.store.write_schedule(write, partitions, now).await
+    }
+    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
+        self.check().await?;
+        self.store.delete_schedule(name, revision).await
+    }
+    async fn due_schedules(
+        &self,
+        partitions: &[u32],
+        before: Millis,
+        limit: usize,
+    ) -> Result<DueSchedules, StoreError> {
+        self.check().await?;
+        self.store.due_schedules(partitions, before, limit).await
     }
     fn inserted(&self) -> tokio::sync::broadcast::Receiver<u32> {
         self.store.inserted()

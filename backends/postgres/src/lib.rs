@@ -32,9 +32,13 @@
 //! Migrations are embedded and versioned in each cluster's `rota_schema`; a database with a
 //! newer schema than this build knows is refused with a clear error.
 
+mod schedules;
+
+use rota_core::task::schedule::Schedule;
 use rota_core::task::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis,
-    NewTask, Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
+    ListFilter, Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, Task, TaskId,
+    TaskStatus, TaskStore, partition_for,
 };
 use rota_core::{Epoch, InstanceId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -140,6 +144,7 @@ CREATE INDEX rota_tasks_failed ON rota_tasks (id) WHERE status IN ('FAILED', 'CA
     r#"
 ALTER TABLE rota_tasks ALTER COLUMN payload TYPE JSON USING payload::json;
 "#,
+    schedules::MIGRATION,
 ];
 
 /// The database's clock in milliseconds, or the caller's when one is bound (`$n` is NULL in
@@ -1138,6 +1143,57 @@ impl TaskStore for PostgresTaskStore {
         .await
         .map_err(backend)?
         .rows_affected())
+    }
+
+    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        schedules::get(&self.pool, name).await
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Schedule>, StoreError> {
+        schedules::list(&self.pool, after, limit).await
+    }
+
+    async fn write_schedule(
+        &self,
+        write: ScheduleWrite,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<ScheduleWritten, StoreError> {
+        for t in &write.tasks {
+            t.validate()?;
+        }
+        let mut tx = self.begin().await?;
+        let written = schedules::write(&mut tx, write, partitions, self.clock(now)).await?;
+        if let ScheduleWritten::Written(tasks) = &written {
+            tx.commit().await.map_err(backend)?;
+            let notified: BTreeSet<u32> = tasks
+                .iter()
+                .filter(|(_, created)| *created)
+                .map(|(t, _)| t.partition)
+                .collect();
+            for &p in &notified {
+                let _ = self.inserted.send(p);
+            }
+            self.announce.add(notified);
+        }
+        Ok(written)
+    }
+
+    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
+        schedules::delete(&self.pool, name, revision).await
+    }
+
+    async fn due_schedules(
+        &self,
+        partitions: &[u32],
+        before: Millis,
+        limit: usize,
+    ) -> Result<DueSchedules, StoreError> {
+        schedules::due(&self.pool, partitions, before, limit).await
     }
 
     async fn backlog(&self) -> Result<Backlog, StoreError> {

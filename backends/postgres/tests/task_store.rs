@@ -187,10 +187,12 @@ async fn tables_of_an_unscoped_earlier_version_are_adopted() {
             .0
             .id
     };
-    // Lay the tables out as a rota from before schemas per cluster did: in `public`.
+    // Lay the tables out as a rota from before schemas per cluster did: in `public`, and
+    // without the tables of later migrations (schedules).
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::raw_sql(
-        "ALTER TABLE rota_test.rota_tasks SET SCHEMA public; \
+        "DROP TABLE rota_test.rota_schedules; DELETE FROM rota_test.rota_schema WHERE version > 4; \
+         ALTER TABLE rota_test.rota_tasks SET SCHEMA public; \
          ALTER TABLE rota_test.rota_partition_owners SET SCHEMA public; \
          ALTER TABLE rota_test.rota_schema SET SCHEMA public; DROP SCHEMA rota_test",
     )
@@ -212,6 +214,8 @@ async fn tables_of_an_unscoped_earlier_version_are_adopted() {
         .await
         .unwrap();
     assert!(public, "the unscoped tables are gone from public");
+    // The later migrations ran on the adopted tables.
+    assert!(store.schedules(None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

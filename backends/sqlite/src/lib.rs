@@ -11,9 +11,13 @@
 //! it is refused (give each cluster a file of its own), so two clusters never share tasks or
 //! partition owners by accident.
 
+mod schedules;
+
+use rota_core::task::schedule::Schedule;
 use rota_core::task::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Millis,
-    NewTask, Page, StoreError, Task, TaskId, TaskStatus, TaskStore, partition_for,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
+    ListFilter, Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, Task, TaskId,
+    TaskStatus, TaskStore, partition_for,
 };
 use rota_core::{Epoch, InstanceId};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
@@ -63,6 +67,7 @@ CREATE INDEX tasks_cancelled ON tasks (finished_at) WHERE status = 'CANCELLED';
     r#"
 CREATE TABLE cluster (name TEXT NOT NULL);
 "#,
+    schedules::MIGRATION,
 ];
 
 const COLUMNS: &str = "id, name, payload, handler, partition_key, partition, status, scheduled_at, \
@@ -133,6 +138,20 @@ impl SqliteTaskStore {
             conn: Arc::new(Mutex::new(conn)),
             inserted: broadcast::channel(1024).0,
         })
+    }
+
+    /// Wakes the workers of the partitions that received new tasks.
+    fn announce(&self, results: &[(Task, bool)]) {
+        let mut partitions: Vec<u32> = results
+            .iter()
+            .filter(|(_, created)| *created)
+            .map(|(t, _)| t.partition)
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        for p in partitions {
+            let _ = self.inserted.send(p);
+        }
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -239,6 +258,74 @@ fn split_claims(
     Ok((valid, refused))
 }
 
+
+/// Inserts tasks (validated) in the transaction `tx` holds: the one rule of `insert` and of a
+/// schedule's firing.
+fn insert_in(
+    tx: &Connection,
+    tasks: Vec<NewTask>,
+    partitions: u32,
+    now: Millis,
+) -> Result<Vec<(Task, bool)>, StoreError> {
+    let mut out = Vec::with_capacity(tasks.len());
+    {
+        let mut by_key = tx
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?1"
+            ))
+            .map_err(backend)?;
+        // Ids are given, not generated, so that the partition (a hash of the id)
+        // is written with the row: one statement per task. The write lock taken by
+        // BEGIN IMMEDIATE keeps them ours.
+        let mut next_id: TaskId = tx
+            .query_row(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence \
+                   WHERE name = 'tasks'), 0), coalesce((SELECT max(id) FROM tasks), 0))",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        let mut insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO tasks (id, name, payload, handler, partition_key, \
+                 partition, status, scheduled_at, max_attempts, idempotency_key, \
+                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7, ?8, ?9, ?10) \
+                 RETURNING {COLUMNS}"
+            ))
+            .map_err(backend)?;
+        for t in tasks {
+            if let Some(key) = &t.idempotency_key {
+                let existing = by_key.query_row([key], task_from).optional().map_err(backend)?;
+                if let Some(task) = existing {
+                    out.push((task, false));
+                    continue;
+                }
+            }
+            next_id += 1;
+            let partition = partition_for(t.partition_key.as_deref(), next_id, partitions);
+            let task = insert
+                .query_row(
+                    params![
+                        next_id,
+                        t.name,
+                        t.payload.to_string(),
+                        t.handler,
+                        t.partition_key,
+                        partition,
+                        t.scheduled_at,
+                        t.max_attempts,
+                        t.idempotency_key,
+                        now
+                    ],
+                    task_from,
+                )
+                .map_err(backend)?;
+            out.push((task, true));
+        }
+    }
+    Ok(out)
+}
+
 #[async_trait::async_trait]
 impl TaskStore for SqliteTaskStore {
     async fn insert(
@@ -255,76 +342,12 @@ impl TaskStore for SqliteTaskStore {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                let mut out = Vec::with_capacity(tasks.len());
-                {
-                    let mut by_key = tx
-                        .prepare_cached(&format!(
-                            "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?1"
-                        ))
-                        .map_err(backend)?;
-                    // Ids are given, not generated, so that the partition (a hash of the id)
-                    // is written with the row: one statement per task. The write lock taken by
-                    // BEGIN IMMEDIATE keeps them ours.
-                    let mut next_id: TaskId = tx
-                        .query_row(
-                            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence \
-                               WHERE name = 'tasks'), 0), coalesce((SELECT max(id) FROM tasks), 0))",
-                            [],
-                            |r| r.get(0),
-                        )
-                        .map_err(backend)?;
-                    let mut insert = tx
-                        .prepare_cached(&format!(
-                            "INSERT INTO tasks (id, name, payload, handler, partition_key, \
-                             partition, status, scheduled_at, max_attempts, idempotency_key, \
-                             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7, ?8, ?9, ?10) \
-                             RETURNING {COLUMNS}"
-                        ))
-                        .map_err(backend)?;
-                    for t in tasks {
-                        if let Some(key) = &t.idempotency_key {
-                            let existing = by_key.query_row([key], task_from).optional().map_err(backend)?;
-                            if let Some(task) = existing {
-                                out.push((task, false));
-                                continue;
-                            }
-                        }
-                        next_id += 1;
-                        let partition = partition_for(t.partition_key.as_deref(), next_id, partitions);
-                        let task = insert
-                            .query_row(
-                                params![
-                                    next_id,
-                                    t.name,
-                                    t.payload.to_string(),
-                                    t.handler,
-                                    t.partition_key,
-                                    partition,
-                                    t.scheduled_at,
-                                    t.max_attempts,
-                                    t.idempotency_key,
-                                    now
-                                ],
-                                task_from,
-                            )
-                            .map_err(backend)?;
-                        out.push((task, true));
-                    }
-                }
+                let out = insert_in(&tx, tasks, partitions, now)?;
                 tx.commit().map_err(backend)?;
                 Ok(out)
             })
             .await?;
-        let mut partitions: Vec<u32> = results
-            .iter()
-            .filter(|(_, created)| *created)
-            .map(|(t, _)| t.partition)
-            .collect();
-        partitions.sort_unstable();
-        partitions.dedup();
-        for p in partitions {
-            let _ = self.inserted.send(p);
-        }
+        self.announce(&results);
         Ok(results)
     }
 
@@ -730,6 +753,65 @@ impl TaskStore for SqliteTaskStore {
             Ok(purged as u64)
         })
         .await
+    }
+
+    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| schedules::get(conn, &name)).await
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Schedule>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.run(move |conn| schedules::list(conn, after.as_deref(), limit))
+            .await
+    }
+
+    async fn write_schedule(
+        &self,
+        write: ScheduleWrite,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<ScheduleWritten, StoreError> {
+        for t in &write.tasks {
+            t.validate()?;
+        }
+        let written = self
+            .run(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let written = schedules::write(&tx, write, partitions, now)?;
+                if matches!(written, ScheduleWritten::Written(_)) {
+                    tx.commit().map_err(backend)?;
+                }
+                Ok(written)
+            })
+            .await?;
+        if let ScheduleWritten::Written(tasks) = &written {
+            self.announce(tasks);
+        }
+        Ok(written)
+    }
+
+    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| schedules::delete(conn, &name, revision))
+            .await
+    }
+
+    async fn due_schedules(
+        &self,
+        partitions: &[u32],
+        before: Millis,
+        limit: usize,
+    ) -> Result<DueSchedules, StoreError> {
+        let partitions = partitions.to_vec();
+        self.run(move |conn| schedules::due(conn, &partitions, before, limit))
+            .await
     }
 
     async fn backlog(&self) -> Result<Backlog, StoreError> {

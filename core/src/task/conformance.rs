@@ -2,6 +2,9 @@
 //! tests call [`task_store_conformance!`] with an async function returning a fresh, empty store;
 //! the macro expands to one `#[tokio::test]` per case.
 
+mod schedules;
+pub use schedules::*;
+
 use super::store::{CancelOutcome, Claim, Completion, CompletionOutcome, ListFilter, TaskStore};
 use super::{Millis, NewTask, Task, TaskStatus, partition_for};
 use crate::model::InstanceId;
@@ -950,7 +953,8 @@ macro_rules! task_store_conformance {
             insert_and_get, idempotency_keys, claim_in_due_order, batch_completion_and_retries,
             fencing, leases, release_and_start_times, cancel_racing_claims, pagination, insert_notifications,
             reset_after_restart, purge_finished, unstorable_text_is_refused,
-            payloads_come_back_as_sent);
+            payloads_come_back_as_sent, schedules_round_trip, schedule_writes_compare_and_set,
+            firing_is_fenced_and_once_per_tick, due_schedules, trigger_pause_resume);
     };
     (@cases $store:path; $($case:ident),*) => {
         $(

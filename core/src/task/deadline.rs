@@ -5,8 +5,10 @@
 //! for longer than the deadline; the backend's own limits (PostgreSQL's `statement_timeout`)
 //! end the work on the server side too.
 
+use super::schedule::Schedule;
 use super::store::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, ListFilter, Page, StoreError, TaskStore,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, DueSchedules, ListFilter, Page,
+    ScheduleWrite, ScheduleWritten, StoreError, TaskStore,
 };
 use super::{Millis, NewTask, Task, TaskId, TaskStatus};
 use crate::metrics::Metrics;
@@ -166,6 +168,53 @@ impl TaskStore for Deadlined {
         self.within("backlog", self.inner.backlog()).await
     }
 
+    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        self.within("schedule", self.inner.schedule(name)).await
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Schedule>, StoreError> {
+        self.within("schedules", self.inner.schedules(after, limit))
+            .await
+    }
+
+    async fn write_schedule(
+        &self,
+        write: ScheduleWrite,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<ScheduleWritten, StoreError> {
+        self.within(
+            "write schedule",
+            self.inner.write_schedule(write, partitions, now),
+        )
+        .await
+    }
+
+    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
+        self.within(
+            "delete schedule",
+            self.inner.delete_schedule(name, revision),
+        )
+        .await
+    }
+
+    async fn due_schedules(
+        &self,
+        partitions: &[u32],
+        before: Millis,
+        limit: usize,
+    ) -> Result<DueSchedules, StoreError> {
+        self.within(
+            "due schedules",
+            self.inner.due_schedules(partitions, before, limit),
+        )
+        .await
+    }
+
     fn inserted(&self) -> broadcast::Receiver<u32> {
         self.inner.inserted()
     }
@@ -251,6 +300,31 @@ mod tests {
             std::future::pending().await
         }
         async fn backlog(&self) -> Result<Backlog, StoreError> {
+            std::future::pending().await
+        }
+        async fn schedule(&self, _: &str) -> Result<Option<Schedule>, StoreError> {
+            std::future::pending().await
+        }
+        async fn schedules(&self, _: Option<&str>, _: usize) -> Result<Vec<Schedule>, StoreError> {
+            std::future::pending().await
+        }
+        async fn write_schedule(
+            &self,
+            _: ScheduleWrite,
+            _: u32,
+            _: Millis,
+        ) -> Result<ScheduleWritten, StoreError> {
+            std::future::pending().await
+        }
+        async fn delete_schedule(&self, _: &str, _: u64) -> Result<bool, StoreError> {
+            std::future::pending().await
+        }
+        async fn due_schedules(
+            &self,
+            _: &[u32],
+            _: Millis,
+            _: usize,
+        ) -> Result<DueSchedules, StoreError> {
             std::future::pending().await
         }
         fn inserted(&self) -> broadcast::Receiver<u32> {

@@ -6,14 +6,15 @@
 pub mod conformance;
 pub mod deadline;
 mod retry;
+pub mod schedule;
 pub mod store;
 pub mod worker;
 
 pub use deadline::Deadlined;
 pub use retry::RetryPolicy;
 pub use store::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, ListFilter, Page,
-    StoreError, TaskStore,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
+    ListFilter, Page, ScheduleWrite, ScheduleWritten, StoreError, TaskStore,
 };
 
 use crate::model::{Epoch, InstanceId};

@@ -22,9 +22,15 @@
 //!   attempt.
 //! - **Idempotency keys** are unique: inserting a task whose key exists returns the existing one
 //!   (`created == false`) and changes nothing.
+//! - **Schedules** ([`super::schedule`]) are stored by name. [`TaskStore::write_schedule`] is
+//!   a compare-and-set on the schedule's revision, optionally fenced by the owner and epoch of
+//!   the schedule's partition, that inserts the tasks of the ticks it fires (by their
+//!   idempotency keys, so a tick's task exists at most once) in the same atomic step: either the
+//!   schedule's new state and every task are written, or nothing is.
 //! - **Errors**: [`StoreError::retryable`] says whether trying again may help;
 //!   [`StoreError::certainly_not_applied`] whether the call may have taken effect.
 
+use super::schedule::Schedule;
 use super::{Millis, NewTask, Task, TaskId, TaskStatus};
 use crate::model::{Epoch, InstanceId};
 use async_trait::async_trait;
@@ -154,6 +160,40 @@ pub struct Claimed {
     /// The earliest due time of a PENDING task in the claimed partitions that is not due yet
     /// (`None`: none is waiting). Tasks already due may remain when the limit cut the claim.
     pub next_due: Option<Millis>,
+}
+
+/// A write of a schedule: see [`TaskStore::write_schedule`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleWrite {
+    /// The schedule as it is to be stored, its revision already the next one.
+    pub schedule: Schedule,
+    /// The revision the writer read (`None`: the schedule must not exist yet).
+    pub expected: Option<u64>,
+    /// The owner and claim of the schedule's partition, for a firing by its clock: refused
+    /// unless they are the partition's current ones and the claim names the schedule's
+    /// partition. `None` for writes by an operator (create, edit, pause, trigger).
+    pub fence: Option<(InstanceId, Claim)>,
+    /// Tasks to insert with it (the fired ticks'), by their idempotency keys.
+    pub tasks: Vec<NewTask>,
+}
+
+/// The result of a schedule write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScheduleWritten {
+    /// Written; the inserted tasks, as [`TaskStore::insert`] returns them.
+    Written(Vec<(Task, bool)>),
+    /// The stored revision was not the expected one (or the schedule exists, or no longer
+    /// does): nothing was written. The schedule as stored now, if it exists.
+    Conflict(Option<Schedule>),
+}
+
+/// Schedules due to fire.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DueSchedules {
+    /// Active schedules whose next tick is at or before the given time, by next tick.
+    pub schedules: Vec<Schedule>,
+    /// The earliest next tick after that time among the given partitions' active schedules.
+    pub next_tick: Option<Millis>,
 }
 
 /// Errors of task stores.
@@ -292,6 +332,42 @@ pub trait TaskStore: Send + Sync {
     /// How many tasks are PENDING and RUNNING (cheap: counted over the live tasks' indexes,
     /// not the finished ones).
     async fn backlog(&self) -> Result<Backlog, StoreError>;
+
+    /// One schedule.
+    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError>;
+
+    /// Up to `limit` schedules by name, after `after`.
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Schedule>, StoreError>;
+
+    /// Writes a schedule if its stored revision is `write.expected` (absent for `None`) and, when
+    /// fenced, the fence's owner and epoch hold the schedule's partition; inserts `write.tasks`
+    /// in the same atomic step. [`StoreError::StaleEpoch`] when the fence is refused (certainly
+    /// not applied); [`ScheduleWritten::Conflict`] when the revision is not the expected one.
+    /// `partitions` assigns the tasks' partitions as in [`TaskStore::insert`].
+    async fn write_schedule(
+        &self,
+        write: ScheduleWrite,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<ScheduleWritten, StoreError>;
+
+    /// Deletes a schedule (its tasks stay) if its revision is `revision`; `false` if it does
+    /// not exist or has another revision.
+    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError>;
+
+    /// The active schedules of `partitions` whose next tick is at or before `before`, by next
+    /// tick, at most `limit`, and the earliest next tick of the others (cheap: an index on
+    /// partition and next tick).
+    async fn due_schedules(
+        &self,
+        partitions: &[u32],
+        before: Millis,
+        limit: usize,
+    ) -> Result<DueSchedules, StoreError>;
 
     /// Partitions that received new tasks, as they are inserted (best effort: a receiver that
     /// lags sees `Lagged` and should poll).

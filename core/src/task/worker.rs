@@ -27,6 +27,7 @@
 //! - **Retention**: the worker leading partition 0 deletes finished tasks past the retention.
 //!   A claim, completion or renewal refused by the store (stale epoch) drops the partition.
 
+use super::schedule::clock;
 use super::store::{Claim, Completion, CompletionOutcome, TaskStore};
 use super::{Millis, RetryPolicy, Task, TaskId};
 use crate::cluster::participant::{TransitionHandler, TransitionRequest};
@@ -168,6 +169,12 @@ pub struct WorkerConfig {
     /// Finished tasks older than this are deleted (by the worker leading partition 0); `None`
     /// keeps them forever.
     pub retention: Option<Duration>,
+    /// Partitions of the `tasks` resource: the tasks the schedules' clock creates are assigned
+    /// partitions over this many, like every other task.
+    pub partitions: u32,
+    /// How often the schedules' clock looks for schedules it does not know of yet (created or
+    /// resumed by another process); known ones wake it at their ticks.
+    pub schedule_poll: Duration,
     /// How long to gather work that trickles in (inserts to claim, completions to write) before
     /// one store write for all of it: worth a commit per several tasks on a remote database,
     /// not on an embedded one.
@@ -177,7 +184,7 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Defaults: 16 at once, batches of 256, 30 s leases and task timeout, 5 s backstop, 3 s
     /// to step down, a drain of the task timeout and 2 s more (every task reaches its own
-    /// timeout first), 2 ms of gathering.
+    /// timeout first), 2 ms of gathering, 12 partitions, schedules looked for every second.
     pub fn new(id: InstanceId) -> Self {
         Self {
             id,
@@ -191,6 +198,8 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(32),
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             gather: Duration::from_millis(2),
+            partitions: 12,
+            schedule_poll: Duration::from_secs(1),
         }
     }
 }
@@ -241,6 +250,8 @@ struct Inner {
     granted_ms: AtomicU64,
     /// Wakes the poll loop (ownership changed, capacity freed).
     wake: Notify,
+    /// Wakes the schedules' clock (a partition gained).
+    clock_wake: Notify,
     /// Signals that claims were settled or tasks in flight finished.
     drained: Notify,
     permits: Arc<Semaphore>,
@@ -268,6 +279,18 @@ impl Worker {
         handlers: Handlers,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::with_clock(config, store, handlers, metrics, Arc::new(wall_clock_ms))
+    }
+
+    /// [`Worker::with_metrics`] with the time taken from `now` (milliseconds since the Unix
+    /// epoch): tests on tokio's paused clock give one that follows it.
+    pub fn with_clock(
+        config: WorkerConfig,
+        store: Arc<dyn TaskStore>,
+        handlers: Handlers,
+        metrics: Arc<Metrics>,
+        now: Arc<dyn Fn() -> Millis + Send + Sync>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
@@ -284,10 +307,11 @@ impl Worker {
                 session_deadline: watch::Sender::new(None),
                 granted_ms: AtomicU64::new(0),
                 wake: Notify::new(),
+                clock_wake: Notify::new(),
                 drained: Notify::new(),
                 metrics,
                 handler_metrics: Mutex::new(HashMap::new()),
-                now: Arc::new(wall_clock_ms),
+                now,
             }),
         }
     }
@@ -326,6 +350,7 @@ impl Worker {
         let renewer = tokio::spawn(renew_leases(inner.clone(), shutdown.clone()));
         let purger = tokio::spawn(purge_finished(inner.clone(), shutdown.clone()));
         let fence = tokio::spawn(inner.clone().fence_session(shutdown.clone()));
+        let clock = tokio::spawn(run_clock(inner.clone(), shutdown.clone()));
         let mut inserted = inner.store.inserted();
         let concurrency = inner.config.concurrency.max(1);
         while !*shutdown.borrow() {
@@ -394,6 +419,7 @@ impl Worker {
         renewer.abort();
         purger.abort();
         fence.abort();
+        clock.abort();
     }
 }
 
@@ -1139,6 +1165,54 @@ async fn purge_finished(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
     }
 }
 
+/// The schedules' clock: fires the due ticks of the schedules on the partitions this worker
+/// leads ([`clock::fire_due`]), waking at the next known tick's lookahead, when it gains a
+/// partition, and every `schedule_poll` for schedules created elsewhere. It pauses while the
+/// session is in doubt, as claims do (the store's fence would refuse it anyway).
+async fn run_clock(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let poll = inner.config.schedule_poll.max(Duration::from_millis(10));
+    while !*shutdown.borrow() {
+        let claims = inner.owned();
+        let mut sleep = poll;
+        if !claims.is_empty() && !inner.session_in_doubt() {
+            let now = (inner.now)();
+            let fired = clock::fire_due(
+                &*inner.store,
+                &inner.config.id,
+                &claims,
+                inner.config.partitions,
+                now,
+            )
+            .await;
+            match fired {
+                Ok(round) => {
+                    let m = &inner.metrics;
+                    m.schedule_ticks_fired.inc_by(round.fired);
+                    m.schedule_ticks_duplicate.inc_by(round.duplicates);
+                    m.schedule_ticks_skipped.inc_by(round.skipped);
+                    if round.duplicates > 0 {
+                        warn!(
+                            duplicates = round.duplicates,
+                            "schedule ticks fired again were refused: their tasks existed"
+                        );
+                    }
+                    inner.drop_partitions(&round.refused);
+                    if let Some(at) = round.wake_at {
+                        let until = Duration::from_millis(at.saturating_sub(now).max(0) as u64);
+                        sleep = sleep.min(until).max(Duration::from_millis(5));
+                    }
+                }
+                Err(e) => warn!(error = %e, "reading due schedules failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = inner.clock_wake.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 /// Turns the participant's transitions of the `tasks` resource into ownership.
 struct Ownership {
     inner: Arc<Inner>,
@@ -1166,6 +1240,7 @@ impl TransitionHandler for Ownership {
                 inner.metrics.partitions_owned.inc();
             }
             inner.wake.notify_one();
+            inner.clock_wake.notify_one();
         } else if was_top {
             // Leaving before no longer owned, so completions in flight are still retried.
             inner

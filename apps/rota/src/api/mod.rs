@@ -5,6 +5,7 @@ pub mod auth;
 mod catalog;
 pub mod error;
 mod openapi;
+pub mod schedules;
 pub mod server;
 pub mod tasks;
 pub mod time;
@@ -79,6 +80,16 @@ pub fn router(state: AppState, limits: &crate::config::ApiConfig) -> Router {
         .route("/tasks/batch", post(tasks::create_batch))
         .route("/tasks/backlog", get(tasks::backlog))
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
+        .route("/schedules", post(schedules::create).get(schedules::list))
+        .route(
+            "/schedules/{name}",
+            get(schedules::get)
+                .put(schedules::replace)
+                .delete(schedules::delete),
+        )
+        .route("/schedules/{name}/pause", post(schedules::pause))
+        .route("/schedules/{name}/resume", post(schedules::resume))
+        .route("/schedules/{name}/trigger", post(schedules::trigger))
         .route("/cluster", get(cluster))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -8,6 +8,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use rota_core::task::schedule;
 use rota_core::task::{
     CancelOutcome, DEFAULT_MAX_ATTEMPTS, ListFilter, NewTask, Task, TaskId, TaskStatus,
 };
@@ -15,11 +16,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Longest task name accepted.
-const MAX_NAME: usize = 256;
+pub(crate) const MAX_NAME: usize = 256;
 /// Most tasks in one batch.
 pub const MAX_BATCH: usize = 1_000;
 /// Most attempts a task may ask for.
-const MAX_ATTEMPTS: u32 = 100;
+pub(crate) const MAX_ATTEMPTS: u32 = 100;
 
 /// A task as clients send it. The original system's body (`name`, `scheduledTime`,
 /// `payload`) is accepted verbatim.
@@ -68,7 +69,7 @@ fn same_request(asked: &NewTask, stored: &Task, scheduled_given: bool) -> bool {
 
 /// The payload as a JSON value, refusing integers beyond 64 bits: the JSON parser would turn
 /// them into floats, and the task would carry another number than the client sent.
-fn payload_from(raw: Option<&serde_json::value::RawValue>) -> Result<Value, ApiError> {
+pub(crate) fn payload_from(raw: Option<&serde_json::value::RawValue>) -> Result<Value, ApiError> {
     let Some(raw) = raw else {
         return Ok(Value::Null);
     };
@@ -364,6 +365,12 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
                 format!("{field} must have 1 to 256 characters"),
             ));
         }
+    }
+    if key.as_deref().is_some_and(schedule::is_schedule_key) {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            "idempotency keys starting with \"schedule:\" are reserved for the tasks of schedules",
+        ));
     }
     let task = NewTask {
         name,

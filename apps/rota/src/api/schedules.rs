@@ -1,0 +1,586 @@
+//! `/schedules`: recurring schedules (cron or interval) and the tasks their ticks create.
+//! Bodies are read as JSON whatever their `Content-Type` says (`curl -d` sends a form type),
+//! since nothing else is accepted here.
+
+use super::error::{ApiError, ErrorBody};
+use super::tasks::{MAX_ATTEMPTS, MAX_NAME, TaskView, payload_from};
+use super::{AppState, time};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rota_core::task::schedule::{
+    self, DEFAULT_CATCH_UP, MissedTicks, PutMode, PutOutcome, Schedule, ScheduleDef,
+    ScheduleError, TaskTemplate,
+};
+use rota_core::task::{DEFAULT_MAX_ATTEMPTS, TaskStatus};
+use serde::{Deserialize, Serialize};
+
+/// How many fire times a schedule shows.
+const UPCOMING: usize = 10;
+
+/// A schedule as clients send it: `cron` or `every`, the task it creates, and how it treats
+/// missed ticks.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleBody {
+    /// Unique name: 1 to 128 letters, digits, '-', '_', '.', ':' (with PUT, the path's name;
+    /// may be left out).
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
+    name: Option<String>,
+    /// A cron expression in `timeZone`: 5 fields (minute hour day-of-month month
+    /// day-of-week) or 6 with seconds first, e.g. `*/2 * * * * *`, `0 3 * * MON-FRI`.
+    cron: Option<String>,
+    /// Or a fixed interval, ticking at multiples of it since the Unix epoch: `30s`, `5m`,
+    /// `2h`, `1d`.
+    every: Option<String>,
+    /// IANA time zone whose wall clock the cron expression reads (default `UTC`).
+    time_zone: Option<String>,
+    /// The task each tick creates.
+    task: TaskBody,
+    /// Ticks missed for more than 60 s (an outage): `skip`, `run-once` (default: the latest
+    /// of them runs once) or `run-all` (each, the latest `catchUp` at most).
+    missed_ticks: Option<Missed>,
+    /// With `run-all`: the most missed ticks run (1 to 100, default 10).
+    #[schema(minimum = 1, maximum = 100)]
+    catch_up: Option<u32>,
+    /// Each tick's task is due up to this many milliseconds after the tick (0 to 86400000),
+    /// the same for the same tick.
+    #[schema(minimum = 0, maximum = 86_400_000)]
+    jitter_ms: Option<u64>,
+}
+
+/// The missed-tick policy.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Missed {
+    /// Not run.
+    Skip,
+    /// The latest runs once.
+    RunOnce,
+    /// Each runs, up to `catchUp`.
+    RunAll,
+}
+
+/// The task a schedule's ticks create.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskBody {
+    /// 1 to 256 characters, one of them not white space.
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
+    name: String,
+    /// Any JSON value (no NUL character, no integer beyond 64 bits).
+    #[schema(value_type = Option<serde_json::Value>)]
+    payload: Option<Box<serde_json::value::RawValue>>,
+    /// A handler some live worker offers.
+    handler: Option<String>,
+    /// Attempts before each tick's task is FAILED (default 3).
+    #[schema(minimum = 1, maximum = 100)]
+    max_attempts: Option<u32>,
+    /// Partition key of the created tasks (they share a partition, and so run in order).
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000]*$")]
+    partition_key: Option<String>,
+}
+
+/// A schedule as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleView {
+    /// Name.
+    name: String,
+    /// The cron expression, for a cron schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cron: Option<String>,
+    /// The interval, for an interval schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    every: Option<String>,
+    /// Time zone.
+    time_zone: String,
+    /// The task each tick creates.
+    #[schema(value_type = Object)]
+    task: TaskTemplate,
+    /// Missed-tick policy.
+    missed_ticks: Missed,
+    /// Most missed ticks `run-all` runs.
+    catch_up: u32,
+    /// Jitter, milliseconds.
+    jitter_ms: u64,
+    /// Paused: no tick fires.
+    paused: bool,
+    /// The partition whose worker fires it.
+    partition_id: u32,
+    /// The next tick, in the schedule's zone (absent when paused or when none is left).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_tick: Option<String>,
+    /// The last tick fired by the clock, in the schedule's zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_tick: Option<String>,
+    /// The next fire times (up to 10), in the schedule's zone.
+    next_fire_times: Vec<String>,
+    /// The latest runs, newest first, with their tasks (only on `GET /schedules/{name}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_runs: Option<Vec<RunView>>,
+    /// Compare-and-set revision, incremented by every change.
+    revision: u64,
+    /// Creation time (UTC).
+    created_at: String,
+    /// Last change of definition or pause (UTC).
+    updated_at: String,
+}
+
+/// One run of a schedule.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    /// The tick (or the trigger's time), in the schedule's zone.
+    tick: String,
+    /// Triggered by hand.
+    manual: bool,
+    /// The task the run created (absent once the task was deleted by retention).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<i64>,
+    /// The task's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    status: Option<TaskStatus>,
+    /// When the task started last (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<String>,
+    /// When it finished (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<String>,
+    /// Error of its last failed attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+/// A page of schedules.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulePage {
+    /// Schedules by name.
+    schedules: Vec<ScheduleView>,
+    /// Pass as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+/// The task a trigger created.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Triggered {
+    /// The schedule.
+    schedule: ScheduleView,
+    /// The task, due now.
+    task: TaskView,
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        match e {
+            ScheduleError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ScheduleError::Exists(_) => ApiError::conflict(e.to_string()),
+            ScheduleError::Store(rota_core::task::StoreError::Invalid(m)) => {
+                ApiError::bad_request("invalid_schedule", m)
+            }
+            ScheduleError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Parses a body as JSON, whatever its content type.
+fn body_of(bytes: &Bytes) -> Result<ScheduleBody, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_body"
+        } else {
+            "malformed_json"
+        };
+        ApiError::bad_request(code, format!("the body is not a schedule: {e}"))
+    })
+}
+
+fn definition(
+    state: &AppState,
+    body: ScheduleBody,
+    name: Option<&str>,
+) -> Result<ScheduleDef, ApiError> {
+    let name = match (name, body.name) {
+        (Some(path), Some(given)) if path != given => {
+            return Err(ApiError::bad_request(
+                "invalid_name",
+                format!("the body names {given:?}, the path {path:?}: leave name out or make them agree"),
+            ));
+        }
+        (Some(path), _) => path.to_owned(),
+        (None, Some(given)) => given,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "invalid_name",
+                "a schedule needs a name",
+            ));
+        }
+    };
+    let spec = match (body.cron, body.every) {
+        (Some(cron), None) => cron,
+        (None, Some(every)) => {
+            let every = every.trim();
+            format!("every {}", every.strip_prefix("every ").unwrap_or(every))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_schedule",
+                "give exactly one of cron (e.g. \"*/2 * * * * *\") and every (e.g. \"30s\")",
+            ));
+        }
+    };
+    let t = body.task;
+    let task_name = t.name.trim().to_owned();
+    if task_name.is_empty() || task_name.chars().count() > MAX_NAME {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("task.name must have 1 to {MAX_NAME} characters"),
+        ));
+    }
+    let max_attempts = t.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+        return Err(ApiError::bad_request(
+            "invalid_max_attempts",
+            format!("task.maxAttempts must be 1 to {MAX_ATTEMPTS}"),
+        ));
+    }
+    if let Some(h) = &t.handler {
+        state
+            .handlers
+            .check(h)
+            .map_err(|m| ApiError::bad_request("unknown_handler", m))?;
+    }
+    if t
+        .partition_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.chars().count() > 256)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            "task.partitionKey must have 1 to 256 characters",
+        ));
+    }
+    let missed = match body.missed_ticks.unwrap_or(Missed::RunOnce) {
+        Missed::Skip => MissedTicks::Skip,
+        Missed::RunOnce => MissedTicks::RunOnce,
+        Missed::RunAll => MissedTicks::RunAll,
+    };
+    Ok(ScheduleDef {
+        name,
+        spec,
+        zone: body.time_zone.unwrap_or_else(|| "UTC".into()),
+        task: TaskTemplate {
+            name: task_name,
+            payload: payload_from(t.payload.as_deref())?,
+            handler: t.handler,
+            max_attempts,
+            partition_key: t.partition_key,
+        },
+        missed,
+        catch_up: body.catch_up.unwrap_or(DEFAULT_CATCH_UP),
+        jitter_ms: body.jitter_ms.unwrap_or(0),
+    })
+}
+
+/// The view of a schedule (with its runs' tasks when `runs`).
+async fn view(state: &AppState, s: Schedule, runs: bool) -> Result<ScheduleView, ApiError> {
+    let spec = s.def.spec().ok();
+    let local = |t: i64| match &spec {
+        Some(spec) => spec.local(t),
+        None => time::format(t),
+    };
+    let next_fire_times = match (&spec, s.next_tick) {
+        (Some(spec), Some(next)) => std::iter::once(next)
+            .chain(spec.upcoming(next, UPCOMING - 1))
+            .map(|t| spec.local(t))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let last_runs = if runs {
+        let keys: Vec<String> = s.recent.iter().map(|r| r.key.clone()).collect();
+        let tasks = state.tasks.by_idempotency_keys(&keys).await?;
+        Some(
+            s.recent
+                .iter()
+                .map(|r| {
+                    let task = tasks
+                        .iter()
+                        .find(|t| t.idempotency_key.as_deref() == Some(&r.key));
+                    RunView {
+                        tick: local(r.tick),
+                        manual: r.manual,
+                        task_id: task.map(|t| t.id),
+                        status: task.map(|t| t.status),
+                        started_at: task.and_then(|t| t.started_at).map(time::format),
+                        finished_at: task.and_then(|t| t.finished_at).map(time::format),
+                        last_error: task.and_then(|t| t.last_error.clone()),
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let (cron, every) = match s.def.spec.trim().strip_prefix("every ") {
+        Some(every) => (None, Some(every.trim().to_owned())),
+        None => (Some(s.def.spec.clone()), None),
+    };
+    Ok(ScheduleView {
+        name: s.def.name.clone(),
+        cron,
+        every,
+        time_zone: s.def.zone.clone(),
+        missed_ticks: match s.def.missed {
+            MissedTicks::Skip => Missed::Skip,
+            MissedTicks::RunOnce => Missed::RunOnce,
+            MissedTicks::RunAll => Missed::RunAll,
+        },
+        catch_up: s.def.catch_up,
+        jitter_ms: s.def.jitter_ms,
+        task: s.def.task.clone(),
+        paused: s.paused,
+        partition_id: s.partition,
+        next_tick: s.next_tick.map(local),
+        last_tick: s.last_tick.map(local),
+        next_fire_times,
+        last_runs,
+        revision: s.revision,
+        created_at: time::format(s.created_at),
+        updated_at: time::format(s.updated_at),
+    })
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= schedule::MAX_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_name",
+            format!(
+                "{name:?} is not a schedule name: 1 to {} letters, digits, '-', '_', '.' or ':'",
+                schedule::MAX_NAME
+            ),
+        ))
+    }
+}
+
+async fn put(
+    state: &AppState,
+    def: ScheduleDef,
+    mode: PutMode,
+) -> Result<Response, ApiError> {
+    let (stored, outcome) = schedule::put(
+        &*state.tasks,
+        def,
+        mode,
+        state.partitions,
+        (state.now)(),
+    )
+    .await?;
+    let status = match outcome {
+        PutOutcome::Created => StatusCode::CREATED,
+        PutOutcome::Updated | PutOutcome::Unchanged => StatusCode::OK,
+    };
+    let location = format!("/schedules/{}", stored.def.name);
+    let view = view(state, stored, false).await?;
+    Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+/// `POST /schedules`
+#[utoipa::path(post, path = "/schedules", tag = "schedules", summary = "Create a schedule",
+    description = "The body is read as JSON whatever its Content-Type.",
+    request_body = ScheduleBody,
+    responses((status = 201, description = "Created", body = ScheduleView),
+              (status = 200, description = "Repeat: a schedule with this very definition exists", body = ScheduleView),
+              (status = 400, description = "Invalid schedule (bad cron, unknown zone, never fires)", body = ErrorBody),
+              (status = 409, description = "The name holds another definition", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
+pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body = body_of(&body)?;
+    if let Some(name) = &body.name {
+        check_name(name)?;
+    }
+    let def = definition(&state, body, None)?;
+    put(&state, def, PutMode::Create).await
+}
+
+/// `PUT /schedules/{name}`
+#[utoipa::path(put, path = "/schedules/{name}", tag = "schedules", summary = "Create or replace a schedule",
+    description = "A replaced schedule keeps its clock unless its cron, interval or zone changed; paused stays paused.",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
+    request_body = ScheduleBody,
+    responses((status = 201, description = "Created", body = ScheduleView),
+              (status = 200, description = "Replaced (or unchanged)", body = ScheduleView),
+              (status = 400, description = "Invalid schedule", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
+pub async fn replace(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    let def = definition(&state, body_of(&body)?, Some(&name))?;
+    put(&state, def, PutMode::Replace).await
+}
+
+/// `GET /schedules?limit=&after=`
+#[utoipa::path(get, path = "/schedules", tag = "schedules", summary = "List schedules by name",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+           ("after" = Option<String>, Query, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "nextAfter of the previous page")),
+    responses((status = 200, description = "A page", body = SchedulePage),
+              (status = 400, description = "Invalid query", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Json<SchedulePage>, ApiError> {
+    let (mut limit, mut after) = (100usize, None);
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in query {
+        if !seen.insert(key.clone()) {
+            return Err(ApiError::bad_request(
+                "repeated_parameter",
+                format!("query parameter {key:?} is given more than once"),
+            ));
+        }
+        match key.as_str() {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=1000).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("invalid_limit", "limit must be 1 to 1000")
+                    })?;
+            }
+            "after" => {
+                check_name(&value)?;
+                after = Some(value);
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "unknown_parameter",
+                    format!("unknown query parameter {other:?}: use limit and after"),
+                ));
+            }
+        }
+    }
+    let mut page = state.tasks.schedules(after.as_deref(), limit + 1).await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next_after = more.then(|| page.last().map(|s| s.def.name.clone())).flatten();
+    let mut schedules = Vec::with_capacity(page.len());
+    for s in page {
+        schedules.push(view(&state, s, false).await?);
+    }
+    Ok(Json(SchedulePage {
+        schedules,
+        next_after,
+    }))
+}
+
+/// `GET /schedules/{name}`
+#[utoipa::path(get, path = "/schedules/{name}", tag = "schedules",
+    summary = "Read a schedule: its next 10 fire times and its last runs with their tasks",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
+    responses((status = 200, description = "The schedule", body = ScheduleView),
+              (status = 400, description = "Not a schedule name", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    check_name(&name)?;
+    match state.tasks.schedule(&name).await? {
+        Some(s) => Ok(Json(view(&state, s, true).await?)),
+        None => Err(ScheduleError::NotFound(name).into()),
+    }
+}
+
+/// `DELETE /schedules/{name}`
+#[utoipa::path(delete, path = "/schedules/{name}", tag = "schedules",
+    summary = "Delete a schedule (its tasks stay; one created ahead for the coming second is cancelled)",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
+    responses((status = 204, description = "Deleted"),
+              (status = 400, description = "Not a schedule name", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_name(&name)?;
+    schedule::delete(&*state.tasks, &name, (state.now)()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /schedules/{name}/pause`
+#[utoipa::path(post, path = "/schedules/{name}/pause", tag = "schedules",
+    summary = "Pause: no tick fires until resumed",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
+    responses((status = 200, description = "Paused", body = ScheduleView),
+              (status = 400, description = "Not a schedule name", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    check_name(&name)?;
+    let s = schedule::pause(&*state.tasks, &name, state.partitions, (state.now)()).await?;
+    Ok(Json(view(&state, s, false).await?))
+}
+
+/// `POST /schedules/{name}/resume`
+#[utoipa::path(post, path = "/schedules/{name}/resume", tag = "schedules",
+    summary = "Resume at the first tick from now (the ticks of the pause do not fire)",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
+    responses((status = 200, description = "Active", body = ScheduleView),
+              (status = 400, description = "Not a schedule name", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    check_name(&name)?;
+    let s = schedule::resume(&*state.tasks, &name, state.partitions, (state.now)()).await?;
+    Ok(Json(view(&state, s, false).await?))
+}
+
+/// `POST /schedules/{name}/trigger`
+#[utoipa::path(post, path = "/schedules/{name}/trigger", tag = "schedules",
+    summary = "Fire once now, outside the clock (a paused schedule too)",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
+    responses((status = 201, description = "The task created, due now", body = Triggered),
+              (status = 400, description = "Not a schedule name", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody),
+              (status = 503, description = "Task store unreachable", body = ErrorBody)))]
+pub async fn trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    let (s, task) =
+        schedule::trigger(&*state.tasks, &name, state.partitions, (state.now)()).await?;
+    let location = format!("/tasks/{}", task.id);
+    let body = Triggered {
+        schedule: view(&state, s, false).await?,
+        task: task.into(),
+    };
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+}
