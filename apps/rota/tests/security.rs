@@ -160,10 +160,14 @@ async fn matrix(client: &reqwest::Client, base: &str, callers: &Callers) -> Vec<
     ];
     let mut checked = 0;
     for (method, route, access) in ROUTES {
-        let path = route.replace("{id}", &id.to_string());
+        let path = route
+            .replace("{id}", &id.to_string())
+            .replace("{name}", "nightly");
+        let schedule = json!({"name": "nightly", "every": "1h", "task": {"name": "nightly"}});
         let body = match (*method, *route) {
             ("post", "/tasks") => Some(task.clone()),
             ("post", "/tasks/batch") => Some(json!({"tasks": [task.clone()]})),
+            ("post", "/schedules") | ("put", "/schedules/{name}") => Some(schedule),
             _ => None,
         };
         for (caller, token, scopes) in &who {

@@ -16,8 +16,8 @@ use rota_core::cluster::participant::{
     Participant, ParticipantConfig, ParticipantHandle, ParticipantStatus,
 };
 use rota_core::coordination::Coordination;
-use rota_core::task::worker::{Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms};
 use rota_core::task::schedule::Schedule;
+use rota_core::task::worker::{Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms};
 use rota_core::task::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, Deadlined, DueSchedules, ListFilter,
     Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, TASKS_RESOURCE, Task,

@@ -6,8 +6,7 @@
 use super::{backend, task_from};
 use rota_core::task::schedule::{Run, Schedule, ScheduleDef};
 use rota_core::task::{
-    DueSchedules, Millis, NewTask, ScheduleWrite, ScheduleWritten, StoreError, Task,
-    partition_for,
+    DueSchedules, Millis, NewTask, ScheduleWrite, ScheduleWritten, StoreError, Task, partition_for,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
@@ -132,7 +131,8 @@ pub async fn write(
         }
     }
     let def = serde_json::to_string(&s.def).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let recent = serde_json::to_string(&s.recent).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let recent =
+        serde_json::to_string(&s.recent).map_err(|e| StoreError::Backend(e.to_string()))?;
     let written = sqlx::query(
         "INSERT INTO rota_schedules (name, definition, partition, paused, next_tick, last_tick, \
            recent, revision, created_at, updated_at) \

@@ -258,7 +258,6 @@ fn split_claims(
     Ok((valid, refused))
 }
 
-
 /// Inserts tasks (validated) in the transaction `tx` holds: the one rule of `insert` and of a
 /// schedule's firing.
 fn insert_in(
@@ -295,7 +294,10 @@ fn insert_in(
             .map_err(backend)?;
         for t in tasks {
             if let Some(key) = &t.idempotency_key {
-                let existing = by_key.query_row([key], task_from).optional().map_err(backend)?;
+                let existing = by_key
+                    .query_row([key], task_from)
+                    .optional()
+                    .map_err(backend)?;
                 if let Some(task) = existing {
                     out.push((task, false));
                     continue;

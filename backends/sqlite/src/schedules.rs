@@ -4,9 +4,7 @@
 
 use super::{backend, insert_in};
 use rota_core::task::schedule::{Run, Schedule, ScheduleDef};
-use rota_core::task::{
-    DueSchedules, Millis, ScheduleWrite, ScheduleWritten, StoreError, Task,
-};
+use rota_core::task::{DueSchedules, Millis, ScheduleWrite, ScheduleWritten, StoreError, Task};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 /// The schedules table (a migration).
@@ -26,8 +24,7 @@ CREATE TABLE schedules (
 CREATE INDEX schedules_due ON schedules (partition, next_tick) WHERE next_tick IS NOT NULL;
 "#;
 
-const COLUMNS: &str =
-    "name, definition, partition, paused, next_tick, last_tick, recent, revision, created_at, updated_at";
+const COLUMNS: &str = "name, definition, partition, paused, next_tick, last_tick, recent, revision, created_at, updated_at";
 
 fn json_error(column: usize, e: serde_json::Error) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
@@ -105,7 +102,8 @@ pub fn write(
         }
     }
     let def = serde_json::to_string(&s.def).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let recent = serde_json::to_string(&s.recent).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let recent =
+        serde_json::to_string(&s.recent).map_err(|e| StoreError::Backend(e.to_string()))?;
     tx.prepare_cached(
         "INSERT INTO schedules (name, definition, partition, paused, next_tick, last_tick, \
          recent, revision, created_at, updated_at) \
@@ -160,8 +158,11 @@ pub fn due(
              ORDER BY next_tick, name LIMIT ?3"
         ))
         .and_then(|mut st| {
-            st.query_map(params![partitions, before, limit.max(1) as i64], schedule_from)?
-                .collect::<Result<Vec<_>, _>>()
+            st.query_map(
+                params![partitions, before, limit.max(1) as i64],
+                schedule_from,
+            )?
+            .collect::<Result<Vec<_>, _>>()
         })
         .map_err(backend)?;
     let next_tick: Option<Millis> = conn

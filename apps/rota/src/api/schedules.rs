@@ -11,8 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rota_core::task::schedule::{
-    self, DEFAULT_CATCH_UP, MissedTicks, PutMode, PutOutcome, Schedule, ScheduleDef,
-    ScheduleError, TaskTemplate,
+    self, DEFAULT_CATCH_UP, MissedTicks, PutMode, PutOutcome, Schedule, ScheduleDef, ScheduleError,
+    TaskTemplate,
 };
 use rota_core::task::{DEFAULT_MAX_ATTEMPTS, TaskStatus};
 use serde::{Deserialize, Serialize};
@@ -68,7 +68,11 @@ pub enum Missed {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskBody {
     /// 1 to 256 characters, one of them not white space.
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     name: String,
     /// Any JSON value (no NUL character, no integer beyond 64 bits).
     #[schema(value_type = Option<serde_json::Value>)]
@@ -210,7 +214,9 @@ fn definition(
         (Some(path), Some(given)) if path != given => {
             return Err(ApiError::bad_request(
                 "invalid_name",
-                format!("the body names {given:?}, the path {path:?}: leave name out or make them agree"),
+                format!(
+                    "the body names {given:?}, the path {path:?}: leave name out or make them agree"
+                ),
             ));
         }
         (Some(path), _) => path.to_owned(),
@@ -256,8 +262,7 @@ fn definition(
             .check(h)
             .map_err(|m| ApiError::bad_request("unknown_handler", m))?;
     }
-    if t
-        .partition_key
+    if t.partition_key
         .as_ref()
         .is_some_and(|k| k.is_empty() || k.chars().count() > 256)
     {
@@ -375,19 +380,9 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn put(
-    state: &AppState,
-    def: ScheduleDef,
-    mode: PutMode,
-) -> Result<Response, ApiError> {
-    let (stored, outcome) = schedule::put(
-        &*state.tasks,
-        def,
-        mode,
-        state.partitions,
-        (state.now)(),
-    )
-    .await?;
+async fn put(state: &AppState, def: ScheduleDef, mode: PutMode) -> Result<Response, ApiError> {
+    let (stored, outcome) =
+        schedule::put(&*state.tasks, def, mode, state.partitions, (state.now)()).await?;
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Updated | PutOutcome::Unchanged => StatusCode::OK,
@@ -481,7 +476,9 @@ pub async fn list(
     let mut page = state.tasks.schedules(after.as_deref(), limit + 1).await?;
     let more = page.len() > limit;
     page.truncate(limit);
-    let next_after = more.then(|| page.last().map(|s| s.def.name.clone())).flatten();
+    let next_after = more
+        .then(|| page.last().map(|s| s.def.name.clone()))
+        .flatten();
     let mut schedules = Vec::with_capacity(page.len());
     for s in page {
         schedules.push(view(&state, s, false).await?);
@@ -582,5 +579,10 @@ pub async fn trigger(
         schedule: view(&state, s, false).await?,
         task: task.into(),
     };
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
 }

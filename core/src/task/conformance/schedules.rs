@@ -6,9 +6,7 @@ use crate::task::schedule::{
     self, MissedTicks, PutMode, PutOutcome, ScheduleDef, ScheduleError, TaskTemplate, clock,
     schedule_partition, tick_key,
 };
-use crate::task::{
-    Claim, ScheduleWrite, ScheduleWritten, StoreError, TaskStatus, TaskStore,
-};
+use crate::task::{Claim, ScheduleWrite, ScheduleWritten, StoreError, TaskStatus, TaskStore};
 use std::sync::Arc;
 
 /// A schedule named so that it lands on `partition`, ticking every `spec`.
@@ -56,7 +54,10 @@ pub async fn schedules_round_trip(store: Arc<dyn TaskStore>) {
     assert_eq!(outcome, PutOutcome::Created);
     assert_eq!(created.partition, 1);
     assert_eq!(created.next_tick, Some((NOW / 60_000 + 1) * 60_000));
-    assert_eq!(store.schedule(&def.name).await.unwrap(), Some(created.clone()));
+    assert_eq!(
+        store.schedule(&def.name).await.unwrap(),
+        Some(created.clone())
+    );
     assert_eq!(store.schedule("nobody").await.unwrap(), None);
     // A repeat changes nothing; another definition under the name is refused on create.
     let (again, outcome) = schedule::put(store, def.clone(), PutMode::Create, PARTITIONS, NOW + 5)
@@ -66,20 +67,30 @@ pub async fn schedules_round_trip(store: Arc<dyn TaskStore>) {
     let mut other = def.clone();
     other.task.name = "other".into();
     let refused = schedule::put(store, other.clone(), PutMode::Create, PARTITIONS, NOW).await;
-    assert!(matches!(refused, Err(ScheduleError::Exists(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ScheduleError::Exists(_))),
+        "{refused:?}"
+    );
     // Replacing the task keeps the clock; replacing the spec restarts it from now.
-    let (replaced, outcome) = schedule::put(store, other.clone(), PutMode::Replace, PARTITIONS, NOW)
-        .await
-        .unwrap();
+    let (replaced, outcome) =
+        schedule::put(store, other.clone(), PutMode::Replace, PARTITIONS, NOW)
+            .await
+            .unwrap();
     assert_eq!(outcome, PutOutcome::Updated);
-    assert_eq!((replaced.revision, replaced.next_tick), (2, created.next_tick));
+    assert_eq!(
+        (replaced.revision, replaced.next_tick),
+        (2, created.next_tick)
+    );
     let mut hourly = other.clone();
     hourly.spec = "every 1h".into();
     let (hourly, _) = schedule::put(store, hourly, PutMode::Replace, PARTITIONS, NOW)
         .await
         .unwrap();
     assert_eq!(hourly.next_tick, Some((NOW / 3_600_000 + 1) * 3_600_000));
-    assert_eq!(store.schedule(&def.name).await.unwrap(), Some(hourly.clone()));
+    assert_eq!(
+        store.schedule(&def.name).await.unwrap(),
+        Some(hourly.clone())
+    );
     let second = put(store, def_on(2, "*/5 * * * * *")).await;
     let names: Vec<String> = store
         .schedules(None, 10)
@@ -130,7 +141,12 @@ pub async fn schedule_writes_compare_and_set(store: Arc<dyn TaskStore>) {
             .unwrap();
         assert_eq!(outcome, ScheduleWritten::Conflict(Some(stored.clone())));
     }
-    assert!(!store.delete_schedule(&stored.def.name, stored.revision + 1).await.unwrap());
+    assert!(
+        !store
+            .delete_schedule(&stored.def.name, stored.revision + 1)
+            .await
+            .unwrap()
+    );
     let outcome = store
         .write_schedule(write(Some(stored.revision)), PARTITIONS, NOW)
         .await
@@ -141,10 +157,18 @@ pub async fn schedule_writes_compare_and_set(store: Arc<dyn TaskStore>) {
     assert_eq!(now_stored.revision, stored.revision + 1);
     // The same write again lost its race.
     assert!(matches!(
-        store.write_schedule(write(Some(stored.revision)), PARTITIONS, NOW).await.unwrap(),
+        store
+            .write_schedule(write(Some(stored.revision)), PARTITIONS, NOW)
+            .await
+            .unwrap(),
         ScheduleWritten::Conflict(Some(_))
     ));
-    assert!(store.delete_schedule(&stored.def.name, stored.revision + 1).await.unwrap());
+    assert!(
+        store
+            .delete_schedule(&stored.def.name, stored.revision + 1)
+            .await
+            .unwrap()
+    );
 }
 
 /// The clock of the partition's owner fires each tick once; a stale owner's firing is refused
@@ -156,30 +180,53 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
     let stored = put(store, def.clone()).await;
     let first = stored.next_tick.unwrap();
     store.acquire(2, &a, 1, NOW).await.unwrap();
-    let a_claims = [Claim { partition: 2, epoch: 1 }];
+    let a_claims = [Claim {
+        partition: 2,
+        epoch: 1,
+    }];
     // Not due yet (more than the lookahead away): nothing.
-    let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, first - 5_000).await.unwrap();
+    let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, first - 5_000)
+        .await
+        .unwrap();
     assert_eq!(round.fired, 0);
     assert_eq!(round.wake_at, Some(first - schedule::LOOKAHEAD_MS));
     // Within the lookahead: one task, due at the tick, under the tick's key.
-    let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, first - 500).await.unwrap();
+    let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, first - 500)
+        .await
+        .unwrap();
     assert_eq!((round.fired, round.duplicates), (1, 0));
-    let fired = store.by_idempotency_keys(&[tick_key(&def.name, first)]).await.unwrap();
+    let fired = store
+        .by_idempotency_keys(&[tick_key(&def.name, first)])
+        .await
+        .unwrap();
     assert_eq!(fired.len(), 1);
     assert_eq!((fired[0].scheduled_at, fired[0].max_attempts), (first, 2));
     assert_eq!(fired[0].status, TaskStatus::Pending);
     let after = store.schedule(&def.name).await.unwrap().unwrap();
-    assert_eq!((after.last_tick, after.next_tick), (Some(first), Some(first + 10_000)));
+    assert_eq!(
+        (after.last_tick, after.next_tick),
+        (Some(first), Some(first + 10_000))
+    );
     assert_eq!(after.recent[0].key, tick_key(&def.name, first));
     // The same round again: the tick is behind the clock now, nothing fires twice.
-    let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, first - 400).await.unwrap();
+    let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, first - 400)
+        .await
+        .unwrap();
     assert_eq!(round.fired, 0);
     // b takes the partition over: a's clock is refused and writes nothing.
     store.acquire(2, &b, 2, NOW).await.unwrap();
     let second = first + 10_000;
-    let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, second).await.unwrap();
+    let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, second)
+        .await
+        .unwrap();
     assert_eq!((round.fired, round.refused.clone()), (0, vec![2]));
-    assert!(store.by_idempotency_keys(&[tick_key(&def.name, second)]).await.unwrap().is_empty());
+    assert!(
+        store
+            .by_idempotency_keys(&[tick_key(&def.name, second)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let unchanged = store.schedule(&def.name).await.unwrap().unwrap();
     assert_eq!(unchanged, after);
     // A fenced write naming another partition than the schedule's is refused too.
@@ -190,16 +237,30 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
             ScheduleWrite {
                 schedule: moved,
                 expected: Some(after.revision),
-                fence: Some((b.clone(), Claim { partition: 3, epoch: 2 })),
+                fence: Some((
+                    b.clone(),
+                    Claim {
+                        partition: 3,
+                        epoch: 2,
+                    },
+                )),
                 tasks: vec![def.task_for(second, second)],
             },
             PARTITIONS,
             second,
         )
         .await;
-    assert!(matches!(wrong, Err(StoreError::StaleEpoch { .. })), "{wrong:?}");
-    let b_claims = [Claim { partition: 2, epoch: 2 }];
-    let round = clock::fire_due(store, &b, &b_claims, PARTITIONS, second).await.unwrap();
+    assert!(
+        matches!(wrong, Err(StoreError::StaleEpoch { .. })),
+        "{wrong:?}"
+    );
+    let b_claims = [Claim {
+        partition: 2,
+        epoch: 2,
+    }];
+    let round = clock::fire_due(store, &b, &b_claims, PARTITIONS, second)
+        .await
+        .unwrap();
     assert_eq!(round.fired, 1);
     // A zombie that got past every other check, firing the first tick again, still creates no
     // task: the tick's key exists.
@@ -242,19 +303,46 @@ pub async fn due_schedules(store: Arc<dyn TaskStore>) {
     let names: Vec<&str> = due.schedules.iter().map(|s| s.def.name.as_str()).collect();
     assert_eq!(names, [minutely.def.name.as_str()]);
     assert_eq!(due.next_tick, hourly.next_tick);
-    let both = store.due_schedules(&[0, 1], NOW + 3_600_000, 10).await.unwrap();
+    let both = store
+        .due_schedules(&[0, 1], NOW + 3_600_000, 10)
+        .await
+        .unwrap();
     let names: Vec<&str> = both.schedules.iter().map(|s| s.def.name.as_str()).collect();
     assert_eq!(
         names,
-        [elsewhere.def.name.as_str(), minutely.def.name.as_str(), hourly.def.name.as_str()]
+        [
+            elsewhere.def.name.as_str(),
+            minutely.def.name.as_str(),
+            hourly.def.name.as_str()
+        ]
     );
     assert_eq!(both.next_tick, None);
-    assert_eq!(store.due_schedules(&[0, 1], NOW + 3_600_000, 1).await.unwrap().schedules.len(), 1);
-    schedule::pause(store, &minutely.def.name, PARTITIONS, NOW).await.unwrap();
-    let due = store.due_schedules(&[0], NOW + 3_600_000, 10).await.unwrap();
+    assert_eq!(
+        store
+            .due_schedules(&[0, 1], NOW + 3_600_000, 1)
+            .await
+            .unwrap()
+            .schedules
+            .len(),
+        1
+    );
+    schedule::pause(store, &minutely.def.name, PARTITIONS, NOW)
+        .await
+        .unwrap();
+    let due = store
+        .due_schedules(&[0], NOW + 3_600_000, 10)
+        .await
+        .unwrap();
     let names: Vec<&str> = due.schedules.iter().map(|s| s.def.name.as_str()).collect();
     assert_eq!(names, [hourly.def.name.as_str()]);
-    assert!(store.due_schedules(&[3], NOW + 3_600_000, 10).await.unwrap().schedules.is_empty());
+    assert!(
+        store
+            .due_schedules(&[3], NOW + 3_600_000, 10)
+            .await
+            .unwrap()
+            .schedules
+            .is_empty()
+    );
 }
 
 /// A manual trigger fires once, now; pausing cancels a tick's task created ahead and stops the
@@ -263,28 +351,58 @@ pub async fn trigger_pause_resume(store: Arc<dyn TaskStore>) {
     let store = &*store;
     let def = def_on(3, "every 10s");
     let stored = put(store, def.clone()).await;
-    let (after, task) = schedule::trigger(store, &def.name, PARTITIONS, NOW + 1).await.unwrap();
-    assert_eq!((task.scheduled_at, task.status), (NOW + 1, TaskStatus::Pending));
+    let (after, task) = schedule::trigger(store, &def.name, PARTITIONS, NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (task.scheduled_at, task.status),
+        (NOW + 1, TaskStatus::Pending)
+    );
     assert_eq!(after.next_tick, stored.next_tick);
     assert!(after.recent[0].manual);
     assert_eq!(store.schedule(&def.name).await.unwrap(), Some(after));
     // The clock fires the coming tick ahead; a pause before the tick cancels its task.
     let tick = stored.next_tick.unwrap();
-    store.acquire(3, &InstanceId::new("a"), 1, NOW).await.unwrap();
-    let claims = [Claim { partition: 3, epoch: 1 }];
-    let round = clock::fire_due(store, &InstanceId::new("a"), &claims, PARTITIONS, tick - 300)
+    store
+        .acquire(3, &InstanceId::new("a"), 1, NOW)
         .await
         .unwrap();
+    let claims = [Claim {
+        partition: 3,
+        epoch: 1,
+    }];
+    let round = clock::fire_due(
+        store,
+        &InstanceId::new("a"),
+        &claims,
+        PARTITIONS,
+        tick - 300,
+    )
+    .await
+    .unwrap();
     assert_eq!(round.fired, 1);
-    let paused = schedule::pause(store, &def.name, PARTITIONS, tick - 200).await.unwrap();
-    assert!(paused.paused && paused.next_tick.is_none());
-    let ahead = store.by_idempotency_keys(&[tick_key(&def.name, tick)]).await.unwrap();
-    assert_eq!(ahead[0].status, TaskStatus::Cancelled);
-    let round = clock::fire_due(store, &InstanceId::new("a"), &claims, PARTITIONS, tick + 60_000)
+    let paused = schedule::pause(store, &def.name, PARTITIONS, tick - 200)
         .await
         .unwrap();
+    assert!(paused.paused && paused.next_tick.is_none());
+    let ahead = store
+        .by_idempotency_keys(&[tick_key(&def.name, tick)])
+        .await
+        .unwrap();
+    assert_eq!(ahead[0].status, TaskStatus::Cancelled);
+    let round = clock::fire_due(
+        store,
+        &InstanceId::new("a"),
+        &claims,
+        PARTITIONS,
+        tick + 60_000,
+    )
+    .await
+    .unwrap();
     assert_eq!(round.fired, 0, "a paused schedule fired");
-    let resumed = schedule::resume(store, &def.name, PARTITIONS, tick + 60_000).await.unwrap();
+    let resumed = schedule::resume(store, &def.name, PARTITIONS, tick + 60_000)
+        .await
+        .unwrap();
     assert!(!resumed.paused);
     assert_eq!(resumed.next_tick, Some(tick + 70_000));
     assert!(matches!(

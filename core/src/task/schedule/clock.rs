@@ -107,7 +107,10 @@ async fn fire_one(
             }
         };
         let def = &schedule.def;
-        let tasks = ticks.iter().map(|&t| def.task_for(t, def.due_at(t))).collect();
+        let tasks = ticks
+            .iter()
+            .map(|&t| def.task_for(t, def.due_at(t)))
+            .collect();
         let runs = ticks.iter().map(|&t| Run {
             tick: t,
             key: tick_key(&def.name, t),

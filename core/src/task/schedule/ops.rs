@@ -18,7 +18,9 @@ pub enum ScheduleError {
     #[error("no schedule named {0:?}")]
     NotFound(String),
     /// Create of a name that exists with another definition.
-    #[error("a schedule named {0:?} exists with another definition: replace it (PUT) or pick another name")]
+    #[error(
+        "a schedule named {0:?} exists with another definition: replace it (PUT) or pick another name"
+    )]
     Exists(String),
     /// The store refused or failed.
     #[error(transparent)]

@@ -82,6 +82,11 @@ impl Spec {
             .parse()
             .map_err(|_| SpecError::UnknownZone(zone.to_owned()))?;
         let trimmed = text.trim();
+        if !trimmed.is_ascii() || trimmed.len() > 256 {
+            return Err(SpecError::Invalid(format!(
+                "{trimmed:?} is not a cron expression or interval: at most 256 ASCII characters"
+            )));
+        }
         let kind = match trimmed.strip_prefix("every") {
             Some(rest) if rest.starts_with(char::is_whitespace) => Kind::Every {
                 period_ms: parse_interval(rest.trim())?,
@@ -313,7 +318,11 @@ fn next_cron_tick(cron: &Cron, fixed_time: bool, zone: Tz, t: Millis) -> Option<
 /// The first match at or after `at` (whole seconds) on the wall clock of `zone`.
 fn search<Z: TimeZone>(cron: &Cron, zone: &Z, at: Millis) -> Option<Millis> {
     let start = DateTime::<Utc>::from_timestamp_millis(at)?.with_timezone(zone);
-    Some(cron.find_next_occurrence(&start, true).ok()?.timestamp_millis())
+    Some(
+        cron.find_next_occurrence(&start, true)
+            .ok()?
+            .timestamp_millis(),
+    )
 }
 
 /// Whether the local time of `t` occurs twice in `zone` and `t` is the later of the two.

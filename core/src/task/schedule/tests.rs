@@ -218,14 +218,28 @@ fn intervals_tick_at_multiples_of_the_period_since_the_epoch() {
     assert_eq!(spec.last_before(60_000), Some(30_000));
     assert_eq!(spec.to_string(), "every 30s");
     let daily = Spec::parse("every 1d", "UTC", 0).unwrap();
-    assert_eq!(daily.next_after(utc(2026, 3, 29, 5, 0, 0)), Some(utc(2026, 3, 30, 0, 0, 0)));
-    assert_eq!(Spec::parse("every 90m", "UTC", 0).unwrap().to_string(), "every 90m");
+    assert_eq!(
+        daily.next_after(utc(2026, 3, 29, 5, 0, 0)),
+        Some(utc(2026, 3, 30, 0, 0, 0))
+    );
+    assert_eq!(
+        Spec::parse("every 90m", "UTC", 0).unwrap().to_string(),
+        "every 90m"
+    );
 }
 
 #[test]
 fn bad_specs_say_what_is_wrong() {
-    let err = |spec: &str, zone: &str| Spec::parse(spec, zone, utc(2026, 1, 1, 0, 0, 0)).unwrap_err().to_string();
-    assert!(err("0 0 30 2 *", "UTC").contains("never fires"), "{}", err("0 0 30 2 *", "UTC"));
+    let err = |spec: &str, zone: &str| {
+        Spec::parse(spec, zone, utc(2026, 1, 1, 0, 0, 0))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        err("0 0 30 2 *", "UTC").contains("never fires"),
+        "{}",
+        err("0 0 30 2 *", "UTC")
+    );
     assert!(err("61 * * * *", "UTC").contains("not a cron expression"));
     assert!(err("* * *", "UTC").contains("not a cron expression"));
     assert!(err("", "UTC").contains("not a cron expression"));
@@ -279,14 +293,29 @@ fn the_plan_fires_due_ticks_and_applies_the_missed_policy() {
     let skip = plan(&spec, &d, on_tick, back);
     assert!(skip.skipped);
     assert_eq!(skip.ticks, [back - 30_000]);
-    let once = plan(&spec, &def("every 1m", MissedTicks::RunOnce, 10), on_tick, back);
+    let once = plan(
+        &spec,
+        &def("every 1m", MissedTicks::RunOnce, 10),
+        on_tick,
+        back,
+    );
     assert_eq!(once.ticks, [back - 90_000, back - 30_000]);
-    let all = plan(&spec, &def("every 1m", MissedTicks::RunAll, 5), on_tick, back);
+    let all = plan(
+        &spec,
+        &def("every 1m", MissedTicks::RunAll, 5),
+        on_tick,
+        back,
+    );
     assert_eq!(all.ticks.len(), 6);
     assert_eq!(all.ticks[0], back - 30_000 - 5 * 60_000);
     assert!(all.ticks.windows(2).all(|w| w[1] - w[0] == 60_000));
     // run-all with every missed tick within its cap: none skipped.
-    let short = plan(&spec, &def("every 1m", MissedTicks::RunAll, 100), on_tick, on_tick + 5 * 60_000);
+    let short = plan(
+        &spec,
+        &def("every 1m", MissedTicks::RunAll, 100),
+        on_tick,
+        on_tick + 5 * 60_000,
+    );
     assert!(!short.skipped);
     assert_eq!(short.ticks[0], on_tick);
     assert_eq!(short.ticks.len(), 6);
@@ -298,9 +327,14 @@ fn jitter_is_the_same_for_the_same_tick_and_within_bounds() {
     d.jitter_ms = 5_000;
     let tick = utc(2026, 6, 1, 12, 0, 0);
     assert_eq!(d.due_at(tick), d.due_at(tick));
-    let offsets: Vec<i64> = (0..100).map(|i| d.due_at(tick + i * 60_000) - (tick + i * 60_000)).collect();
+    let offsets: Vec<i64> = (0..100)
+        .map(|i| d.due_at(tick + i * 60_000) - (tick + i * 60_000))
+        .collect();
     assert!(offsets.iter().all(|o| (0..=5_000).contains(o)));
-    assert!(offsets.iter().any(|&o| o != offsets[0]), "spread: {offsets:?}");
+    assert!(
+        offsets.iter().any(|&o| o != offsets[0]),
+        "spread: {offsets:?}"
+    );
 }
 
 /// Patterns with wildcards, steps, ranges and fixed times, with and without seconds.
