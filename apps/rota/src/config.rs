@@ -29,6 +29,9 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Recurring schedules the deployment carries (`[[schedules]]`), applied by `rota init` and
+    /// at start.
+    pub schedules: Vec<crate::crontab::ScheduleEntry>,
 }
 
 /// `[http]`: where the `http` handler may send requests, and how it signs them.
@@ -415,6 +418,10 @@ impl Config {
 
     /// Checks values the types cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
+        crate::crontab::validate(
+            &self.schedules,
+            rota_core::task::worker::wall_clock_ms(),
+        )?;
         let positive = [
             ("cluster.partitions", u64::from(self.cluster.partitions)),
             ("cluster.replicas", u64::from(self.cluster.replicas)),

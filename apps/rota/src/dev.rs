@@ -78,6 +78,13 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
     // The coordination store starts empty, and its epochs start again: forget the previous
     // run's owners and take back its claims.
     let requeued = tasks.reset_after_restart(wall_clock_ms()).await?;
+    crate::crontab::apply(
+        &*tasks,
+        &config.schedules,
+        config.cluster.partitions,
+        wall_clock_ms(),
+    )
+    .await?;
     if requeued > 0 {
         info!(
             requeued,

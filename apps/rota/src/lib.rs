@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod crontab;
 pub mod destinations;
 pub mod dev;
 pub mod handlers;

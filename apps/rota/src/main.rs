@@ -78,6 +78,108 @@ enum AdminAction {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Recurring schedules (the same as /schedules of the API, straight on the task store).
+    Schedules {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScheduleAction {
+    /// Print every schedule as JSON.
+    List,
+    /// Print a schedule with its next fire times and its last runs.
+    Show {
+        /// Schedule name.
+        name: String,
+    },
+    /// Create or replace a schedule.
+    Put(PutSchedule),
+    /// Delete a schedule (its tasks stay).
+    Delete {
+        /// Schedule name.
+        name: String,
+    },
+    /// Pause a schedule: no tick fires until resumed.
+    Pause {
+        /// Schedule name.
+        name: String,
+    },
+    /// Resume a schedule at its first tick from now.
+    Resume {
+        /// Schedule name.
+        name: String,
+    },
+    /// Fire a schedule once, now.
+    Trigger {
+        /// Schedule name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct PutSchedule {
+    /// Unique name (letters, digits, '-', '_', '.', ':').
+    #[arg(long)]
+    name: String,
+    /// Cron expression: 5 fields, or 6 with seconds first.
+    #[arg(long, conflicts_with = "every", required_unless_present = "every")]
+    cron: Option<String>,
+    /// Or an interval: 30s, 5m, 2h, 1d.
+    #[arg(long)]
+    every: Option<String>,
+    /// IANA time zone of the cron expression.
+    #[arg(long, default_value = "UTC")]
+    time_zone: String,
+    /// Name of the task each tick creates.
+    #[arg(long)]
+    task_name: String,
+    /// Its payload, as JSON.
+    #[arg(long, default_value = "null")]
+    payload: String,
+    /// Its handler.
+    #[arg(long)]
+    handler: Option<String>,
+    /// Its attempts before FAILED.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Its partition key.
+    #[arg(long)]
+    partition_key: Option<String>,
+    /// Missed ticks (older than 60 s): skip, run-once or run-all.
+    #[arg(long, default_value = "run-once")]
+    missed_ticks: String,
+    /// With run-all: the most missed ticks run.
+    #[arg(long, default_value_t = 10)]
+    catch_up: u32,
+    /// Each tick's task is due up to this many ms after its tick.
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+}
+
+impl PutSchedule {
+    fn entry(self) -> anyhow::Result<rota::crontab::ScheduleEntry> {
+        use anyhow::Context;
+        let payload = serde_json::from_str(&self.payload)
+            .with_context(|| format!("--payload {:?} is not JSON", self.payload))?;
+        Ok(rota::crontab::ScheduleEntry {
+            name: self.name,
+            cron: self.cron,
+            every: self.every,
+            time_zone: self.time_zone,
+            task: rota::crontab::TaskEntry {
+                name: self.task_name,
+                payload,
+                handler: self.handler,
+                max_attempts: self.max_attempts,
+                partition_key: self.partition_key,
+            },
+            missed_ticks: self.missed_ticks,
+            catch_up: self.catch_up,
+            jitter_ms: self.jitter_ms,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -135,6 +237,24 @@ fn main() -> ExitCode {
         },
         Command::Admin { config, action } => {
             let command = match action {
+                AdminAction::Schedules { action } => {
+                    use roles::ScheduleCommand as C;
+                    roles::AdminCommand::Schedules(match action {
+                        ScheduleAction::List => C::List,
+                        ScheduleAction::Show { name } => C::Show(name),
+                        ScheduleAction::Put(put) => match put.entry() {
+                            Ok(entry) => C::Put(Box::new(entry)),
+                            Err(e) => {
+                                eprintln!("rota: {e:#}");
+                                return ExitCode::FAILURE;
+                            }
+                        },
+                        ScheduleAction::Delete { name } => C::Delete(name),
+                        ScheduleAction::Pause { name } => C::Pause(name),
+                        ScheduleAction::Resume { name } => C::Resume(name),
+                        ScheduleAction::Trigger { name } => C::Trigger(name),
+                    })
+                }
                 AdminAction::Status => roles::AdminCommand::Status,
                 AdminAction::Enable { id } => roles::AdminCommand::Enable(id, true),
                 AdminAction::Disable { id } => roles::AdminCommand::Enable(id, false),

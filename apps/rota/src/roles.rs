@@ -205,10 +205,32 @@ async fn initialised(config: &Config) -> anyhow::Result<ResourceConfig> {
     Ok(resource)
 }
 
+/// Stores the configuration's `[[schedules]]` (idempotent: what is stored already stays as is).
+async fn apply_schedules(
+    config: &Config,
+    tasks: &dyn rota_core::task::TaskStore,
+    partitions: u32,
+) -> anyhow::Result<()> {
+    crate::crontab::apply(
+        tasks,
+        &config.schedules,
+        partitions,
+        rota_core::task::worker::wall_clock_ms(),
+    )
+    .await
+}
+
 /// `rota init`: creates the cluster's `tasks` resource and migrates the task store. Idempotent;
 /// refuses to change the partition count of an existing cluster.
 pub async fn init(config: &Config) -> anyhow::Result<()> {
-    task_store(config, &Arc::default()).await?;
+    let tasks = task_store(config, &Arc::default()).await?;
+    crate::crontab::apply(
+        &*tasks,
+        &config.schedules,
+        config.cluster.partitions,
+        rota_core::task::worker::wall_clock_ms(),
+    )
+    .await?;
     let admin = Admin::new(session(config).await?, &config.cluster.name);
     admin
         .add_resource(&ResourceConfig::new(
@@ -317,6 +339,7 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
     let resource = initialised(config).await?;
     let metrics = Arc::new(Metrics::default());
     let tasks = task_store(config, &metrics).await?;
+    apply_schedules(config, &*tasks, resource.partitions).await?;
     // The API only reads the cluster: it opens a new session when one ends, rather than
     // answering 503 until restarted.
     let session = Reconnecting::connect(coordination(config)?, timeout(config))
@@ -368,9 +391,10 @@ pub async fn api(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
 /// stable id (configured, or the host name) so a restart keeps its partitions.
 pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let id = config.worker_id()?;
-    initialised(config).await?;
+    let resource = initialised(config).await?;
     let metrics = Arc::new(Metrics::default());
     let tasks = task_store(config, &metrics).await?;
+    apply_schedules(config, &*tasks, resource.partitions).await?;
     let handlers = config.handlers()?;
     let handler_names = handlers.names();
     let worker = Worker::with_metrics(config.worker_config(&id), tasks, handlers, metrics.clone());
@@ -410,10 +434,109 @@ pub enum AdminCommand {
     Maintenance(bool),
     /// Ask the controller to reconcile now.
     Rebalance,
+    /// Schedules.
+    Schedules(ScheduleCommand),
+}
+
+/// What `rota admin schedules` can do.
+pub enum ScheduleCommand {
+    /// Every schedule, as JSON.
+    List,
+    /// One schedule with its next fire times and last runs, as JSON.
+    Show(String),
+    /// Create or replace one.
+    Put(Box<crate::crontab::ScheduleEntry>),
+    /// Delete one.
+    Delete(String),
+    /// Pause one.
+    Pause(String),
+    /// Resume one.
+    Resume(String),
+    /// Fire one now, once.
+    Trigger(String),
+}
+
+/// `rota admin schedules ...`: straight on the task store, like the API.
+async fn schedules_admin(config: &Config, command: ScheduleCommand) -> anyhow::Result<()> {
+    use crate::api::schedules::view_of;
+    use rota_core::task::schedule::{self, PutMode};
+    let resource = initialised(config).await?;
+    let store = task_store(config, &Arc::default()).await?;
+    let (store, partitions, now) = (&*store, resource.partitions, wall_clock_ms());
+    let print = |value: &dyn erased_json::Show| -> anyhow::Result<()> {
+        println!("{}", value.show()?);
+        Ok(())
+    };
+    match command {
+        ScheduleCommand::List => {
+            let mut views = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = store.schedules(after.as_deref(), 500).await?;
+                let last = page.last().map(|s| s.def.name.clone());
+                for s in page {
+                    views.push(view_of(store, s, false).await?);
+                }
+                match last {
+                    Some(last) if views.len() % 500 == 0 => after = Some(last),
+                    _ => break,
+                }
+            }
+            print(&views)?;
+        }
+        ScheduleCommand::Show(name) => match store.schedule(&name).await? {
+            Some(s) => print(&view_of(store, s, true).await?)?,
+            None => anyhow::bail!("no schedule named {name:?}"),
+        },
+        ScheduleCommand::Put(entry) => {
+            let def = entry
+                .definition(now)
+                .map_err(|e| anyhow::anyhow!("schedule {:?}: {e}", entry.name))?;
+            let (s, outcome) =
+                schedule::put(store, def, PutMode::Replace, partitions, now).await?;
+            eprintln!("schedule {:?}: {outcome:?}", s.def.name);
+            print(&view_of(store, s, false).await?)?;
+        }
+        ScheduleCommand::Delete(name) => {
+            schedule::delete(store, &name, now).await?;
+            eprintln!("schedule {name:?} deleted");
+        }
+        ScheduleCommand::Pause(name) => {
+            let s = schedule::pause(store, &name, partitions, now).await?;
+            print(&view_of(store, s, false).await?)?;
+        }
+        ScheduleCommand::Resume(name) => {
+            let s = schedule::resume(store, &name, partitions, now).await?;
+            print(&view_of(store, s, false).await?)?;
+        }
+        ScheduleCommand::Trigger(name) => {
+            let (_, task) = schedule::trigger(store, &name, partitions, now).await?;
+            print(&crate::api::tasks::TaskView::from(task))?;
+        }
+    }
+    Ok(())
+}
+
+/// Pretty JSON of anything serializable, behind a trait object.
+mod erased_json {
+    /// Shows itself as pretty JSON.
+    pub trait Show {
+        fn show(&self) -> serde_json::Result<String>;
+    }
+
+    impl<T: serde::Serialize> Show for T {
+        fn show(&self) -> serde_json::Result<String> {
+            serde_json::to_string_pretty(self)
+        }
+    }
 }
 
 /// `rota admin ...`
 pub async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
+    let command = match command {
+        AdminCommand::Schedules(c) => return schedules_admin(config, c).await,
+        other => other,
+    };
     initialised(config).await?;
     let session = session(config).await?;
     let keys = ClusterKeys::new(&config.cluster.name);
@@ -443,6 +566,7 @@ pub async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<()>
             admin.set_maintenance(on).await?;
             println!("maintenance {}", if on { "on" } else { "off" });
         }
+        AdminCommand::Schedules(_) => unreachable!("handled above"),
         AdminCommand::Rebalance => {
             // Any change under the cluster root wakes the leading controller.
             let key = format!("{}/CONTROLLER/REBALANCE", keys.root());

@@ -293,8 +293,13 @@ fn definition(
     })
 }
 
-/// The view of a schedule (with its runs' tasks when `runs`).
-async fn view(state: &AppState, s: Schedule, runs: bool) -> Result<ScheduleView, ApiError> {
+/// The view of a schedule (with its runs' tasks when `runs`), as the API and `rota admin
+/// schedules` show it.
+pub async fn view_of(
+    tasks: &dyn rota_core::task::TaskStore,
+    s: Schedule,
+    runs: bool,
+) -> Result<ScheduleView, rota_core::task::StoreError> {
     let spec = s.def.spec().ok();
     let local = |t: i64| match &spec {
         Some(spec) => spec.local(t),
@@ -309,7 +314,7 @@ async fn view(state: &AppState, s: Schedule, runs: bool) -> Result<ScheduleView,
     };
     let last_runs = if runs {
         let keys: Vec<String> = s.recent.iter().map(|r| r.key.clone()).collect();
-        let tasks = state.tasks.by_idempotency_keys(&keys).await?;
+        let tasks = tasks.by_idempotency_keys(&keys).await?;
         Some(
             s.recent
                 .iter()
@@ -359,6 +364,10 @@ async fn view(state: &AppState, s: Schedule, runs: bool) -> Result<ScheduleView,
         created_at: time::format(s.created_at),
         updated_at: time::format(s.updated_at),
     })
+}
+
+async fn view(state: &AppState, s: Schedule, runs: bool) -> Result<ScheduleView, ApiError> {
+    Ok(view_of(&*state.tasks, s, runs).await?)
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
