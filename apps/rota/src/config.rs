@@ -418,10 +418,7 @@ impl Config {
 
     /// Checks values the types cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
-        crate::crontab::validate(
-            &self.schedules,
-            rota_core::task::worker::wall_clock_ms(),
-        )?;
+        crate::crontab::validate(&self.schedules, rota_core::task::worker::wall_clock_ms())?;
         let positive = [
             ("cluster.partitions", u64::from(self.cluster.partitions)),
             ("cluster.replicas", u64::from(self.cluster.replicas)),

@@ -133,8 +133,12 @@ pub async fn apply(
             .await
             .map_err(|e| anyhow::anyhow!("cannot store schedule {:?}: {e}", entry.name))?;
         match outcome {
-            PutOutcome::Created => tracing::info!(schedule = %entry.name, "schedule created from the configuration"),
-            PutOutcome::Updated => tracing::info!(schedule = %entry.name, "schedule updated from the configuration"),
+            PutOutcome::Created => {
+                tracing::info!(schedule = %entry.name, "schedule created from the configuration")
+            }
+            PutOutcome::Updated => {
+                tracing::info!(schedule = %entry.name, "schedule updated from the configuration")
+            }
             PutOutcome::Unchanged => {}
         }
     }

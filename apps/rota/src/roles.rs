@@ -492,8 +492,7 @@ async fn schedules_admin(config: &Config, command: ScheduleCommand) -> anyhow::R
             let def = entry
                 .definition(now)
                 .map_err(|e| anyhow::anyhow!("schedule {:?}: {e}", entry.name))?;
-            let (s, outcome) =
-                schedule::put(store, def, PutMode::Replace, partitions, now).await?;
+            let (s, outcome) = schedule::put(store, def, PutMode::Replace, partitions, now).await?;
             eprintln!("schedule {:?}: {outcome:?}", s.def.name);
             print(&view_of(store, s, false).await?)?;
         }
