@@ -169,6 +169,35 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
         }
     }
 
+    // A one-second schedule whose clock w2 owns (its partition is one w2 leads), so that the
+    // SIGKILL below lands on the clock too: every tick must still fire exactly once.
+    let (_, c) = http(env.api, "GET", "/cluster", None).await;
+    let led_by_w2 = |p: u32| {
+        c["partitions"].as_array().unwrap().iter().any(|q| {
+            q["partition"].as_u64() == Some(u64::from(p))
+                && q["holders"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["instance"] == "w2" && h["state"] == "MASTER")
+        })
+    };
+    let beat = (0..)
+        .map(|i| format!("beat-{i}"))
+        .find(|n| led_by_w2(rota_core::task::schedule::schedule_partition(n, 12)))
+        .unwrap();
+    let (status, body) = http(
+        env.api,
+        "POST",
+        "/schedules",
+        Some(
+            &json!({"name": beat, "every": "1s", "task": {"name": "beat", "handler": "http",
+                    "maxAttempts": 5, "payload": {"url": url, "body": "beat"}}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
     // Mid-run (3 s after the first task is due): SIGKILL worker w2 and the leading controller,
     // then start w4.
     let submitted = start.elapsed();
@@ -210,12 +239,26 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     // Every task completes.
     let pool = env.tasks_pool().await;
     wait_for("every task COMPLETED", Duration::from_secs(120), || async {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM rota_tasks WHERE status = 'COMPLETED'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM rota_tasks WHERE status = 'COMPLETED' AND name <> 'beat'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         done == TASKS as i64
+    })
+    .await;
+    // Stop the schedule and let its last ticks' tasks end.
+    let path = format!("/schedules/{beat}/pause");
+    assert_eq!(http(env.api, "POST", &path, None).await.0, 200);
+    wait_for("every tick's task final", Duration::from_secs(60), || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM rota_tasks WHERE name = 'beat' AND status IN ('PENDING', 'RUNNING')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        open == 0
     })
     .await;
     // w1's own metrics moved under the load; the surviving controller reports its leadership.
@@ -264,7 +307,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     );
 
     let epochs: HashMap<i64, i64> =
-        sqlx::query_as::<_, (i64, i64)>("SELECT id, epoch FROM rota_tasks")
+        sqlx::query_as::<_, (i64, i64)>("SELECT id, epoch FROM rota_tasks WHERE name <> 'beat'")
             .fetch_all(&pool)
             .await
             .unwrap()
@@ -309,6 +352,49 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
             }
         }
     }
+    // The schedule: one task per tick from its first to its last, none twice, each run once at a
+    // time, due at its tick; every tick fired though its clock's worker was killed.
+    let beats: Vec<(i64, String, String, i64)> = sqlx::query_as(
+        "SELECT id, idempotency_key, status, scheduled_at FROM rota_tasks WHERE name = 'beat' ORDER BY scheduled_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let ticks: Vec<i64> = beats
+        .iter()
+        .map(|(_, key, _, due)| {
+            let tick: i64 = key.rsplit(':').next().unwrap().parse().unwrap();
+            assert_eq!(tick, *due, "{key} is not due at its tick");
+            tick
+        })
+        .collect();
+    assert!(ticks.len() >= 15, "only {} ticks fired", ticks.len());
+    let expected: Vec<i64> = (ticks[0]..=*ticks.last().unwrap()).step_by(1000).collect();
+    assert_eq!(ticks, expected, "a tick missing or fired twice");
+    let killed_ms = chrono::Utc::now().timestamp_millis() - killed_at.elapsed().as_millis() as i64;
+    assert!(
+        ticks.iter().any(|&t| t > killed_ms + 10_000),
+        "the schedule did not go on after w2's SIGKILL"
+    );
+    for (id, key, status, _) in &beats {
+        if status == "COMPLETED" {
+            let runs = log.get(id).unwrap_or_else(|| panic!("{key} never ran"));
+            let mut runs = runs.clone();
+            runs.sort_by_key(|e| e.start);
+            for pair in runs.windows(2) {
+                assert!(
+                    pair[0].end <= pair[1].start,
+                    "{key} ran twice at once: {runs:?}"
+                );
+            }
+        } else {
+            assert_eq!(status, "CANCELLED", "{key}: {status}");
+        }
+    }
+    println!(
+        "{backend}: schedule {beat} fired {} ticks, each once, across w2's SIGKILL",
+        ticks.len()
+    );
     let failover = recovered.values().max().copied().unwrap_or_default();
     println!(
         "{backend} failover: w2's {} partitions claiming again elsewhere {:.2} s after SIGKILL (session timeout {:.1} s); \
