@@ -95,7 +95,7 @@ enum ScheduleAction {
         name: String,
     },
     /// Create or replace a schedule.
-    Put(PutSchedule),
+    Put(Box<PutSchedule>),
     /// Delete a schedule (its tasks stay).
     Delete {
         /// Schedule name.
@@ -242,7 +242,7 @@ fn main() -> ExitCode {
                     roles::AdminCommand::Schedules(match action {
                         ScheduleAction::List => C::List,
                         ScheduleAction::Show { name } => C::Show(name),
-                        ScheduleAction::Put(put) => match put.entry() {
+                        ScheduleAction::Put(put) => match (*put).entry() {
                             Ok(entry) => C::Put(Box::new(entry)),
                             Err(e) => {
                                 eprintln!("rota: {e:#}");

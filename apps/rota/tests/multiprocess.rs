@@ -306,6 +306,12 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
         "{after}"
     );
 
+    let beats: Vec<(i64, String, String, i64)> = sqlx::query_as(
+        "SELECT id, idempotency_key, status, scheduled_at FROM rota_tasks WHERE name = 'beat' ORDER BY scheduled_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let epochs: HashMap<i64, i64> =
         sqlx::query_as::<_, (i64, i64)>("SELECT id, epoch FROM rota_tasks WHERE name <> 'beat'")
             .fetch_all(&pool)
@@ -354,12 +360,6 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     }
     // The schedule: one task per tick from its first to its last, none twice, each run once at a
     // time, due at its tick; every tick fired though its clock's worker was killed.
-    let beats: Vec<(i64, String, String, i64)> = sqlx::query_as(
-        "SELECT id, idempotency_key, status, scheduled_at FROM rota_tasks WHERE name = 'beat' ORDER BY scheduled_at",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
     let ticks: Vec<i64> = beats
         .iter()
         .map(|(_, key, _, due)| {

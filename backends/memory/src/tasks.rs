@@ -503,7 +503,7 @@ impl TaskStore for MemoryTaskStore {
         let name = write.schedule.def.name.clone();
         let current = inner.schedules.get(&name);
         if current.map(|s| s.revision) != write.expected {
-            return Ok(ScheduleWritten::Conflict(current.cloned()));
+            return Ok(ScheduleWritten::Conflict(current.cloned().map(Box::new)));
         }
         if let Some((owner, claim)) = &write.fence {
             if claim.partition != write.schedule.partition || !inner.owns(owner, claim) {

@@ -32,8 +32,6 @@
 //! Migrations are embedded and versioned in each cluster's `rota_schema`; a database with a
 //! newer schema than this build knows is refused with a clear error.
 
-mod schedules;
-
 use rota_core::task::schedule::Schedule;
 use rota_core::task::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
@@ -186,6 +184,9 @@ macro_rules! columns {
          t.lease_until, t.idempotency_key, t.created_at, t.started_at, t.finished_at"
     };
 }
+
+// After the macros, which it uses.
+mod schedules;
 
 /// The PostgreSQL task store.
 pub struct PostgresTaskStore {

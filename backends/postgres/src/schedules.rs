@@ -109,7 +109,7 @@ pub async fn write(
     .map_err(backend)?;
     let current = row.as_ref().map(schedule_from).transpose()?;
     if current.as_ref().map(|c| c.revision) != write.expected {
-        return Ok(ScheduleWritten::Conflict(current));
+        return Ok(ScheduleWritten::Conflict(current.map(Box::new)));
     }
     if let Some((owner, claim)) = &write.fence {
         let holder: Option<(String, i64)> = sqlx::query_as(
@@ -186,12 +186,11 @@ async fn insert_one(
         "INSERT INTO rota_tasks (id, name, payload, handler, partition_key, partition, status, \
            scheduled_at, max_attempts, idempotency_key, created_at) \
          VALUES ($1, $2, $3::json, $4, $5, $6, 'PENDING', $7, $8, $9, ",
-        "COALESCE($10::bigint, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)) \
+        now!(10),
+        ") \
          ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
          RETURNING ",
-        "id, name, payload, handler, partition_key, partition, status, scheduled_at, attempts, \
-         max_attempts, last_error, owner, epoch, lease_until, idempotency_key, created_at, \
-         started_at, finished_at"
+        columns!()
     ))
     .bind(id)
     .bind(&task.name)
@@ -210,9 +209,9 @@ async fn insert_one(
         return Ok((task_from(&row).map_err(backend)?, true));
     }
     let row = sqlx::query(concat!(
-        "SELECT id, name, payload, handler, partition_key, partition, status, scheduled_at, \
-         attempts, max_attempts, last_error, owner, epoch, lease_until, idempotency_key, \
-         created_at, started_at, finished_at FROM rota_tasks WHERE idempotency_key = $1"
+        "SELECT ",
+        columns!(),
+        " FROM rota_tasks WHERE idempotency_key = $1"
     ))
     .bind(&task.idempotency_key)
     .fetch_one(&mut *tx)

@@ -80,7 +80,7 @@ pub fn write(
     let s = &write.schedule;
     let current = get(tx, &s.def.name)?;
     if current.as_ref().map(|c| c.revision) != write.expected {
-        return Ok(ScheduleWritten::Conflict(current));
+        return Ok(ScheduleWritten::Conflict(current.map(Box::new)));
     }
     if let Some((owner, claim)) = &write.fence {
         let holder: Option<(String, i64)> = tx

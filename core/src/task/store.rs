@@ -184,7 +184,7 @@ pub enum ScheduleWritten {
     Written(Vec<(Task, bool)>),
     /// The stored revision was not the expected one (or the schedule exists, or no longer
     /// does): nothing was written. The schedule as stored now, if it exists.
-    Conflict(Option<Schedule>),
+    Conflict(Option<Box<Schedule>>),
 }
 
 /// Schedules due to fire.

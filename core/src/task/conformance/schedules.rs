@@ -139,7 +139,10 @@ pub async fn schedule_writes_compare_and_set(store: Arc<dyn TaskStore>) {
             .write_schedule(write(expected), PARTITIONS, NOW)
             .await
             .unwrap();
-        assert_eq!(outcome, ScheduleWritten::Conflict(Some(stored.clone())));
+        assert_eq!(
+            outcome,
+            ScheduleWritten::Conflict(Some(Box::new(stored.clone())))
+        );
     }
     assert!(
         !store

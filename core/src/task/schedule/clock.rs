@@ -141,7 +141,7 @@ async fn fire_one(
                 return Ok(next);
             }
             // Edited, paused or fired meanwhile: decide again from what is stored.
-            ScheduleWritten::Conflict(Some(current)) => schedule = current,
+            ScheduleWritten::Conflict(Some(current)) => schedule = *current,
             ScheduleWritten::Conflict(None) => return Ok(None),
         }
     }
