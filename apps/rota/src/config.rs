@@ -690,6 +690,44 @@ mod tests {
     }
 
     #[test]
+    fn schedules_in_the_file_are_read_and_checked() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "rota.toml",
+                "[[schedules]]\nname = \"nightly\"\ncron = \"30 2 * * *\"\n\
+                 time_zone = \"Europe/Berlin\"\n[schedules.task]\nname = \"report\"\n\
+                 payload = { kind = \"daily\" }\n\
+                 [[schedules]]\nname = \"beat\"\nevery = \"30s\"\nmissed_ticks = \"skip\"\n\
+                 [schedules.task]\nname = \"beat\"\n",
+            )?;
+            let config = Config::load(Some(Path::new("rota.toml"))).unwrap();
+            let def = config.schedules[0].definition(0).unwrap();
+            assert_eq!(
+                (def.spec.as_str(), def.zone.as_str()),
+                ("30 2 * * *", "Europe/Berlin")
+            );
+            assert_eq!(def.task.payload, serde_json::json!({"kind": "daily"}));
+            assert_eq!(def.task.max_attempts, 3);
+            let beat = config.schedules[1].definition(0).unwrap();
+            assert_eq!(beat.spec, "every 30s");
+            assert_eq!(beat.missed, rota_core::task::schedule::MissedTicks::Skip);
+            jail.create_file(
+                "bad.toml",
+                "[[schedules]]\nname = \"feb30\"\ncron = \"0 0 30 2 *\"\n[schedules.task]\nname = \"x\"\n",
+            )?;
+            let err = format!(
+                "{:#}",
+                Config::load(Some(Path::new("bad.toml"))).unwrap_err()
+            );
+            assert!(
+                err.contains("schedules[0]") && err.contains("never fires"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         Jail::expect_with(|jail| {
             jail.set_env("ROTA_CLUSTER__PARTITIONS", "0");

@@ -521,3 +521,173 @@ async fn a_request_whose_body_never_arrives_gets_408_within_the_timeout() {
     let body: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["error"], "request_timeout");
 }
+
+#[tokio::test]
+async fn schedules_are_created_read_changed_and_refused_with_reasons() {
+    let (app, tasks) = app();
+    // As curl -d sends it: no JSON content type.
+    let request = Request::builder()
+        .method("POST")
+        .uri("/schedules")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(
+            r#"{"name":"report","cron":"*/2 * * * * *","task":{"name":"report"}}"#,
+        ))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()[header::LOCATION], "/schedules/report");
+    let (status, s) = call(&app, "GET", "/schedules/report", None).await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    let times = s["nextFireTimes"].as_array().unwrap();
+    assert_eq!(times.len(), 10);
+    // NOW is 2023-11-14T22:13:20Z: every even second from there on.
+    assert_eq!(times[0], "2023-11-14T22:13:22+00:00");
+    assert_eq!(times[1], "2023-11-14T22:13:24+00:00");
+    assert_eq!(s["lastRuns"], json!([]));
+    assert_eq!(
+        (s["missedTicks"].clone(), s["paused"].clone()),
+        (json!("run-once"), json!(false))
+    );
+    // A repeat is fine; another definition under the name is a conflict; PUT replaces.
+    let body = r#"{"name":"report","cron":"*/2 * * * * *","task":{"name":"report"}}"#;
+    assert_eq!(
+        call(&app, "POST", "/schedules", Some(body)).await.0,
+        StatusCode::OK
+    );
+    let other = r#"{"name":"report","every":"1m","timeZone":"Europe/Berlin","task":{"name":"report","maxAttempts":5}}"#;
+    assert_eq!(
+        call(&app, "POST", "/schedules", Some(other)).await.0,
+        StatusCode::CONFLICT
+    );
+    let (status, s) = call(&app, "PUT", "/schedules/report", Some(other)).await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    assert_eq!(
+        (s["every"].clone(), s["revision"].clone()),
+        (json!("1m"), json!(2))
+    );
+    assert_eq!(s["nextTick"], "2023-11-14T23:14:00+01:00");
+    // Trigger: a task due now, in the history as manual.
+    let (status, t) = call(&app, "POST", "/schedules/report/trigger", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    let id = t["task"]["id"].as_i64().unwrap();
+    assert_eq!(tasks.get(id).await.unwrap().unwrap().max_attempts, 5);
+    let (_, s) = call(&app, "GET", "/schedules/report", None).await;
+    assert_eq!(s["lastRuns"][0]["taskId"], id);
+    assert_eq!(s["lastRuns"][0]["manual"], true);
+    assert_eq!(s["lastRuns"][0]["status"], "PENDING");
+    // Pause and resume.
+    let (_, s) = call(&app, "POST", "/schedules/report/pause", None).await;
+    assert_eq!(
+        (s["paused"].clone(), s["nextFireTimes"].clone()),
+        (json!(true), json!([]))
+    );
+    let (_, s) = call(&app, "POST", "/schedules/report/resume", None).await;
+    assert_eq!(s["paused"], false);
+    assert_eq!(s["nextFireTimes"].as_array().unwrap().len(), 10);
+    // Listing pages by name.
+    for n in ["a", "b", "c"] {
+        let body = format!(r#"{{"name":"{n}","every":"1h","task":{{"name":"x"}}}}"#);
+        assert_eq!(
+            call(&app, "POST", "/schedules", Some(&body)).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let (_, page) = call(&app, "GET", "/schedules?limit=2", None).await;
+    assert_eq!(page["nextAfter"], "b");
+    let (_, page) = call(&app, "GET", "/schedules?limit=2&after=b", None).await;
+    let names: Vec<&str> = page["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["c", "report"]);
+    // Bad input: a 400 saying what is wrong, nothing stored.
+    for (body, says) in [
+        (
+            r#"{"name":"x","cron":"0 0 30 2 *","task":{"name":"r"}}"#,
+            "never fires",
+        ),
+        (
+            r#"{"name":"x","cron":"* * * * *","timeZone":"Mars/Base","task":{"name":"r"}}"#,
+            "unknown time zone",
+        ),
+        (
+            r#"{"name":"x","cron":"61 * * * *","task":{"name":"r"}}"#,
+            "not a cron expression",
+        ),
+        (
+            r#"{"name":"x","cron":"* * * * *","every":"1s","task":{"name":"r"}}"#,
+            "exactly one of",
+        ),
+        (
+            r#"{"name":"x","every":"0s","task":{"name":"r"}}"#,
+            "not an interval",
+        ),
+        (
+            r#"{"name":"x y","every":"1s","task":{"name":"r"}}"#,
+            "not a schedule name",
+        ),
+        (
+            r#"{"name":"x","every":"1s","task":{"name":"r","handler":"nope"}}"#,
+            "nope",
+        ),
+        (
+            r#"{"name":"x","every":"1s","task":{"name":"r","maxAttempts":0}}"#,
+            "maxAttempts",
+        ),
+        (
+            r#"{"name":"x","every":"1s","catchUp":0,"task":{"name":"r"}}"#,
+            "catchUp",
+        ),
+        (
+            r#"{"name":"x","every":"1s","task":{"name":"r"},"color":"red"}"#,
+            "unknown field",
+        ),
+        (r#"{"name":"x","every":"1s"}"#, "task"),
+        ("not json", "not a schedule"),
+    ] {
+        let (status, e) = call(&app, "POST", "/schedules", Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(says), "{body}: {e}");
+    }
+    let (status, e) = call(
+        &app,
+        "PUT",
+        "/schedules/y",
+        Some(r#"{"name":"z","every":"1s","task":{"name":"r"}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(
+        call(&app, "GET", "/schedules/x", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // The reserved keys of schedules' tasks are not for clients.
+    let (status, e) = call_with(
+        &app,
+        "POST",
+        "/tasks",
+        Some(r#"{"name":"t"}"#),
+        &[("idempotency-key", "schedule:report:1")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    // Delete: gone, its task stays.
+    assert_eq!(
+        call(&app, "DELETE", "/schedules/report", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&app, "DELETE", "/schedules/report", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, "POST", "/schedules/report/trigger", None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert!(tasks.get(id).await.unwrap().is_some());
+}

@@ -447,3 +447,38 @@ proptest! {
         prop_assert_eq!(fired, want);
     }
 }
+
+/// Cron-like text of fields, steps, ranges, lists and specials, well-formed or not.
+fn cronish() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("*".to_string()),
+        Just("?".to_string()),
+        Just("L".to_string()),
+        Just("W".to_string()),
+        Just("#".to_string()),
+        Just("/".to_string()),
+        Just("-".to_string()),
+        Just(",".to_string()),
+        Just("MON".to_string()),
+        Just("JAN".to_string()),
+        (0u32..100).prop_map(|n| n.to_string()),
+        "[0-9LW#/*,?-]{1,6}",
+    ];
+    let field = proptest::collection::vec(token, 1..4).prop_map(|t| t.concat());
+    proptest::collection::vec(field, 1..9).prop_map(|f| f.join(" "))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever the text, parsing answers (a spec or an error) and never panics, and a spec that
+    /// parses yields increasing ticks.
+    #[test]
+    fn any_text_parses_or_is_refused_without_panicking(text in cronish(), zone in prop_oneof![Just("UTC"), Just("Europe/Berlin")]) {
+        if let Ok(spec) = Spec::parse(&text, zone, utc(2026, 1, 1, 0, 0, 0)) {
+            let ticks = spec.upcoming(utc(2026, 1, 1, 0, 0, 0), 3);
+            prop_assert!(!ticks.is_empty());
+            prop_assert!(ticks.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+}
