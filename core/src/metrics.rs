@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn the_docs_list_every_metric_and_the_dashboard_uses_only_real_ones() {
         let exposed = exposed();
-        assert_eq!(exposed.len(), 17, "{exposed:?}");
+        assert_eq!(exposed.len(), 20, "{exposed:?}");
         let docs = include_str!("../../docs/production.md");
         for name in &exposed {
             assert!(

@@ -144,3 +144,62 @@ pub async fn apply(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rota_memory::MemoryTaskStore;
+
+    fn entry(every: &str) -> ScheduleEntry {
+        ScheduleEntry {
+            name: "beat".into(),
+            cron: None,
+            every: Some(every.into()),
+            time_zone: utc(),
+            task: TaskEntry {
+                name: "beat".into(),
+                payload: serde_json::json!({"n": 1}),
+                handler: None,
+                max_attempts: 3,
+                partition_key: None,
+            },
+            missed_ticks: run_once(),
+            catch_up: catch_up(),
+            jitter_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn applying_the_crontab_again_changes_nothing_and_a_change_replaces() {
+        let store = MemoryTaskStore::new();
+        let now = 1_700_000_000_000;
+        apply(&store, &[entry("30s")], 12, now).await.unwrap();
+        let first = store.schedule("beat").await.unwrap().unwrap();
+        // Another process starting with the same file, later: the clock is left alone.
+        apply(&store, &[entry("30s")], 12, now + 45_000)
+            .await
+            .unwrap();
+        assert_eq!(store.schedule("beat").await.unwrap().unwrap(), first);
+        // A paused schedule stays paused across a restart with the same file.
+        schedule::pause(&store, "beat", 12, now).await.unwrap();
+        apply(&store, &[entry("30s")], 12, now).await.unwrap();
+        assert!(store.schedule("beat").await.unwrap().unwrap().paused);
+        schedule::resume(&store, "beat", 12, now).await.unwrap();
+        apply(&store, &[entry("1m")], 12, now).await.unwrap();
+        let changed = store.schedule("beat").await.unwrap().unwrap();
+        assert_eq!(changed.def.spec, "every 1m");
+        assert_eq!(changed.next_tick, Some((now / 60_000 + 1) * 60_000));
+        // A bad entry names itself.
+        let mut bad = entry("30s");
+        bad.missed_ticks = "sometimes".into();
+        let err = validate(&[bad], now).unwrap_err().to_string();
+        assert!(
+            err.contains("schedules[0]") && err.contains("sometimes"),
+            "{err}"
+        );
+        let twice = validate(&[entry("30s"), entry("1m")], now)
+            .unwrap_err()
+            .to_string();
+        assert!(twice.contains("used twice"), "{twice}");
+    }
+}

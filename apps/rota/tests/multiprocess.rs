@@ -261,6 +261,23 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
         open == 0
     })
     .await;
+    // The command line shows the same schedule as the API: paused, its last runs with tasks.
+    let out = env
+        .command(&["admin", "schedules", "show", &beat], None)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["paused"], true, "{shown}");
+    let runs = shown["lastRuns"].as_array().unwrap();
+    assert_eq!(runs.len(), 10, "{shown}");
+    assert!(runs.iter().all(|r| r["taskId"].is_i64()), "{shown}");
     // w1's own metrics moved under the load; the surviving controller reports its leadership.
     let (status, text) = common::http_text(w1_metrics, "GET", "/metrics", None).await;
     assert_eq!(status, 200);

@@ -505,15 +505,9 @@ impl TaskStore for MemoryTaskStore {
         if current.map(|s| s.revision) != write.expected {
             return Ok(ScheduleWritten::Conflict(current.cloned().map(Box::new)));
         }
-        if let Some((owner, claim)) = &write.fence {
-            if claim.partition != write.schedule.partition || !inner.owns(owner, claim) {
-                let current = inner.owners.get(&claim.partition).map_or(0, |(_, e)| *e);
-                return Err(StoreError::StaleEpoch {
-                    partition: claim.partition,
-                    current,
-                    given: claim.epoch,
-                });
-            }
+        if let Some(partition) = write.fenced_partition() {
+            let holder = inner.owners.get(&partition);
+            write.check_fence(holder.map(|(o, e)| (o.as_str(), *e)))?;
         }
         let (tasks, notify) = inner.insert_tasks(write.tasks, partitions, now);
         inner.schedules.insert(name, write.schedule);

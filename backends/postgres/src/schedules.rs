@@ -111,24 +111,15 @@ pub async fn write(
     if current.as_ref().map(|c| c.revision) != write.expected {
         return Ok(ScheduleWritten::Conflict(current.map(Box::new)));
     }
-    if let Some((owner, claim)) = &write.fence {
+    if let Some(partition) = write.fenced_partition() {
         let holder: Option<(String, i64)> = sqlx::query_as(
             "SELECT owner, epoch FROM rota_partition_owners WHERE partition = $1 FOR SHARE",
         )
-        .bind(claim.partition as i32)
+        .bind(partition as i32)
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
-        let holds = holder
-            .as_ref()
-            .is_some_and(|(o, e)| o == owner.as_str() && *e as u64 == claim.epoch);
-        if claim.partition != s.partition || !holds {
-            return Err(StoreError::StaleEpoch {
-                partition: claim.partition,
-                current: holder.map_or(0, |(_, e)| e as u64),
-                given: claim.epoch,
-            });
-        }
+        write.check_fence(holder.as_ref().map(|(o, e)| (o.as_str(), *e as u64)))?;
     }
     let def = serde_json::to_string(&s.def).map_err(|e| StoreError::Backend(e.to_string()))?;
     let recent =

@@ -82,24 +82,15 @@ pub fn write(
     if current.as_ref().map(|c| c.revision) != write.expected {
         return Ok(ScheduleWritten::Conflict(current.map(Box::new)));
     }
-    if let Some((owner, claim)) = &write.fence {
+    if let Some(partition) = write.fenced_partition() {
         let holder: Option<(String, i64)> = tx
             .prepare_cached("SELECT owner, epoch FROM partition_owners WHERE partition = ?1")
             .and_then(|mut st| {
-                st.query_row([claim.partition], |r| Ok((r.get(0)?, r.get(1)?)))
+                st.query_row([partition], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })
             .map_err(backend)?;
-        let holds = holder
-            .as_ref()
-            .is_some_and(|(o, e)| o == owner.as_str() && *e as u64 == claim.epoch);
-        if claim.partition != s.partition || !holds {
-            return Err(StoreError::StaleEpoch {
-                partition: claim.partition,
-                current: holder.map_or(0, |(_, e)| e as u64),
-                given: claim.epoch,
-            });
-        }
+        write.check_fence(holder.as_ref().map(|(o, e)| (o.as_str(), *e as u64)))?;
     }
     let def = serde_json::to_string(&s.def).map_err(|e| StoreError::Backend(e.to_string()))?;
     let recent =

@@ -177,6 +177,31 @@ pub struct ScheduleWrite {
     pub tasks: Vec<NewTask>,
 }
 
+impl ScheduleWrite {
+    /// The fence's verdict, given the stored owner and epoch of the fence's partition (`None`:
+    /// nobody owns it): refused unless they are the fence's and the fence names the schedule's
+    /// partition. Every store applies this one rule inside its write.
+    pub fn check_fence(&self, holder: Option<(&str, Epoch)>) -> Result<(), StoreError> {
+        let Some((owner, claim)) = &self.fence else {
+            return Ok(());
+        };
+        let holds = holder.is_some_and(|(o, e)| o == owner.as_str() && e == claim.epoch);
+        if claim.partition != self.schedule.partition || !holds {
+            return Err(StoreError::StaleEpoch {
+                partition: claim.partition,
+                current: holder.map_or(0, |(_, e)| e),
+                given: claim.epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// The partition whose owner the fence names, if fenced.
+    pub fn fenced_partition(&self) -> Option<u32> {
+        self.fence.as_ref().map(|(_, c)| c.partition)
+    }
+}
+
 /// The result of a schedule write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScheduleWritten {
