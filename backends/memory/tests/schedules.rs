@@ -9,7 +9,9 @@ use rota_core::InstanceId;
 use rota_core::cluster::harness::{TIMEOUT, TestCluster, resource};
 use rota_core::cluster::participant::ParticipantStatus;
 use rota_core::metrics::Metrics;
-use rota_core::task::schedule::{self, MissedTicks, PutMode, ScheduleDef, TaskTemplate, tick_key};
+use rota_core::task::schedule::{
+    self, MissedTicks, PutMode, ScheduleDef, TaskTemplate, clock, tick_key,
+};
 use rota_core::task::worker::{Handlers, TaskHandler, Worker, WorkerConfig};
 use rota_core::task::{Millis, Task, TaskId, TaskStatus, TaskStore};
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
@@ -210,6 +212,41 @@ async fn a_one_second_schedule_fires_every_tick_once_across_crashes_joins_and_fa
         .await
         .unwrap();
     let first = stored.next_tick.unwrap();
+    // A zombie's clock that never learns it lost the partition: it fires with the first
+    // owner's name and an epoch long gone, four times a second, throughout. The store's fence
+    // must refuse every one of its firings.
+    let rogue = {
+        let (tasks, now, partition) = (bed.tasks.clone(), now.clone(), stored.partition);
+        let owner = bed
+            .nodes
+            .iter()
+            .find(|(_, n)| n.worker.owned().contains(&partition))
+            .map(|(id, _)| InstanceId::new(id))
+            .unwrap_or_else(|| InstanceId::new("w0"));
+        tokio::spawn(async move {
+            // From after the first fault on: the partition has moved on from its first grant.
+            tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+            let stale = [rota_core::task::Claim {
+                partition,
+                epoch: 1,
+            }];
+            let (mut refused, mut fired) = (0u64, 0u64);
+            // Until the faults are over. It finds the schedule due only when the owner's
+            // clock is late (during a failover): those are the races that matter.
+            let until = Instant::now() + Duration::from_secs(100 * 60);
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match clock::fire_due(&*tasks, &owner, &stale, PARTITIONS, now()).await {
+                    Ok(round) => {
+                        fired += round.fired + round.duplicates;
+                        refused += round.refused.len() as u64;
+                    }
+                    Err(e) => panic!("the rogue clock's store call failed: {e}"),
+                }
+            }
+            (refused, fired)
+        })
+    };
     // Two simulated hours: every 10 minutes something fails, in turn.
     let mut next_worker = 3;
     let mut next_controller = 2;
@@ -239,6 +276,12 @@ async fn a_one_second_schedule_fires_every_tick_once_across_crashes_joins_and_fa
         }
     }
     tokio::time::sleep(Duration::from_secs(300)).await;
+    let (refused, fired) = rogue.await.unwrap();
+    assert_eq!(fired, 0, "a stale epoch's clock fired a tick");
+    assert!(
+        refused >= 10,
+        "the rogue clock was refused only {refused} times"
+    );
     // Stop the clock, then let every tick's task finish.
     let paused_at = now();
     let stopped = schedule::pause(&*bed.tasks, "beat", PARTITIONS, paused_at)
