@@ -691,3 +691,21 @@ async fn schedules_are_created_read_changed_and_refused_with_reasons() {
     );
     assert!(tasks.get(id).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_name_is_measured_as_sent_before_white_space_is_trimmed() {
+    let (app, _) = app();
+    // 257 characters as sent (the document's maxLength is 256), 256 once trimmed.
+    let name = format!("\t{}", "*".repeat(256));
+    let body = json!({"name": name}).to_string();
+    let (status, e) = call(&app, "POST", "/tasks", Some(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let body = json!({"name": "s", "every": "1h", "task": {"name": name}}).to_string();
+    let (status, e) = call(&app, "POST", "/schedules", Some(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let ok = json!({"name": format!(" {} ", "*".repeat(254))}).to_string();
+    assert_eq!(
+        call(&app, "POST", "/tasks", Some(&ok)).await.0,
+        StatusCode::CREATED
+    );
+}

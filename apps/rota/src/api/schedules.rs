@@ -243,7 +243,7 @@ fn definition(
     };
     let t = body.task;
     let task_name = t.name.trim().to_owned();
-    if task_name.is_empty() || task_name.chars().count() > MAX_NAME {
+    if task_name.is_empty() || t.name.chars().count() > MAX_NAME {
         return Err(ApiError::bad_request(
             "invalid_name",
             format!("task.name must have 1 to {MAX_NAME} characters"),

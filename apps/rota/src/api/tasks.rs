@@ -332,7 +332,9 @@ impl From<Task> for TaskView {
 
 fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewTask, ApiError> {
     let name = c.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > MAX_NAME {
+    // Counted as sent, as the document's maxLength counts: white space trimmed off the stored
+    // name does not make a longer name acceptable.
+    if name.is_empty() || c.name.chars().count() > MAX_NAME {
         return Err(ApiError::bad_request(
             "invalid_name",
             format!("name must have 1 to {MAX_NAME} characters"),
