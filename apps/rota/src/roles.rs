@@ -463,10 +463,6 @@ async fn schedules_admin(config: &Config, command: ScheduleCommand) -> anyhow::R
     let resource = initialised(config).await?;
     let store = task_store(config, &Arc::default()).await?;
     let (store, partitions, now) = (&*store, resource.partitions, wall_clock_ms());
-    let print = |value: &dyn erased_json::Show| -> anyhow::Result<()> {
-        println!("{}", value.show()?);
-        Ok(())
-    };
     match command {
         ScheduleCommand::List => {
             let mut views = Vec::new();
@@ -516,20 +512,11 @@ async fn schedules_admin(config: &Config, command: ScheduleCommand) -> anyhow::R
     Ok(())
 }
 
-/// Pretty JSON of anything serializable, behind a trait object.
-mod erased_json {
-    /// Shows itself as pretty JSON.
-    pub trait Show {
-        fn show(&self) -> serde_json::Result<String>;
-    }
-
-    impl<T: serde::Serialize> Show for T {
-        fn show(&self) -> serde_json::Result<String> {
-            serde_json::to_string_pretty(self)
-        }
-    }
+/// Prints `value` as pretty JSON on stdout.
+fn print<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
-
 /// `rota admin ...`
 pub async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
     let command = match command {

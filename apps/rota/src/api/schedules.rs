@@ -3,18 +3,18 @@
 //! since nothing else is accepted here.
 
 use super::error::{ApiError, ErrorBody};
-use super::tasks::{MAX_ATTEMPTS, MAX_NAME, TaskView, payload_from};
+use super::tasks::{TaskView, check_task_fields, payload_from};
 use super::{AppState, time};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use rota_core::task::TaskStatus;
 use rota_core::task::schedule::{
     self, DEFAULT_CATCH_UP, MissedTicks, PutMode, PutOutcome, Schedule, ScheduleDef, ScheduleError,
     TaskTemplate,
 };
-use rota_core::task::{DEFAULT_MAX_ATTEMPTS, TaskStatus};
 use serde::{Deserialize, Serialize};
 
 /// How many fire times a schedule shows.
@@ -242,26 +242,13 @@ fn definition(
         }
     };
     let t = body.task;
-    let task_name = t.name.trim().to_owned();
-    if task_name.is_empty() || t.name.chars().count() > MAX_NAME {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            format!("task.name must have 1 to {MAX_NAME} characters"),
-        ));
-    }
-    let max_attempts = t.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
-    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
-        return Err(ApiError::bad_request(
-            "invalid_max_attempts",
-            format!("task.maxAttempts must be 1 to {MAX_ATTEMPTS}"),
-        ));
-    }
-    if let Some(h) = &t.handler {
-        state
-            .handlers
-            .check(h)
-            .map_err(|m| ApiError::bad_request("unknown_handler", m))?;
-    }
+    let (task_name, max_attempts) = check_task_fields(
+        state,
+        "task.",
+        &t.name,
+        t.max_attempts,
+        t.handler.as_deref(),
+    )?;
     if t.partition_key
         .as_ref()
         .is_some_and(|k| k.is_empty() || k.chars().count() > 256)

@@ -330,33 +330,48 @@ impl From<Task> for TaskView {
     }
 }
 
-fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewTask, ApiError> {
-    let name = c.name.trim().to_owned();
+/// The checks a task's fields get wherever a task is described (a create, a schedule's
+/// template; `prefix` names the enclosing field in messages, e.g. `task.`): the trimmed name and
+/// the attempts.
+pub(crate) fn check_task_fields(
+    state: &AppState,
+    prefix: &str,
+    raw_name: &str,
+    max_attempts: Option<u32>,
+    handler: Option<&str>,
+) -> Result<(String, u32), ApiError> {
+    let name = raw_name.trim().to_owned();
     // Counted as sent, as the document's maxLength counts: white space trimmed off the stored
     // name does not make a longer name acceptable.
-    if name.is_empty() || c.name.chars().count() > MAX_NAME {
+    if name.is_empty() || raw_name.chars().count() > MAX_NAME {
         return Err(ApiError::bad_request(
             "invalid_name",
-            format!("name must have 1 to {MAX_NAME} characters"),
+            format!("{prefix}name must have 1 to {MAX_NAME} characters"),
         ));
     }
-    let scheduled_at = match &c.scheduled_time {
-        Some(t) => time::parse(t).map_err(|m| ApiError::bad_request("invalid_time", m))?,
-        None => (state.now)(),
-    };
-    let max_attempts = c.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    let max_attempts = max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
         return Err(ApiError::bad_request(
             "invalid_max_attempts",
-            format!("maxAttempts must be 1 to {MAX_ATTEMPTS}"),
+            format!("{prefix}maxAttempts must be 1 to {MAX_ATTEMPTS}"),
         ));
     }
-    if let Some(h) = &c.handler {
+    if let Some(h) = handler {
         state
             .handlers
             .check(h)
             .map_err(|m| ApiError::bad_request("unknown_handler", m))?;
     }
+    Ok((name, max_attempts))
+}
+
+fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewTask, ApiError> {
+    let (name, max_attempts) =
+        check_task_fields(state, "", &c.name, c.max_attempts, c.handler.as_deref())?;
+    let scheduled_at = match &c.scheduled_time {
+        Some(t) => time::parse(t).map_err(|m| ApiError::bad_request("invalid_time", m))?,
+        None => (state.now)(),
+    };
     for (field, value) in [("partitionKey", &c.partition_key), ("idempotencyKey", &key)] {
         if value
             .as_ref()
