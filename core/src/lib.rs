@@ -31,6 +31,7 @@ pub mod planner;
 pub mod rebalancer;
 pub mod state_model;
 pub mod task;
+pub mod teeth;
 
 pub use model::*;
 pub use state_model::{Bound, StateModel, StateModelError, StateModelSpec};

@@ -150,6 +150,11 @@ impl Checker {
         self.lock().calls.clone()
     }
 
+    /// Every violation seen so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
     /// Panics with every violation seen so far.
     pub fn assert_ok(&self) {
         let s = self.lock();

@@ -64,6 +64,12 @@ pub fn monotonic_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Whether a shutdown signal says stop: it is set, or its sender is gone (then nobody can ever
+/// set it, and a loop that waits on `changed()` would spin: it returns at once from then on).
+pub fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
 /// Opens a session, retrying every second while the store is unreachable; `None` once
 /// `shutdown` becomes true.
 async fn connect(
@@ -73,7 +79,7 @@ async fn connect(
     who: &str,
 ) -> Option<Arc<dyn Session>> {
     loop {
-        if *shutdown.borrow() {
+        if stopping(shutdown) {
             return None;
         }
         match store.connect(timeout).await {

@@ -236,7 +236,7 @@ impl Participant {
 
     /// Serves until `shutdown` becomes true; then takes its replicas offline and leaves.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ClusterError> {
-        while !*shutdown.borrow() {
+        while !super::stopping(&shutdown) {
             self.status.send_replace(ParticipantStatus::Connecting);
             let Some(session) = super::connect(
                 &*self.store,
@@ -256,7 +256,7 @@ impl Participant {
                 Ok(Ended::SessionLost) => {}
                 Err(e) => {
                     debug!(error = %e, "session ended");
-                    if *shutdown.borrow() {
+                    if super::stopping(&shutdown) {
                         let _ = session.close().await;
                         break;
                     }
@@ -417,6 +417,9 @@ impl Participant {
                 _ = state.changed() => {
                     let now = *state.borrow();
                     match now {
+                        SessionState::Suspended if crate::teeth::get().suspended_keeps_partitions => {
+                            self.status.send_replace(ParticipantStatus::Suspended);
+                        }
                         SessionState::Suspended => {
                             self.status.send_replace(ParticipantStatus::Suspended);
                             warn!(instance = %serving.instance, "session suspended: taking replicas offline");

@@ -351,9 +351,15 @@ impl Worker {
         let purger = tokio::spawn(purge_finished(inner.clone(), shutdown.clone()));
         let fence = tokio::spawn(inner.clone().fence_session(shutdown.clone()));
         let clock = tokio::spawn(run_clock(inner.clone(), shutdown.clone()));
+        let _killed = KillOnDrop {
+            inner: inner.clone(),
+            helpers: [&completer, &renewer, &purger, &fence, &clock]
+                .map(|h| h.abort_handle())
+                .to_vec(),
+        };
         let mut inserted = inner.store.inserted();
         let concurrency = inner.config.concurrency.max(1);
-        while !*shutdown.borrow() {
+        while !crate::cluster::stopping(&shutdown) {
             inner.start_queued(&done_tx);
             let claims = inner.owned();
             let busy = inner.queued() + concurrency - inner.permits.available_permits();
@@ -420,6 +426,27 @@ impl Worker {
         purger.abort();
         fence.abort();
         clock.abort();
+    }
+}
+
+/// Ends what a worker spawned when its `run` is dropped before it returns (the worker was
+/// killed, as by a crash of an embedding process): its helpers and the handlers in flight stop
+/// with it, as they would with the process, instead of running on unowned. At a normal return
+/// everything has ended already.
+struct KillOnDrop {
+    inner: Arc<Inner>,
+    helpers: Vec<AbortHandle>,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for helper in &self.helpers {
+            helper.abort();
+        }
+        let in_flight = self.inner.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for (handle, _) in in_flight.values().flat_map(HashMap::values) {
+            handle.abort();
+        }
     }
 }
 
@@ -1171,7 +1198,7 @@ async fn purge_finished(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
 /// session is in doubt, as claims do (the store's fence would refuse it anyway).
 async fn run_clock(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     let poll = inner.config.schedule_poll.max(Duration::from_millis(10));
-    while !*shutdown.borrow() {
+    while !crate::cluster::stopping(&shutdown) {
         let claims = inner.owned();
         let mut sleep = poll;
         if !claims.is_empty() && !inner.session_in_doubt() {
