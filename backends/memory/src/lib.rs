@@ -23,7 +23,7 @@ use rota_core::coordination::{
     SessionState, WATCH_CAPACITY, Watch, WatchEvent, WatchSender, validate_key,
     validate_transaction, watch_channel,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -37,7 +37,7 @@ pub struct MemoryCoordination {
 #[derive(Default)]
 struct Inner {
     nodes: BTreeMap<String, Stored>,
-    sessions: HashMap<u64, SessionEntry>,
+    sessions: BTreeMap<u64, SessionEntry>,
     watchers: Vec<Watcher>,
     next_session: u64,
     refuse_new_sessions: bool,
@@ -331,7 +331,7 @@ impl Inner {
                 return Err(CoordError::ConnectionLoss);
             }
         }
-        let mut overlay: HashMap<String, Option<Stored>> = HashMap::new();
+        let mut overlay: BTreeMap<String, Option<Stored>> = BTreeMap::new();
         let mut results = Vec::with_capacity(ops.len());
         let mut changes = Vec::new();
         for op in ops {
@@ -413,7 +413,7 @@ impl Inner {
         Ok(results)
     }
 
-    fn has_children(&self, key: &str, overlay: &HashMap<String, Option<Stored>>) -> bool {
+    fn has_children(&self, key: &str, overlay: &BTreeMap<String, Option<Stored>>) -> bool {
         let prefix = format!("{key}/");
         let stored = self
             .nodes

@@ -8,7 +8,7 @@ use rota_core::task::{
     TaskStatus, TaskStore, partition_for,
 };
 use rota_core::{Epoch, InstanceId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -21,12 +21,12 @@ pub struct MemoryTaskStore {
 #[derive(Default)]
 struct Inner {
     tasks: BTreeMap<TaskId, Task>,
-    keys: HashMap<String, TaskId>,
-    owners: HashMap<u32, (InstanceId, Epoch)>,
+    keys: BTreeMap<String, TaskId>,
+    owners: BTreeMap<u32, (InstanceId, Epoch)>,
     /// PENDING tasks by partition, in due order.
-    due: HashMap<u32, BTreeSet<(Millis, TaskId)>>,
+    due: BTreeMap<u32, BTreeSet<(Millis, TaskId)>>,
     /// RUNNING tasks by partition.
-    running: HashMap<u32, BTreeSet<TaskId>>,
+    running: BTreeMap<u32, BTreeSet<TaskId>>,
     next_id: TaskId,
     schedules: BTreeMap<String, Schedule>,
 }

@@ -258,6 +258,7 @@ impl Controller {
             }
             // Someone leads: wait for the key to change (deleted, or a resync), then try again.
             tokio::select! {
+                biased;
                 _ = leader.next() => {}
                 _ = state.changed() => {
                     if *state.borrow() != SessionState::Connected {
@@ -324,6 +325,7 @@ impl Controller {
                 .unwrap_or(self.config.interval)
                 .min(self.config.interval);
             tokio::select! {
+                biased;
                 event = events.next() => {
                     if event.is_none() {
                         return Err(CoordError::SessionExpired.into());
@@ -342,6 +344,7 @@ impl Controller {
                     if now == SessionState::Suspended {
                         info!(epoch = lease.epoch, "lost contact with the store; pausing");
                         tokio::select! {
+                            biased;
                             back = state.wait_for(|s| *s != SessionState::Suspended) => {
                                 let back = back.map(|s| *s).unwrap_or(SessionState::Expired);
                                 if back != SessionState::Connected {

@@ -87,6 +87,7 @@ async fn connect(
             Err(e) => {
                 tracing::warn!(error = %e, "{who} cannot connect; retrying");
                 tokio::select! {
+                    biased;
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => {}
                 }

@@ -35,7 +35,7 @@ use crate::model::{
 };
 use crate::state_model::{StateModel, StateModelSpec};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
@@ -164,9 +164,9 @@ struct Serving {
     /// Resources whose current-state key exists in this session.
     written: SyncMutex<BTreeSet<String>>,
     /// Per resource, the finished transitions waiting for their current-state write.
-    recorders: SyncMutex<HashMap<String, Arc<Recorder>>>,
-    partition_locks: SyncMutex<HashMap<Replica, Arc<Mutex<()>>>>,
-    models: Mutex<HashMap<String, Arc<StateModel>>>,
+    recorders: SyncMutex<BTreeMap<String, Arc<Recorder>>>,
+    partition_locks: SyncMutex<BTreeMap<Replica, Arc<Mutex<()>>>>,
+    models: Mutex<BTreeMap<String, Arc<StateModel>>>,
     /// False while suspended or stopping: no transition starts.
     active: AtomicBool,
     highest_leader: AtomicU64,
@@ -262,6 +262,10 @@ impl Participant {
                     }
                 }
             }
+            // Whatever ended the session (an expiry, a call that found it gone), nothing the
+            // handler runs may outlive it: the next session may be granted the same partitions.
+            self.handler
+                .session_deadline(Some(tokio::time::Instant::now()));
             if !session.state().borrow().is_final() {
                 // Not expired yet (for instance a refused registration): give it up.
                 let _ = session.close().await;
@@ -356,6 +360,7 @@ impl Participant {
                 Err(CoordError::Exists(_)) => {
                     info!(instance = %id, "an earlier session is still live; waiting for it to end");
                     tokio::select! {
+                        biased;
                         _ = previous.next() => {}
                         _ = state.changed() => {
                             if *state.borrow() != SessionState::Connected {
@@ -384,9 +389,9 @@ impl Participant {
             handler: self.handler.clone(),
             replicas: Mutex::new(BTreeMap::new()),
             written: SyncMutex::new(BTreeSet::new()),
-            recorders: SyncMutex::new(HashMap::new()),
-            partition_locks: SyncMutex::new(HashMap::new()),
-            models: Mutex::new(HashMap::new()),
+            recorders: SyncMutex::new(BTreeMap::new()),
+            partition_locks: SyncMutex::new(BTreeMap::new()),
+            models: Mutex::new(BTreeMap::new()),
             active: AtomicBool::new(true),
             highest_leader: AtomicU64::new(0),
             permits: Semaphore::new(self.config.max_parallel.max(1)),
@@ -402,6 +407,7 @@ impl Participant {
         let mut state = session.state();
         loop {
             tokio::select! {
+                biased;
                 event = messages.next() => match event {
                     // Only the messages themselves: a backend may report the creation of the
                     // messages directory too (ZooKeeper materialises it), which is no message.
@@ -412,7 +418,16 @@ impl Participant {
                     }
                     Some(WatchEvent::Created { .. } | WatchEvent::Changed { .. } | WatchEvent::Deleted { .. }) => {}
                     Some(WatchEvent::Resync) => serving.process_all(&mut tasks).await?,
-                    None => return Ok(Ended::SessionLost),
+                    // The session ended (its watches end with it), maybe before its state
+                    // says so: step down at once, as for an expiry, before a new session can be
+                    // granted the same partitions.
+                    None => {
+                        serving.active.store(false, Ordering::SeqCst);
+                        let now = tokio::time::Instant::now();
+                        serving.handler.session_deadline(Some(now));
+                        serving.go_offline(Some(now)).await;
+                        return Ok(Ended::SessionLost);
+                    }
                 },
                 _ = state.changed() => {
                     let now = *state.borrow();

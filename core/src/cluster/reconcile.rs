@@ -13,7 +13,7 @@ use crate::model::{
 use crate::planner::{PlanInput, ResourcePlan, plan};
 use crate::rebalancer::{RebalanceInput, rebalance};
 use crate::state_model::StateModel;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the controller should write.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +52,7 @@ pub fn reconcile(
         .map(|l| (l.id.clone(), l.session.clone()))
         .collect();
     let live_sessions: BTreeSet<(&InstanceId, &SessionId)> = sessions.iter().collect();
-    let mut pending: HashMap<&str, Vec<Transition>> = HashMap::new();
+    let mut pending: BTreeMap<&str, Vec<Transition>> = BTreeMap::new();
     for (key, message) in &snapshot.messages {
         let t = &message.transition;
         if live_sessions.contains(&(&t.instance, &t.session)) {

@@ -36,7 +36,7 @@ use crate::model::{Epoch, InstanceId};
 use async_trait::async_trait;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,14 +77,14 @@ impl TaskHandler for NoopHandler {
 /// registered under its `name`, else the default (`log`).
 #[derive(Clone)]
 pub struct Handlers {
-    by_name: HashMap<String, Arc<dyn TaskHandler>>,
+    by_name: BTreeMap<String, Arc<dyn TaskHandler>>,
     default: Arc<dyn TaskHandler>,
 }
 
 impl Default for Handlers {
     fn default() -> Self {
         let mut handlers = Self {
-            by_name: HashMap::new(),
+            by_name: BTreeMap::new(),
             default: Arc::new(LogHandler),
         };
         handlers.register("log", Arc::new(LogHandler));
@@ -229,7 +229,7 @@ struct Inner {
     owned: Mutex<BTreeMap<u32, Epoch>>,
     /// Tasks in flight per partition, with the handles that abort them and the completion that
     /// reports them interrupted if they are.
-    in_flight: Mutex<HashMap<u32, HashMap<TaskId, Running>>>,
+    in_flight: Mutex<BTreeMap<u32, BTreeMap<TaskId, Running>>>,
     /// Claimed tasks waiting for a free slot, in due order. Its lock is held while a task
     /// moves from here to `in_flight`, so a partition's step-down sees each task in one place.
     queue: Mutex<VecDeque<Queued>>,
@@ -241,9 +241,9 @@ struct Inner {
     outstanding: AtomicUsize,
     /// The same claims per partition: a partition is given up once its count is zero (every
     /// claim of it ended in the store), or at the drain's deadline.
-    unsettled: Mutex<HashMap<u32, usize>>,
+    unsettled: Mutex<BTreeMap<u32, usize>>,
     /// Partitions being given up (no longer claimed from, still draining).
-    leaving: Mutex<HashSet<u32>>,
+    leaving: Mutex<BTreeSet<u32>>,
     /// Set while the participant's session cannot be relied on: every drain ends by then.
     session_deadline: watch::Sender<Option<tokio::time::Instant>>,
     /// The session timeout the coordination store granted, in ms (0 until known).
@@ -257,7 +257,7 @@ struct Inner {
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     /// Per handler name, its metrics.
-    handler_metrics: Mutex<HashMap<String, HandlerMetrics>>,
+    handler_metrics: Mutex<BTreeMap<String, HandlerMetrics>>,
     now: Arc<dyn Fn() -> Millis + Send + Sync>,
 }
 
@@ -298,19 +298,19 @@ impl Worker {
                 store,
                 handlers,
                 owned: Mutex::new(BTreeMap::new()),
-                in_flight: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(BTreeMap::new()),
                 queue: Mutex::new(VecDeque::new()),
                 starts: Mutex::new(StartRate::default()),
                 outstanding: AtomicUsize::new(0),
-                unsettled: Mutex::new(HashMap::new()),
-                leaving: Mutex::new(HashSet::new()),
+                unsettled: Mutex::new(BTreeMap::new()),
+                leaving: Mutex::new(BTreeSet::new()),
                 session_deadline: watch::Sender::new(None),
                 granted_ms: AtomicU64::new(0),
                 wake: Notify::new(),
                 clock_wake: Notify::new(),
                 drained: Notify::new(),
                 metrics,
-                handler_metrics: Mutex::new(HashMap::new()),
+                handler_metrics: Mutex::new(BTreeMap::new()),
                 now,
             }),
         }
@@ -406,6 +406,7 @@ impl Worker {
                 .unwrap_or(idle)
                 .min(idle);
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep(sleep) => {}
                 _ = inner.wake.notified() => {}
                 _ = inner.insert_into_owned(&mut inserted) => {
@@ -444,7 +445,7 @@ impl Drop for KillOnDrop {
             helper.abort();
         }
         let in_flight = self.inner.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        for (handle, _) in in_flight.values().flat_map(HashMap::values) {
+        for (handle, _) in in_flight.values().flat_map(BTreeMap::values) {
             handle.abort();
         }
     }
@@ -841,6 +842,7 @@ impl Inner {
                 );
             }
             tokio::select! {
+                biased;
                 _ = drained => {}
                 _ = session.changed() => {}
                 _ = tokio::time::sleep_until(until) => break,
@@ -916,6 +918,7 @@ impl Inner {
             };
             warn!(partition, epoch, error = %error, retry_in = ?pause, "recording the partition's ownership failed; retrying");
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep(pause) => {}
                 _ = session.changed() => {}
             }
@@ -938,30 +941,12 @@ impl Inner {
             let deadline = *session.borrow_and_update();
             if let Some(deadline) = deadline {
                 tokio::select! {
+                    biased;
                     _ = tokio::time::sleep_until(deadline) => {
-                        let aborted: Vec<Running> = self
-                            .in_flight
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .drain()
-                            .flat_map(|(_, tasks)| tasks.into_values())
-                            .collect();
-                        let queued: Vec<Task> =
-                            self.lock_queue().drain(..).map(|q| q.task).collect();
-                        if !aborted.is_empty() {
-                            warn!(
-                                count = aborted.len(),
-                                "session deadline passed: aborting every task in flight"
-                            );
-                            let inner = self.clone();
-                            tokio::spawn(async move {
-                                inner.interrupt(aborted, "the worker's session was lost").await;
-                            });
-                        }
-                        let inner = self.clone();
-                        tokio::spawn(async move { inner.release(queued).await });
+                        self.abort_all();
                         // Until the session is back or replaced.
                         tokio::select! {
+                            biased;
                             _ = session.changed() => {}
                             _ = shutdown.changed() => return,
                         }
@@ -971,10 +956,43 @@ impl Inner {
                 }
             } else {
                 tokio::select! {
+                    biased;
                     _ = session.changed() => {}
                     _ = shutdown.changed() => return,
                 }
             }
+        }
+    }
+
+    /// The session's deadline has passed: aborts every task in flight (reported interrupted)
+    /// and releases the queued ones. Synchronous, so that nothing this worker runs outlives
+    /// the call: a session that has ended may be replaced and its partitions granted again at
+    /// once, and a new claim must never find the old attempt still running.
+    fn abort_all(self: &Arc<Self>) {
+        let aborted: Vec<Running> =
+            std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .flat_map(BTreeMap::into_values)
+                .collect();
+        let queued: Vec<Task> = self.lock_queue().drain(..).map(|q| q.task).collect();
+        if !aborted.is_empty() {
+            warn!(
+                count = aborted.len(),
+                "session deadline passed: aborting every task in flight"
+            );
+            for (handle, _) in &aborted {
+                handle.abort();
+            }
+            let inner = self.clone();
+            tokio::spawn(async move {
+                inner
+                    .interrupt(aborted, "the worker's session was lost")
+                    .await;
+            });
+        }
+        if !queued.is_empty() {
+            let inner = self.clone();
+            tokio::spawn(async move { inner.release(queued).await });
         }
     }
 
@@ -1107,6 +1125,7 @@ async fn renew_leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     let period = inner.config.lease / 3;
     loop {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
         }
@@ -1162,6 +1181,7 @@ async fn purge_finished(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
     let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     loop {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
         }
@@ -1233,6 +1253,7 @@ async fn run_clock(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(sleep) => {}
             _ = inner.clock_wake.notified() => {}
             _ = shutdown.changed() => {}
@@ -1305,6 +1326,11 @@ impl TransitionHandler for Ownership {
 
     fn session_deadline(&self, deadline: Option<tokio::time::Instant>) {
         self.inner.session_deadline.send_replace(deadline);
+        // A session that has ended: abort now, not when the fence's timer next runs (by then
+        // a new session may have cleared the deadline and been granted the partitions again).
+        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            self.inner.abort_all();
+        }
         // Claims paused while the session was in doubt go on.
         self.inner.wake.notify_one();
     }

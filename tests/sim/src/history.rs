@@ -133,6 +133,7 @@ impl History {
         if let Some(run) = s.runs.get_mut(&task).and_then(|r| r.get_mut(index)) {
             run.end = Some(at);
         }
+        s.trace.push(format!("{at:>8} end {task} run {index}"));
     }
 
     /// The store recorded `owner` at `epoch` as the partition's owner.

@@ -947,6 +947,6 @@ async fn simulate(seed: u64) -> Report {
         refused_completions: counts.refused_completions,
         refused_controller_writes: counts.refused_controller_writes,
         recovery,
-        trace_tail: history.tail(60),
+        trace_tail: history.tail(std::env::var("ROTA_SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(60)),
     }
 }

@@ -16,14 +16,15 @@ fn env(name: &str) -> Option<u64> {
 fn describe(r: &Report) -> String {
     format!(
         "seed {}: {} tasks, {} runs, {} faults, {} refused completions, {} fenced controller \
-         writes, recovered in {:?}",
+         writes, recovered in {:?}, trace digest {:016x}",
         r.seed,
         r.tasks,
         r.runs,
         r.faults,
         r.refused_completions,
         r.refused_controller_writes,
-        r.recovery
+        r.recovery,
+        r.digest
     )
 }
 
