@@ -299,6 +299,7 @@ impl Sim {
         if let Some(Some(node)) = self.workers.get_mut(id).map(Option::take) {
             node.participant.abort();
             node.run.abort();
+            self.links[id].crashed();
             self.checker.crashed(&InstanceId::new(id));
         }
     }
@@ -487,6 +488,7 @@ impl Sim {
                 if let Some(Some(node)) = self.controllers.get_mut(&name).map(Option::take) {
                     node.task.abort();
                     drop(node.stop);
+                    self.links[&name].crashed();
                 }
                 let after = Duration::from_millis(self.rng.range(1_000, 20_000));
                 Some(vec![(after, Action::RestartController(name))])

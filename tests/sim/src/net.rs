@@ -60,6 +60,12 @@ impl Link {
         self.sessions.lock().unwrap().last().cloned()
     }
 
+    /// The node's process died: its sessions are no longer its own (a cut or heal afterwards
+    /// cannot revive them; they expire when their timeout passes).
+    pub fn crashed(&self) {
+        self.sessions.lock().unwrap().clear();
+    }
+
     /// Cuts the node off from the coordination store (its session is suspended; it expires
     /// if the cut outlasts its timeout).
     pub fn cut(&self, store: &MemoryCoordination) {
