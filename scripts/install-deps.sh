@@ -2,7 +2,8 @@
 # Installs, from Debian packages, the servers and tools rota's tests use: ZooKeeper, etcd and
 # PostgreSQL (started as throwaway servers by the test harness), protoc with its well-known
 # types (needed to build the etcd client) and Python with venv; then schemathesis from PyPI into
-# .tools/schemathesis (the API's property-based test). Idempotent: installs only what is
+# .tools/schemathesis (the API's property-based test), and the nightly toolchain with
+# cargo-fuzz for the fuzz targets. Idempotent: installs only what is
 # missing, and does nothing on a machine that has everything. Needs root (or sudo) the first
 # time.
 set -euo pipefail
@@ -57,5 +58,16 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$schemathesis_version"; the
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$schemathesis_version"
   "$venv/bin/st" --version >/dev/null
+fi
+# The fuzz targets (scripts/fuzz.sh): the nightly toolchain, for the sanitizers, and
+# cargo-fuzz, pinned, into .tools/cargo-fuzz.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "install-deps: installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+cargo_fuzz_version=0.13.2
+if ! .tools/cargo-fuzz/bin/cargo-fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
+  echo "install-deps: installing cargo-fuzz $cargo_fuzz_version into .tools/cargo-fuzz"
+  cargo install -q --locked --root .tools/cargo-fuzz cargo-fuzz --version "$cargo_fuzz_version"
 fi
 echo "install-deps: done"

@@ -15,3 +15,5 @@ cargo clippy "${features[@]}" --all-targets -- -D warnings
 cargo test "${features[@]}" --lib --bins --tests --examples
 # Doc tests and the documented examples compile and pass too.
 cargo test "${features[@]}" --doc
+# Every fuzz target, briefly, from its committed corpus (a crash fails the run).
+bash scripts/fuzz.sh "${ROTA_FUZZ_SECONDS:-20}"

@@ -120,6 +120,37 @@ async fn optional_fields_and_offsets() {
     );
 }
 
+/// Found by the simulator: a repeat of a create whose first attempt had failed (its due time
+/// moved to the retry's) was refused as another request.
+#[tokio::test]
+async fn a_repeat_after_a_failed_attempt_returns_the_original_task() {
+    use rota_core::InstanceId;
+    use rota_core::task::{Claim, Completion, CompletionOutcome};
+    let (app, tasks) = app();
+    let key = [("Idempotency-Key", "retried-1")];
+    let body = r#"{"name": "n", "scheduledTime": "2023-11-14T22:13:20Z"}"#;
+    let (first, a) = call_with(&app, "POST", "/tasks", Some(body), &key).await;
+    assert_eq!(first, StatusCode::CREATED, "{a}");
+    let partition = a["partitionId"].as_u64().expect("a partition") as u32;
+    let owner = InstanceId::new("w");
+    tasks.acquire(partition, &owner, 1, NOW).await.unwrap();
+    let claim = [Claim { partition, epoch: 1 }];
+    let claimed = tasks.claim(&owner, &claim, NOW, 1, 30_000).await.unwrap();
+    assert_eq!(claimed.tasks.len(), 1);
+    let failed = CompletionOutcome::Failed {
+        error: "boom".into(),
+        retry_at: NOW + 60_000,
+    };
+    let done = tasks
+        .complete(&owner, &[Completion::of(&claimed.tasks[0], failed)], NOW)
+        .await
+        .unwrap();
+    assert!(done[0].is_some());
+    let (second, b) = call_with(&app, "POST", "/tasks", Some(body), &key).await;
+    assert_eq!(second, StatusCode::OK, "{b}");
+    assert_eq!(a["id"], b["id"]);
+}
+
 #[tokio::test]
 async fn an_idempotency_key_returns_the_original_task() {
     let (app, tasks) = app();

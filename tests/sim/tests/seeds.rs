@@ -81,8 +81,12 @@ fn every_seed_keeps_every_invariant() {
         t.3,
         t.4
     );
-    let failed = failed.lock().unwrap();
-    if let Some(r) = failed.iter().min_by_key(|r| r.seed) {
+    let mut failed = failed.lock().unwrap();
+    failed.sort_by_key(|r| r.seed);
+    for r in failed.iter() {
+        println!("seed {} broke: {}", r.seed, r.violations[0]);
+    }
+    if let Some(r) = failed.first() {
         panic!(
             "{} of {count} seeds broke an invariant; the first: {}\n{:#?}\nreplay with: \
              ROTA_SIM_SEED={} cargo test -p rota-sim --test seeds\ntrace's end:\n{}",

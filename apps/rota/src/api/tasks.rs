@@ -64,7 +64,9 @@ fn same_request(asked: &NewTask, stored: &Task, scheduled_given: bool) -> bool {
         && asked.partition_key == stored.partition_key
         && asked.max_attempts == stored.max_attempts
         && asked.handler == stored.handler
-        && (!scheduled_given || asked.scheduled_at == stored.scheduled_at)
+        // A failed attempt moves the due time to the retry's: the time asked for is then no
+        // longer stored, and the repeat cannot be told from the original by it.
+        && (!scheduled_given || stored.attempts > 0 || asked.scheduled_at == stored.scheduled_at)
 }
 
 /// The payload as a JSON value, refusing integers beyond 64 bits: the JSON parser would turn

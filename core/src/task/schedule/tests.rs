@@ -209,6 +209,23 @@ fn new_york_dst_days_fire_as_documented() {
     );
 }
 
+/// Found by the fuzzer: the tick before the first of a month of ticks every second, a year
+/// after the last such month, took minutes (every tick of the window was walked).
+#[test]
+fn the_last_tick_before_is_found_across_months_of_dense_ticks() {
+    let berlin: Tz = "Europe/Berlin".parse().unwrap();
+    let spec = Spec::new("*/1 * * \n * 01 *", "Europe/Berlin").unwrap();
+    let next = spec.next_after(utc(2026, 4, 12, 0, 0, 0)).unwrap();
+    assert_eq!(next, at(berlin, 2027, 1, 1, 0, 0, 0));
+    assert_eq!(spec.last_before(next), Some(at(berlin, 2026, 1, 31, 23, 59, 59)));
+    // And inside the month, the second before.
+    assert_eq!(spec.last_before(next + 5_000), Some(next + 4_000));
+    // Sparse ticks, the same answer as walking.
+    let daily = Spec::new("0 30 2 * * *", "Europe/Berlin").unwrap();
+    let t = at(berlin, 2026, 3, 30, 12, 0, 0);
+    assert_eq!(daily.last_before(t), Some(at(berlin, 2026, 3, 30, 2, 30, 0)));
+}
+
 #[test]
 fn intervals_tick_at_multiples_of_the_period_since_the_epoch() {
     let spec = Spec::parse("every 30s", "Europe/Berlin", 0).unwrap();
