@@ -70,10 +70,12 @@ fuzz_target!(|data: &[u8]| {
             String::from_utf8_lossy(body),
             String::from_utf8_lossy(&bytes)
         );
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).expect("every answer is JSON");
+        let json: serde_json::Value = serde_json::from_slice(&bytes).expect("every answer is JSON");
         if status.is_client_error() {
-            assert!(json["error"].is_string() || json["message"].is_string(), "{json}");
+            assert!(
+                json["error"].is_string() || json["message"].is_string(),
+                "{json}"
+            );
         }
         if method == "POST" && uri == "/tasks" && status.is_success() {
             let name = json["name"].as_str().expect("a name");

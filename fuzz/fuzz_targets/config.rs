@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
     match Config::extract(figment) {
-        Ok(config) => config.validate().expect("an accepted configuration validates"),
+        Ok(config) => config
+            .validate()
+            .expect("an accepted configuration validates"),
         Err(e) => assert!(!e.to_string().is_empty()),
     }
 });

@@ -6,7 +6,13 @@
 use libfuzzer_sys::fuzz_target;
 use rota_core::task::schedule::Spec;
 
-const ZONES: [&str; 5] = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu"];
+const ZONES: [&str; 5] = [
+    "UTC",
+    "Europe/Berlin",
+    "America/New_York",
+    "Australia/Lord_Howe",
+    "Asia/Kathmandu",
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else {
@@ -24,7 +30,10 @@ fuzz_target!(|data: &[u8]| {
     let ticks = spec.upcoming(start, 20);
     let mut previous = start;
     for t in ticks {
-        assert!(t > previous, "{text:?} in {zone}: tick {t} after {previous}");
+        assert!(
+            t > previous,
+            "{text:?} in {zone}: tick {t} after {previous}"
+        );
         previous = t;
     }
     if let Some(next) = spec.next_after(start) {

@@ -75,15 +75,24 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or(u32::MAX) as usize;
     let top = model.top_state();
     for (p, intent) in next.partitions.iter().enumerate() {
-        assert!(intent.replicas.len() <= replicas as usize, "partition {p}: {intent:?}");
+        assert!(
+            intent.replicas.len() <= replicas as usize,
+            "partition {p}: {intent:?}"
+        );
         let tops = intent.replicas.iter().filter(|(_, s)| s == top).count();
-        assert!(tops <= bound.max(1), "partition {p}: {tops} {top} over bound {bound}");
+        assert!(
+            tops <= bound.max(1),
+            "partition {p}: {tops} {top} over bound {bound}"
+        );
         for (i, _) in &intent.replicas {
             let eligible = after.iter().any(|a| {
                 a.id == *i
                     && a.enabled
                     && a.weight > 0
-                    && resource.instance_tag.as_ref().is_none_or(|t| a.tags.contains(t))
+                    && resource
+                        .instance_tag
+                        .as_ref()
+                        .is_none_or(|t| a.tags.contains(t))
             });
             assert!(eligible, "partition {p} placed on {i}, not eligible");
         }

@@ -134,7 +134,10 @@ async fn a_repeat_after_a_failed_attempt_returns_the_original_task() {
     let partition = a["partitionId"].as_u64().expect("a partition") as u32;
     let owner = InstanceId::new("w");
     tasks.acquire(partition, &owner, 1, NOW).await.unwrap();
-    let claim = [Claim { partition, epoch: 1 }];
+    let claim = [Claim {
+        partition,
+        epoch: 1,
+    }];
     let claimed = tasks.claim(&owner, &claim, NOW, 1, 30_000).await.unwrap();
     assert_eq!(claimed.tasks.len(), 1);
     let failed = CompletionOutcome::Failed {

@@ -333,8 +333,8 @@ impl TaskStore for MemoryTaskStore {
             } else {
                 t.status == TaskStatus::Running
                     && t.partition == c.partition
-                && t.owner.as_ref() == Some(owner)
-                && t.epoch == Some(c.epoch)
+                    && t.owner.as_ref() == Some(owner)
+                    && t.epoch == Some(c.epoch)
                     && inner.owns(owner, &claim)
             };
             if !current {

@@ -444,7 +444,11 @@ impl Drop for KillOnDrop {
         for helper in &self.helpers {
             helper.abort();
         }
-        let in_flight = self.inner.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let in_flight = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for (handle, _) in in_flight.values().flat_map(BTreeMap::values) {
             handle.abort();
         }

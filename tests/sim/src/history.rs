@@ -178,8 +178,10 @@ impl History {
         for (c, r) in completions.iter().zip(results) {
             match r {
                 Some(status) => {
-                    s.trace
-                        .push(format!("{at:>8} complete {} by {owner} -> {status:?}", c.id));
+                    s.trace.push(format!(
+                        "{at:>8} complete {} by {owner} -> {status:?}",
+                        c.id
+                    ));
                     Self::check_grant(&mut s, "a completion", c.partition, owner, c.epoch);
                 }
                 None => {
@@ -222,7 +224,8 @@ impl History {
         let mut s = self.lock();
         let at = s.start.elapsed().as_millis();
         s.counts.refused_controller_writes += 1;
-        s.trace.push(format!("{at:>8} fenced write of {node} refused"));
+        s.trace
+            .push(format!("{at:>8} fenced write of {node} refused"));
     }
 
     /// Every violation so far.

@@ -246,7 +246,12 @@ impl Sim {
         let zone = self
             .zones
             .entry(id.to_owned())
-            .or_insert_with(|| format!("z{}", id.trim_start_matches('w').parse::<usize>().unwrap_or(0) % 3))
+            .or_insert_with(|| {
+                format!(
+                    "z{}",
+                    id.trim_start_matches('w').parse::<usize>().unwrap_or(0) % 3
+                )
+            })
             .clone();
         let coordination = self.coordination_for(id, false);
         let link = self.link(id, false);
@@ -258,13 +263,7 @@ impl Sim {
             node: id.to_owned(),
             history: self.history.clone(),
         }));
-        let worker = Worker::with_clock(
-            config,
-            store,
-            handlers,
-            Arc::default(),
-            clock(self.start),
-        );
+        let worker = Worker::with_clock(config, store, handlers, Arc::default(), clock(self.start));
         let (participant, handle) = Participant::new(
             coordination,
             ParticipantConfig {
@@ -595,8 +594,9 @@ fn plan_workload(rng: &mut Rng) -> Vec<Planned> {
             });
             if rng.chance(70) {
                 let due = chrono::DateTime::from_timestamp_millis(due).expect("a time");
-                body["scheduledTime"] =
-                    due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into();
+                body["scheduledTime"] = due
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    .into();
             }
             if rng.chance(30) {
                 body["partitionKey"] = format!("k{}", rng.range(0, 5)).into();
@@ -618,7 +618,8 @@ fn plan_faults(rng: &mut Rng) -> Vec<(Duration, Action)> {
     let timeout = TIMEOUT.as_millis() as u64;
     (0..count)
         .map(|_| {
-            let at = Duration::from_millis(rng.range(5_000, FAULT_WINDOW.as_millis() as u64 - 10_000));
+            let at =
+                Duration::from_millis(rng.range(5_000, FAULT_WINDOW.as_millis() as u64 - 10_000));
             let d = Duration::from_millis(rng.range(500, 3 * timeout));
             let action = match rng.range(0, 17) {
                 0 => Action::CrashWorker,
@@ -699,7 +700,9 @@ impl Sim {
         self.workers
             .iter()
             .filter(|(id, n)| n.is_some() && !self.disabled.contains(id))
-            .map(|(id, n)| InstanceConfig::new(id.as_str()).with_zone(n.as_ref().unwrap().zone.as_str()))
+            .map(|(id, n)| {
+                InstanceConfig::new(id.as_str()).with_zone(n.as_ref().unwrap().zone.as_str())
+            })
             .collect()
     }
 
@@ -711,7 +714,11 @@ impl Sim {
     ) {
         let top = self.model.top_state().as_str();
         for (p, intent) in ideal.partitions.iter().enumerate() {
-            let tops = intent.replicas.iter().filter(|(_, s)| s.as_str() == top).count();
+            let tops = intent
+                .replicas
+                .iter()
+                .filter(|(_, s)| s.as_str() == top)
+                .count();
             if intent.replicas.len() > self.resource.replicas as usize || tops > 1 {
                 self.history.violation(format!(
                     "{what} puts {} replicas ({tops} {top}) on partition {p}: {:?}",
@@ -758,9 +765,10 @@ impl Sim {
             previous: Some(&ideal),
         }) {
             Ok(next) => self.check_assignment("a rebalance", &next, Some(&live)),
-            Err(e) => self
-                .history
-                .violation(format!("the rebalancer failed on {} instances: {e}", live.len())),
+            Err(e) => self.history.violation(format!(
+                "the rebalancer failed on {} instances: {e}",
+                live.len()
+            )),
         }
     }
 
@@ -799,7 +807,10 @@ async fn simulate(seed: u64) -> Report {
     let coordination = MemoryCoordination::new();
     let long = Duration::from_secs(30 * 24 * 3600);
     let carrier = coordination.connect(long).await.expect("a session");
-    let admin = Admin::new(coordination.connect(long).await.expect("a session"), CLUSTER);
+    let admin = Admin::new(
+        coordination.connect(long).await.expect("a session"),
+        CLUSTER,
+    );
     let resource = resource("MasterSlave", PARTITIONS, 2);
     admin.add_resource(&resource).await.expect("the resource");
     let model = StateModel::builtin("MasterSlave").expect("a built-in model");
@@ -899,7 +910,12 @@ async fn simulate(seed: u64) -> Report {
                 .iter()
                 .filter(|t| !t.status.is_final())
                 .take(5)
-                .map(|t| format!("{} {:?} on p{} attempts {}", t.id, t.status, t.partition, t.attempts))
+                .map(|t| {
+                    format!(
+                        "{} {:?} on p{} attempts {}",
+                        t.id, t.status, t.partition, t.attempts
+                    )
+                })
                 .collect();
             history.violation(format!(
                 "not recovered {} s after the faults: {} of {} tasks not final ({unfinished:?}), \
@@ -949,6 +965,11 @@ async fn simulate(seed: u64) -> Report {
         refused_completions: counts.refused_completions,
         refused_controller_writes: counts.refused_controller_writes,
         recovery,
-        trace_tail: history.tail(std::env::var("ROTA_SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(60)),
+        trace_tail: history.tail(
+            std::env::var("ROTA_SIM_TRACE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(60),
+        ),
     }
 }

@@ -249,9 +249,15 @@ impl Session for SimSession {
 
     async fn transaction(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, CoordError> {
         let late = self.link.late_write_ms.load(Ordering::SeqCst);
-        let plain = !ops
-            .iter()
-            .any(|op| matches!(op, Op::Create { mode: CreateMode::Ephemeral, .. }));
+        let plain = !ops.iter().any(|op| {
+            matches!(
+                op,
+                Op::Create {
+                    mode: CreateMode::Ephemeral,
+                    ..
+                }
+            )
+        });
         if self.link.controller && late > 0 && plain && !self.is_election(&ops) {
             // The leader stalls with this write in the network: its session is cut off (and
             // expires: another controller takes over), and the write lands afterwards.
@@ -307,4 +313,3 @@ impl Session for SimSession {
         self.inner.close().await
     }
 }
-

@@ -8,7 +8,7 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x5EED_0F_0707A)
+        Self(seed ^ 0x05EE_D0F0_707A)
     }
 
     /// The next 64 random bits.

@@ -50,7 +50,9 @@ impl SimTaskStore {
         let delivery = tokio::spawn(async move {
             link.pass().await;
             if link.store_down.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("task store down (simulated)".into()));
+                return Err(StoreError::Unavailable(
+                    "task store down (simulated)".into(),
+                ));
             }
             let failing = link
                 .store_failures
@@ -81,7 +83,9 @@ impl SimTaskStore {
     async fn read(&self) -> Result<(), StoreError> {
         self.link.pass().await;
         if self.link.store_down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("task store down (simulated)".into()));
+            return Err(StoreError::Unavailable(
+                "task store down (simulated)".into(),
+            ));
         }
         Ok(())
     }

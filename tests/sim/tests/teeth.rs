@@ -20,7 +20,11 @@ fn first_catch(teeth: Teeth, expect: &str) -> Option<(u64, String)> {
             s.spawn(|| {
                 loop {
                     let seed = next.fetch_add(1, Ordering::SeqCst);
-                    let done = found.lock().unwrap().as_ref().is_some_and(|(f, _)| *f < seed);
+                    let done = found
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .is_some_and(|(f, _)| *f < seed);
                     if seed >= BOUND || done {
                         break;
                     }
@@ -41,7 +45,9 @@ fn first_catch(teeth: Teeth, expect: &str) -> Option<(u64, String)> {
 fn assert_caught(name: &str, teeth: Teeth, expect: &str) {
     match first_catch(teeth, expect) {
         Some((seed, violation)) => println!("{name}: caught at seed {seed}: {violation}"),
-        None => panic!("{name}: not caught in {BOUND} seeds (expected a violation naming {expect:?})"),
+        None => {
+            panic!("{name}: not caught in {BOUND} seeds (expected a violation naming {expect:?})")
+        }
     }
 }
 

@@ -217,13 +217,19 @@ fn the_last_tick_before_is_found_across_months_of_dense_ticks() {
     let spec = Spec::new("*/1 * * \n * 01 *", "Europe/Berlin").unwrap();
     let next = spec.next_after(utc(2026, 4, 12, 0, 0, 0)).unwrap();
     assert_eq!(next, at(berlin, 2027, 1, 1, 0, 0, 0));
-    assert_eq!(spec.last_before(next), Some(at(berlin, 2026, 1, 31, 23, 59, 59)));
+    assert_eq!(
+        spec.last_before(next),
+        Some(at(berlin, 2026, 1, 31, 23, 59, 59))
+    );
     // And inside the month, the second before.
     assert_eq!(spec.last_before(next + 5_000), Some(next + 4_000));
     // Sparse ticks, the same answer as walking.
     let daily = Spec::new("0 30 2 * * *", "Europe/Berlin").unwrap();
     let t = at(berlin, 2026, 3, 30, 12, 0, 0);
-    assert_eq!(daily.last_before(t), Some(at(berlin, 2026, 3, 30, 2, 30, 0)));
+    assert_eq!(
+        daily.last_before(t),
+        Some(at(berlin, 2026, 3, 30, 2, 30, 0))
+    );
 }
 
 #[test]
