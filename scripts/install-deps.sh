@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian packages, the servers and tools rota's tests use: ZooKeeper, etcd and
 # PostgreSQL (started as throwaway servers by the test harness), protoc with its well-known
-# types (needed to build the etcd client) and Python with venv; then schemathesis from PyPI into
+# types (needed to build the etcd client), Python with venv, and iproute2 and iptables (hosts
+# in network namespaces whose links the partition test cuts); then schemathesis from PyPI into
 # .tools/schemathesis (the API's property-based test), and the nightly toolchain with
 # cargo-fuzz for the fuzz targets. Idempotent: installs only what is
 # missing, and does nothing on a machine that has everything. Needs root (or sudo) the first
@@ -19,6 +20,8 @@ declare -A probes=(
   [postgresql]='/usr/lib/postgresql/*/bin/postgres'
   [python3]=/usr/bin/python3
   [python3-venv]='/usr/lib/python3*/ensurepip/__init__.py'
+  [iproute2]=/usr/sbin/ip
+  [iptables]=/usr/sbin/iptables
 )
 
 present() {

@@ -13,7 +13,9 @@
 //! - **Transactions** are `multi` requests; a failed check is reported as `BadVersion`.
 //! - **Watches** are persistent (recursive for subtrees) watches, one per call; ZooKeeper's events
 //!   name the node and the kind of change, which is what [`WatchEvent`] carries. After the
-//!   client reconnects a watch may have missed events (ZOOKEEPER-4698), so it emits `Resync`.
+//!   client reconnects to its session a watch is set again (the server dropped it with the
+//!   connection, and the client library does not restore persistent watches), and since it may
+//!   have missed events meanwhile (ZOOKEEPER-4698) it then emits `Resync`.
 //!
 //! Connect strings may carry a chroot (`host:2181,host2:2181/rota`).
 
@@ -21,8 +23,8 @@ use async_trait::async_trait;
 use rota_core::SessionId;
 use rota_core::coordination::{
     CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState,
-    WATCH_CAPACITY, Watch, WatchEvent, validate_key, validate_transaction, validate_value,
-    watch_channel,
+    WATCH_CAPACITY, Watch, WatchEvent, WatchSender, validate_key, validate_transaction,
+    validate_value, watch_channel,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -93,6 +95,42 @@ impl ZooKeeperCoordination {
                 return;
             }
         }
+    }
+}
+
+/// Sets a persistent watch on `key` again after the client reconnected to its session,
+/// retrying while the connection comes and goes; `None` once the session has ended (or nobody
+/// reads the watch any more).
+///
+/// The server keeps a connection's watches only as long as the connection; a client is to set
+/// them again on reconnecting (`SetWatches`), but zookeeper-client 0.11 leaves persistent
+/// watches out of that request, so without this a watch falls silent for the rest of its
+/// session after the first lost connection. (The old watcher is dropped once this one is set:
+/// the path keeps a watcher of its mode throughout, so the client asks the server to remove
+/// nothing.)
+async fn renew(
+    client: &zk::Client,
+    key: &str,
+    mode: zk::AddWatchMode,
+    reader: &WatchSender,
+) -> Option<zk::PersistentWatcher> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match client.watch(key, mode).await {
+            Ok(watcher) => return Some(watcher),
+            Err(
+                zk::Error::SessionExpired
+                | zk::Error::ClientClosed
+                | zk::Error::AuthFailed
+                | zk::Error::NoHosts,
+            ) => return None,
+            Err(e) => tracing::debug!(key, error = %e, "setting a watch again failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = reader.closed() => return None,
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -425,6 +463,7 @@ impl Session for ZooKeeperSession {
             .await
             .map_err(|e| map_error(e, key))?;
         let (tx, watch) = watch_channel(WATCH_CAPACITY);
+        let key = key.to_owned();
         tokio::spawn(async move {
             let mut disconnected = false;
             loop {
@@ -445,6 +484,13 @@ impl Session for ZooKeeperSession {
                         zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
                             if disconnected =>
                         {
+                            // The server forgot this watch with the connection. Set it again
+                            // before the resync, so that the re-read it asks for sees every
+                            // change the watch will not report.
+                            let Some(renewed) = renew(&client, &key, mode, &tx).await else {
+                                return;
+                            };
+                            watcher = renewed;
                             disconnected = false;
                             Some(WatchEvent::Resync)
                         }

@@ -431,6 +431,7 @@ impl Participant {
                 },
                 _ = state.changed() => {
                     let now = *state.borrow();
+                    debug!(instance = %serving.instance, state = ?now, "session state");
                     match now {
                         SessionState::Suspended if crate::teeth::get().suspended_keeps_partitions => {
                             self.status.send_replace(ParticipantStatus::Suspended);

@@ -4,11 +4,14 @@
 //! shell guard that stops it, and removes its directory, when the test process's end of a pipe
 //! closes).
 //!
-//! [`Proxy`] stands between a client and a server to cut the network between them.
+//! [`Proxy`] stands between a client and a server to cut the network between them;
+//! [`netns`] puts servers and processes on hosts of their own (network namespaces) whose links a
+//! test cuts and degrades as real networks fail.
 //!
 //! A server that cannot be started fails the test with a message saying how to install it
 //! (`bash scripts/install-deps.sh`); nothing is skipped silently.
 
+pub mod netns;
 #[cfg(feature = "tls")]
 pub mod tls;
 
@@ -415,7 +418,13 @@ fn start_zookeeper(max_session: Duration) -> ZooKeeper {
         log.display()
     );
     let guard = guarded(&script, &format!("rm -rf {}", dir.display()), false);
-    wait_until("ZooKeeper", Duration::from_secs(60), || ruok(port), &log);
+    let local = std::net::Ipv4Addr::LOCALHOST;
+    wait_until(
+        "ZooKeeper",
+        Duration::from_secs(60),
+        || ruok(local, port),
+        &log,
+    );
     ZooKeeper {
         port,
         _guard: Mutex::new(guard),
@@ -423,9 +432,11 @@ fn start_zookeeper(max_session: Duration) -> ZooKeeper {
 }
 
 /// ZooKeeper's four-letter health check.
-fn ruok(port: u16) -> bool {
+fn ruok(addr: std::net::Ipv4Addr, port: u16) -> bool {
     use std::io::Read;
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+    let target = std::net::SocketAddr::from((addr, port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1))
+    else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));

@@ -77,18 +77,50 @@ impl Env {
             .expect("connect to the cluster's database")
     }
 
-    /// `rota ARGS` with the settings (and `worker` as the worker id), logging to a file.
+    /// `rota ARGS` with the settings (and `worker` as the worker id), logging to a file named
+    /// after its role.
     pub fn command(&self, args: &[&str], worker: Option<&str>) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_rota"));
+        let name = format!("{}-{}", args[0], worker.unwrap_or("x"));
+        self.configure(
+            Command::new(env!("CARGO_BIN_EXE_rota")),
+            args,
+            worker,
+            &name,
+        )
+    }
+
+    /// [`Env::command`] on `host`, a host of a test network, logging to a file named after the
+    /// host.
+    pub fn command_on(
+        &self,
+        host: &rota_test_harness::netns::Host,
+        args: &[&str],
+        worker: Option<&str>,
+    ) -> Command {
+        let command = host.command(env!("CARGO_BIN_EXE_rota"));
+        self.configure(command, args, worker, &host.name)
+    }
+
+    fn configure(
+        &self,
+        mut c: Command,
+        args: &[&str],
+        worker: Option<&str>,
+        name: &str,
+    ) -> Command {
+        // Warnings and errors, unless the settings say otherwise.
         c.args(args)
-            .envs(self.vars.iter().cloned())
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(self.vars.iter().cloned());
         if let Some(w) = worker {
             c.env("ROTA_WORKER__ID", w);
         }
-        // Each process logs to its own file in the temporary directory, named after its role.
-        let name = format!("{}-{}-{}", self.tag, args[0], worker.unwrap_or("x"));
-        let log = std::env::temp_dir().join(format!("rota-mp-{}-{name}.log", std::process::id()));
+        // Each process logs to its own file in the temporary directory.
+        let log = std::env::temp_dir().join(format!(
+            "rota-mp-{}-{}-{name}.log",
+            std::process::id(),
+            self.tag
+        ));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
