@@ -50,6 +50,8 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(30);
 /// this: its session expires (4 s), the controller moves its partitions (the leader's own
 /// session first, when the leader is the one cut off).
 const FAILOVER_BOUND: Duration = Duration::from_secs(20);
+/// Runs going on at the receiver before each fault strikes (about 20 at the steady rate).
+const IN_FLIGHT: usize = 10;
 /// A due task counts as waiting once it is this late.
 const LATE_MS: i64 = 2_000;
 
@@ -125,6 +127,19 @@ async fn receiver(log: Log, on: std::net::Ipv4Addr) -> String {
     let url = format!("http://{}/run", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     url
+}
+
+/// Waits until the receiver has at least `count` runs going on: a fault strikes work in flight.
+async fn runs_going_on(log: &Log, count: usize) {
+    wait_for("runs going on", Duration::from_secs(60), || async {
+        let log = log.lock().unwrap();
+        log.values()
+            .flatten()
+            .filter(|r| r.caller_done.is_none())
+            .count()
+            >= count
+    })
+    .await;
 }
 
 /// The client: submits [`RATE`] tasks a second, each due at once, until told to stop; a batch
@@ -334,10 +349,6 @@ impl Cluster {
             let Err(missing) = self.whole(live, gone).await else {
                 break;
             };
-            if start.elapsed() >= bound && std::env::var("PAUSE_ON_FAIL").is_ok() {
-                eprintln!("PAUSED: {what}: {missing}");
-                tokio::time::sleep(Duration::from_secs(900)).await;
-            }
             assert!(
                 start.elapsed() < bound,
                 "{what}: the cluster was not whole within {bound:?}: {missing}"
@@ -367,6 +378,9 @@ impl Cluster {
 /// lasted, and how long the cluster took to be whole again after it healed.
 struct Phase {
     name: &'static str,
+    /// The worker the fault hit (`None`: every worker), and when (ms since the epoch).
+    hit: Option<&'static str>,
+    at_ms: i64,
     failover: Option<Duration>,
     recovery: Duration,
 }
@@ -446,17 +460,14 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     let created: Arc<Mutex<BTreeMap<i64, i64>>> = Arc::default();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let feeding = tokio::spawn(client(api, url, created.clone(), stopped));
-    wait_for("runs under way", Duration::from_secs(30), || async {
-        log.lock().unwrap().len() >= 3 * RATE as usize
-    })
-    .await;
 
     let mut phases = Vec::new();
     let [w1, w3] = ["w1", "w3"].map(|w| cluster.worker(w).clone());
     let (w1, w3, zk_host, pg_host) = (&w1, &w3, &zk_host, &pg_host);
 
+    runs_going_on(&log, IN_FLIGHT).await;
     // 1. The zombie: w1 cut off from ZooKeeper, not from PostgreSQL.
-    let cut = Instant::now();
+    let (cut, at_ms) = (Instant::now(), now_ms());
     net.cut(w1, zk_host);
     let failover = cluster
         .until_whole(
@@ -473,10 +484,13 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         .await;
     phases.push(Phase {
         name: "a worker cut off from ZooKeeper, not from PostgreSQL",
+        hit: Some("w1"),
+        at_ms,
         failover: Some(failover),
         recovery,
     });
 
+    runs_going_on(&log, IN_FLIGHT).await;
     // 2. The leading controller cut off from everything; w2 SIGKILLed a second later, which
     //    only a leading controller can answer (its partitions must move).
     let (index, old_leader, old_epoch) = cluster.leader().await;
@@ -485,6 +499,7 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     net.isolate(&leader_host);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let w2 = cluster.workers.get_mut("w2").unwrap();
+    let at_ms = now_ms();
     drop(w2.1.take()); // SIGKILL
     let failover = cluster
         .until_whole(
@@ -505,11 +520,15 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         .await;
     phases.push(Phase {
         name: "the leading controller cut off, a worker SIGKILLed meanwhile",
+        hit: Some("w2"),
+        at_ms,
         failover: Some(failover),
         recovery,
     });
 
+    runs_going_on(&log, IN_FLIGHT).await;
     // 3. w3 cut off from PostgreSQL only.
+    let at_ms = now_ms();
     net.cut(w3, pg_host);
     tokio::time::sleep(CUT).await;
     net.heal(w3, pg_host);
@@ -518,11 +537,15 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         .await;
     phases.push(Phase {
         name: "a worker cut off from PostgreSQL only",
+        hit: Some("w3"),
+        at_ms,
         failover: None,
         recovery,
     });
 
+    runs_going_on(&log, IN_FLIGHT).await;
     // 4. A lossy link between w1 and both stores.
+    let at_ms = now_ms();
     net.lossy(w1, zk_host, 0.3);
     net.lossy(w1, pg_host, 0.3);
     tokio::time::sleep(CUT).await;
@@ -532,11 +555,15 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         .await;
     phases.push(Phase {
         name: "30% packet loss between a worker and both stores",
+        hit: Some("w1"),
+        at_ms,
         failover: None,
         recovery,
     });
 
+    runs_going_on(&log, IN_FLIGHT).await;
     // 5. PostgreSQL crashed and restarted.
+    let at_ms = now_ms();
     pg.crash();
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.start_again();
@@ -545,11 +572,15 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         .await;
     phases.push(Phase {
         name: "PostgreSQL crashed, restarted 3 s later",
+        hit: None,
+        at_ms,
         failover: None,
         recovery,
     });
 
+    runs_going_on(&log, IN_FLIGHT).await;
     // 6. ZooKeeper killed and restarted.
+    let at_ms = now_ms();
     zk.crash();
     tokio::time::sleep(Duration::from_secs(3)).await;
     zk.start_again();
@@ -558,6 +589,8 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         .await;
     phases.push(Phase {
         name: "ZooKeeper killed, restarted 3 s later",
+        hit: None,
+        at_ms,
         failover: None,
         recovery,
     });
@@ -582,10 +615,6 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         }
         if start.elapsed() > Duration::from_secs(120) {
             let (_, c) = http(api, "GET", "/cluster", None).await;
-            if std::env::var("PAUSE_ON_FAIL").is_ok() {
-                eprintln!("PAUSED");
-                tokio::time::sleep(Duration::from_secs(900)).await;
-            }
             panic!(
                 "{} tasks not COMPLETED 120 s after the last fault (id, partition, status, due, \
                  attempts, owner, error): {:?}\ncluster: {c}",
@@ -595,12 +624,21 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let statuses: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM rota_tasks")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    assert_eq!(statuses.len(), created.len(), "tasks nobody created");
-    assert!(statuses.iter().all(|(_, s)| s == "COMPLETED"));
+    let stored: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT id, name, idempotency_key FROM rota_tasks ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let unknown: Vec<_> = stored
+        .iter()
+        .filter(|(id, ..)| !created.contains_key(id))
+        .collect();
+    assert!(
+        unknown.is_empty() && stored.len() == created.len(),
+        "{} tasks stored, {} created; stored but never answered to the client: {unknown:?}",
+        stored.len(),
+        created.len()
+    );
 
     let history: Vec<Change> = sqlx::query("SELECT * FROM rota_test_history ORDER BY seq")
         .fetch_all(pool)
@@ -612,12 +650,21 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     let log = log.lock().unwrap().clone();
     let figures = check(&created, &log, &history);
     for p in &phases {
+        // Each fault hit work in flight: runs its worker had started and not ended.
+        let in_flight = log
+            .values()
+            .flatten()
+            .filter(|r| p.hit.is_none_or(|w| r.worker == w))
+            .filter(|r| r.start <= p.at_ms && r.caller_done.is_none_or(|end| end > p.at_ms))
+            .count();
+        assert!(in_flight > 0, "{}: no run in flight when it struck", p.name);
         let failover = p
             .failover
             .map(|f| format!("work taken over in {:.1} s, ", f.as_secs_f64()))
             .unwrap_or_default();
         println!(
-            "{}: {failover}whole {:.1} s after the heal",
+            "{}: {in_flight} runs in flight when it struck, {failover}whole {:.1} s after the \
+             heal",
             p.name,
             p.recovery.as_secs_f64()
         );
