@@ -10,6 +10,8 @@ bash scripts/install-deps.sh
 features=(--workspace --features rota/etcd --locked)
 cargo fmt --all -- --check
 cargo clippy "${features[@]}" --all-targets -- -D warnings
+# The simulator's seeds: a few thousand (about 6 minutes on 2 cores).
+export ROTA_SIM_SEEDS="${ROTA_SIM_SEEDS:-3000}"
 # Libraries, binaries, integration tests and examples; benchmarks are compiled by clippy above
 # and run with `cargo bench` (run as tests they would take minutes).
 cargo test "${features[@]}" --lib --bins --tests --examples

@@ -229,6 +229,9 @@ CREATE TRIGGER rota_test_granted AFTER INSERT OR UPDATE ON rota_partition_owners
     EXECUTE FUNCTION rota_test_granted();
 "#;
 
+/// A task not yet COMPLETED: id, partition, status, due time, attempts, owner, last error.
+type OpenTask = (i64, i32, String, i64, i32, Option<String>, Option<String>);
+
 /// One row of the store's history.
 #[derive(Debug)]
 struct Change {
@@ -602,14 +605,13 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     let pool = &cluster.pool;
     let start = Instant::now();
     loop {
-        let open: Vec<(i64, i32, String, i64, i32, Option<String>, Option<String>)> =
-            sqlx::query_as(
-                "SELECT id, partition, status, scheduled_at, attempts, owner, last_error \
+        let open: Vec<OpenTask> = sqlx::query_as(
+            "SELECT id, partition, status, scheduled_at, attempts, owner, last_error \
                  FROM rota_tasks WHERE status <> 'COMPLETED' ORDER BY id",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap();
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
         if open.is_empty() {
             break;
         }
