@@ -51,6 +51,8 @@ enum Kind {
     Cron {
         cron: Box<Cron>,
         fixed_time: bool,
+        /// Whether any instant matches at all (see [`matches_ever`]).
+        fires: bool,
         text: String,
     },
     Every {
@@ -117,6 +119,7 @@ impl Spec {
                     })?;
                 Kind::Cron {
                     fixed_time: cron.determine_job_type() == JobType::FixedTime,
+                    fires: matches_ever(&cron),
                     cron: Box::new(cron),
                     text: trimmed.to_owned(),
                 }
@@ -137,6 +140,7 @@ impl Spec {
                 .div_euclid(*period_ms)
                 .checked_add(1)?
                 .checked_mul(*period_ms),
+            Kind::Cron { fires: false, .. } => None,
             Kind::Cron {
                 cron, fixed_time, ..
             } => next_cron_tick(cron, *fixed_time, self.zone, t),
@@ -301,6 +305,41 @@ fn first_offset_change(zone: Tz, from: Millis, until: Millis) -> Option<Millis> 
         lo = hi;
     }
     None
+}
+
+/// Whether `cron` matches any instant at all: some second, minute and hour of the day, and
+/// some day. Whether a day matches depends on its month, its day of the month and of the week,
+/// the month's length and the weekday it starts on; the 28 years 2001-2028 hold every such
+/// month (each month starting on each weekday, February in leap and in common years), so a
+/// date pattern matching none of their days matches no day ever. croner proves "never" by
+/// searching until the year 5000: 0.2-1 s of CPU for each call on a spec such as `0 0 30 2 *`,
+/// or one whose day-of-week is a bare `+` (found by the fuzzer), which `POST /schedules` made
+/// for every such request. This takes a few milliseconds at most.
+fn matches_ever(cron: &Cron) -> bool {
+    let p = &cron.pattern;
+    let any = |range: std::ops::Range<u32>, matches: &dyn Fn(u32) -> Result<bool, _>| {
+        range.into_iter().any(|v| matches(v).unwrap_or(false))
+    };
+    let time = any(0..60, &|s| p.second_match(s))
+        && any(0..60, &|m| p.minute_match(m))
+        && any(0..24, &|h| p.hour_match(h));
+    time && (2001..=2028).any(|year| {
+        p.year_match(year).unwrap_or(false)
+            && (1..=12u32).any(|month| {
+                p.month_match(month).unwrap_or(false)
+                    && (1..=days_in_month(year, month))
+                        .any(|day| p.day_match(year, month, day).unwrap_or(false))
+            })
+    })
+}
+
+fn days_in_month(year: i32, month: u32) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
 }
 
 /// The next cron tick after `t` in `zone`. The search runs on the wall clock of one UTC offset

@@ -516,3 +516,80 @@ fn an_empty_list_item_is_refused_at_once() {
     }
     assert!(Spec::new("0 1,5 * * *", "UTC").is_ok());
 }
+
+/// Found by the fuzzer: a day-of-week of a bare `+` (croner's AND modifier with nothing after
+/// it) matches no day, and a spec that never fires cost croner's search until the year 5000
+/// (0.2-1 s of CPU a call, in `POST /schedules` too); so did impossible dates such as 30
+/// February. Now the calendar is checked first.
+#[test]
+fn a_spec_that_never_fires_is_known_at_once() {
+    let now = utc(2026, 3, 29, 0, 0, 0);
+    for text in [
+        "13 * 01 13 * +",
+        "0 0 30 2 *",
+        "0 0 31 4,6,9,11 *",
+        "0 0 0 31 2 +MON",
+    ] {
+        let started = std::time::Instant::now();
+        let spec = Spec::new(text, "Australia/Lord_Howe").unwrap();
+        assert_eq!(spec.next_after(now), None, "{text:?}");
+        assert_eq!(spec.last_before(now), None, "{text:?}");
+        let err = Spec::parse(text, "UTC", now).unwrap_err().to_string();
+        assert!(err.contains("never fires"), "{text:?}: {err}");
+        // Far under croner's own proof (which takes over 100 ms even optimised).
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(100),
+            "{text:?}"
+        );
+    }
+    // Rare but real: 29 February on a Monday (both must hold) fires in 2044.
+    let leap_monday = Spec::new("0 0 0 29 2 +MON", "UTC").unwrap();
+    assert_eq!(leap_monday.next_after(now), Some(utc(2044, 2, 29, 0, 0, 0)));
+}
+
+/// Date fields of every kind croner knows, and day-of-week fields with or without `+`.
+fn date_fields() -> impl Strategy<Value = String> {
+    let dom = prop_oneof![
+        Just("*".to_string()),
+        Just("L".to_string()),
+        (1u32..=31).prop_map(|d| d.to_string()),
+        (1u32..=31).prop_map(|d| format!("{d}W")),
+        ((1u32..=31), (1u32..=31)).prop_map(|(a, b)| format!("{a},{b}")),
+    ];
+    let month = prop_oneof![
+        Just("*".to_string()),
+        (1u32..=12).prop_map(|m| m.to_string()),
+        ((1u32..=12), (1u32..=12)).prop_map(|(a, b)| format!("{a},{b}")),
+    ];
+    let dow = prop_oneof![
+        Just("*".to_string()),
+        (0u32..=6).prop_map(|d| d.to_string()),
+        ((0u32..=6), (1u32..=5)).prop_map(|(d, n)| format!("{d}#{n}")),
+        (0u32..=6).prop_map(|d| format!("{d}L")),
+    ];
+    (dom, month, dow, any::<bool>()).prop_map(|(dom, month, dow, and)| {
+        let plus = if and && dow != "*" { "+" } else { "" };
+        format!("0 0 0 {dom} {month} {plus}{dow}")
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The quick check agrees with croner's own search until the year 5000 on whether a spec
+    /// ever fires.
+    #[test]
+    fn a_spec_fires_if_and_only_if_croner_finds_a_tick(text in date_fields()) {
+        let Ok(spec) = Spec::new(&text, "UTC") else {
+            return Ok(());
+        };
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(&text)
+            .unwrap();
+        let start = DateTime::<Utc>::from_timestamp_millis(utc(2026, 1, 1, 0, 0, 0)).unwrap();
+        let croner_finds = cron.find_next_occurrence(&start, true).is_ok();
+        prop_assert_eq!(spec.next_after(utc(2026, 1, 1, 0, 0, 0)).is_some(), croner_finds, "{}", text);
+    }
+}
