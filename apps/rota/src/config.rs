@@ -349,6 +349,15 @@ impl Default for WorkerSection {
     }
 }
 
+/// Whether the variable `ROTA_<key>` is a setting. Two kinds are not, and may well be set in the
+/// shell that starts a role: `ROTA_TOKEN`, the API token clients such as `rota bench` send, and
+/// the simulator's `ROTA_SIM_*`. Any other unknown `ROTA_*` variable is refused, naming it: a
+/// mistyped setting must not pass unnoticed.
+fn is_setting(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key != "token" && !key.starts_with("sim_")
+}
+
 impl Config {
     /// Defaults, then the TOML file (if any), then `ROTA_*` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -359,7 +368,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        Self::extract(figment.merge(Env::prefixed("ROTA_").split("__")))
+        let settings = Env::prefixed("ROTA_")
+            .filter(|key| is_setting(key.as_str()))
+            .split("__");
+        Self::extract(figment.merge(settings))
     }
 
     /// A warning if the configuration file at `path` holds a secret (a password in
@@ -740,6 +752,23 @@ mod tests {
             jail.set_env("ROTA_COORDINATION__BACKEND", "consul");
             let err = Config::load(None).unwrap_err().to_string().to_lowercase();
             assert!(err.contains("coordination.backend"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// `ROTA_TOKEN` (what clients send) and `ROTA_SIM_*` (the simulator's) may be set in the
+    /// shell that starts a role; a mistyped setting is still refused.
+    #[test]
+    fn variables_that_are_not_settings_are_left_alone() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ROTA_TOKEN", "rota_abc");
+            jail.set_env("ROTA_SIM_SEEDS", "3000");
+            jail.set_env("ROTA_API__LISTEN", "127.0.0.1:9000");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.api.listen, "127.0.0.1:9000".parse().unwrap());
+            jail.set_env("ROTA_API_LISTEN", "127.0.0.1:9001");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("API_LISTEN"), "{err}");
             Ok(())
         });
     }

@@ -109,13 +109,15 @@ impl ZooKeeperCoordination {
 /// the path keeps a watcher of its mode throughout, so the client asks the server to remove
 /// nothing.)
 async fn renew(
-    client: &zk::Client,
+    session: &Mutex<Option<zk::Client>>,
     key: &str,
     mode: zk::AddWatchMode,
     reader: &WatchSender,
 ) -> Option<zk::PersistentWatcher> {
     let mut pause = Duration::from_millis(50);
     loop {
+        // A handle only for this call: the session closes once its owner drops the last one.
+        let client = session.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
         match client.watch(key, mode).await {
             Ok(watcher) => return Some(watcher),
             Err(
@@ -126,6 +128,7 @@ async fn renew(
             ) => return None,
             Err(e) => tracing::debug!(key, error = %e, "setting a watch again failed; retrying"),
         }
+        drop(client);
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = reader.closed() => return None,
@@ -253,7 +256,7 @@ impl Coordination for ZooKeeperCoordination {
         Ok(Arc::new(ZooKeeperSession {
             id,
             timeout,
-            client: Mutex::new(Some(client)),
+            client: Arc::new(Mutex::new(Some(client))),
             secured: self.digest.is_some(),
             state: state_tx,
             state_rx,
@@ -264,7 +267,9 @@ impl Coordination for ZooKeeperCoordination {
 struct ZooKeeperSession {
     id: SessionId,
     timeout: Duration,
-    client: Mutex<Option<zk::Client>>,
+    /// Shared with the session's watches, which set themselves again through it; none keeps a
+    /// handle of its own, since dropping the last handle is what closes the session.
+    client: Arc<Mutex<Option<zk::Client>>>,
     /// Authenticated: create nodes only this user may change.
     secured: bool,
     state: watch::Sender<SessionState>,
@@ -462,8 +467,9 @@ impl Session for ZooKeeperSession {
             .watch(key, mode)
             .await
             .map_err(|e| map_error(e, key))?;
+        drop(client);
         let (tx, watch) = watch_channel(WATCH_CAPACITY);
-        let key = key.to_owned();
+        let (key, session) = (key.to_owned(), Arc::clone(&self.client));
         tokio::spawn(async move {
             let mut disconnected = false;
             loop {
@@ -487,7 +493,7 @@ impl Session for ZooKeeperSession {
                             // The server forgot this watch with the connection. Set it again
                             // before the resync, so that the re-read it asks for sees every
                             // change the watch will not report.
-                            let Some(renewed) = renew(&client, &key, mode, &tx).await else {
+                            let Some(renewed) = renew(&session, &key, mode, &tx).await else {
                                 return;
                             };
                             watcher = renewed;
