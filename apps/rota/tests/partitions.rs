@@ -129,15 +129,17 @@ async fn receiver(log: Log, on: std::net::Ipv4Addr) -> String {
     url
 }
 
-/// Waits until the receiver has at least `count` runs going on: a fault strikes work in flight.
-async fn runs_going_on(log: &Log, count: usize) {
+/// Waits until the receiver has at least `count` runs going on (of `worker`, or of any): a fault
+/// strikes work in flight.
+async fn runs_going_on(log: &Log, worker: Option<&str>, count: usize) {
     wait_for("runs going on", Duration::from_secs(60), || async {
         let log = log.lock().unwrap();
-        log.values()
+        let going_on = log
+            .values()
             .flatten()
-            .filter(|r| r.caller_done.is_none())
-            .count()
-            >= count
+            .filter(|r| r.caller_done.is_none() && worker.is_none_or(|w| r.worker == w))
+            .count();
+        going_on >= count
     })
     .await;
 }
@@ -468,7 +470,7 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     let [w1, w3] = ["w1", "w3"].map(|w| cluster.worker(w).clone());
     let (w1, w3, zk_host, pg_host) = (&w1, &w3, &zk_host, &pg_host);
 
-    runs_going_on(&log, IN_FLIGHT).await;
+    runs_going_on(&log, Some("w1"), 3).await;
     // 1. The zombie: w1 cut off from ZooKeeper, not from PostgreSQL.
     let (cut, at_ms) = (Instant::now(), now_ms());
     net.cut(w1, zk_host);
@@ -493,7 +495,7 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         recovery,
     });
 
-    runs_going_on(&log, IN_FLIGHT).await;
+    runs_going_on(&log, Some("w2"), 3).await;
     // 2. The leading controller cut off from everything; w2 SIGKILLed a second later, which
     //    only a leading controller can answer (its partitions must move).
     let (index, old_leader, old_epoch) = cluster.leader().await;
@@ -529,7 +531,7 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         recovery,
     });
 
-    runs_going_on(&log, IN_FLIGHT).await;
+    runs_going_on(&log, Some("w3"), 3).await;
     // 3. w3 cut off from PostgreSQL only.
     let at_ms = now_ms();
     net.cut(w3, pg_host);
@@ -546,7 +548,7 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         recovery,
     });
 
-    runs_going_on(&log, IN_FLIGHT).await;
+    runs_going_on(&log, Some("w1"), 3).await;
     // 4. A lossy link between w1 and both stores.
     let at_ms = now_ms();
     net.lossy(w1, zk_host, 0.3);
@@ -564,7 +566,7 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         recovery,
     });
 
-    runs_going_on(&log, IN_FLIGHT).await;
+    runs_going_on(&log, None, IN_FLIGHT).await;
     // 5. PostgreSQL crashed and restarted.
     let at_ms = now_ms();
     pg.crash();
@@ -581,7 +583,7 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         recovery,
     });
 
-    runs_going_on(&log, IN_FLIGHT).await;
+    runs_going_on(&log, None, IN_FLIGHT).await;
     // 6. ZooKeeper killed and restarted.
     let at_ms = now_ms();
     zk.crash();
