@@ -170,14 +170,13 @@ type PkiRef<'a> = Option<&'a std::convert::Infallible>;
 #[cfg(feature = "tls")]
 type PkiRef<'a> = Option<&'a tls::Pki>;
 
-fn start_postgres_with(durable: bool, pki: PkiRef<'_>) -> Postgres {
-    let bin = postgres_bin();
-    let as_postgres = is_root();
-    let dir = temp_dir("postgres");
+/// A new database cluster in `dir/data` (superuser `rota`, trusted), `dir` given to the
+/// `postgres` user first when the server is to run as it; the data directory.
+fn initdb(bin: &Path, dir: &Path, as_postgres: bool) -> PathBuf {
     if as_postgres {
         let status = Command::new("chown")
             .args(["-R", "postgres:postgres"])
-            .arg(&dir)
+            .arg(dir)
             .status();
         assert!(
             status.is_ok_and(|s| s.success()),
@@ -186,7 +185,6 @@ fn start_postgres_with(durable: bool, pki: PkiRef<'_>) -> Postgres {
         );
     }
     let data = dir.join("data");
-    let log = dir.join("log");
     let init = command(&bin.join("initdb"), as_postgres)
         .arg("-D")
         .arg(&data)
@@ -199,6 +197,15 @@ fn start_postgres_with(durable: bool, pki: PkiRef<'_>) -> Postgres {
         String::from_utf8_lossy(&init.stdout),
         String::from_utf8_lossy(&init.stderr)
     );
+    data
+}
+
+fn start_postgres_with(durable: bool, pki: PkiRef<'_>) -> Postgres {
+    let bin = postgres_bin();
+    let as_postgres = is_root();
+    let dir = temp_dir("postgres");
+    let data = initdb(&bin, &dir, as_postgres);
+    let log = dir.join("log");
     let port = free_port();
     #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let mut settings = if durable {

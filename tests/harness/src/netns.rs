@@ -18,7 +18,7 @@
 //! or when the test process exits however it ends: a guard process kills whatever still runs on
 //! its hosts, deletes them and the bridge, and removes the servers' directories.
 
-use crate::{INSTALL, command, guarded, is_root, postgres_bin, ruok, temp_dir, wait_until};
+use crate::{INSTALL, command, guarded, initdb, is_root, postgres_bin, ruok, temp_dir, wait_until};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -333,28 +333,8 @@ impl NsPostgres {
         let bin = postgres_bin();
         let dir = network.dir.join(format!("postgres-{}", host.name));
         std::fs::create_dir_all(&dir).expect("the server's directory");
-        let chown = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir)
-            .status();
-        assert!(
-            chown.is_ok_and(|s| s.success()),
-            "cannot give {} to the postgres user",
-            dir.display()
-        );
-        let data = dir.join("data");
-        let init = command(&bin.join("initdb"), true)
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "rota", "--auth=trust", "-E", "UTF8", "--no-sync"])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run initdb ({e}); {INSTALL}"));
-        assert!(
-            init.status.success(),
-            "initdb failed:\n{}{}",
-            String::from_utf8_lossy(&init.stdout),
-            String::from_utf8_lossy(&init.stderr)
-        );
+        // Root runs it (namespaces need root), and PostgreSQL refuses to run as root.
+        let data = initdb(&bin, &dir, true);
         let mut hba = std::fs::OpenOptions::new()
             .append(true)
             .open(data.join("pg_hba.conf"))
