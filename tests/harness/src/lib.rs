@@ -340,25 +340,22 @@ impl Postgres {
     /// A new, empty database; its URL.
     pub fn fresh_database(&self) -> String {
         let name = format!("test_{}", self.databases.fetch_add(1, Ordering::Relaxed));
-        let out = command(&self.bin.join("createdb"), self.as_postgres)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "rota",
-                &name,
-            ])
-            .output()
-            .expect("createdb runs");
-        assert!(
-            out.status.success(),
-            "createdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        createdb(&self.bin, self.as_postgres, "127.0.0.1", self.port, &name);
         self.url(&name)
     }
+}
+
+/// Creates database `name` on the server at `host:port`, as the superuser `rota`.
+fn createdb(bin: &Path, as_postgres: bool, host: &str, port: u16, name: &str) {
+    let out = command(&bin.join("createdb"), as_postgres)
+        .args(["-h", host, "-p", &port.to_string(), "-U", "rota", name])
+        .output()
+        .expect("createdb runs");
+    assert!(
+        out.status.success(),
+        "createdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Postgres {

@@ -18,7 +18,9 @@
 //! or when the test process exits however it ends: a guard process kills whatever still runs on
 //! its hosts, deletes them and the bridge, and removes the servers' directories.
 
-use crate::{INSTALL, command, guarded, initdb, is_root, postgres_bin, ruok, temp_dir, wait_until};
+use crate::{
+    INSTALL, command, createdb, guarded, initdb, is_root, postgres_bin, ruok, temp_dir, wait_until,
+};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -420,16 +422,8 @@ impl NsPostgres {
     /// A new, empty database; its URL.
     pub fn fresh_database(&self) -> String {
         let name = format!("test_{}", self.databases.fetch_add(1, Ordering::Relaxed));
-        let out = Command::new(self.bin.join("createdb"))
-            .args(["-h", &self.host.addr.to_string()])
-            .args(["-p", &POSTGRES_PORT.to_string(), "-U", "rota", &name])
-            .output()
-            .expect("createdb runs");
-        assert!(
-            out.status.success(),
-            "createdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let host = self.host.addr.to_string();
+        createdb(&self.bin, false, &host, POSTGRES_PORT, &name);
         self.url(&name)
     }
 }
