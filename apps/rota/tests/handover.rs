@@ -35,28 +35,6 @@ struct Run {
     caller_done: Option<Instant>,
 }
 
-/// Records when the caller stopped waiting: dropped with the request's handler, whether it
-/// answered or the caller hung up.
-struct CallerDone {
-    log: Log,
-    id: i64,
-    index: usize,
-}
-
-impl Drop for CallerDone {
-    fn drop(&mut self) {
-        if let Some(run) = self
-            .log
-            .lock()
-            .unwrap()
-            .get_mut(&self.id)
-            .and_then(|runs| runs.get_mut(self.index))
-        {
-            run.caller_done = Some(Instant::now());
-        }
-    }
-}
-
 type Log = Arc<Mutex<HashMap<i64, Vec<Run>>>>;
 
 /// The receiver: records each request's start at once and its end after `work`, finishing the
@@ -80,11 +58,12 @@ async fn receiver(log: Log, work: Duration) -> String {
                     });
                     runs.len() - 1
                 };
-                let _caller = CallerDone {
-                    log: log.clone(),
-                    id,
-                    index,
-                };
+                // When the worker stops waiting: the answer, or the connection dropped.
+                let caller_log = log.clone();
+                let _caller = common::OnDrop(Some(move || {
+                    caller_log.lock().unwrap().get_mut(&id).unwrap()[index].caller_done =
+                        Some(Instant::now());
+                }));
                 let work = tokio::spawn(async move {
                     tokio::time::sleep(work).await;
                     log.lock().unwrap().get_mut(&id).unwrap()[index].end = Some(Instant::now());

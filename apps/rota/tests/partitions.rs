@@ -74,28 +74,6 @@ struct Run {
 
 type Log = Arc<Mutex<HashMap<i64, Vec<Run>>>>;
 
-/// Records when the caller stopped waiting: dropped with the request's handler, whether it
-/// answered or the caller hung up.
-struct CallerDone {
-    log: Log,
-    id: i64,
-    index: usize,
-}
-
-impl Drop for CallerDone {
-    fn drop(&mut self) {
-        if let Some(run) = self
-            .log
-            .lock()
-            .unwrap()
-            .get_mut(&self.id)
-            .and_then(|runs| runs.get_mut(self.index))
-        {
-            run.caller_done = Some(now_ms());
-        }
-    }
-}
-
 /// The receiver, on the test's own address on the network: records each run and answers 200
 /// after [`WORK`].
 async fn receiver(log: Log, on: std::net::Ipv4Addr) -> String {
@@ -117,7 +95,10 @@ async fn receiver(log: Log, on: std::net::Ipv4Addr) -> String {
                     });
                     runs.len() - 1
                 };
-                let _caller = CallerDone { log, id, index };
+                // When the worker stops waiting: the answer, or the connection dropped.
+                let _caller = common::OnDrop(Some(move || {
+                    log.lock().unwrap().get_mut(&id).unwrap()[index].caller_done = Some(now_ms());
+                }));
                 tokio::time::sleep(WORK).await;
                 axum::http::StatusCode::OK
             }

@@ -7,6 +7,18 @@ use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs a closure when dropped: a webhook receiver records when the worker stopped waiting for
+/// a run, whether the handler answered or the worker hung up (the handler's future is dropped).
+pub struct OnDrop<F: FnOnce()>(pub Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 
