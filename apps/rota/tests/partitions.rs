@@ -37,6 +37,7 @@ const SESSION_MS: u64 = 4_000;
 /// How long each run takes at the receiver.
 const WORK: Duration = Duration::from_secs(2);
 const PARTITIONS: u32 = 12;
+const WORKERS: [&str; 3] = ["w1", "w2", "w3"];
 /// Tasks the client submits per second, each due at once.
 const RATE: u64 = 10;
 /// How long a link stays cut.
@@ -346,6 +347,26 @@ impl Cluster {
         took
     }
 
+    /// Once a fault has healed: waits until the cluster is whole again with every worker live,
+    /// within [`RECOVERY_BOUND`], and returns what the phase saw.
+    async fn healed(
+        &self,
+        name: &'static str,
+        hit: Option<&'static str>,
+        at_ms: i64,
+        failover: Option<Duration>,
+    ) -> Phase {
+        let what = format!("{name}, healed");
+        let recovery = self.until_whole(&what, &WORKERS, &[], RECOVERY_BOUND).await;
+        Phase {
+            name,
+            hit,
+            at_ms,
+            failover,
+            recovery,
+        }
+    }
+
     /// The host and process index of the leading controller, and its epoch.
     async fn leader(&self) -> (usize, String, u64) {
         let (_, c) = http(self.env.api, "GET", "/cluster", None).await;
@@ -420,25 +441,22 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         })
         .into();
     let _api = Proc(env.command_on(&api_host, &["api"], None).spawn().unwrap());
-    let workers = ["w1", "w2", "w3"]
-        .map(|name| (name, (net.host(name), None)))
-        .into();
+    let workers = WORKERS.map(|name| (name, (net.host(name), None))).into();
     let mut cluster = Cluster {
         env,
         pool,
         workers,
         controllers,
     };
-    for w in ["w1", "w2", "w3"] {
+    for w in WORKERS {
         cluster.start_worker(w);
     }
     wait_for("a ready API", Duration::from_secs(60), || async {
         http(api, "GET", "/readyz", None).await.0 == 200
     })
     .await;
-    let all = ["w1", "w2", "w3"];
     cluster
-        .until_whole("start", &all, &[], Duration::from_secs(60))
+        .until_whole("start", &WORKERS, &[], Duration::from_secs(60))
         .await;
 
     let log: Log = Arc::default();
@@ -465,16 +483,16 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         .await;
     tokio::time::sleep(CUT.saturating_sub(cut.elapsed())).await;
     net.heal(w1, zk_host);
-    let recovery = cluster
-        .until_whole("w1 reconnected", &all, &[], RECOVERY_BOUND)
-        .await;
-    phases.push(Phase {
-        name: "a worker cut off from ZooKeeper, not from PostgreSQL",
-        hit: Some("w1"),
-        at_ms,
-        failover: Some(failover),
-        recovery,
-    });
+    phases.push(
+        cluster
+            .healed(
+                "a worker cut off from ZooKeeper, not from PostgreSQL",
+                Some("w1"),
+                at_ms,
+                Some(failover),
+            )
+            .await,
+    );
 
     runs_going_on(&log, Some("w2"), 3).await;
     // 2. The leading controller cut off from everything; w2 SIGKILLed a second later, which
@@ -501,16 +519,16 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     cluster.start_worker("w2");
     tokio::time::sleep(CUT.saturating_sub(cut.elapsed())).await;
     net.heal_host(&leader_host);
-    let recovery = cluster
-        .until_whole("the old leader back", &all, &[], RECOVERY_BOUND)
-        .await;
-    phases.push(Phase {
-        name: "the leading controller cut off, a worker SIGKILLed meanwhile",
-        hit: Some("w2"),
-        at_ms,
-        failover: Some(failover),
-        recovery,
-    });
+    phases.push(
+        cluster
+            .healed(
+                "the leading controller cut off, a worker SIGKILLed meanwhile",
+                Some("w2"),
+                at_ms,
+                Some(failover),
+            )
+            .await,
+    );
 
     runs_going_on(&log, Some("w3"), 3).await;
     // 3. w3 cut off from PostgreSQL only.
@@ -518,16 +536,16 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     net.cut(w3, pg_host);
     tokio::time::sleep(CUT).await;
     net.heal(w3, pg_host);
-    let recovery = cluster
-        .until_whole("w3 reaching PostgreSQL again", &all, &[], RECOVERY_BOUND)
-        .await;
-    phases.push(Phase {
-        name: "a worker cut off from PostgreSQL only",
-        hit: Some("w3"),
-        at_ms,
-        failover: None,
-        recovery,
-    });
+    phases.push(
+        cluster
+            .healed(
+                "a worker cut off from PostgreSQL only",
+                Some("w3"),
+                at_ms,
+                None,
+            )
+            .await,
+    );
 
     runs_going_on(&log, Some("w1"), 3).await;
     // 4. A lossy link between w1 and both stores.
@@ -536,16 +554,16 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     net.lossy(w1, pg_host, 0.3);
     tokio::time::sleep(CUT).await;
     net.heal_host(w1);
-    let recovery = cluster
-        .until_whole("w1's link healed", &all, &[], RECOVERY_BOUND)
-        .await;
-    phases.push(Phase {
-        name: "30% packet loss between a worker and both stores",
-        hit: Some("w1"),
-        at_ms,
-        failover: None,
-        recovery,
-    });
+    phases.push(
+        cluster
+            .healed(
+                "30% packet loss between a worker and both stores",
+                Some("w1"),
+                at_ms,
+                None,
+            )
+            .await,
+    );
 
     runs_going_on(&log, None, IN_FLIGHT).await;
     // 5. PostgreSQL crashed and restarted.
@@ -553,16 +571,11 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     pg.crash();
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.start_again();
-    let recovery = cluster
-        .until_whole("PostgreSQL restarted", &all, &[], RECOVERY_BOUND)
-        .await;
-    phases.push(Phase {
-        name: "PostgreSQL crashed, restarted 3 s later",
-        hit: None,
-        at_ms,
-        failover: None,
-        recovery,
-    });
+    phases.push(
+        cluster
+            .healed("PostgreSQL crashed, restarted 3 s later", None, at_ms, None)
+            .await,
+    );
 
     runs_going_on(&log, None, IN_FLIGHT).await;
     // 6. ZooKeeper killed and restarted.
@@ -570,16 +583,11 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     zk.crash();
     tokio::time::sleep(Duration::from_secs(3)).await;
     zk.start_again();
-    let recovery = cluster
-        .until_whole("ZooKeeper restarted", &all, &[], RECOVERY_BOUND)
-        .await;
-    phases.push(Phase {
-        name: "ZooKeeper killed, restarted 3 s later",
-        hit: None,
-        at_ms,
-        failover: None,
-        recovery,
-    });
+    phases.push(
+        cluster
+            .healed("ZooKeeper killed, restarted 3 s later", None, at_ms, None)
+            .await,
+    );
 
     // The client stops; every task it created must complete.
     stop.send(true).unwrap();
