@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rota_core::task::schedule::Spec;
+use rota_scheduler::schedule::Spec;
 
 const ZONES: [&str; 5] = [
     "UTC",

@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rota_core::rebalancer::{RebalanceInput, rebalance};
-use rota_core::{InstanceConfig, ResourceConfig, StateModel};
+use rota_model::rebalancer::{RebalanceInput, rebalance};
+use rota_model::{InstanceConfig, ResourceConfig, StateModel};
 
 struct Bytes<'a>(&'a [u8]);
 

@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rota_core::cluster::records::{
+use rota_cluster::records::{
     ClusterConfig, ControllerHistory, InstanceCapabilities, LeaderRecord, PartitionEpochs,
 };
-use rota_core::{
+use rota_model::{
     CurrentState, ExternalView, IdealState, InstanceConfig, LiveInstance, Message, Record,
     ResourceConfig, StateModelSpec,
 };

@@ -10,8 +10,8 @@
 //!
 //! Run with `cargo bench -p rota --features etcd --bench coordination`.
 
-use rota_core::cluster::harness::time_convergence_and_join;
-use rota_core::coordination::{Coordination, CreateMode, MAX_TRANSACTION_OPS, Op};
+use rota_cluster::coordination::{Coordination, CreateMode, MAX_TRANSACTION_OPS, Op};
+use rota_cluster::harness::time_convergence_and_join;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -430,7 +430,7 @@ impl Config {
 
     /// Checks values the types cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
-        crate::crontab::validate(&self.schedules, rota_core::task::worker::wall_clock_ms())?;
+        crate::crontab::validate(&self.schedules, rota_scheduler::worker::wall_clock_ms())?;
         let positive = [
             ("cluster.partitions", u64::from(self.cluster.partitions)),
             ("cluster.replicas", u64::from(self.cluster.replicas)),
@@ -480,7 +480,7 @@ impl Config {
                      chroot on the endpoint (host:2181/prefix)"
                 );
             }
-            if rota_core::coordination::validate_key(prefix).is_err() {
+            if rota_cluster::coordination::validate_key(prefix).is_err() {
                 bail!(
                     "invalid configuration: coordination.prefix must look like /name or \
                      /name/name, not {prefix:?}"
@@ -555,9 +555,9 @@ impl Config {
     /// A worker's settings for instance `id`: the `[worker]` section, the retention, and a
     /// queue age of a sixth of the session timeout (at most half the task timeout), so a task
     /// claimed by a worker cut off from the store is not started after its session can expire.
-    pub fn worker_config(&self, id: &str) -> rota_core::task::worker::WorkerConfig {
+    pub fn worker_config(&self, id: &str) -> rota_scheduler::worker::WorkerConfig {
         use std::time::Duration;
-        let mut w = rota_core::task::worker::WorkerConfig::new(rota_core::InstanceId::new(id));
+        let mut w = rota_scheduler::worker::WorkerConfig::new(rota_model::InstanceId::new(id));
         w.concurrency = self.worker.concurrency;
         w.batch = self.worker.batch;
         w.lease = Duration::from_millis(self.worker.lease_ms);
@@ -577,7 +577,7 @@ impl Config {
     }
 
     /// The built-in handlers as this configuration sets them up.
-    pub fn handlers(&self) -> anyhow::Result<rota_core::task::worker::Handlers> {
+    pub fn handlers(&self) -> anyhow::Result<rota_scheduler::worker::Handlers> {
         Ok(crate::handlers::builtin_with(
             std::time::Duration::from_millis(self.worker.task_timeout_ms),
             self.http.destinations()?,
@@ -722,7 +722,7 @@ mod tests {
             assert_eq!(def.task.max_attempts, 3);
             let beat = config.schedules[1].definition(0).unwrap();
             assert_eq!(beat.spec, "every 30s");
-            assert_eq!(beat.missed, rota_core::task::schedule::MissedTicks::Skip);
+            assert_eq!(beat.missed, rota_scheduler::schedule::MissedTicks::Skip);
             jail.create_file(
                 "bad.toml",
                 "[[schedules]]\nname = \"feb30\"\ncron = \"0 0 30 2 *\"\n[schedules.task]\nname = \"x\"\n",

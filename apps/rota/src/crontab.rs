@@ -3,10 +3,10 @@
 //! definition is already stored is left alone, its clock and pause included). Removing an entry
 //! does not delete its schedule: `rota admin schedules delete NAME` does.
 
-use rota_core::task::schedule::{
+use rota_scheduler::schedule::{
     self, DEFAULT_CATCH_UP, MissedTicks, PutMode, PutOutcome, ScheduleDef, TaskTemplate,
 };
-use rota_core::task::{DEFAULT_MAX_ATTEMPTS, Millis, TaskStore};
+use rota_scheduler::{DEFAULT_MAX_ATTEMPTS, Millis, TaskStore};
 use serde::{Deserialize, Serialize};
 
 /// One `[[schedules]]` entry.

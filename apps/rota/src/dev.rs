@@ -6,16 +6,16 @@
 use crate::api::{self, AppState, ClusterView};
 use crate::config::{Config, redact_url};
 use anyhow::Context;
-use rota_core::cluster::admin::Admin;
-use rota_core::cluster::controller::{Controller, ControllerConfig};
-use rota_core::cluster::keys::ClusterKeys;
-use rota_core::cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
-use rota_core::coordination::Coordination;
-use rota_core::metrics::Metrics;
-use rota_core::task::worker::{Handlers, Worker, wall_clock_ms};
-use rota_core::task::{Deadlined, TASKS_RESOURCE, TaskStore};
-use rota_core::{InstanceConfig, ResourceConfig};
+use rota_cluster::admin::Admin;
+use rota_cluster::controller::{Controller, ControllerConfig};
+use rota_cluster::coordination::Coordination;
+use rota_cluster::keys::ClusterKeys;
+use rota_cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
 use rota_memory::MemoryCoordination;
+use rota_model::{InstanceConfig, ResourceConfig};
+use rota_scheduler::metrics::Metrics;
+use rota_scheduler::worker::{Handlers, Worker, wall_clock_ms};
+use rota_scheduler::{Deadlined, TASKS_RESOURCE, TaskStore};
 use rota_sqlite::SqliteTaskStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -120,7 +120,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
         },
     );
     let s = stopped.clone();
-    let controller = controller.with_metrics(metrics.clone());
+    let controller = controller.with_metrics(metrics.cluster.clone());
     joins.push(tokio::spawn(async move { Ok(controller.run(s).await?) }));
 
     let mut participants = Vec::new();
@@ -141,7 +141,9 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
                 max_parallel: 16,
                 capabilities: options.handlers.names(),
             },
-            metrics.count_transitions(worker.transition_handler()),
+            metrics
+                .cluster
+                .count_transitions(worker.transition_handler()),
         );
         participants.push((id, handle));
         let s = stopped.clone();

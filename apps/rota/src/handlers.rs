@@ -18,8 +18,8 @@
 
 use crate::destinations::Destinations;
 use async_trait::async_trait;
-use rota_core::task::Task;
-use rota_core::task::worker::TaskHandler;
+use rota_scheduler::Task;
+use rota_scheduler::worker::TaskHandler;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ const QUOTED_BODY_BYTES: usize = 512;
 /// The built-in handlers: `log` (the default), `noop` and `http`, whose request may take the
 /// whole task timeout (`worker.task_timeout_ms`), to any destination but link-local and
 /// metadata addresses, unsigned.
-pub fn builtin(task_timeout: Duration) -> rota_core::task::worker::Handlers {
+pub fn builtin(task_timeout: Duration) -> rota_scheduler::worker::Handlers {
     builtin_with(task_timeout, Destinations::default(), None)
 }
 
@@ -38,8 +38,8 @@ pub fn builtin_with(
     task_timeout: Duration,
     destinations: Destinations,
     secret: Option<String>,
-) -> rota_core::task::worker::Handlers {
-    let mut handlers = rota_core::task::worker::Handlers::default();
+) -> rota_scheduler::worker::Handlers {
+    let mut handlers = rota_scheduler::worker::Handlers::default();
     handlers.register(
         "http",
         Arc::new(HttpHandler::new(task_timeout, destinations, secret)),
@@ -177,7 +177,7 @@ impl TaskHandler for HttpHandler {
             .to_string();
         let mut request = self.client.post(url.clone());
         if let Some(secret) = &self.secret {
-            let now = rota_core::task::worker::wall_clock_ms();
+            let now = rota_scheduler::worker::wall_clock_ms();
             request = request.header("x-rota-signature", signature(secret, now, &body));
         }
         let sent = request
@@ -273,7 +273,7 @@ mod tests {
                         .find_map(|p| p.strip_prefix("t="))
                         .and_then(|t| t.parse().ok())
                         .unwrap_or(0);
-                    let now = rota_core::task::worker::wall_clock_ms();
+                    let now = rota_scheduler::worker::wall_clock_ms();
                     let ok = (now - t).abs() < 60_000 && header == signature(secret, t, &body);
                     record.lock().unwrap().push(ok);
                     axum::http::StatusCode::NO_CONTENT

@@ -6,17 +6,17 @@
 use crate::api::{self, AppState, ClusterView};
 use crate::config::{Config, CoordinationBackend, StorageBackend, redact_url};
 use anyhow::{Context, bail};
-use rota_core::InstanceId;
-use rota_core::cluster::admin::Admin;
-use rota_core::cluster::controller::{Controller, ControllerConfig, ControllerStatus};
-use rota_core::cluster::keys::ClusterKeys;
-use rota_core::cluster::participant::{Participant, ParticipantConfig, ParticipantStatus};
-use rota_core::coordination::reconnecting::Reconnecting;
-use rota_core::coordination::{Coordination, CreateMode, Session};
-use rota_core::metrics::Metrics;
-use rota_core::task::worker::{Worker, wall_clock_ms};
-use rota_core::task::{Deadlined, TASKS_RESOURCE, TaskStore};
-use rota_core::{InstanceConfig, ResourceConfig};
+use rota_cluster::admin::Admin;
+use rota_cluster::controller::{Controller, ControllerConfig, ControllerStatus};
+use rota_cluster::coordination::reconnecting::Reconnecting;
+use rota_cluster::coordination::{Coordination, CreateMode, Session};
+use rota_cluster::keys::ClusterKeys;
+use rota_cluster::participant::{Participant, ParticipantConfig, ParticipantStatus};
+use rota_model::InstanceId;
+use rota_model::{InstanceConfig, ResourceConfig};
+use rota_scheduler::metrics::Metrics;
+use rota_scheduler::worker::{Worker, wall_clock_ms};
+use rota_scheduler::{Deadlined, TASKS_RESOURCE, TaskStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -186,7 +186,7 @@ async fn initialised(config: &Config) -> anyhow::Result<ResourceConfig> {
             config.coordination.endpoints.join(",")
         );
     };
-    let resource = <ResourceConfig as rota_core::Record>::decode(&node.value)
+    let resource = <ResourceConfig as rota_model::Record>::decode(&node.value)
         .context("cannot read the cluster's configuration")?;
     if resource.partitions != config.cluster.partitions
         || resource.replicas != config.cluster.replicas
@@ -208,14 +208,14 @@ async fn initialised(config: &Config) -> anyhow::Result<ResourceConfig> {
 /// Stores the configuration's `[[schedules]]` (idempotent: what is stored already stays as is).
 async fn apply_schedules(
     config: &Config,
-    tasks: &dyn rota_core::task::TaskStore,
+    tasks: &dyn rota_scheduler::TaskStore,
     partitions: u32,
 ) -> anyhow::Result<()> {
     crate::crontab::apply(
         tasks,
         &config.schedules,
         partitions,
-        rota_core::task::worker::wall_clock_ms(),
+        rota_scheduler::worker::wall_clock_ms(),
     )
     .await
 }
@@ -228,7 +228,7 @@ pub async fn init(config: &Config) -> anyhow::Result<()> {
         &*tasks,
         &config.schedules,
         config.cluster.partitions,
-        rota_core::task::worker::wall_clock_ms(),
+        rota_scheduler::worker::wall_clock_ms(),
     )
     .await?;
     let admin = Admin::new(session(config).await?, &config.cluster.name);
@@ -274,7 +274,10 @@ pub async fn controller(config: &Config, shutdown: watch::Receiver<bool>) -> any
     );
     let ready = move || !matches!(*status.borrow(), ControllerStatus::Stopped);
     serve_metrics(config, metrics.clone(), ready, shutdown.clone()).await?;
-    controller.with_metrics(metrics).run(shutdown).await?;
+    controller
+        .with_metrics(metrics.cluster.clone())
+        .run(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -407,7 +410,9 @@ pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow:
             max_parallel: 16,
             capabilities: handler_names,
         },
-        metrics.count_transitions(worker.transition_handler()),
+        metrics
+            .cluster
+            .count_transitions(worker.transition_handler()),
     );
     let status = handle.status();
     let ready = move || matches!(*status.borrow(), ParticipantStatus::Live(_));
@@ -459,7 +464,7 @@ pub enum ScheduleCommand {
 /// `rota admin schedules ...`: straight on the task store, like the API.
 async fn schedules_admin(config: &Config, command: ScheduleCommand) -> anyhow::Result<()> {
     use crate::api::schedules::view_of;
-    use rota_core::task::schedule::{self, PutMode};
+    use rota_scheduler::schedule::{self, PutMode};
     let resource = initialised(config).await?;
     let store = task_store(config, &Arc::default()).await?;
     let (store, partitions, now) = (&*store, resource.partitions, wall_clock_ms());
@@ -558,7 +563,7 @@ pub async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<()>
             let key = format!("{}/CONTROLLER/REBALANCE", keys.root());
             let stamp = wall_clock_ms().to_string().into_bytes();
             match session.set(&key, stamp.clone(), None).await {
-                Err(rota_core::coordination::CoordError::NotFound(_)) => {
+                Err(rota_cluster::coordination::CoordError::NotFound(_)) => {
                     session.create(&key, stamp, CreateMode::Persistent).await?
                 }
                 other => {

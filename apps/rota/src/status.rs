@@ -2,8 +2,8 @@
 //! coordination store.
 
 use crate::api::ClusterView;
-use rota_core::cluster::snapshot::read_snapshot;
-use rota_core::task::TASKS_RESOURCE;
+use rota_cluster::snapshot::read_snapshot;
+use rota_scheduler::TASKS_RESOURCE;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -13,12 +13,12 @@ pub async fn cluster_status(
     view: &ClusterView,
     partitions: u32,
     storage: &str,
-) -> Result<Value, rota_core::coordination::CoordError> {
+) -> Result<Value, rota_cluster::coordination::CoordError> {
     let snapshot = read_snapshot(&*view.session, &view.keys).await?;
     let leader = match view.session.get(&view.keys.leader()).await? {
         Some(node) => {
-            use rota_core::Record;
-            rota_core::cluster::records::LeaderRecord::decode(&node.value)
+            use rota_model::Record;
+            rota_cluster::records::LeaderRecord::decode(&node.value)
                 .ok()
                 .map(|l| json!({"controller": l.controller, "epoch": l.epoch}))
         }

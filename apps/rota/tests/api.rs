@@ -5,8 +5,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use rota::api::{self, AppState, ROUTES};
-use rota_core::task::TaskStore;
 use rota_memory::MemoryTaskStore;
+use rota_scheduler::TaskStore;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -124,8 +124,8 @@ async fn optional_fields_and_offsets() {
 /// moved to the retry's) was refused as another request.
 #[tokio::test]
 async fn a_repeat_after_a_failed_attempt_returns_the_original_task() {
-    use rota_core::InstanceId;
-    use rota_core::task::{Claim, Completion, CompletionOutcome};
+    use rota_model::InstanceId;
+    use rota_scheduler::{Claim, Completion, CompletionOutcome};
     let (app, tasks) = app();
     let key = [("Idempotency-Key", "retried-1")];
     let body = r#"{"name": "n", "scheduledTime": "2023-11-14T22:13:20Z"}"#;
@@ -388,7 +388,7 @@ async fn cancelling_a_pending_task_only() {
     assert!(err["message"].as_str().unwrap().contains("CANCELLED"));
     assert_eq!(
         tasks.get(id).await.unwrap().unwrap().status,
-        rota_core::task::TaskStatus::Cancelled
+        rota_scheduler::TaskStatus::Cancelled
     );
 }
 

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use common::http;
 use rota::config::Config;
 use rota::dev::{self, DevCluster, DevOptions};
-use rota_core::cluster::participant::ParticipantStatus;
-use rota_core::task::worker::{Handlers, TaskHandler, wall_clock_ms};
-use rota_core::task::{ListFilter, Task, TaskId, TaskStatus};
+use rota_cluster::participant::ParticipantStatus;
+use rota_scheduler::worker::{Handlers, TaskHandler, wall_clock_ms};
+use rota_scheduler::{ListFilter, Task, TaskId, TaskStatus};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -211,7 +211,7 @@ async fn a_restart_resumes_pending_tasks_from_the_file() {
     cluster.stop().await.unwrap();
     let pending_before = {
         let store = rota_sqlite::SqliteTaskStore::open(dir.join("tasks.db"), "rota").unwrap();
-        use rota_core::task::TaskStore;
+        use rota_scheduler::TaskStore;
         let filter = ListFilter {
             status: Some(TaskStatus::Pending),
             limit: 1_000,

@@ -184,7 +184,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     };
     let beat = (0..)
         .map(|i| format!("beat-{i}"))
-        .find(|n| led_by_w2(rota_core::task::schedule::schedule_partition(n, 12)))
+        .find(|n| led_by_w2(rota_scheduler::schedule::schedule_partition(n, 12)))
         .unwrap();
     let (status, body) = http(
         env.api,

@@ -11,7 +11,7 @@
 //! gone makes it `Expired`.
 
 use etcd_client::{Client, Error, LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
-use rota_core::coordination::SessionState;
+use rota_cluster::coordination::SessionState;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};

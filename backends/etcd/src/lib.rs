@@ -33,11 +33,11 @@ mod watch;
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use keys::{KeySpace, child_name};
-use rota_core::SessionId;
-use rota_core::coordination::{
+use rota_cluster::coordination::{
     CoordError, Coordination, Node, Op, OpResult, Session, SessionState, Watch, validate_key,
     validate_transaction,
 };
+use rota_model::SessionId;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -360,7 +360,7 @@ impl Session for EtcdSession {
             .await?;
         let revision = now.header().map_or(0, |h| h.revision());
         let (tx, events) =
-            rota_core::coordination::watch_channel(rota_core::coordination::WATCH_CAPACITY);
+            rota_cluster::coordination::watch_channel(rota_cluster::coordination::WATCH_CAPACITY);
         let spec = watch::Spec {
             path: key.to_owned(),
             recursive,

@@ -19,13 +19,13 @@
 //! atomic step, so the error names the first operation that failed against exactly the state
 //! that made it fail.
 //!
-//! [`validate_transaction`]: rota_core::coordination::validate_transaction
+//! [`validate_transaction`]: rota_cluster::coordination::validate_transaction
 
 use crate::keys::KeySpace;
 use etcd_client::{
     Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
-use rota_core::coordination::{CoordError, CreateMode, Op, OpResult};
+use rota_cluster::coordination::{CoordError, CreateMode, Op, OpResult};
 
 /// Builds the etcd transaction for `ops` of the session holding `lease`.
 pub(crate) fn build(keys: &KeySpace, lease: i64, ops: &[Op]) -> Txn {

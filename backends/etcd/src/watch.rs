@@ -1,4 +1,4 @@
-//! The task behind one [`Watch`](rota_core::coordination::Watch): an etcd watch on a key range
+//! The task behind one [`Watch`](rota_cluster::coordination::Watch): an etcd watch on a key range
 //! that survives lost connections without losing events.
 //!
 //! It remembers the revision after the last one it delivered and, whenever the stream breaks,
@@ -11,7 +11,7 @@
 
 use crate::keys::{KeySpace, in_scope};
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
-use rota_core::coordination::{SessionState, WatchEvent, WatchSender};
+use rota_cluster::coordination::{SessionState, WatchEvent, WatchSender};
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, warn};

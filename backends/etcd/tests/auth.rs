@@ -3,8 +3,8 @@
 //! refused with a clear error otherwise.
 
 use etcd_client::{Client, Permission};
-use rota_core::coordination::conformance::next_event;
-use rota_core::coordination::{Coordination, CreateMode, WatchEvent};
+use rota_cluster::coordination::conformance::next_event;
+use rota_cluster::coordination::{Coordination, CreateMode, WatchEvent};
 use rota_etcd::EtcdCoordination;
 use rota_test_harness::etcd;
 use std::time::Duration;

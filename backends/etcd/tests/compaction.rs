@@ -6,7 +6,7 @@ mod common;
 
 use common::{next, session, value};
 use etcd_client::{Client, CompactionOptions};
-use rota_core::coordination::{CreateMode, WatchEvent};
+use rota_cluster::coordination::{CreateMode, WatchEvent};
 use rota_test_harness::{Proxy, etcd};
 use std::time::Duration;
 

@@ -8,8 +8,8 @@ mod common;
 
 use common::{next, session, value};
 use etcd_client::Client;
-use rota_core::coordination::conformance::wait_state;
-use rota_core::coordination::{CoordError, Coordination, CreateMode, SessionState, WatchEvent};
+use rota_cluster::coordination::conformance::wait_state;
+use rota_cluster::coordination::{CoordError, Coordination, CreateMode, SessionState, WatchEvent};
 use rota_etcd::EtcdCoordination;
 use rota_test_harness::{Proxy, etcd};
 use std::sync::atomic::{AtomicU64, Ordering};

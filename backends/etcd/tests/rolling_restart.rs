@@ -7,8 +7,8 @@
 mod common;
 
 use common::{session, value};
-use rota_core::coordination::conformance::DEADLINE;
-use rota_core::coordination::{CoordError, CreateMode, Session, SessionState, WatchEvent};
+use rota_cluster::coordination::conformance::DEADLINE;
+use rota_cluster::coordination::{CoordError, CreateMode, Session, SessionState, WatchEvent};
 use rota_test_harness::EtcdCluster;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

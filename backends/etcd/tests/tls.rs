@@ -4,8 +4,8 @@
 //! included; a client without a certificate, one trusting another authority and one speaking
 //! plain HTTP are refused.
 
-use rota_core::coordination::conformance::next_event;
-use rota_core::coordination::{Coordination, CreateMode, WatchEvent};
+use rota_cluster::coordination::conformance::next_event;
+use rota_cluster::coordination::{Coordination, CreateMode, WatchEvent};
 use rota_etcd::EtcdCoordination;
 use rota_test_harness::tls::Pki;
 use std::time::Duration;

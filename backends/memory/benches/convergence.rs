@@ -4,7 +4,7 @@
 //!
 //! Run with `cargo bench -p rota-memory --bench convergence`.
 
-use rota_core::cluster::harness::time_convergence_and_join;
+use rota_cluster::harness::time_convergence_and_join;
 use rota_memory::MemoryCoordination;
 use std::sync::Arc;
 

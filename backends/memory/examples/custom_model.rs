@@ -7,15 +7,15 @@
 //! Run with `cargo run -p rota-memory --example custom_model`.
 
 use async_trait::async_trait;
-use rota_core::cluster::admin::Admin;
-use rota_core::cluster::controller::{Controller, ControllerConfig};
-use rota_core::cluster::participant::{
+use rota_cluster::admin::Admin;
+use rota_cluster::controller::{Controller, ControllerConfig};
+use rota_cluster::coordination::Coordination;
+use rota_cluster::participant::{
     Participant, ParticipantConfig, TransitionHandler, TransitionRequest,
 };
-use rota_core::coordination::Coordination;
-use rota_core::state_model::StateModelSpec;
-use rota_core::{InstanceConfig, ResourceConfig};
 use rota_memory::MemoryCoordination;
+use rota_model::state_model::StateModelSpec;
+use rota_model::{InstanceConfig, ResourceConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

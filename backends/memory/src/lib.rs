@@ -17,12 +17,12 @@ mod tasks;
 pub use tasks::MemoryTaskStore;
 
 use async_trait::async_trait;
-use rota_core::SessionId;
-use rota_core::coordination::{
+use rota_cluster::coordination::{
     CoordError, Coordination, CreateMode, MAX_VALUE_BYTES, Node, Op, OpResult, Session,
     SessionState, WATCH_CAPACITY, Watch, WatchEvent, WatchSender, validate_key,
     validate_transaction, watch_channel,
 };
+use rota_model::SessionId;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

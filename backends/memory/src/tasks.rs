@@ -1,13 +1,13 @@
 //! An in-memory [`TaskStore`]: for tests and embedders that need no durability. Passes the same
 //! conformance suite as SQLite and PostgreSQL.
 
-use rota_core::task::schedule::Schedule;
-use rota_core::task::{
+use rota_model::{Epoch, InstanceId};
+use rota_scheduler::schedule::Schedule;
+use rota_scheduler::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
     ListFilter, Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, Task, TaskId,
     TaskStatus, TaskStore, partition_for,
 };
-use rota_core::{Epoch, InstanceId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::broadcast;
@@ -328,7 +328,7 @@ impl TaskStore for MemoryTaskStore {
                 partition: t.partition,
                 epoch: c.epoch,
             };
-            let current = if rota_core::teeth::get().skip_completion_fence {
+            let current = if rota_cluster::teeth::get().skip_completion_fence {
                 t.status == TaskStatus::Running
             } else {
                 t.status == TaskStatus::Running

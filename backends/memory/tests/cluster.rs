@@ -3,18 +3,18 @@
 //! Time is paused (tokio's clock advances when every task waits), so session timeouts and
 //! delay windows pass without slowing the tests; waits are polls with a deadline.
 
-use rota_core::cluster::ClusterError;
-use rota_core::cluster::controller::{ControllerStatus, LeaderLease};
-use rota_core::cluster::harness::{RESOURCE, TIMEOUT, TestCluster, resource};
-use rota_core::cluster::keys::ClusterKeys;
-use rota_core::cluster::participant::ParticipantStatus;
-use rota_core::coordination::{Coordination, Op, Session};
-use rota_core::{InstanceConfig, InstanceId, StateModel};
+use rota_cluster::ClusterError;
+use rota_cluster::controller::{ControllerStatus, LeaderLease};
+use rota_cluster::coordination::{Coordination, Op, Session};
+use rota_cluster::harness::{RESOURCE, TIMEOUT, TestCluster, resource};
+use rota_cluster::keys::ClusterKeys;
+use rota_cluster::participant::ParticipantStatus;
 use rota_memory::MemoryCoordination;
+use rota_model::{InstanceConfig, InstanceId, StateModel};
 use std::sync::Arc;
 use std::time::Duration;
 
-const CLUSTER: &str = rota_core::cluster::harness::CLUSTER;
+const CLUSTER: &str = rota_cluster::harness::CLUSTER;
 
 /// A cluster on a fresh memory store (returned for fault injection) with a leading controller,
 /// a standby, and the given participants running.
@@ -63,7 +63,7 @@ async fn tops_elsewhere(c: &TestCluster, not: &str) -> usize {
 /// A cluster on a fresh memory store; the store is returned for fault injection.
 async fn cluster(
     model: &str,
-    r: rota_core::ResourceConfig,
+    r: rota_model::ResourceConfig,
     work: Duration,
 ) -> (TestCluster, MemoryCoordination) {
     let store = MemoryCoordination::new();
@@ -199,7 +199,7 @@ async fn a_deposed_leaders_write_is_refused_by_the_store() {
     let create = |v: &str| Op::Create {
         key: format!("{probe}-{v}"),
         value: vec![],
-        mode: rota_core::coordination::CreateMode::Persistent,
+        mode: rota_cluster::coordination::CreateMode::Persistent,
     };
     lease_a.write(vec![create("a1")]).await.unwrap();
     // The store loses a's leader key (as when its session expires there) while a still runs.
@@ -376,7 +376,7 @@ async fn throttling_bounds_transitions_in_flight() {
     .await;
     let mut c = c;
     c.admin
-        .set_throttle(rota_core::planner::Throttle {
+        .set_throttle(rota_model::planner::Throttle {
             per_instance: Some(2),
             per_resource: None,
             cluster: Some(4),
@@ -420,10 +420,10 @@ struct FailOnce {
 }
 
 #[async_trait::async_trait]
-impl rota_core::cluster::participant::TransitionHandler for FailOnce {
+impl rota_cluster::participant::TransitionHandler for FailOnce {
     async fn on_transition(
         &self,
-        r: &rota_core::cluster::participant::TransitionRequest,
+        r: &rota_cluster::participant::TransitionRequest,
     ) -> Result<(), String> {
         use std::sync::atomic::Ordering;
         if r.partition == 0 && r.to == "MASTER" && !self.failed.swap(true, Ordering::SeqCst) {

@@ -1,10 +1,10 @@
 //! The coordination conformance suite on the in-memory backend, plus its fault injection.
 
 use async_trait::async_trait;
-use rota_core::SessionId;
-use rota_core::coordination::conformance::{Faults, Harness};
-use rota_core::coordination::{Coordination, CreateMode, Session, SessionState, WatchEvent};
+use rota_cluster::coordination::conformance::{Faults, Harness};
+use rota_cluster::coordination::{Coordination, CreateMode, Session, SessionState, WatchEvent};
 use rota_memory::MemoryCoordination;
+use rota_model::SessionId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ async fn harness() -> Harness {
     }
 }
 
-rota_core::coordination_conformance!(harness);
+rota_cluster::coordination_conformance!(harness);
 
 #[tokio::test(start_paused = true)]
 async fn suspended_session_expires_after_its_timeout_unless_resumed() {
@@ -124,7 +124,7 @@ async fn held_watch_events_arrive_in_order_and_dropped_ones_become_resync() {
 /// A reconnecting session outlives the expiry of its session: the next call opens a new one.
 #[tokio::test]
 async fn a_reconnecting_session_replaces_an_expired_one() {
-    use rota_core::coordination::reconnecting::Reconnecting;
+    use rota_cluster::coordination::reconnecting::Reconnecting;
     let store = MemoryCoordination::new();
     let writer = store.connect(Duration::from_secs(10)).await.unwrap();
     writer

@@ -5,16 +5,16 @@
 //! workers at once. Handlers take seconds, and the receiver records when each run starts and ends.
 
 use async_trait::async_trait;
-use rota_core::InstanceId;
-use rota_core::cluster::harness::{TIMEOUT, TestCluster, resource};
-use rota_core::cluster::participant::ParticipantStatus;
-use rota_core::metrics::Metrics;
-use rota_core::task::schedule::{
+use rota_cluster::harness::{TIMEOUT, TestCluster, resource};
+use rota_cluster::participant::ParticipantStatus;
+use rota_memory::{MemoryCoordination, MemoryTaskStore};
+use rota_model::InstanceId;
+use rota_scheduler::metrics::Metrics;
+use rota_scheduler::schedule::{
     self, MissedTicks, PutMode, ScheduleDef, TaskTemplate, clock, tick_key,
 };
-use rota_core::task::worker::{Handlers, TaskHandler, Worker, WorkerConfig};
-use rota_core::task::{Millis, Task, TaskId, TaskStatus, TaskStore};
-use rota_memory::{MemoryCoordination, MemoryTaskStore};
+use rota_scheduler::worker::{Handlers, TaskHandler, Worker, WorkerConfig};
+use rota_scheduler::{Millis, Task, TaskId, TaskStatus, TaskStore};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -226,7 +226,7 @@ async fn a_one_second_schedule_fires_every_tick_once_across_crashes_joins_and_fa
         tokio::spawn(async move {
             // From after the first fault on: the partition has moved on from its first grant.
             tokio::time::sleep(Duration::from_secs(11 * 60)).await;
-            let stale = [rota_core::task::Claim {
+            let stale = [rota_scheduler::Claim {
                 partition,
                 epoch: 1,
             }];
@@ -314,7 +314,7 @@ async fn a_one_second_schedule_fires_every_tick_once_across_crashes_joins_and_fa
     assert_eq!(tasks.len(), ticks.len(), "ticks without their task");
     let all = bed
         .tasks
-        .list(&rota_core::task::ListFilter {
+        .list(&rota_scheduler::ListFilter {
             name: Some("beat".into()),
             limit: 100_000,
             ..Default::default()

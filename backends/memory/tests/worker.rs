@@ -9,22 +9,22 @@
 //! neither an overlapping run nor a second one.
 
 use async_trait::async_trait;
-use rota_core::cluster::admin::Admin;
-use rota_core::cluster::checker::Checker;
-use rota_core::cluster::controller::{Controller, ControllerConfig};
-use rota_core::cluster::participant::{
+use rota_cluster::admin::Admin;
+use rota_cluster::checker::Checker;
+use rota_cluster::controller::{Controller, ControllerConfig};
+use rota_cluster::coordination::Coordination;
+use rota_cluster::participant::{
     Participant, ParticipantConfig, ParticipantHandle, ParticipantStatus,
 };
-use rota_core::coordination::Coordination;
-use rota_core::task::schedule::Schedule;
-use rota_core::task::worker::{Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms};
-use rota_core::task::{
+use rota_memory::{MemoryCoordination, MemoryTaskStore};
+use rota_model::{InstanceConfig, InstanceId, ResourceConfig};
+use rota_scheduler::schedule::Schedule;
+use rota_scheduler::worker::{Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms};
+use rota_scheduler::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, Deadlined, DueSchedules, ListFilter,
     Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, TASKS_RESOURCE, Task,
     TaskId, TaskStatus, TaskStore,
 };
-use rota_core::{InstanceConfig, InstanceId, ResourceConfig};
-use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -32,13 +32,13 @@
 //! Migrations are embedded and versioned in each cluster's `rota_schema`; a database with a
 //! newer schema than this build knows is refused with a clear error.
 
-use rota_core::task::schedule::Schedule;
-use rota_core::task::{
+use rota_model::{Epoch, InstanceId};
+use rota_scheduler::schedule::Schedule;
+use rota_scheduler::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
     ListFilter, Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, Task, TaskId,
     TaskStatus, TaskStore, partition_for,
 };
-use rota_core::{Epoch, InstanceId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use std::collections::{BTreeSet, HashMap};
@@ -851,7 +851,7 @@ impl TaskStore for PostgresTaskStore {
             .map_err(backend)?;
         let requeued = sqlx::query(concat!(
             "UPDATE rota_tasks SET ",
-            rota_core::take_back_sql!(
+            rota_scheduler::take_back_sql!(
                 "",
                 "claim lost: the partition moved to another worker",
                 "$4"
@@ -1047,7 +1047,7 @@ impl TaskStore for PostgresTaskStore {
             " AS ms), ",
             owned!(),
             " UPDATE rota_tasks t SET ",
-            rota_core::take_back_sql!(
+            rota_scheduler::take_back_sql!(
                 "t.",
                 "lease expired: the worker neither finished nor renewed it",
                 "now.ms"
@@ -1111,7 +1111,7 @@ impl TaskStore for PostgresTaskStore {
             .map_err(backend)?;
         let requeued = sqlx::query(concat!(
             "UPDATE rota_tasks SET ",
-            rota_core::take_back_sql!("", "claim lost: the cluster restarted", "$1"),
+            rota_scheduler::take_back_sql!("", "claim lost: the cluster restarted", "$1"),
             " WHERE status = 'RUNNING'"
         ))
         .bind(now)

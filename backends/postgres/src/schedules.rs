@@ -4,8 +4,8 @@
 //! firing, then sees its tasks), and the fired ticks' tasks inserted by their idempotency keys.
 
 use super::{backend, task_from};
-use rota_core::task::schedule::{Run, Schedule, ScheduleDef};
-use rota_core::task::{
+use rota_scheduler::schedule::{Run, Schedule, ScheduleDef};
+use rota_scheduler::{
     DueSchedules, Millis, NewTask, ScheduleWrite, ScheduleWritten, StoreError, Task, partition_for,
 };
 use sqlx::postgres::PgRow;
@@ -89,7 +89,7 @@ pub async fn list(
     rows.iter().map(schedule_from).collect()
 }
 
-/// The write of [`rota_core::task::TaskStore::write_schedule`], in the transaction `tx` is in;
+/// The write of [`rota_scheduler::TaskStore::write_schedule`], in the transaction `tx` is in;
 /// the caller commits on [`ScheduleWritten::Written`] and rolls back otherwise.
 pub async fn write(
     tx: &mut PgConnection,

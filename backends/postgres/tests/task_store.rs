@@ -1,8 +1,8 @@
 //! The task-store conformance suite against a real PostgreSQL server, started by the test
 //! harness from the machine's installed binaries (a fresh database per case).
 
-use rota_core::task::TaskStore;
 use rota_postgres::{PostgresTaskStore, Settings};
+use rota_scheduler::TaskStore;
 use std::sync::Arc;
 
 fn settings() -> Settings {
@@ -19,7 +19,7 @@ async fn store() -> Arc<dyn TaskStore> {
     )
 }
 
-rota_core::task_store_conformance!(store);
+rota_scheduler::task_store_conformance!(store);
 
 #[tokio::test]
 async fn migrating_twice_is_harmless_and_a_newer_schema_is_refused() {
@@ -47,7 +47,7 @@ async fn inserts_wake_other_processes_through_notify() {
     // The listener connects in the background; insert until its notification arrives.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let task = rota_core::task::NewTask {
+        let task = rota_scheduler::NewTask {
             name: "wake".into(),
             payload: serde_json::Value::Null,
             scheduled_at: 0,
@@ -74,10 +74,10 @@ async fn inserts_wake_other_processes_through_notify() {
 
 #[tokio::test]
 async fn due_times_are_compared_on_the_databases_clock() {
-    use rota_core::task::{Claim, NewTask};
+    use rota_scheduler::{Claim, NewTask};
     let url = rota_test_harness::postgres().fresh_database();
     let store = PostgresTaskStore::connect(&url, &settings()).await.unwrap();
-    let wall = rota_core::task::worker::wall_clock_ms();
+    let wall = rota_scheduler::worker::wall_clock_ms();
     let task = NewTask {
         name: "due".into(),
         payload: serde_json::Value::Null,
@@ -93,7 +93,7 @@ async fn due_times_are_compared_on_the_databases_clock() {
         "created_at from the database's clock: {}",
         t.created_at
     );
-    let owner = rota_core::InstanceId::new("w");
+    let owner = rota_model::InstanceId::new("w");
     store.acquire(0, &owner, 1, 0).await.unwrap();
     // The worker's clock says 1970; the database's says the task is due.
     let claim = [Claim {
@@ -113,8 +113,8 @@ async fn due_times_are_compared_on_the_databases_clock() {
     );
 }
 
-fn new_task(name: &str) -> rota_core::task::NewTask {
-    rota_core::task::NewTask {
+fn new_task(name: &str) -> rota_scheduler::NewTask {
+    rota_scheduler::NewTask {
         name: name.into(),
         payload: serde_json::Value::Null,
         scheduled_at: 0,
@@ -127,7 +127,7 @@ fn new_task(name: &str) -> rota_core::task::NewTask {
 
 #[tokio::test]
 async fn clusters_sharing_a_database_do_not_see_each_other() {
-    use rota_core::task::ListFilter;
+    use rota_scheduler::ListFilter;
     let url = rota_test_harness::postgres().fresh_database();
     let staging = PostgresTaskStore::connect(&url, &Settings::for_cluster("staging"))
         .await
@@ -135,7 +135,7 @@ async fn clusters_sharing_a_database_do_not_see_each_other() {
     let prod = PostgresTaskStore::connect(&url, &Settings::for_cluster("prod"))
         .await
         .unwrap();
-    let owner = rota_core::InstanceId::new("w");
+    let owner = rota_model::InstanceId::new("w");
     // Each cluster's epochs start over: prod's epoch 1 is not stale because staging is at 5.
     staging.acquire(0, &owner, 5, 0).await.unwrap();
     prod.acquire(0, &owner, 1, 0).await.unwrap();
@@ -156,18 +156,18 @@ async fn clusters_sharing_a_database_do_not_see_each_other() {
         limit: 10,
         ..ListFilter::default()
     };
-    let listed = |page: rota_core::task::Page| page.tasks.iter().map(|t| t.id).collect::<Vec<_>>();
+    let listed = |page: rota_scheduler::Page| page.tasks.iter().map(|t| t.id).collect::<Vec<_>>();
     assert_eq!(listed(staging.list(&all).await.unwrap()), vec![s.id]);
     assert_eq!(listed(prod.list(&all).await.unwrap()), vec![p.id]);
     assert_eq!(staging.backlog().await.unwrap().pending, 1);
     // A worker of prod claims prod's task only.
-    let claim = [rota_core::task::Claim {
+    let claim = [rota_scheduler::Claim {
         partition: 0,
         epoch: 1,
     }];
     let claimed = prod.claim(&owner, &claim, 0, 10, 30_000).await.unwrap();
     assert_eq!(
-        listed(rota_core::task::Page {
+        listed(rota_scheduler::Page {
             tasks: claimed.tasks,
             next: None
         }),
@@ -175,7 +175,7 @@ async fn clusters_sharing_a_database_do_not_see_each_other() {
     );
     // Staging's task, whatever its id, is untouched.
     let untouched = staging.get(s.id).await.unwrap().unwrap();
-    assert_eq!(untouched.status, rota_core::task::TaskStatus::Pending);
+    assert_eq!(untouched.status, rota_scheduler::TaskStatus::Pending);
 }
 
 #[tokio::test]
@@ -224,7 +224,7 @@ async fn a_statement_that_hangs_fails_as_unavailable_within_its_deadline() {
     let mut quick = settings();
     quick.statement_timeout = std::time::Duration::from_millis(300);
     let store = PostgresTaskStore::connect(&url, &quick).await.unwrap();
-    let owner = rota_core::InstanceId::new("w");
+    let owner = rota_model::InstanceId::new("w");
     store.acquire(0, &owner, 1, 0).await.unwrap();
     // Another session holds the owner row: the next acquire waits on its lock.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();

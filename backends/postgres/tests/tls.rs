@@ -2,8 +2,8 @@
 //! connects with `sslmode=verify-full` and the server's authority, and is refused without TLS
 //! or when it trusts another authority, with a message saying so.
 
-use rota_core::task::{StoreError, TaskStore};
 use rota_postgres::{PostgresTaskStore, Settings};
+use rota_scheduler::{StoreError, TaskStore};
 use rota_test_harness::tls::Pki;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

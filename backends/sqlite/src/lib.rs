@@ -13,13 +13,13 @@
 
 mod schedules;
 
-use rota_core::task::schedule::Schedule;
-use rota_core::task::{
+use rota_model::{Epoch, InstanceId};
+use rota_scheduler::schedule::Schedule;
+use rota_scheduler::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
     ListFilter, Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, Task, TaskId,
     TaskStatus, TaskStore, partition_for,
 };
-use rota_core::{Epoch, InstanceId};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -490,7 +490,7 @@ impl TaskStore for SqliteTaskStore {
                 .execute(
                     concat!(
                         "UPDATE tasks SET ",
-                        rota_core::take_back_sql!(
+                        rota_scheduler::take_back_sql!(
                             "",
                             "claim lost: the partition moved to another worker",
                             "?4"
@@ -726,7 +726,11 @@ impl TaskStore for SqliteTaskStore {
                 .execute(
                     concat!(
                         "UPDATE tasks SET ",
-                        rota_core::take_back_sql!("", "claim lost: the cluster restarted", "?1"),
+                        rota_scheduler::take_back_sql!(
+                            "",
+                            "claim lost: the cluster restarted",
+                            "?1"
+                        ),
                         " WHERE status = 'RUNNING'"
                     ),
                     [now],
@@ -849,7 +853,7 @@ impl TaskStore for SqliteTaskStore {
                 let mut stmt = tx
                     .prepare_cached(concat!(
                         "UPDATE tasks SET ",
-                        rota_core::take_back_sql!(
+                        rota_scheduler::take_back_sql!(
                             "",
                             "lease expired: the worker neither finished nor renewed it",
                             "?2"

@@ -3,8 +3,8 @@
 //! inserts commit together.
 
 use super::{backend, insert_in};
-use rota_core::task::schedule::{Run, Schedule, ScheduleDef};
-use rota_core::task::{DueSchedules, Millis, ScheduleWrite, ScheduleWritten, StoreError, Task};
+use rota_scheduler::schedule::{Run, Schedule, ScheduleDef};
+use rota_scheduler::{DueSchedules, Millis, ScheduleWrite, ScheduleWritten, StoreError, Task};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 /// The schedules table (a migration).
@@ -70,7 +70,7 @@ pub fn list(
         .map_err(backend)
 }
 
-/// The write of [`rota_core::task::TaskStore::write_schedule`], in the transaction `tx` holds.
+/// The write of [`rota_scheduler::TaskStore::write_schedule`], in the transaction `tx` holds.
 pub fn write(
     tx: &Connection,
     write: ScheduleWrite,

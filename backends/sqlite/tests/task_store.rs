@@ -1,7 +1,7 @@
 //! The task-store conformance suite on SQLite (a fresh in-memory database per case), plus what
 //! only a file-backed store can show: data survives reopening, and the schema version is checked.
 
-use rota_core::task::{NewTask, TaskStatus, TaskStore};
+use rota_scheduler::{NewTask, TaskStatus, TaskStore};
 use rota_sqlite::SqliteTaskStore;
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ async fn store() -> Arc<dyn TaskStore> {
     Arc::new(SqliteTaskStore::open_in_memory().expect("in-memory SQLite"))
 }
 
-rota_core::task_store_conformance!(store);
+rota_scheduler::task_store_conformance!(store);
 
 fn temp_db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("rota-sqlite-{}-{name}", std::process::id()));
@@ -61,7 +61,7 @@ async fn a_file_of_another_cluster_is_refused() {
     drop(SqliteTaskStore::open(&path, "staging").unwrap());
     let err = SqliteTaskStore::open(&path, "prod").err().expect("refused");
     assert!(
-        matches!(&err, rota_core::task::StoreError::Invalid(m)
+        matches!(&err, rota_scheduler::StoreError::Invalid(m)
             if m.contains("\"staging\"") && m.contains("a file of its own")),
         "{err}"
     );

@@ -20,12 +20,12 @@
 //! Connect strings may carry a chroot (`host:2181,host2:2181/rota`).
 
 use async_trait::async_trait;
-use rota_core::SessionId;
-use rota_core::coordination::{
+use rota_cluster::coordination::{
     CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState,
     WATCH_CAPACITY, Watch, WatchEvent, WatchSender, validate_key, validate_transaction,
     validate_value, watch_channel,
 };
+use rota_model::SessionId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! change; a client without them (another tenant of a shared ensemble) can read them and
 //! nothing more, and is told why.
 
-use rota_core::coordination::{CoordError, Coordination, CreateMode, Op};
+use rota_cluster::coordination::{CoordError, Coordination, CreateMode, Op};
 use rota_zookeeper::ZooKeeperCoordination;
 use std::time::Duration;
 

@@ -8,5 +8,5 @@ use std::sync::Arc;
 async fn every_builtin_model_converges_and_fails_over_on_zookeeper() {
     let store =
         rota_zookeeper::ZooKeeperCoordination::new(rota_test_harness::zookeeper().endpoint());
-    rota_core::cluster::harness::builtin_models_converge_and_fail_over(Arc::new(store)).await;
+    rota_cluster::harness::builtin_models_converge_and_fail_over(Arc::new(store)).await;
 }

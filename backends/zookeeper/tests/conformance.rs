@@ -2,8 +2,8 @@
 //! harness from the machine's installed ZooKeeper (a fresh root key per case).
 
 use async_trait::async_trait;
-use rota_core::SessionId;
-use rota_core::coordination::conformance::{Faults, Harness};
+use rota_cluster::coordination::conformance::{Faults, Harness};
+use rota_model::SessionId;
 use rota_zookeeper::ZooKeeperCoordination;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,4 +31,4 @@ async fn harness() -> Harness {
     }
 }
 
-rota_core::coordination_conformance!(harness);
+rota_cluster::coordination_conformance!(harness);

@@ -2,8 +2,8 @@
 //! a connection lost and made again within the session timeout (the session resumes, as after
 //! a network blip or a server restart).
 
-use rota_core::coordination::conformance::{next_event, wait_state};
-use rota_core::coordination::{Coordination, CreateMode, SessionState, WatchEvent};
+use rota_cluster::coordination::conformance::{next_event, wait_state};
+use rota_cluster::coordination::{Coordination, CreateMode, SessionState, WatchEvent};
 use rota_test_harness::{Proxy, zookeeper};
 use rota_zookeeper::ZooKeeperCoordination;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 //! coordination store applied (checked against the leader epoch at that moment), and a trace of
 //! events whose digest shows that a seed replays exactly.
 
-use rota_core::task::{Claim, Completion, Task, TaskId, TaskStatus};
-use rota_core::{Epoch, InstanceId};
+use rota_model::{Epoch, InstanceId};
+use rota_scheduler::{Claim, Completion, Task, TaskId, TaskStatus};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex, MutexGuard};

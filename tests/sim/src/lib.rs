@@ -27,18 +27,18 @@ pub mod store;
 use history::History;
 use net::{Link, SimCoordination};
 use rng::Rng;
-use rota_core::cluster::admin::Admin;
-use rota_core::cluster::checker::Checker;
-use rota_core::cluster::controller::{Controller, ControllerConfig};
-use rota_core::cluster::harness::{RESOURCE, TestCluster, resource};
-use rota_core::cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
-use rota_core::coordination::{Coordination, Session};
-use rota_core::rebalancer::{RebalanceInput, rebalance};
-use rota_core::task::worker::{Handlers, TaskHandler, Worker, WorkerConfig};
-use rota_core::task::{Millis, Task, TaskId, TaskStatus, TaskStore};
-use rota_core::teeth::Teeth;
-use rota_core::{InstanceConfig, InstanceId, ResourceConfig, StateModel};
+use rota_cluster::admin::Admin;
+use rota_cluster::checker::Checker;
+use rota_cluster::controller::{Controller, ControllerConfig};
+use rota_cluster::coordination::{Coordination, Session};
+use rota_cluster::harness::{RESOURCE, TestCluster, resource};
+use rota_cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
+use rota_cluster::teeth::Teeth;
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
+use rota_model::rebalancer::{RebalanceInput, rebalance};
+use rota_model::{InstanceConfig, InstanceId, ResourceConfig, StateModel};
+use rota_scheduler::worker::{Handlers, TaskHandler, Worker, WorkerConfig};
+use rota_scheduler::{Millis, Task, TaskId, TaskStatus, TaskStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -103,7 +103,7 @@ pub fn run(seed: u64) -> Report {
 
 /// Runs one seed with the given guarantees broken on purpose.
 pub fn run_with(seed: u64, teeth: Teeth) -> Report {
-    rota_core::teeth::set(teeth);
+    rota_cluster::teeth::set(teeth);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -112,7 +112,7 @@ pub fn run_with(seed: u64, teeth: Teeth) -> Report {
     let report = runtime.block_on(simulate(seed));
     // Tasks still running (workers, controllers) end with the runtime.
     drop(runtime);
-    rota_core::teeth::set(Teeth::default());
+    rota_cluster::teeth::set(Teeth::default());
     report
 }
 
@@ -158,14 +158,14 @@ impl TaskHandler for SimHandler {
 struct WorkerNode {
     zone: String,
     stop: watch::Sender<bool>,
-    participant: JoinHandle<Result<(), rota_core::cluster::ClusterError>>,
+    participant: JoinHandle<Result<(), rota_cluster::ClusterError>>,
     run: JoinHandle<()>,
     _handle: ParticipantHandle,
 }
 
 struct ControllerNode {
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), rota_core::cluster::ClusterError>>,
+    task: JoinHandle<Result<(), rota_cluster::ClusterError>>,
 }
 
 /// A fault, or the end of one.
@@ -709,7 +709,7 @@ impl Sim {
     fn check_assignment(
         &self,
         what: &str,
-        ideal: &rota_core::IdealState,
+        ideal: &rota_model::IdealState,
         live: Option<&[InstanceConfig]>,
     ) {
         let top = self.model.top_state().as_str();

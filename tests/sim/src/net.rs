@@ -8,13 +8,13 @@
 
 use crate::history::History;
 use async_trait::async_trait;
-use rota_core::SessionId;
-use rota_core::cluster::keys::ClusterKeys;
-use rota_core::coordination::{
+use rota_cluster::coordination::{
     CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState,
     WATCH_CAPACITY, Watch, watch_channel,
 };
+use rota_cluster::keys::ClusterKeys;
 use rota_memory::MemoryCoordination;
+use rota_model::SessionId;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

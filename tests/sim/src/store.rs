@@ -8,13 +8,13 @@
 use crate::history::History;
 use crate::net::Link;
 use async_trait::async_trait;
-use rota_core::task::schedule::Schedule;
-use rota_core::task::{
+use rota_memory::MemoryTaskStore;
+use rota_model::{Epoch, InstanceId};
+use rota_scheduler::schedule::Schedule;
+use rota_scheduler::{
     Backlog, CancelOutcome, Claim, Claimed, Completion, DueSchedules, ListFilter, Millis, NewTask,
     Page, ScheduleWrite, ScheduleWritten, StoreError, Task, TaskId, TaskStatus, TaskStore,
 };
-use rota_core::{Epoch, InstanceId};
-use rota_memory::MemoryTaskStore;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,8 +1,8 @@
-//! The simulator has teeth: each guarantee broken on purpose (`rota_core::teeth`) must be
+//! The simulator has teeth: each guarantee broken on purpose (`rota_cluster::teeth`) must be
 //! caught, for the right reason, within a bounded number of seeds. If the simulator stops
 //! catching one (a fault it needs was dropped, an invariant weakened), this test fails.
 
-use rota_core::teeth::Teeth;
+use rota_cluster::teeth::Teeth;
 use rota_sim::run_with;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

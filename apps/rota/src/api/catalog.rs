@@ -5,9 +5,9 @@
 //! restarting) nothing can be checked: a task naming any handler is accepted, with a warning.
 
 use super::ClusterView;
-use rota_core::Record;
-use rota_core::cluster::records::InstanceCapabilities;
-use rota_core::coordination::CoordError;
+use rota_cluster::coordination::CoordError;
+use rota_cluster::records::InstanceCapabilities;
+use rota_model::Record;
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -74,7 +74,7 @@ impl HandlerCatalog {
     pub fn check(&self, handler: &str) -> Result<(), String> {
         let offered = self.offered.read().unwrap_or_else(|e| e.into_inner());
         if offered.workers == 0 {
-            let now = rota_core::cluster::now_ms();
+            let now = rota_cluster::now_ms();
             let last = self.warned_at_ms.load(std::sync::atomic::Ordering::Relaxed);
             if now.saturating_sub(last) >= 60_000
                 && self

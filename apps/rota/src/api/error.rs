@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use rota_core::task::StoreError;
+use rota_scheduler::StoreError;
 
 /// An error response.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,10 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 pub use catalog::HandlerCatalog;
 use error::ApiError;
-use rota_core::cluster::keys::ClusterKeys;
-use rota_core::coordination::Session;
-use rota_core::metrics::Metrics;
-use rota_core::task::{ListFilter, Millis, TaskStore};
+use rota_cluster::coordination::Session;
+use rota_cluster::keys::ClusterKeys;
+use rota_scheduler::metrics::Metrics;
+use rota_scheduler::{ListFilter, Millis, TaskStore};
 use serde_json::{Value, json};
 use std::sync::Arc;
 

@@ -10,8 +10,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rota_core::task::TaskStatus;
-use rota_core::task::schedule::{
+use rota_scheduler::TaskStatus;
+use rota_scheduler::schedule::{
     self, DEFAULT_CATCH_UP, MissedTicks, PutMode, PutOutcome, Schedule, ScheduleDef, ScheduleError,
     TaskTemplate,
 };
@@ -185,7 +185,7 @@ impl From<ScheduleError> for ApiError {
         match e {
             ScheduleError::NotFound(_) => ApiError::not_found(e.to_string()),
             ScheduleError::Exists(_) => ApiError::conflict(e.to_string()),
-            ScheduleError::Store(rota_core::task::StoreError::Invalid(m)) => {
+            ScheduleError::Store(rota_scheduler::StoreError::Invalid(m)) => {
                 ApiError::bad_request("invalid_schedule", m)
             }
             ScheduleError::Store(e) => e.into(),
@@ -283,10 +283,10 @@ fn definition(
 /// The view of a schedule (with its runs' tasks when `runs`), as the API and `rota admin
 /// schedules` show it.
 pub async fn view_of(
-    tasks: &dyn rota_core::task::TaskStore,
+    tasks: &dyn rota_scheduler::TaskStore,
     s: Schedule,
     runs: bool,
-) -> Result<ScheduleView, rota_core::task::StoreError> {
+) -> Result<ScheduleView, rota_scheduler::StoreError> {
     let spec = s.def.spec().ok();
     let local = |t: i64| match &spec {
         Some(spec) => spec.local(t),

@@ -8,8 +8,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rota_core::task::schedule;
-use rota_core::task::{
+use rota_scheduler::schedule;
+use rota_scheduler::{
     CancelOutcome, DEFAULT_MAX_ATTEMPTS, ListFilter, NewTask, Task, TaskId, TaskStatus,
 };
 use serde::{Deserialize, Serialize};
@@ -596,7 +596,7 @@ pub async fn list(
                 })?)
             }
             "name" => {
-                rota_core::task::storable_text("name", value)
+                rota_scheduler::storable_text("name", value)
                     .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
                 filter.name = Some(value.clone());
             }

@@ -5,7 +5,7 @@
 //! time outside them could be stored but never written back in a form a client can read.
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
-use rota_core::task::Millis;
+use rota_scheduler::Millis;
 
 /// The first instant a time may name: 0000-01-01T00:00:00.000Z.
 pub const EARLIEST: Millis = -62_167_219_200_000;

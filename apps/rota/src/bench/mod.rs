@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use client::Client;
 use cluster::{Cluster, CoordinationKind, Target};
 use report::{Figure, Report};
-use rota_core::task::worker::wall_clock_ms;
+use rota_scheduler::worker::wall_clock_ms;
 use serde_json::json;
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -2,8 +2,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own part.
 
-use rota_core::coordination::conformance::next_event;
-use rota_core::coordination::{Coordination, Session, Watch, WatchEvent};
+use rota_cluster::coordination::conformance::next_event;
+use rota_cluster::coordination::{Coordination, Session, Watch, WatchEvent};
 use rota_etcd::EtcdCoordination;
 use std::sync::Arc;
 use std::time::Duration;
