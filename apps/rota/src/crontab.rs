@@ -149,6 +149,7 @@ pub async fn apply(
 mod tests {
     use super::*;
     use rota_memory::MemoryTaskStore;
+    use rota_scheduler::Schedules;
 
     fn entry(every: &str) -> ScheduleEntry {
         ScheduleEntry {

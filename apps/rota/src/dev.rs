@@ -66,7 +66,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
     // One process: one set of metrics for the API, the controller and every worker.
     let metrics = Arc::new(Metrics::default());
     let tasks: Arc<dyn TaskStore> = Arc::new(
-        Deadlined::new(
+        Deadlined::with_deadline(
             Arc::new(
                 SqliteTaskStore::open(&db, &config.cluster.name)
                     .with_context(|| format!("opening {}", db.display()))?,

@@ -110,7 +110,7 @@ pub async fn task_store(
         ),
     };
     Ok(Arc::new(
-        Deadlined::new(store, config.store_timeout()).counting_errors(metrics.clone()),
+        Deadlined::with_deadline(store, config.store_timeout()).counting_errors(metrics.clone()),
     ))
 }
 

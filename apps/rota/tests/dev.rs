@@ -211,7 +211,7 @@ async fn a_restart_resumes_pending_tasks_from_the_file() {
     cluster.stop().await.unwrap();
     let pending_before = {
         let store = rota_sqlite::SqliteTaskStore::open(dir.join("tasks.db"), "rota").unwrap();
-        use rota_scheduler::TaskStore;
+        use rota_scheduler::Tasks;
         let filter = ListFilter {
             status: Some(TaskStatus::Pending),
             limit: 1_000,

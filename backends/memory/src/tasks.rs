@@ -3,10 +3,11 @@
 
 use rota_model::{Epoch, InstanceId};
 use rota_scheduler::schedule::Schedule;
+use rota_scheduler::store::rules;
 use rota_scheduler::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
-    ListFilter, Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, Task, TaskId,
-    TaskStatus, TaskStore, partition_for,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, DueSchedules, Execution, ListFilter,
+    Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, Schedules, StoreError, Task, TaskId,
+    TaskStatus, Tasks, Upkeep, partition_for,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
@@ -145,24 +146,16 @@ impl Inner {
         }
     }
 
-    /// Ends a claim that will not complete: back to PENDING, or FAILED without attempts left.
-    fn requeue(&mut self, id: TaskId, now: Millis, error: &str) {
+    /// Takes back a claim that will not complete ([`rules::take_back`]).
+    fn requeue(&mut self, id: TaskId, now: Millis, reason: &str) {
         let task = self.tasks.get_mut(&id).expect("exists");
-        task.owner = None;
-        task.lease_until = None;
-        let status = if task.attempts >= task.max_attempts {
-            task.last_error = Some(error.to_owned());
-            task.finished_at = Some(now);
-            TaskStatus::Failed
-        } else {
-            TaskStatus::Pending
-        };
+        let status = rules::take_back(task, reason, now);
         self.set_status(id, status);
     }
 }
 
 #[async_trait::async_trait]
-impl TaskStore for MemoryTaskStore {
+impl Tasks for MemoryTaskStore {
     async fn insert(
         &self,
         tasks: Vec<NewTask>,
@@ -222,6 +215,17 @@ impl TaskStore for MemoryTaskStore {
         Ok(CancelOutcome::Cancelled(task.clone()))
     }
 
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        let inner = self.lock();
+        Ok(Backlog {
+            pending: inner.due.values().map(|d| d.len() as u64).sum(),
+            running: inner.running.values().map(|r| r.len() as u64).sum(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Execution for MemoryTaskStore {
     async fn acquire(
         &self,
         partition: u32,
@@ -341,35 +345,7 @@ impl TaskStore for MemoryTaskStore {
                 out.push(None);
                 continue;
             }
-            let status = match &c.outcome {
-                CompletionOutcome::Succeeded => TaskStatus::Completed,
-                CompletionOutcome::Failed { .. } if t.attempts >= t.max_attempts => {
-                    TaskStatus::Failed
-                }
-                CompletionOutcome::Failed { .. } | CompletionOutcome::Released => {
-                    TaskStatus::Pending
-                }
-            };
-            {
-                let t = inner.tasks.get_mut(&c.id).expect("exists");
-                t.owner = None;
-                t.lease_until = None;
-                if c.outcome == CompletionOutcome::Released {
-                    t.attempts -= 1;
-                    t.started_at = None;
-                } else if c.started_at.is_some() {
-                    t.started_at = c.started_at;
-                }
-                if let CompletionOutcome::Failed { error, retry_at } = &c.outcome {
-                    t.last_error = Some(error.clone());
-                    if status == TaskStatus::Pending {
-                        t.scheduled_at = *retry_at;
-                    }
-                }
-                if status.is_final() {
-                    t.finished_at = Some(now);
-                }
-            }
+            let status = rules::settle(inner.tasks.get_mut(&c.id).expect("exists"), c, now);
             inner.set_status(c.id, status);
             out.push(Some(status));
         }
@@ -408,39 +384,6 @@ impl TaskStore for MemoryTaskStore {
         Ok(refused)
     }
 
-    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
-        let mut inner = self.lock();
-        inner.owners.clear();
-        let running: Vec<TaskId> = inner.running.values().flatten().copied().collect();
-        for &id in &running {
-            inner.requeue(id, now, "claim lost: the cluster restarted");
-        }
-        Ok(running.len() as u64)
-    }
-
-    async fn purge_finished(
-        &self,
-        finished_before: Millis,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
-        let mut inner = self.lock();
-        let old: Vec<TaskId> = inner
-            .tasks
-            .values()
-            .filter(|t| t.status.is_final() && t.finished_at.is_some_and(|f| f < finished_before))
-            .map(|t| t.id)
-            .take(limit)
-            .collect();
-        for id in &old {
-            if let Some(task) = inner.tasks.remove(id) {
-                if let Some(key) = task.idempotency_key {
-                    inner.keys.remove(&key);
-                }
-            }
-        }
-        Ok(old.len() as u64)
-    }
-
     async fn requeue_expired(
         &self,
         owner: &InstanceId,
@@ -464,14 +407,13 @@ impl TaskStore for MemoryTaskStore {
         Ok(expired.len() as u64)
     }
 
-    async fn backlog(&self) -> Result<Backlog, StoreError> {
-        let inner = self.lock();
-        Ok(Backlog {
-            pending: inner.due.values().map(|d| d.len() as u64).sum(),
-            running: inner.running.values().map(|r| r.len() as u64).sum(),
-        })
+    fn inserted(&self) -> broadcast::Receiver<u32> {
+        self.inserted.subscribe()
     }
+}
 
+#[async_trait::async_trait]
+impl Schedules for MemoryTaskStore {
     async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
         Ok(self.lock().schedules.get(name).cloned())
     }
@@ -550,8 +492,40 @@ impl TaskStore for MemoryTaskStore {
             next_tick: later.first().and_then(|s| s.next_tick),
         })
     }
+}
 
-    fn inserted(&self) -> broadcast::Receiver<u32> {
-        self.inserted.subscribe()
+#[async_trait::async_trait]
+impl Upkeep for MemoryTaskStore {
+    async fn purge_finished(
+        &self,
+        finished_before: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let old: Vec<TaskId> = inner
+            .tasks
+            .values()
+            .filter(|t| t.status.is_final() && t.finished_at.is_some_and(|f| f < finished_before))
+            .map(|t| t.id)
+            .take(limit)
+            .collect();
+        for id in &old {
+            if let Some(task) = inner.tasks.remove(id) {
+                if let Some(key) = task.idempotency_key {
+                    inner.keys.remove(&key);
+                }
+            }
+        }
+        Ok(old.len() as u64)
+    }
+
+    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        inner.owners.clear();
+        let running: Vec<TaskId> = inner.running.values().flatten().copied().collect();
+        for &id in &running {
+            inner.requeue(id, now, "claim lost: the cluster restarted");
+        }
+        Ok(running.len() as u64)
     }
 }

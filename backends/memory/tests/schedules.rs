@@ -10,11 +10,12 @@ use rota_cluster::participant::ParticipantStatus;
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::InstanceId;
 use rota_scheduler::metrics::Metrics;
+use rota_scheduler::prelude::*;
 use rota_scheduler::schedule::{
     self, MissedTicks, PutMode, ScheduleDef, TaskTemplate, clock, tick_key,
 };
 use rota_scheduler::worker::{Handlers, TaskHandler, Worker, WorkerConfig};
-use rota_scheduler::{Millis, Task, TaskId, TaskStatus, TaskStore};
+use rota_scheduler::{Millis, Task, TaskId, TaskStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -18,12 +18,11 @@ use rota_cluster::participant::{
 };
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::{InstanceConfig, InstanceId, ResourceConfig};
-use rota_scheduler::schedule::Schedule;
+use rota_scheduler::prelude::*;
+use rota_scheduler::store::{Call, Layer, Layered, Pending};
 use rota_scheduler::worker::{Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms};
 use rota_scheduler::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, Deadlined, DueSchedules, ListFilter,
-    Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, StoreError, TASKS_RESOURCE, Task,
-    TaskId, TaskStatus, TaskStore,
+    Deadlined, ListFilter, NewTask, StoreError, TASKS_RESOURCE, Task, TaskId, TaskStatus,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -129,156 +128,30 @@ impl TaskHandler for Recording {
     }
 }
 
-/// A task store that can be made unreachable: while `down`, every call fails as a lost
-/// connection would; while `hung`, every call waits (a frozen database) and goes on once it
-/// thaws.
+/// What makes a task store unreachable: while `down`, every call fails as a lost connection
+/// would; while `hung`, every call waits (a frozen database) and goes on once it thaws.
+#[derive(Default)]
 struct Outage {
-    store: Arc<MemoryTaskStore>,
     down: std::sync::atomic::AtomicBool,
     hung: std::sync::atomic::AtomicBool,
 }
 
-impl Outage {
-    async fn check(&self) -> Result<(), StoreError> {
+#[async_trait]
+impl Layer for Outage {
+    async fn around<T: Send + 'static>(
+        &self,
+        _: Call<'_>,
+        inner: Pending<T>,
+    ) -> Result<T, StoreError> {
         while self.hung.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(StoreError::Unavailable(
+            return Err(StoreError::Unavailable(
                 "connection refused (outage)".into(),
-            ))
-        } else {
-            Ok(())
+            ));
         }
-    }
-}
-
-#[async_trait]
-impl TaskStore for Outage {
-    async fn insert(
-        &self,
-        tasks: Vec<NewTask>,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<Vec<(Task, bool)>, StoreError> {
-        self.check().await?;
-        self.store.insert(tasks, partitions, now).await
-    }
-    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        self.check().await?;
-        self.store.get(id).await
-    }
-    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
-        self.check().await?;
-        self.store.list(filter).await
-    }
-    async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
-        self.check().await?;
-        self.store.by_idempotency_keys(keys).await
-    }
-    async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
-        self.check().await?;
-        self.store.cancel(id, now).await
-    }
-    async fn acquire(
-        &self,
-        partition: u32,
-        owner: &InstanceId,
-        epoch: u64,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        self.check().await?;
-        self.store.acquire(partition, owner, epoch, now).await
-    }
-    async fn claim(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        limit: usize,
-        lease_ms: i64,
-    ) -> Result<Claimed, StoreError> {
-        self.check().await?;
-        self.store
-            .claim(owner, partitions, now, limit, lease_ms)
-            .await
-    }
-    async fn complete(
-        &self,
-        owner: &InstanceId,
-        completions: &[Completion],
-        now: Millis,
-    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
-        self.check().await?;
-        self.store.complete(owner, completions, now).await
-    }
-    async fn renew(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        lease_ms: i64,
-    ) -> Result<Vec<u32>, StoreError> {
-        self.check().await?;
-        self.store.renew(owner, partitions, now, lease_ms).await
-    }
-    async fn requeue_expired(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        self.check().await?;
-        self.store.requeue_expired(owner, partitions, now).await
-    }
-    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
-        self.check().await?;
-        self.store.reset_after_restart(now).await
-    }
-    async fn purge_finished(&self, before: Millis, limit: usize) -> Result<u64, StoreError> {
-        self.check().await?;
-        self.store.purge_finished(before, limit).await
-    }
-    async fn backlog(&self) -> Result<Backlog, StoreError> {
-        self.check().await?;
-        self.store.backlog().await
-    }
-    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
-        self.check().await?;
-        self.store.schedule(name).await
-    }
-    async fn schedules(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Schedule>, StoreError> {
-        self.check().await?;
-        self.store.schedules(after, limit).await
-    }
-    async fn write_schedule(
-        &self,
-        write: ScheduleWrite,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<ScheduleWritten, StoreError> {
-        self.check().await?;
-        self.store.write_schedule(write, partitions, now).await
-    }
-    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
-        self.check().await?;
-        self.store.delete_schedule(name, revision).await
-    }
-    async fn due_schedules(
-        &self,
-        partitions: &[u32],
-        before: Millis,
-        limit: usize,
-    ) -> Result<DueSchedules, StoreError> {
-        self.check().await?;
-        self.store.due_schedules(partitions, before, limit).await
-    }
-    fn inserted(&self) -> tokio::sync::broadcast::Receiver<u32> {
-        self.store.inserted()
+        inner.await
     }
 }
 
@@ -286,7 +159,7 @@ struct Setup {
     coordination: MemoryCoordination,
     admin: Admin,
     /// The store as the workers see it.
-    tasks: Arc<Outage>,
+    tasks: Arc<Layered<Outage, MemoryTaskStore>>,
     recorder: Recorder,
     checker: Checker,
     stop: watch::Sender<bool>,
@@ -332,11 +205,10 @@ async fn setup_options(workers: &[&str], options: Options) -> Setup {
         ))
         .await
         .unwrap();
-    let tasks = Arc::new(Outage {
-        store: Arc::new(MemoryTaskStore::new()),
-        down: Default::default(),
-        hung: Default::default(),
-    });
+    let tasks = Arc::new(Layered::new(
+        Outage::default(),
+        Arc::new(MemoryTaskStore::new()),
+    ));
     let recorder = Recorder::default();
     let checker = Checker::new("MASTER", 1);
     let (stop, stopped) = watch::channel(false);
@@ -388,7 +260,7 @@ impl Setup {
         config.max_idle = Duration::from_millis(500);
         config.retention = self.options.retention;
         // As in production, every store call has a deadline.
-        let tasks = Arc::new(Deadlined::new(self.tasks.clone(), STORE_DEADLINE));
+        let tasks = Arc::new(Deadlined::with_deadline(self.tasks.clone(), STORE_DEADLINE));
         let worker = Worker::new(config, tasks, handlers);
         let (participant, handle) = Participant::new(
             store,
@@ -646,10 +518,12 @@ async fn completions_survive_a_task_store_outage() {
     let (s, ids) = long_runs_under_way().await;
     // The runs under way end during the outage: their completions cannot be written.
     s.tasks
+        .layer()
         .down
         .store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(3)).await;
     s.tasks
+        .layer()
         .down
         .store(false, std::sync::atomic::Ordering::SeqCst);
     wait_all_completed(&*s.tasks, ids.len()).await;
@@ -663,6 +537,7 @@ async fn a_worker_cut_off_while_the_store_hangs_stops_its_runs_within_its_sessio
     // session expires.
     let (s, ids) = runs_under_way(Duration::from_secs(20)).await;
     s.tasks
+        .layer()
         .hung
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let ParticipantStatus::Live(session) = s.participants["w2"].status().borrow().clone() else {
@@ -674,6 +549,7 @@ async fn a_worker_cut_off_while_the_store_hangs_stops_its_runs_within_its_sessio
     tokio::time::sleep(Duration::from_secs(12)).await;
     let thaw = Instant::now();
     s.tasks
+        .layer()
         .hung
         .store(false, std::sync::atomic::Ordering::SeqCst);
     wait_all_completed(&*s.tasks, ids.len()).await;

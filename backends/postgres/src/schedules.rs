@@ -3,13 +3,15 @@
 //! partition's owner row locked `FOR SHARE` for the fence (an ownership change waits for the
 //! firing, then sees its tasks), and the fired ticks' tasks inserted by their idempotency keys.
 
-use super::{backend, task_from};
+use crate::{PostgresTaskStore, backend, task_from};
 use rota_scheduler::schedule::{Run, Schedule, ScheduleDef};
 use rota_scheduler::{
-    DueSchedules, Millis, NewTask, ScheduleWrite, ScheduleWritten, StoreError, Task, partition_for,
+    DueSchedules, Millis, NewTask, ScheduleWrite, ScheduleWritten, Schedules, StoreError, Task,
+    partition_for,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
+use std::collections::BTreeSet;
 
 /// The schedules table (a migration).
 pub const MIGRATION: &str = r#"
@@ -255,4 +257,58 @@ pub async fn due(
         schedules: rows.iter().map(schedule_from).collect::<Result<_, _>>()?,
         next_tick,
     })
+}
+
+#[async_trait::async_trait]
+impl Schedules for PostgresTaskStore {
+    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        get(&self.pool, name).await
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Schedule>, StoreError> {
+        list(&self.pool, after, limit).await
+    }
+
+    async fn write_schedule(
+        &self,
+        write: ScheduleWrite,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<ScheduleWritten, StoreError> {
+        for t in &write.tasks {
+            t.validate()?;
+        }
+        let mut tx = self.begin().await?;
+        let written = self::write(&mut tx, write, partitions, self.clock(now)).await?;
+        if let ScheduleWritten::Written(tasks) = &written {
+            tx.commit().await.map_err(backend)?;
+            let notified: BTreeSet<u32> = tasks
+                .iter()
+                .filter(|(_, created)| *created)
+                .map(|(t, _)| t.partition)
+                .collect();
+            for &p in &notified {
+                let _ = self.inserted.send(p);
+            }
+            self.announce.add(notified);
+        }
+        Ok(written)
+    }
+
+    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
+        delete(&self.pool, name, revision).await
+    }
+
+    async fn due_schedules(
+        &self,
+        partitions: &[u32],
+        before: Millis,
+        limit: usize,
+    ) -> Result<DueSchedules, StoreError> {
+        due(&self.pool, partitions, before, limit).await
+    }
 }

@@ -2,7 +2,7 @@
 //! harness from the machine's installed binaries (a fresh database per case).
 
 use rota_postgres::{PostgresTaskStore, Settings};
-use rota_scheduler::TaskStore;
+use rota_scheduler::prelude::*;
 use std::sync::Arc;
 
 fn settings() -> Settings {

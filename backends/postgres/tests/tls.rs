@@ -3,7 +3,7 @@
 //! or when it trusts another authority, with a message saying so.
 
 use rota_postgres::{PostgresTaskStore, Settings};
-use rota_scheduler::{StoreError, TaskStore};
+use rota_scheduler::{StoreError, Tasks};
 use rota_test_harness::tls::Pki;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,10 +2,13 @@
 //! written inside the caller's transaction, so that a firing's compare-and-set, fence and task
 //! inserts commit together.
 
-use super::{backend, insert_in};
+use crate::tasks::insert_in;
+use crate::{SqliteTaskStore, backend};
 use rota_scheduler::schedule::{Run, Schedule, ScheduleDef};
-use rota_scheduler::{DueSchedules, Millis, ScheduleWrite, ScheduleWritten, StoreError, Task};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rota_scheduler::{
+    DueSchedules, Millis, ScheduleWrite, ScheduleWritten, Schedules, StoreError, Task,
+};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 /// The schedules table (a migration).
 pub const MIGRATION: &str = r#"
@@ -167,4 +170,65 @@ pub fn due(
         schedules,
         next_tick,
     })
+}
+
+#[async_trait::async_trait]
+impl Schedules for SqliteTaskStore {
+    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| get(conn, &name)).await
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Schedule>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.run(move |conn| list(conn, after.as_deref(), limit))
+            .await
+    }
+
+    async fn write_schedule(
+        &self,
+        write: ScheduleWrite,
+        partitions: u32,
+        now: Millis,
+    ) -> Result<ScheduleWritten, StoreError> {
+        for t in &write.tasks {
+            t.validate()?;
+        }
+        let written = self
+            .run(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let written = self::write(&tx, write, partitions, now)?;
+                if matches!(written, ScheduleWritten::Written(_)) {
+                    tx.commit().map_err(backend)?;
+                }
+                Ok(written)
+            })
+            .await?;
+        if let ScheduleWritten::Written(tasks) = &written {
+            self.announce(tasks);
+        }
+        Ok(written)
+    }
+
+    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| delete(conn, &name, revision)).await
+    }
+
+    async fn due_schedules(
+        &self,
+        partitions: &[u32],
+        before: Millis,
+        limit: usize,
+    ) -> Result<DueSchedules, StoreError> {
+        let partitions = partitions.to_vec();
+        self.run(move |conn| due(conn, &partitions, before, limit))
+            .await
+    }
 }

@@ -1,7 +1,7 @@
 //! The task-store conformance suite on SQLite (a fresh in-memory database per case), plus what
 //! only a file-backed store can show: data survives reopening, and the schema version is checked.
 
-use rota_scheduler::{NewTask, TaskStatus, TaskStore};
+use rota_scheduler::{NewTask, TaskStatus, TaskStore, Tasks};
 use rota_sqlite::SqliteTaskStore;
 use std::sync::Arc;
 

@@ -8,8 +8,8 @@
 //!   milliseconds since the Unix epoch, UTC ([`Millis`]); the API layer converts to and from
 //!   RFC 3339.
 //! - [`store`]: the task-store contract (the judge of who may run what, by partition epoch),
-//!   which the memory, SQLite and PostgreSQL backends implement, and [`deadline`], a deadline
-//!   on every call.
+//!   which the memory, SQLite and PostgreSQL backends implement, the rules they share, and
+//!   one way to wrap a store (a deadline on every call, for one).
 //! - [`worker`]: a participant's transition handler that turns partition grants into
 //!   ownership, and the loops that claim, run and complete tasks.
 //! - [`schedule`]: recurring schedules and the clock that fires their ticks.
@@ -17,18 +17,23 @@
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
-pub mod deadline;
 pub mod metrics;
 mod retry;
 pub mod schedule;
 pub mod store;
 pub mod worker;
 
-pub use deadline::Deadlined;
 pub use retry::RetryPolicy;
+
+/// The store traits, for code that calls a concrete store's methods: `use
+/// rota_scheduler::prelude::*;`.
+pub mod prelude {
+    pub use crate::store::{Execution, Schedules, TaskStore, Tasks, Upkeep};
+}
 pub use store::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, DueSchedules,
-    ListFilter, Page, ScheduleWrite, ScheduleWritten, StoreError, TaskStore,
+    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, Deadlined, DueSchedules,
+    ErrorKind, Execution, ListFilter, Page, ScheduleWrite, ScheduleWritten, Schedules, StoreError,
+    TaskStore, Tasks, Upkeep,
 };
 
 use rota_model::{Epoch, InstanceId};

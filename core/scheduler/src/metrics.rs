@@ -29,7 +29,8 @@ pub struct HandlerLabel {
 pub struct StoreErrorLabels {
     /// The call (`claim`, `complete`, ...).
     pub call: String,
-    /// `stale_epoch`, `invalid`, `unavailable`, `timeout` or `backend`.
+    /// [`ErrorKind::as_str`](crate::store::ErrorKind::as_str): `stale_epoch`, `invalid`,
+    /// `conflict`, `timeout`, `unavailable` or `backend`.
     pub kind: String,
 }
 
@@ -193,17 +194,10 @@ impl Metrics {
 
     /// Counts a failed store call.
     pub fn store_error(&self, call: &str, error: &StoreError) {
-        let kind = match error {
-            StoreError::StaleEpoch { .. } => "stale_epoch",
-            StoreError::Invalid(_) => "invalid",
-            StoreError::Unavailable(m) if m.contains("no answer from the task store") => "timeout",
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Backend(_) => "backend",
-        };
         self.store_errors
             .get_or_create(&StoreErrorLabels {
                 call: call.to_owned(),
-                kind: kind.to_owned(),
+                kind: error.kind().as_str().to_owned(),
             })
             .inc();
     }

@@ -38,12 +38,12 @@ use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::rebalancer::{RebalanceInput, rebalance};
 use rota_model::{InstanceConfig, InstanceId, ResourceConfig, StateModel};
 use rota_scheduler::worker::{Handlers, TaskHandler, Worker, WorkerConfig};
-use rota_scheduler::{Millis, Task, TaskId, TaskStatus, TaskStore};
+use rota_scheduler::{Millis, Task, TaskId, TaskStatus, Tasks};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use store::SimTaskStore;
+use store::sim_store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -255,7 +255,7 @@ impl Sim {
             .clone();
         let coordination = self.coordination_for(id, false);
         let link = self.link(id, false);
-        let store = SimTaskStore::new(self.tasks.clone(), link, self.history.clone());
+        let store = sim_store(self.tasks.clone(), link, self.history.clone());
         let mut config = WorkerConfig::new(InstanceId::new(id));
         config.partitions = PARTITIONS;
         let mut handlers = Handlers::default();
@@ -849,7 +849,7 @@ async fn simulate(seed: u64) -> Report {
     let api_link = sim.link("api", false);
     let router = rota::api::router(
         rota::api::AppState {
-            tasks: SimTaskStore::new(tasks.clone(), api_link, history.clone()),
+            tasks: sim_store(tasks.clone(), api_link, history.clone()),
             partitions: PARTITIONS,
             handlers: rota::api::HandlerCatalog::fixed(["log".to_owned()]),
             cluster: None,

@@ -1,52 +1,120 @@
-//! The task store as one node reaches it: the memory store behind the node's [`Link`]. A call,
-//! once sent, is delivered even if its caller gives up (a request in the network does not
-//! vanish when the client times out); a frozen node's calls wait and land when it thaws, after
-//! whatever happened meanwhile; injected failures come before the call is applied or after
-//! (the caller cannot tell which). Every claim and completion the store applies is checked
-//! against the partition's latest grant, at the moment it is applied.
+//! The task store as one node reaches it: the memory store behind the node's [`Link`], as a
+//! [`Layer`]. A write, once sent, is delivered even if its caller gives up (a request in the
+//! network does not vanish when the client times out); a frozen node's calls wait and land when
+//! it thaws, after whatever happened meanwhile; injected failures come before the call is
+//! applied or after (the caller cannot tell which). Every claim and completion the store
+//! applies is checked against the partition's latest grant, at the moment it is applied.
 
 use crate::history::History;
 use crate::net::Link;
 use async_trait::async_trait;
 use rota_memory::MemoryTaskStore;
-use rota_model::{Epoch, InstanceId};
-use rota_scheduler::schedule::Schedule;
-use rota_scheduler::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, DueSchedules, ListFilter, Millis, NewTask,
-    Page, ScheduleWrite, ScheduleWritten, StoreError, Task, TaskId, TaskStatus, TaskStore,
-};
-use std::future::Future;
+use rota_scheduler::store::{Call, Layer, Layered, Pending};
+use rota_scheduler::{Claimed, StoreError, TaskStatus};
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::sync::broadcast;
 
 /// One node's task store.
-pub struct SimTaskStore {
+pub type SimTaskStore = Layered<SimLink, MemoryTaskStore>;
+
+/// `link`'s view of `inner`.
+pub fn sim_store(
     inner: Arc<MemoryTaskStore>,
+    link: Arc<Link>,
+    history: History,
+) -> Arc<SimTaskStore> {
+    Arc::new(Layered::new(SimLink { link, history }, inner))
+}
+
+/// The network between a node and the store, and the history every applied call is checked
+/// against.
+pub struct SimLink {
     link: Arc<Link>,
     history: History,
 }
 
-impl SimTaskStore {
-    /// `link`'s view of `inner`.
-    pub fn new(inner: Arc<MemoryTaskStore>, link: Arc<Link>, history: History) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            link,
-            history,
-        })
+/// What the history records of an applied call, taken from its arguments before the call is
+/// sent (it may outlive its caller).
+enum Record {
+    Nothing,
+    Acquired {
+        partition: u32,
+        owner: rota_model::InstanceId,
+        epoch: rota_model::Epoch,
+    },
+    Claimed(rota_model::InstanceId),
+    Completed(rota_model::InstanceId, Vec<rota_scheduler::Completion>),
+}
+
+impl Record {
+    fn of(call: &Call<'_>) -> Self {
+        match *call {
+            Call::Acquire {
+                partition,
+                owner,
+                epoch,
+                ..
+            } => Record::Acquired {
+                partition,
+                owner: owner.clone(),
+                epoch,
+            },
+            Call::Claim { owner, .. } => Record::Claimed(owner.clone()),
+            Call::Complete {
+                owner, completions, ..
+            } => Record::Completed(owner.clone(), completions.to_vec()),
+            _ => Record::Nothing,
+        }
     }
 
-    /// Sends a call over the link: it waits while the node is frozen, fails at once while the
-    /// store is down, and may fail before or after being applied. `after` runs on the result
-    /// the store gave, before any injected failure (for the checks).
-    async fn send<T, F, A>(&self, call: F, after: A) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, StoreError>> + Send + 'static,
-        A: FnOnce(&T) + Send + 'static,
-    {
-        let link = self.link.clone();
+    /// Records the call as applied, with the result the store gave.
+    fn applied(self, history: &History, result: &dyn Any) {
+        match self {
+            Record::Nothing => {}
+            Record::Acquired {
+                partition,
+                owner,
+                epoch,
+            } => history.acquired(partition, &owner, epoch),
+            Record::Claimed(owner) => {
+                if let Some(claimed) = result.downcast_ref::<Claimed>() {
+                    history.claimed(&owner, &claimed.tasks);
+                }
+            }
+            Record::Completed(owner, completions) => {
+                if let Some(results) = result.downcast_ref::<Vec<Option<TaskStatus>>>() {
+                    history.completed(&owner, &completions, results);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Layer for SimLink {
+    /// A write goes over the link: it waits while the node is frozen, fails at once while the
+    /// store is down, and may fail before or after being applied. A read waits while frozen
+    /// and fails while down, with no delivery after the caller gives up. A whole-cluster reset
+    /// is no node's call: it goes straight through.
+    async fn around<T: Send + 'static>(
+        &self,
+        call: Call<'_>,
+        inner: Pending<T>,
+    ) -> Result<T, StoreError> {
+        if matches!(call, Call::ResetAfterRestart { .. }) {
+            return inner.await;
+        }
+        if !call.writes() {
+            self.link.pass().await;
+            if self.link.store_down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable(
+                    "task store down (simulated)".into(),
+                ));
+            }
+            return inner.await;
+        }
+        let (link, history, record) = (self.link.clone(), self.history.clone(), Record::of(&call));
         let delivery = tokio::spawn(async move {
             link.pass().await;
             if link.store_down.load(Ordering::SeqCst) {
@@ -63,9 +131,9 @@ impl SimTaskStore {
                     "connection reset before the call (simulated)".into(),
                 ));
             }
-            let result = call.await;
+            let result = inner.await;
             if let Ok(value) = &result {
-                after(value);
+                record.applied(&history, value);
             }
             if failing.is_some() {
                 return Err(StoreError::Unavailable(
@@ -77,205 +145,5 @@ impl SimTaskStore {
         delivery
             .await
             .unwrap_or_else(|e| Err(StoreError::Backend(format!("delivery failed: {e}"))))
-    }
-
-    /// A read: waits while frozen, fails while down, no delivery after the caller gives up.
-    async fn read(&self) -> Result<(), StoreError> {
-        self.link.pass().await;
-        if self.link.store_down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(
-                "task store down (simulated)".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl TaskStore for SimTaskStore {
-    async fn insert(
-        &self,
-        tasks: Vec<NewTask>,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<Vec<(Task, bool)>, StoreError> {
-        let inner = self.inner.clone();
-        self.send(
-            async move { inner.insert(tasks, partitions, now).await },
-            |_| {},
-        )
-        .await
-    }
-
-    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        self.read().await?;
-        self.inner.get(id).await
-    }
-
-    async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
-        self.read().await?;
-        self.inner.by_idempotency_keys(keys).await
-    }
-
-    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
-        self.read().await?;
-        self.inner.list(filter).await
-    }
-
-    async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
-        let inner = self.inner.clone();
-        self.send(async move { inner.cancel(id, now).await }, |_| {})
-            .await
-    }
-
-    async fn acquire(
-        &self,
-        partition: u32,
-        owner: &InstanceId,
-        epoch: Epoch,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let (inner, history, who) = (self.inner.clone(), self.history.clone(), owner.clone());
-        let me = owner.clone();
-        self.send(
-            async move { inner.acquire(partition, &who, epoch, now).await },
-            move |_| history.acquired(partition, &me, epoch),
-        )
-        .await
-    }
-
-    async fn claim(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        limit: usize,
-        lease_ms: i64,
-    ) -> Result<Claimed, StoreError> {
-        let (inner, history, who) = (self.inner.clone(), self.history.clone(), owner.clone());
-        let (me, partitions) = (owner.clone(), partitions.to_vec());
-        self.send(
-            async move { inner.claim(&who, &partitions, now, limit, lease_ms).await },
-            move |claimed: &Claimed| history.claimed(&me, &claimed.tasks),
-        )
-        .await
-    }
-
-    async fn complete(
-        &self,
-        owner: &InstanceId,
-        completions: &[Completion],
-        now: Millis,
-    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
-        let (inner, history, who) = (self.inner.clone(), self.history.clone(), owner.clone());
-        let (me, completions) = (owner.clone(), completions.to_vec());
-        let checked = completions.clone();
-        self.send(
-            async move { inner.complete(&who, &completions, now).await },
-            move |results: &Vec<Option<TaskStatus>>| history.completed(&me, &checked, results),
-        )
-        .await
-    }
-
-    async fn renew(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        lease_ms: i64,
-    ) -> Result<Vec<u32>, StoreError> {
-        let (inner, who, partitions) = (self.inner.clone(), owner.clone(), partitions.to_vec());
-        self.send(
-            async move { inner.renew(&who, &partitions, now, lease_ms).await },
-            |_| {},
-        )
-        .await
-    }
-
-    async fn requeue_expired(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let (inner, who, partitions) = (self.inner.clone(), owner.clone(), partitions.to_vec());
-        self.send(
-            async move { inner.requeue_expired(&who, &partitions, now).await },
-            |_| {},
-        )
-        .await
-    }
-
-    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
-        self.inner.reset_after_restart(now).await
-    }
-
-    async fn purge_finished(
-        &self,
-        finished_before: Millis,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
-        let inner = self.inner.clone();
-        self.send(
-            async move { inner.purge_finished(finished_before, limit).await },
-            |_| {},
-        )
-        .await
-    }
-
-    async fn backlog(&self) -> Result<Backlog, StoreError> {
-        self.read().await?;
-        self.inner.backlog().await
-    }
-
-    async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
-        self.read().await?;
-        self.inner.schedule(name).await
-    }
-
-    async fn schedules(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Schedule>, StoreError> {
-        self.read().await?;
-        self.inner.schedules(after, limit).await
-    }
-
-    async fn write_schedule(
-        &self,
-        write: ScheduleWrite,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<ScheduleWritten, StoreError> {
-        let inner = self.inner.clone();
-        self.send(
-            async move { inner.write_schedule(write, partitions, now).await },
-            |_| {},
-        )
-        .await
-    }
-
-    async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
-        let (inner, name) = (self.inner.clone(), name.to_owned());
-        self.send(
-            async move { inner.delete_schedule(&name, revision).await },
-            |_| {},
-        )
-        .await
-    }
-
-    async fn due_schedules(
-        &self,
-        partitions: &[u32],
-        before: Millis,
-        limit: usize,
-    ) -> Result<DueSchedules, StoreError> {
-        self.read().await?;
-        self.inner.due_schedules(partitions, before, limit).await
-    }
-
-    fn inserted(&self) -> broadcast::Receiver<u32> {
-        self.inner.inserted()
     }
 }

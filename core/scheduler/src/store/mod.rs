@@ -1,34 +1,51 @@
 //! The task store: where tasks live, and the judge of who may run them.
 //!
+//! The contract is split by who calls what: [`Tasks`] (what clients do: create, read, list,
+//! cancel), [`Execution`] (the worker's fenced path: partition ownership and the claims made
+//! under it), [`Schedules`] (recurring schedules) and [`Upkeep`] (retention, a whole-cluster
+//! restart). A backend implements all four; [`TaskStore`] names them together, for the roles
+//! that are given one store. A store that wraps another ([`Deadlined`], a test's outage, the
+//! simulator's network) is a [`Layer`] over [`Layered`], which forwards every call once.
+//!
 //! # Contract of every implementation
 //! - **Atomicity**: every call is atomic. `insert` of a batch inserts all or none.
 //! - **Ownership and fencing**: each partition has a current owner and epoch in the store.
-//!   [`TaskStore::acquire`] records a new one only if its epoch is at least the stored one (equal
-//!   only for the same owner), and in the same step requeues every claim of that partition made
-//!   under any other owner or epoch. A claim, completion or lease renewal is applied only while
-//!   its owner and epoch are still the partition's current ones; otherwise it is refused, and
-//!   refused means **certainly not applied**. The store is the judge, not the worker's belief.
+//!   [`Execution::acquire`] records a new one only if its epoch is at least the stored one
+//!   (equal only for the same owner), and in the same step takes back every claim of that
+//!   partition made under any other owner or epoch ([`rules::take_back`]). A claim, completion
+//!   or lease renewal is applied only while its owner and epoch are still the partition's
+//!   current ones; otherwise it is refused, and refused means **certainly not applied**. The
+//!   store is the judge, not the worker's belief.
 //! - **Claims** take due tasks (PENDING with `scheduled_at <= now`) in due order
 //!   (`scheduled_at`, then id) across all the given partitions, mark them RUNNING under the
 //!   claimant's owner and epoch, count the attempt and set the lease. No task is ever claimed
 //!   twice under live claims. A claim's cost depends on the number of tasks it takes and of
 //!   partitions it names, never on the size of the backlog or of the finished history.
-//! - **Expired leases** are not claimed directly: [`TaskStore::requeue_expired`] puts them back
-//!   (PENDING, or FAILED without attempts left), on its own schedule, so that the claim's query
-//!   reads only pending tasks.
-//! - **Completion** of a success makes the task COMPLETED; of a failure, PENDING again at the
-//!   given retry time, or FAILED (with its last error) once `max_attempts` attempts have run; a
-//!   release (a claimed task that never started) makes it PENDING again without counting the
-//!   attempt.
+//! - **Expired leases** are not claimed directly: [`Execution::requeue_expired`] takes them
+//!   back on its own schedule, so that the claim's query reads only pending tasks.
+//! - **Completion** settles the task by [`rules::settle`]: COMPLETED; PENDING again at the
+//!   retry time or FAILED once `max_attempts` attempts have run; FAILED at once for a failure
+//!   the handler gave up on; PENDING again without counting the attempt for a release (a
+//!   claimed task that never started).
 //! - **Idempotency keys** are unique: inserting a task whose key exists returns the existing one
 //!   (`created == false`) and changes nothing.
-//! - **Schedules** ([`super::schedule`]) are stored by name. [`TaskStore::write_schedule`] is
+//! - **Schedules** ([`super::schedule`]) are stored by name. [`Schedules::write_schedule`] is
 //!   a compare-and-set on the schedule's revision, optionally fenced by the owner and epoch of
 //!   the schedule's partition, that inserts the tasks of the ticks it fires (by their
 //!   idempotency keys, so a tick's task exists at most once) in the same atomic step: either the
 //!   schedule's new state and every task are written, or nothing is.
-//! - **Errors**: [`StoreError::retryable`] says whether trying again may help;
-//!   [`StoreError::certainly_not_applied`] whether the call may have taken effect.
+//! - **Errors** say what happened ([`StoreError::kind`]); [`StoreError::retryable`] says
+//!   whether trying again may help, [`StoreError::certainly_not_applied`] whether the call may
+//!   have taken effect.
+
+mod deadline;
+mod error;
+mod layer;
+pub mod rules;
+
+pub use deadline::{Deadline, Deadlined};
+pub use error::{ErrorKind, StoreError};
+pub use layer::{Call, Layer, Layered, Pending};
 
 use super::schedule::Schedule;
 use super::{Millis, NewTask, Task, TaskId, TaskStatus};
@@ -56,6 +73,11 @@ pub enum CompletionOutcome {
         error: String,
         /// When to try again.
         retry_at: Millis,
+    },
+    /// The handler failed and said not to try again: FAILED now, whatever attempts remain.
+    Abandoned {
+        /// What went wrong.
+        error: String,
     },
     /// The task was claimed but never started (its worker let the partition go first): PENDING
     /// again at once, and the attempt does not count.
@@ -221,45 +243,9 @@ pub struct DueSchedules {
     pub next_tick: Option<Millis>,
 }
 
-/// Errors of task stores.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// An ownership with a newer epoch exists. Certainly not applied.
-    #[error("partition {partition} is held at epoch {current}; epoch {given} is stale")]
-    StaleEpoch {
-        /// Partition.
-        partition: u32,
-        /// Stored epoch.
-        current: Epoch,
-        /// Epoch given.
-        given: Epoch,
-    },
-    /// Invalid input (empty name, oversized payload, ...). Certainly not applied.
-    #[error("{0}")]
-    Invalid(String),
-    /// The store could not be reached or timed out. May have been applied; retry.
-    #[error("task store unavailable: {0}")]
-    Unavailable(String),
-    /// Any other failure of the backend. May have been applied.
-    #[error("task store error: {0}")]
-    Backend(String),
-}
-
-impl StoreError {
-    /// Trying again may succeed.
-    pub fn retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-    }
-
-    /// The call certainly had no effect.
-    pub fn certainly_not_applied(&self) -> bool {
-        matches!(self, StoreError::StaleEpoch { .. } | StoreError::Invalid(_))
-    }
-}
-
-/// Storage of tasks. See the module documentation for the contract.
+/// Tasks as clients see them: create, read, list, cancel, count. The API's part of the store.
 #[async_trait]
-pub trait TaskStore: Send + Sync {
+pub trait Tasks: Send + Sync {
     /// Inserts a batch atomically. Each result is the stored task and whether it was created
     /// (`false`: its idempotency key already named this task). Partitions are assigned with
     /// [`super::partition_for`] over `partitions`.
@@ -282,10 +268,20 @@ pub trait TaskStore: Send + Sync {
     /// Cancels a PENDING task.
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError>;
 
-    /// Records `owner` at `epoch` as the partition's owner and requeues (or fails, if out of
-    /// attempts) every RUNNING claim of the partition made under another owner or epoch;
-    /// returns how many claims it took back. [`StoreError::StaleEpoch`] if a newer epoch is
-    /// recorded, or the same epoch for another owner.
+    /// How many tasks are PENDING and RUNNING (cheap: counted over the live tasks' indexes,
+    /// not the finished ones).
+    async fn backlog(&self) -> Result<Backlog, StoreError>;
+}
+
+/// The worker's fenced path: who owns each partition, and the claims made under that
+/// ownership. Every call but [`Execution::inserted`] is judged by the partition's stored owner
+/// and epoch (see the module documentation).
+#[async_trait]
+pub trait Execution: Send + Sync {
+    /// Records `owner` at `epoch` as the partition's owner and takes back every RUNNING claim
+    /// of the partition made under another owner or epoch ([`rules::take_back`]); returns how
+    /// many claims it took back. [`StoreError::StaleEpoch`] if a newer epoch is recorded, or
+    /// the same epoch for another owner.
     async fn acquire(
         &self,
         partition: u32,
@@ -305,9 +301,10 @@ pub trait TaskStore: Send + Sync {
         lease_ms: i64,
     ) -> Result<Claimed, StoreError>;
 
-    /// Ends attempts. Each result is the task's new status, or `None` if the completion was
-    /// refused (the claim is no longer this owner's under this epoch, the task is not
-    /// RUNNING under it, or the completion names another partition than the task's).
+    /// Ends attempts ([`rules::settle`]). Each result is the task's new status, or `None` if
+    /// the completion was refused (the claim is no longer this owner's under this epoch, the
+    /// task is not RUNNING under it, or the completion names another partition than the
+    /// task's).
     async fn complete(
         &self,
         owner: &InstanceId,
@@ -319,7 +316,7 @@ pub trait TaskStore: Send + Sync {
     /// `lease_ms` from now (one write for all of them), on the same clock as claims: a store
     /// that takes "now" from the database for claims does so here too, so a worker's clock
     /// skew cannot shorten or stretch a lease. Returns the partitions refused as in
-    /// [`TaskStore::claim`].
+    /// [`Execution::claim`].
     async fn renew(
         &self,
         owner: &InstanceId,
@@ -328,10 +325,10 @@ pub trait TaskStore: Send + Sync {
         lease_ms: i64,
     ) -> Result<Vec<u32>, StoreError>;
 
-    /// Requeues (PENDING, or FAILED once out of attempts) every task RUNNING in these
-    /// partitions whose lease ended before `now`: a claim its worker neither finished nor
-    /// renewed. Partitions no longer owned by `owner` at the given epochs are left alone.
-    /// Returns how many it requeued.
+    /// Takes back ([`rules::take_back`]) every task RUNNING in these partitions whose lease
+    /// ended before `now`: a claim its worker neither finished nor renewed. Partitions no
+    /// longer owned by `owner` at the given epochs are left alone. Returns how many it took
+    /// back.
     async fn requeue_expired(
         &self,
         owner: &InstanceId,
@@ -339,25 +336,14 @@ pub trait TaskStore: Send + Sync {
         now: Millis,
     ) -> Result<u64, StoreError>;
 
-    /// Forgets every partition's owner and requeues every RUNNING claim (or fails it, if out of
-    /// attempts); returns how many claims it took back. Only for a cluster restarted whole whose
-    /// coordination store starts its epochs again (`rota dev` on in-memory coordination): never
-    /// while workers of the cluster may be running.
-    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError>;
+    /// Partitions that received new tasks, as they are inserted (best effort: a receiver that
+    /// lags sees `Lagged` and should poll).
+    fn inserted(&self) -> broadcast::Receiver<u32>;
+}
 
-    /// Deletes up to `limit` finished tasks (COMPLETED, FAILED, CANCELLED) that finished before
-    /// `finished_before`, with their idempotency keys; returns how many. Keeps the task table
-    /// small: the claim's indexes only ever cover live tasks.
-    async fn purge_finished(
-        &self,
-        finished_before: Millis,
-        limit: usize,
-    ) -> Result<u64, StoreError>;
-
-    /// How many tasks are PENDING and RUNNING (cheap: counted over the live tasks' indexes,
-    /// not the finished ones).
-    async fn backlog(&self) -> Result<Backlog, StoreError>;
-
+/// Recurring schedules, by name.
+#[async_trait]
+pub trait Schedules: Send + Sync {
     /// One schedule.
     async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError>;
 
@@ -372,7 +358,7 @@ pub trait TaskStore: Send + Sync {
     /// fenced, the fence's owner and epoch hold the schedule's partition; inserts `write.tasks`
     /// in the same atomic step. [`StoreError::StaleEpoch`] when the fence is refused (certainly
     /// not applied); [`ScheduleWritten::Conflict`] when the revision is not the expected one.
-    /// `partitions` assigns the tasks' partitions as in [`TaskStore::insert`].
+    /// `partitions` assigns the tasks' partitions as in [`Tasks::insert`].
     async fn write_schedule(
         &self,
         write: ScheduleWrite,
@@ -393,43 +379,28 @@ pub trait TaskStore: Send + Sync {
         before: Millis,
         limit: usize,
     ) -> Result<DueSchedules, StoreError>;
-
-    /// Partitions that received new tasks, as they are inserted (best effort: a receiver that
-    /// lags sees `Lagged` and should poll).
-    fn inserted(&self) -> broadcast::Receiver<u32>;
 }
 
-/// The SQL `SET` clause that takes a claim back, the one rule of every SQL store for every way a
-/// claim is lost (its partition moved, its lease expired, the cluster restarted): PENDING
-/// again, or FAILED with `$reason` as its last error once its attempts are used up (the rule
-/// the memory store applies in Rust). `$t` prefixes the columns (`""` or `"t."`), `$now` is
-/// the SQL of "now". Expands to a string literal, for `concat!`.
-#[macro_export]
-macro_rules! take_back_sql {
-    ($t:literal, $reason:literal, $now:literal) => {
-        concat!(
-            "status = CASE WHEN ",
-            $t,
-            "attempts >= ",
-            $t,
-            "max_attempts THEN 'FAILED' ELSE 'PENDING' END, ",
-            "last_error = CASE WHEN ",
-            $t,
-            "attempts >= ",
-            $t,
-            "max_attempts THEN '",
-            $reason,
-            "' ELSE ",
-            $t,
-            "last_error END, ",
-            "finished_at = CASE WHEN ",
-            $t,
-            "attempts >= ",
-            $t,
-            "max_attempts THEN ",
-            $now,
-            " ELSE NULL END, ",
-            "owner = NULL, lease_until = NULL"
-        )
-    };
+/// Upkeep: retention of finished tasks, and a whole cluster's restart.
+#[async_trait]
+pub trait Upkeep: Send + Sync {
+    /// Deletes up to `limit` finished tasks (COMPLETED, FAILED, CANCELLED) that finished before
+    /// `finished_before`, with their idempotency keys; returns how many. Keeps the task table
+    /// small: the claim's indexes only ever cover live tasks.
+    async fn purge_finished(
+        &self,
+        finished_before: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
+    /// Forgets every partition's owner and takes back every RUNNING claim
+    /// ([`rules::take_back`]); returns how many it took back. Only for a cluster restarted
+    /// whole whose coordination store starts its epochs again (`rota dev` on in-memory
+    /// coordination): never while workers of the cluster may be running.
+    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError>;
 }
+
+/// A whole task store: what a backend implements (every part) and what a role is given.
+pub trait TaskStore: Tasks + Execution + Schedules + Upkeep {}
+
+impl<T: Tasks + Execution + Schedules + Upkeep + ?Sized> TaskStore for T {}

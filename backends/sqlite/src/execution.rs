@@ -1,0 +1,349 @@
+//! The worker's fenced path ([`Execution`]) and upkeep ([`Upkeep`]): ownership of partitions,
+//! claims, completions, leases, and the claims taken back. Ownership lives in the same database,
+//! so each call checks the partition's owner and epoch inside the transaction that applies it.
+
+use crate::{COLUMNS, SqliteTaskStore, backend, task_from};
+use rota_model::{Epoch, InstanceId};
+use rota_scheduler::{
+    Claim, Claimed, Completion, Execution, Millis, StoreError, TaskId, TaskStatus, Upkeep,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::broadcast;
+
+/// The claims whose owner and epoch are still current, and the refused partitions.
+fn split_claims(
+    conn: &Connection,
+    owner: &InstanceId,
+    claims: &[Claim],
+) -> Result<(Vec<Claim>, Vec<u32>), StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT owner, epoch FROM partition_owners WHERE partition = ?1")
+        .map_err(backend)?;
+    let (mut valid, mut refused) = (Vec::new(), Vec::new());
+    for claim in claims {
+        let current: Option<(String, i64)> = stmt
+            .query_row([claim.partition], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(backend)?;
+        match current {
+            Some((o, e)) if o == owner.as_str() && e as Epoch == claim.epoch => valid.push(*claim),
+            _ => refused.push(claim.partition),
+        }
+    }
+    Ok((valid, refused))
+}
+
+#[async_trait::async_trait]
+impl Execution for SqliteTaskStore {
+    async fn acquire(
+        &self,
+        partition: u32,
+        owner: &InstanceId,
+        epoch: Epoch,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let owner = owner.clone();
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let current: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT owner, epoch FROM partition_owners WHERE partition = ?1",
+                    [partition],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some((o, e)) = current {
+                let e = e as Epoch;
+                if e > epoch || (e == epoch && o != owner.as_str()) {
+                    return Err(StoreError::StaleEpoch {
+                        partition,
+                        current: e,
+                        given: epoch,
+                    });
+                }
+            }
+            tx.execute(
+                "INSERT INTO partition_owners (partition, owner, epoch) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (partition) DO UPDATE SET owner = ?2, epoch = ?3",
+                params![partition, owner.as_str(), epoch as i64],
+            )
+            .map_err(backend)?;
+            let requeued = tx
+                .execute(
+                    concat!(
+                        "UPDATE tasks SET ",
+                        rota_scheduler::take_back_sql!(
+                            "",
+                            "claim lost: the partition moved to another worker",
+                            "?4"
+                        ),
+                        " WHERE partition = ?1 AND status = 'RUNNING' \
+                           AND NOT (owner IS ?2 AND epoch IS ?3)"
+                    ),
+                    params![partition, owner.as_str(), epoch as i64, now],
+                )
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(requeued as u64)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Claimed, StoreError> {
+        let (owner, partitions) = (owner.clone(), partitions.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let (valid, refused) = split_claims(&tx, &owner, &partitions)?;
+            // Each partition's first `limit` due tasks from its own index range (the cost never
+            // depends on other partitions' backlog or on finished tasks), cut to the earliest.
+            let mut candidates: Vec<(Millis, TaskId, Epoch)> = Vec::new();
+            let mut next_due: Option<Millis> = None;
+            {
+                let mut due = tx
+                    .prepare_cached(
+                        "SELECT scheduled_at, id FROM tasks INDEXED BY tasks_pending_due \
+                         WHERE partition = ?1 AND status = 'PENDING' AND scheduled_at <= ?2 \
+                         ORDER BY scheduled_at, id LIMIT ?3",
+                    )
+                    .map_err(backend)?;
+                let mut next = tx
+                    .prepare_cached(
+                        "SELECT min(scheduled_at) FROM tasks INDEXED BY tasks_pending_due \
+                         WHERE partition = ?1 AND status = 'PENDING' AND scheduled_at > ?2",
+                    )
+                    .map_err(backend)?;
+                for c in &valid {
+                    let rows = due
+                        .query_map(params![c.partition, now, limit as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?, c.epoch))
+                        })
+                        .map_err(backend)?;
+                    for row in rows {
+                        candidates.push(row.map_err(backend)?);
+                    }
+                    let at: Option<Millis> = next
+                        .query_row(params![c.partition, now], |r| r.get(0))
+                        .map_err(backend)?;
+                    next_due = match (next_due, at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+            candidates.sort_unstable();
+            candidates.truncate(limit);
+            let mut tasks = Vec::with_capacity(candidates.len());
+            {
+                let mut update = tx
+                    .prepare_cached(&format!(
+                        "UPDATE tasks SET status = 'RUNNING', owner = ?2, epoch = ?3, \
+                           attempts = attempts + 1, started_at = ?4, lease_until = ?5 \
+                         WHERE id = ?1 AND status = 'PENDING' RETURNING {COLUMNS}"
+                    ))
+                    .map_err(backend)?;
+                for (_, id, epoch) in candidates {
+                    let task = update
+                        .query_row(
+                            params![id, owner.as_str(), epoch as i64, now, now + lease_ms],
+                            task_from,
+                        )
+                        .map_err(backend)?;
+                    tasks.push(task);
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(Claimed {
+                tasks,
+                refused,
+                next_due,
+            })
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        owner: &InstanceId,
+        completions: &[Completion],
+        now: Millis,
+    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let (owner, completions) = (owner.clone(), completions.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(completions.len());
+            {
+                // Applied only while the claim is this owner's under this epoch, and the
+                // partition is still held by it at that epoch; settled by the shared rule.
+                let mut settle = tx
+                    .prepare_cached(concat!(
+                        "UPDATE tasks AS t SET ",
+                        rota_scheduler::settle_sql!("?5"),
+                        " FROM (SELECT ?6 AS outcome, ?7 AS error, ?8 AS retry_at,                            ?9 AS started_at) AS c                          WHERE t.id = ?1 AND t.status = 'RUNNING' AND t.owner = ?2                            AND t.epoch = ?3 AND t.partition = ?4                            AND EXISTS (SELECT 1 FROM partition_owners o                              WHERE o.partition = ?4 AND o.owner = ?2 AND o.epoch = ?3)                          RETURNING status"
+                    ))
+                    .map_err(backend)?;
+                for c in completions {
+                    let status: Option<String> = settle
+                        .query_row(
+                            params![
+                                c.id,
+                                owner.as_str(),
+                                c.epoch as i64,
+                                c.partition,
+                                now,
+                                c.outcome.code(),
+                                c.outcome.error(),
+                                c.outcome.retry_at(),
+                                c.started_at
+                            ],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(backend)?;
+                    out.push(status.and_then(|s| TaskStatus::parse(&s)));
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn renew(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+        lease_ms: i64,
+    ) -> Result<Vec<u32>, StoreError> {
+        let lease_until = now + lease_ms;
+        let (owner, partitions) = (owner.clone(), partitions.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let (valid, refused) = split_claims(&tx, &owner, &partitions)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE tasks SET lease_until = ?4 WHERE partition = ?1 \
+                         AND status = 'RUNNING' AND owner = ?2 AND epoch = ?3",
+                    )
+                    .map_err(backend)?;
+                for c in valid {
+                    stmt.execute(params![
+                        c.partition,
+                        owner.as_str(),
+                        c.epoch as i64,
+                        lease_until
+                    ])
+                    .map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(refused)
+        })
+        .await
+    }
+
+    async fn requeue_expired(
+        &self,
+        owner: &InstanceId,
+        partitions: &[Claim],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let (owner, partitions) = (owner.clone(), partitions.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let (valid, _) = split_claims(&tx, &owner, &partitions)?;
+            let mut requeued = 0;
+            {
+                let mut stmt = tx
+                    .prepare_cached(concat!(
+                        "UPDATE tasks SET ",
+                        rota_scheduler::take_back_sql!(
+                            "",
+                            "lease expired: the worker neither finished nor renewed it",
+                            "?2"
+                        ),
+                        " WHERE partition = ?1 AND status = 'RUNNING' AND lease_until < ?2"
+                    ))
+                    .map_err(backend)?;
+                for c in valid {
+                    requeued += stmt.execute(params![c.partition, now]).map_err(backend)? as u64;
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(requeued)
+        })
+        .await
+    }
+
+    fn inserted(&self) -> broadcast::Receiver<u32> {
+        self.inserted.subscribe()
+    }
+}
+
+#[async_trait::async_trait]
+impl Upkeep for SqliteTaskStore {
+    async fn purge_finished(
+        &self,
+        finished_before: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.run(move |conn| {
+            let purged = conn
+                .execute(
+                    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+                     WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND finished_at < ?1 \
+                     LIMIT ?2)",
+                    params![finished_before, limit as i64],
+                )
+                .map_err(backend)?;
+            Ok(purged as u64)
+        })
+        .await
+    }
+
+    async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            tx.execute("DELETE FROM partition_owners", [])
+                .map_err(backend)?;
+            let requeued = tx
+                .execute(
+                    concat!(
+                        "UPDATE tasks SET ",
+                        rota_scheduler::take_back_sql!(
+                            "",
+                            "claim lost: the cluster restarted",
+                            "?1"
+                        ),
+                        " WHERE status = 'RUNNING'"
+                    ),
+                    [now],
+                )
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(requeued as u64)
+        })
+        .await
+    }
+}

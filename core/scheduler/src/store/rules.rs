@@ -1,0 +1,150 @@
+//! The rules every store applies to a claim's end, written once: how a completion settles its
+//! task ([`settle`]) and how a claim that will not complete is taken back ([`take_back`]). Each
+//! is given twice, side by side, in the two languages stores speak: as a Rust function (the
+//! memory store applies it to its rows) and as a SQL `SET` clause ([`settle_sql!`],
+//! [`take_back_sql!`], which the SQLite and PostgreSQL stores put in their statements). The
+//! conformance suite holds every store to the same outcomes.
+//!
+//! Neither function sets the task's `status`: it returns the new one, for the store to record
+//! (a store keeps indexes by status, which must see the old one go).
+
+use super::{Completion, CompletionOutcome};
+use crate::{Millis, Task, TaskStatus};
+
+impl CompletionOutcome {
+    /// The outcome as [`settle_sql!`] reads it (`c.outcome`): 0 succeeded, 1 failed (retried
+    /// while attempts remain), 2 released, 3 failed for good.
+    pub fn code(&self) -> i16 {
+        match self {
+            CompletionOutcome::Succeeded => 0,
+            CompletionOutcome::Failed { .. } => 1,
+            CompletionOutcome::Released => 2,
+            CompletionOutcome::Abandoned { .. } => 3,
+        }
+    }
+
+    /// The error it records, if any.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            CompletionOutcome::Failed { error, .. } | CompletionOutcome::Abandoned { error } => {
+                Some(error)
+            }
+            CompletionOutcome::Succeeded | CompletionOutcome::Released => None,
+        }
+    }
+
+    /// When a failed attempt runs again (0 for the other outcomes), as `c.retry_at`.
+    pub fn retry_at(&self) -> Millis {
+        match self {
+            CompletionOutcome::Failed { retry_at, .. } => *retry_at,
+            _ => 0,
+        }
+    }
+}
+
+/// Settles a task RUNNING under the claim `c` ends (the store has checked the fence): a success
+/// makes it COMPLETED; a failure PENDING again at its retry time, or FAILED once `max_attempts`
+/// attempts have run; a failure for good FAILED at once; a release (the claim never started)
+/// PENDING again at once with the attempt not counted. The claim's owner and lease are cleared;
+/// the start recorded is the handler's, when the completion knows it.
+pub fn settle(task: &mut Task, c: &Completion, now: Millis) -> TaskStatus {
+    let out_of_attempts = task.attempts >= task.max_attempts;
+    let status = match &c.outcome {
+        CompletionOutcome::Succeeded => TaskStatus::Completed,
+        CompletionOutcome::Failed { .. } if out_of_attempts => TaskStatus::Failed,
+        CompletionOutcome::Abandoned { .. } => TaskStatus::Failed,
+        CompletionOutcome::Failed { .. } | CompletionOutcome::Released => TaskStatus::Pending,
+    };
+    task.owner = None;
+    task.lease_until = None;
+    if c.outcome == CompletionOutcome::Released {
+        task.attempts -= 1;
+        task.started_at = None;
+    } else if c.started_at.is_some() {
+        task.started_at = c.started_at;
+    }
+    if let Some(error) = c.outcome.error() {
+        task.last_error = Some(error.to_owned());
+    }
+    if let CompletionOutcome::Failed { retry_at, .. } = &c.outcome {
+        if status == TaskStatus::Pending {
+            task.scheduled_at = *retry_at;
+        }
+    }
+    task.finished_at = status.is_final().then_some(now);
+    status
+}
+
+/// Takes back a claim lost without a completion (its partition moved, its lease ran out, the
+/// cluster restarted): PENDING again, or FAILED with `reason` as its last error once its
+/// attempts are used up. The attempt stays counted: a task that kills every worker that runs
+/// it still ends FAILED.
+pub fn take_back(task: &mut Task, reason: &str, now: Millis) -> TaskStatus {
+    task.owner = None;
+    task.lease_until = None;
+    if task.attempts >= task.max_attempts {
+        task.last_error = Some(reason.to_owned());
+        task.finished_at = Some(now);
+        TaskStatus::Failed
+    } else {
+        TaskStatus::Pending
+    }
+}
+
+/// [`settle`] as the SQL `SET` clause of an `UPDATE` of the task row `t` joined with the
+/// completion row `c` (columns `outcome` as [`CompletionOutcome::code`], `error`, `retry_at`,
+/// `started_at`); `$now` is the SQL of "now". Expands to a string literal, for `concat!`.
+#[macro_export]
+macro_rules! settle_sql {
+    ($now:literal) => {
+        concat!(
+            "status = CASE WHEN c.outcome = 0 THEN 'COMPLETED' \
+               WHEN c.outcome = 3 OR (c.outcome = 1 AND t.attempts >= t.max_attempts) \
+               THEN 'FAILED' ELSE 'PENDING' END, \
+             attempts = CASE WHEN c.outcome = 2 THEN t.attempts - 1 ELSE t.attempts END, \
+             scheduled_at = CASE WHEN c.outcome = 1 AND t.attempts < t.max_attempts \
+               THEN c.retry_at ELSE t.scheduled_at END, \
+             finished_at = CASE WHEN c.outcome IN (0, 3) \
+               OR (c.outcome = 1 AND t.attempts >= t.max_attempts) THEN ",
+            $now,
+            " ELSE NULL END, \
+             started_at = CASE WHEN c.outcome = 2 THEN NULL \
+               ELSE COALESCE(c.started_at, t.started_at) END, \
+             last_error = CASE WHEN c.outcome IN (1, 3) THEN c.error ELSE t.last_error END, \
+             owner = NULL, lease_until = NULL"
+        )
+    };
+}
+
+/// [`take_back`] as the SQL `SET` clause of an `UPDATE` of task rows: `$t` prefixes the
+/// columns (`""` or `"t."`), `$reason` is the last error of a task out of attempts, `$now` the
+/// SQL of "now". Expands to a string literal, for `concat!`.
+#[macro_export]
+macro_rules! take_back_sql {
+    ($t:literal, $reason:literal, $now:literal) => {
+        concat!(
+            "status = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN 'FAILED' ELSE 'PENDING' END, ",
+            "last_error = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN '",
+            $reason,
+            "' ELSE ",
+            $t,
+            "last_error END, ",
+            "finished_at = CASE WHEN ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts THEN ",
+            $now,
+            " ELSE NULL END, ",
+            "owner = NULL, lease_until = NULL"
+        )
+    };
+}
