@@ -19,7 +19,7 @@
 use crate::destinations::Destinations;
 use async_trait::async_trait;
 use rota_scheduler::Task;
-use rota_scheduler::worker::TaskHandler;
+use rota_scheduler::worker::{HandlerError, TaskHandler};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,7 +155,15 @@ fn target(task: &Task) -> Result<reqwest::Url, String> {
 
 #[async_trait]
 impl TaskHandler for HttpHandler {
-    async fn run(&self, task: &Task) -> Result<(), String> {
+    /// Every failure is retried with the worker's backoff while attempts remain.
+    async fn run(&self, task: &Task) -> Result<(), HandlerError> {
+        self.post(task).await.map_err(HandlerError::Retry)
+    }
+}
+
+impl HttpHandler {
+    /// Sends the task's request; why it failed, for the task's last error.
+    async fn post(&self, task: &Task) -> Result<(), String> {
         let url = target(task)?;
         // A literal address is not resolved: check it here.
         let host = url.host_str().unwrap_or_default();
@@ -341,6 +349,7 @@ mod tests {
                 .run(&post(url.clone()))
                 .await
                 .expect_err(&format!("{url} was called with http.allow = {allow:?}"));
+            let err = err.message();
             assert!(
                 err.contains("refused") && err.contains(why),
                 "{url} with {allow:?}: {err}"

@@ -10,7 +10,7 @@ use common::http;
 use rota::config::Config;
 use rota::dev::{self, DevCluster, DevOptions};
 use rota_cluster::participant::ParticipantStatus;
-use rota_scheduler::worker::{Handlers, TaskHandler, wall_clock_ms};
+use rota_scheduler::worker::{HandlerError, Handlers, TaskHandler, wall_clock_ms};
 use rota_scheduler::{ListFilter, Task, TaskId, TaskStatus};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ struct Recorder(Arc<Mutex<HashMap<TaskId, Vec<Execution>>>>);
 
 #[async_trait]
 impl TaskHandler for Recorder {
-    async fn run(&self, task: &Task) -> Result<(), String> {
+    async fn run(&self, task: &Task) -> Result<(), HandlerError> {
         let start = Instant::now();
         tokio::time::sleep(Duration::from_millis(1 + (task.id % 5) as u64)).await;
         let worker = task

@@ -14,7 +14,7 @@ use rota_scheduler::prelude::*;
 use rota_scheduler::schedule::{
     self, MissedTicks, PutMode, ScheduleDef, TaskTemplate, clock, tick_key,
 };
-use rota_scheduler::worker::{Handlers, TaskHandler, Worker, WorkerConfig};
+use rota_scheduler::worker::{HandlerError, Handlers, TaskHandler, Worker, WorkerConfig};
 use rota_scheduler::{Millis, Task, TaskId, TaskStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -52,7 +52,7 @@ struct Handler {
 
 #[async_trait]
 impl TaskHandler for Handler {
-    async fn run(&self, task: &Task) -> Result<(), String> {
+    async fn run(&self, task: &Task) -> Result<(), HandlerError> {
         let (receiver, id, worker, work) = (
             self.receiver.clone(),
             task.id,
@@ -73,7 +73,7 @@ impl TaskHandler for Handler {
             tokio::time::sleep(work).await;
             receiver.0.lock().unwrap().get_mut(&id).unwrap()[at].end = Some(Instant::now());
         });
-        remote.await.map_err(|e| e.to_string())
+        remote.await.map_err(|e| e.to_string().into())
     }
 }
 

@@ -20,7 +20,9 @@ use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::{InstanceConfig, InstanceId, ResourceConfig};
 use rota_scheduler::prelude::*;
 use rota_scheduler::store::{Call, Layer, Layered, Pending};
-use rota_scheduler::worker::{Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms};
+use rota_scheduler::worker::{
+    HandlerError, Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms,
+};
 use rota_scheduler::{
     Deadlined, ListFilter, NewTask, StoreError, TASKS_RESOURCE, Task, TaskId, TaskStatus,
 };
@@ -90,7 +92,7 @@ struct Recording {
 
 #[async_trait]
 impl TaskHandler for Recording {
-    async fn run(&self, task: &Task) -> Result<(), String> {
+    async fn run(&self, task: &Task) -> Result<(), HandlerError> {
         let work = self
             .work
             .unwrap_or(Duration::from_millis(2 + (task.id % 7) as u64));
@@ -122,9 +124,7 @@ impl TaskHandler for Recording {
             recorder.0.lock().unwrap().get_mut(&id).unwrap()[index].end = Some(Instant::now());
             let _ = done.send(());
         });
-        finished
-            .await
-            .map_err(|_| "the receiver vanished".to_string())
+        finished.await.map_err(|_| "the receiver vanished".into())
     }
 }
 

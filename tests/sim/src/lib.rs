@@ -37,7 +37,7 @@ use rota_cluster::teeth::Teeth;
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::rebalancer::{RebalanceInput, rebalance};
 use rota_model::{InstanceConfig, InstanceId, ResourceConfig, StateModel};
-use rota_scheduler::worker::{Handlers, TaskHandler, Worker, WorkerConfig};
+use rota_scheduler::worker::{HandlerError, Handlers, TaskHandler, Worker, WorkerConfig};
 use rota_scheduler::{Millis, Task, TaskId, TaskStatus, Tasks};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -138,7 +138,7 @@ impl Drop for RunGuard {
 
 #[async_trait::async_trait]
 impl TaskHandler for SimHandler {
-    async fn run(&self, task: &Task) -> Result<(), String> {
+    async fn run(&self, task: &Task) -> Result<(), HandlerError> {
         let _guard = RunGuard {
             history: self.history.clone(),
             task: task.id,
@@ -148,7 +148,7 @@ impl TaskHandler for SimHandler {
         let fail = task.payload["fail"].as_u64().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         if u64::from(task.attempts) <= fail {
-            Err(format!("planned failure of attempt {}", task.attempts))
+            Err(format!("planned failure of attempt {}", task.attempts).into())
         } else {
             Ok(())
         }
