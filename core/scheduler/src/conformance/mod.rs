@@ -1,0 +1,71 @@
+//! The conformance suite every task store must pass (memory, SQLite, PostgreSQL). A backend's
+//! tests call [`task_store_conformance!`] with an async function returning a fresh, empty store;
+//! the macro expands to one `#[tokio::test]` per case.
+
+mod execution;
+mod schedules;
+mod tasks;
+pub use execution::*;
+pub use schedules::*;
+pub use tasks::*;
+
+use super::store::{Claim, TaskStore};
+use super::{Millis, NewTask, partition_for};
+use rota_model::InstanceId;
+
+const PARTITIONS: u32 = 4;
+const NOW: Millis = 1_700_000_000_000;
+
+fn task(name: &str, due: Millis, key: Option<&str>) -> NewTask {
+    NewTask {
+        name: name.to_owned(),
+        payload: serde_json::json!({"n": name}),
+        scheduled_at: due,
+        partition_key: key.map(str::to_owned),
+        max_attempts: 3,
+        handler: None,
+        idempotency_key: None,
+    }
+}
+
+/// A partition key that lands on `partition`.
+fn key_for(partition: u32) -> String {
+    (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| partition_for(Some(k), 0, PARTITIONS) == partition)
+        .expect("some key lands on every partition")
+}
+
+fn all(epoch: u64) -> Vec<Claim> {
+    (0..PARTITIONS)
+        .map(|partition| Claim { partition, epoch })
+        .collect()
+}
+
+async fn own_all(store: &dyn TaskStore, owner: &InstanceId, epoch: u64) {
+    for p in 0..PARTITIONS {
+        store.acquire(p, owner, epoch, NOW).await.unwrap();
+    }
+}
+
+/// Expands to one `#[tokio::test]` per task-store conformance case, each on a fresh store from
+/// the given async function.
+#[macro_export]
+macro_rules! task_store_conformance {
+    ($store:path) => {
+        $crate::task_store_conformance!(@cases $store;
+            insert_and_get, idempotency_keys, claim_in_due_order, batch_completion_and_retries,
+            failures_given_up_and_retried_later, fencing, leases, release_and_start_times, cancel_racing_claims, pagination, insert_notifications,
+            reset_after_restart, purge_finished, unstorable_text_is_refused,
+            payloads_come_back_as_sent, schedules_round_trip, schedule_writes_compare_and_set,
+            firing_is_fenced_and_once_per_tick, due_schedules, trigger_pause_resume);
+    };
+    (@cases $store:path; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::conformance::$case($store().await).await;
+            }
+        )*
+    };
+}
