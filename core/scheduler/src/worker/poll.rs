@@ -97,13 +97,21 @@ impl Inner {
     /// Starts queued tasks while slots are free. A task whose partition is no longer owned is
     /// released, never started: usually its step-down already took it out of the queue, but a
     /// claim that returned while the partition was being given up lands here after that.
+    /// Nothing starts while the session is in doubt (a claim sent before the doubt may return
+    /// during it: its partition may be granted elsewhere by now); what waits is started once
+    /// the session is confirmed, or given back when it grows too old or its partition goes.
     pub(super) fn start_queued(self: &Arc<Self>, done: &mpsc::Sender<Completion>) {
         let max_age = self.max_queue_age().as_millis() as Millis;
+        let free = if self.session_in_doubt() {
+            0
+        } else {
+            self.permits.available_permits()
+        };
         let mut book = self.book();
         if book.queued() == 0 {
             return;
         }
-        let found = book.take_startable(self.permits.available_permits(), max_age, self.mono_ms());
+        let found = book.take_startable(free, max_age, self.mono_ms());
         // Started under the book's lock, so that a step-down sees each task in one place.
         for task in found.start {
             let permit = self
