@@ -511,7 +511,7 @@ async fn schedules_admin(config: &Config, command: ScheduleCommand) -> anyhow::R
         }
         ScheduleCommand::Trigger(name) => {
             let (_, task) = schedule::trigger(store, &name, partitions, now).await?;
-            print(&crate::api::tasks::TaskView::from(task))?;
+            print(&crate::api::tasks::view(task))?;
         }
     }
     Ok(())

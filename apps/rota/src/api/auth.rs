@@ -6,7 +6,7 @@
 //! 403 when the token lacks the route's scope. Each route's access is declared once, next to
 //! it, in [`super::ROUTES`]; a route missing from that table needs `admin` (closed by default).
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -278,7 +278,7 @@ impl Gate {
         if !known.scopes.contains(&Scope::Admin) && !known.scopes.contains(&needed) {
             return Err(ApiError {
                 status: StatusCode::FORBIDDEN,
-                code: "forbidden",
+                code: ErrorCode::Forbidden,
                 message: format!(
                     "token {:?} lacks the {} scope, which {route} needs",
                     known.name,
@@ -309,7 +309,7 @@ impl Gate {
 fn unauthorized(message: &str) -> ApiError {
     ApiError {
         status: StatusCode::UNAUTHORIZED,
-        code: "unauthorized",
+        code: ErrorCode::Unauthorized,
         message: message.into(),
     }
 }
@@ -358,7 +358,7 @@ pub async fn guard(State(gate): State<Arc<Gate>>, request: Request, next: Next) 
         Ok(Some((key, Some(rate)))) if gate.limited(&key, rate) => {
             let mut response = ApiError {
                 status: StatusCode::TOO_MANY_REQUESTS,
-                code: "rate_limited",
+                code: ErrorCode::RateLimited,
                 message: format!("more than {rate} requests per second from {key}; slow down"),
             }
             .into_response();

@@ -7,29 +7,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rota_scheduler::StoreError;
 
+pub use rota_client::{ErrorBody, ErrorCode};
+
 /// An error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
-    /// Stable machine-readable code.
-    pub code: &'static str,
+    /// Stable machine-readable code, one of those the document lists.
+    pub code: ErrorCode,
     /// What happened, for people.
-    pub message: String,
-}
-
-/// What every error answers, for the document.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// A stable code (`invalid_name`, `not_found`, ...).
-    pub error: String,
-    /// What is wrong, for people.
     pub message: String,
 }
 
 impl ApiError {
     /// A 422 with `code`: well-formed, but at odds with what the server holds.
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code,
@@ -38,7 +31,7 @@ impl ApiError {
     }
 
     /// A 400 with `code`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             code,
@@ -50,7 +43,7 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
-            code: "not_found",
+            code: ErrorCode::NotFound,
             message: message.into(),
         }
     }
@@ -59,7 +52,7 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::CONFLICT,
-            code: "conflict",
+            code: ErrorCode::Conflict,
             message: message.into(),
         }
     }
@@ -68,7 +61,7 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "unavailable",
+            code: ErrorCode::Unavailable,
             message: message.into(),
         }
     }
@@ -76,7 +69,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.code, "message": self.message});
+        let body = ErrorBody {
+            error: self.code,
+            message: self.message,
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -88,13 +84,13 @@ impl ApiError {
         if e.is::<tower::timeout::error::Elapsed>() {
             Self {
                 status: StatusCode::REQUEST_TIMEOUT,
-                code: "request_timeout",
+                code: ErrorCode::RequestTimeout,
                 message: "the request took longer than api.request_timeout_ms".into(),
             }
         } else if e.is::<tower::load_shed::error::Overloaded>() {
             Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "overloaded",
+                code: ErrorCode::Overloaded,
                 message: "too many requests at once (api.max_concurrent_requests); try again"
                     .into(),
             }
@@ -102,7 +98,7 @@ impl ApiError {
             tracing::error!(error = %e, "request failed");
             Self {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "internal",
+                code: ErrorCode::Internal,
                 message: "the request failed; see the server log".into(),
             }
         }
@@ -112,13 +108,13 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Invalid(message) => Self::bad_request("invalid_task", message),
+            StoreError::Invalid(message) => Self::bad_request(ErrorCode::InvalidTask, message),
             StoreError::Unavailable(message) => Self::unavailable(message),
             other => {
                 tracing::error!(error = %other, "task store error");
                 Self {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
-                    code: "internal",
+                    code: ErrorCode::Internal,
                     message: "the task store failed; see the server log".into(),
                 }
             }
@@ -129,17 +125,20 @@ impl From<StoreError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let (status, code) = match &rejection {
-            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            JsonRejection::JsonDataError(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
-            JsonRejection::MissingJsonContentType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            JsonRejection::JsonSyntaxError(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::MalformedJson)
             }
+            JsonRejection::JsonDataError(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidBody),
+            JsonRejection::MissingJsonContentType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
             JsonRejection::BytesRejection(_)
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
             {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
-            _ => (rejection.status(), "invalid_body"),
+            _ => (rejection.status(), ErrorCode::InvalidBody),
         };
         let text = rejection.body_text();
         // serde's message for deep nesting names the whole path, level by level.

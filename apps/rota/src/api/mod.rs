@@ -16,7 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 pub use catalog::HandlerCatalog;
-use error::ApiError;
+use error::{ApiError, ErrorCode};
 use rota_cluster::coordination::Session;
 use rota_cluster::keys::ClusterKeys;
 use rota_scheduler::metrics::Metrics;
@@ -115,7 +115,7 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        code: "method_not_allowed",
+        code: ErrorCode::MethodNotAllowed,
         message: "method not allowed on this route; see GET /openapi.json".into(),
     }
 }

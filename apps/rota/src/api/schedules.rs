@@ -2,183 +2,25 @@
 //! Bodies are read as JSON whatever their `Content-Type` says (`curl -d` sends a form type),
 //! since nothing else is accepted here.
 
-use super::error::{ApiError, ErrorBody};
-use super::tasks::{TaskView, check_task_fields, payload_from};
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::tasks::{check_task_fields, payload_from, view as task_view, wire_status};
 use super::{AppState, time};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rota_scheduler::TaskStatus;
 use rota_scheduler::schedule::{
     self, DEFAULT_CATCH_UP, MissedTicks, PutMode, PutOutcome, Schedule, ScheduleDef, ScheduleError,
     TaskTemplate,
 };
-use serde::{Deserialize, Serialize};
 
 /// How many fire times a schedule shows.
 const UPCOMING: usize = 10;
 
-/// A schedule as clients send it: `cron` or `every`, the task it creates, and how it treats
-/// missed ticks.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScheduleBody {
-    /// Unique name: 1 to 128 letters, digits, '-', '_', '.', ':' (with PUT, the path's name;
-    /// may be left out).
-    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
-    name: Option<String>,
-    /// A cron expression in `timeZone`: 5 fields (minute hour day-of-month month
-    /// day-of-week) or 6 with seconds first, e.g. `*/2 * * * * *`, `0 3 * * MON-FRI`.
-    cron: Option<String>,
-    /// Or a fixed interval, ticking at multiples of it since the Unix epoch: `30s`, `5m`,
-    /// `2h`, `1d`.
-    every: Option<String>,
-    /// IANA time zone whose wall clock the cron expression reads (default `UTC`).
-    time_zone: Option<String>,
-    /// The task each tick creates.
-    task: TaskBody,
-    /// Ticks missed for more than 60 s (an outage): `skip`, `run-once` (default: the latest
-    /// of them runs once) or `run-all` (each, the latest `catchUp` at most).
-    missed_ticks: Option<Missed>,
-    /// With `run-all`: the most missed ticks run (1 to 100, default 10).
-    #[schema(minimum = 1, maximum = 100)]
-    catch_up: Option<u32>,
-    /// Each tick's task is due up to this many milliseconds after the tick (0 to 86400000),
-    /// the same for the same tick.
-    #[schema(minimum = 0, maximum = 86_400_000)]
-    jitter_ms: Option<u64>,
-}
-
-/// The missed-tick policy.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Missed {
-    /// Not run.
-    Skip,
-    /// The latest runs once.
-    RunOnce,
-    /// Each runs, up to `catchUp`.
-    RunAll,
-}
-
-/// The task a schedule's ticks create.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TaskBody {
-    /// 1 to 256 characters, one of them not white space.
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
-    )]
-    name: String,
-    /// Any JSON value (no NUL character, no integer beyond 64 bits).
-    #[schema(value_type = Option<serde_json::Value>)]
-    payload: Option<Box<serde_json::value::RawValue>>,
-    /// A handler some live worker offers.
-    handler: Option<String>,
-    /// Attempts before each tick's task is FAILED (default 3).
-    #[schema(minimum = 1, maximum = 100)]
-    max_attempts: Option<u32>,
-    /// Partition key of the created tasks (they share a partition, and so run in order).
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000]*$")]
-    partition_key: Option<String>,
-}
-
-/// A schedule as the API shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ScheduleView {
-    /// Name.
-    name: String,
-    /// The cron expression, for a cron schedule.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cron: Option<String>,
-    /// The interval, for an interval schedule.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    every: Option<String>,
-    /// Time zone.
-    time_zone: String,
-    /// The task each tick creates.
-    #[schema(value_type = Object)]
-    task: TaskTemplate,
-    /// Missed-tick policy.
-    missed_ticks: Missed,
-    /// Most missed ticks `run-all` runs.
-    catch_up: u32,
-    /// Jitter, milliseconds.
-    jitter_ms: u64,
-    /// Paused: no tick fires.
-    paused: bool,
-    /// The partition whose worker fires it.
-    partition_id: u32,
-    /// The next tick, in the schedule's zone (absent when paused or when none is left).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_tick: Option<String>,
-    /// The last tick fired by the clock, in the schedule's zone.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_tick: Option<String>,
-    /// The next fire times (up to 10), in the schedule's zone.
-    next_fire_times: Vec<String>,
-    /// The latest runs, newest first, with their tasks (only on `GET /schedules/{name}`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_runs: Option<Vec<RunView>>,
-    /// Compare-and-set revision, incremented by every change.
-    revision: u64,
-    /// Creation time (UTC).
-    created_at: String,
-    /// Last change of definition or pause (UTC).
-    updated_at: String,
-}
-
-/// One run of a schedule.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RunView {
-    /// The tick (or the trigger's time), in the schedule's zone.
-    tick: String,
-    /// Triggered by hand.
-    manual: bool,
-    /// The task the run created (absent once the task was deleted by retention).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    task_id: Option<i64>,
-    /// The task's status.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    status: Option<TaskStatus>,
-    /// When the task started last (UTC).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    started_at: Option<String>,
-    /// When it finished (UTC).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    finished_at: Option<String>,
-    /// Error of its last failed attempt.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_error: Option<String>,
-}
-
-/// A page of schedules.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SchedulePage {
-    /// Schedules by name.
-    schedules: Vec<ScheduleView>,
-    /// Pass as `after` for the next page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_after: Option<String>,
-}
-
-/// The task a trigger created.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Triggered {
-    /// The schedule.
-    schedule: ScheduleView,
-    /// The task, due now.
-    task: TaskView,
-}
+pub use rota_client::{
+    Missed, RunView, ScheduleBody, SchedulePage, ScheduleView, TaskBody, Triggered,
+};
 
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
@@ -186,7 +28,7 @@ impl From<ScheduleError> for ApiError {
             ScheduleError::NotFound(_) => ApiError::not_found(e.to_string()),
             ScheduleError::Exists(_) => ApiError::conflict(e.to_string()),
             ScheduleError::Store(rota_scheduler::StoreError::Invalid(m)) => {
-                ApiError::bad_request("invalid_schedule", m)
+                ApiError::bad_request(ErrorCode::InvalidSchedule, m)
             }
             ScheduleError::Store(e) => e.into(),
         }
@@ -197,9 +39,9 @@ impl From<ScheduleError> for ApiError {
 fn body_of(bytes: &Bytes) -> Result<ScheduleBody, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let code = if e.is_data() {
-            "invalid_body"
+            ErrorCode::InvalidBody
         } else {
-            "malformed_json"
+            ErrorCode::MalformedJson
         };
         ApiError::bad_request(code, format!("the body is not a schedule: {e}"))
     })
@@ -213,7 +55,7 @@ fn definition(
     let name = match (name, body.name) {
         (Some(path), Some(given)) if path != given => {
             return Err(ApiError::bad_request(
-                "invalid_name",
+                ErrorCode::InvalidName,
                 format!(
                     "the body names {given:?}, the path {path:?}: leave name out or make them agree"
                 ),
@@ -223,7 +65,7 @@ fn definition(
         (None, Some(given)) => given,
         (None, None) => {
             return Err(ApiError::bad_request(
-                "invalid_name",
+                ErrorCode::InvalidName,
                 "a schedule needs a name",
             ));
         }
@@ -236,7 +78,7 @@ fn definition(
         }
         _ => {
             return Err(ApiError::bad_request(
-                "invalid_schedule",
+                ErrorCode::InvalidSchedule,
                 "give exactly one of cron (e.g. \"*/2 * * * * *\") and every (e.g. \"30s\")",
             ));
         }
@@ -254,7 +96,7 @@ fn definition(
         .is_some_and(|k| k.is_empty() || k.chars().count() > 256)
     {
         return Err(ApiError::bad_request(
-            "invalid_key",
+            ErrorCode::InvalidKey,
             "task.partitionKey must have 1 to 256 characters",
         ));
     }
@@ -313,7 +155,7 @@ pub async fn view_of(
                         tick: local(r.tick),
                         manual: r.manual,
                         task_id: task.map(|t| t.id),
-                        status: task.map(|t| t.status),
+                        status: task.map(|t| wire_status(t.status)),
                         started_at: task.and_then(|t| t.started_at).map(time::format),
                         finished_at: task.and_then(|t| t.finished_at).map(time::format),
                         last_error: task.and_then(|t| t.last_error.clone()),
@@ -340,7 +182,13 @@ pub async fn view_of(
         },
         catch_up: s.def.catch_up,
         jitter_ms: s.def.jitter_ms,
-        task: s.def.task.clone(),
+        task: TaskBody {
+            name: s.def.task.name.clone(),
+            payload: serde_json::value::to_raw_value(&s.def.task.payload).ok(),
+            handler: s.def.task.handler.clone(),
+            max_attempts: Some(s.def.task.max_attempts),
+            partition_key: s.def.task.partition_key.clone(),
+        },
         paused: s.paused,
         partition_id: s.partition,
         next_tick: s.next_tick.map(local),
@@ -367,7 +215,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(
-            "invalid_name",
+            ErrorCode::InvalidName,
             format!(
                 "{name:?} is not a schedule name: 1 to {} letters, digits, '-', '_', '.' or ':'",
                 schedule::MAX_NAME
@@ -443,7 +291,7 @@ pub async fn list(
     for (key, value) in query {
         if !seen.insert(key.clone()) {
             return Err(ApiError::bad_request(
-                "repeated_parameter",
+                ErrorCode::RepeatedParameter,
                 format!("query parameter {key:?} is given more than once"),
             ));
         }
@@ -454,7 +302,7 @@ pub async fn list(
                     .ok()
                     .filter(|l| (1..=1000).contains(l))
                     .ok_or_else(|| {
-                        ApiError::bad_request("invalid_limit", "limit must be 1 to 1000")
+                        ApiError::bad_request(ErrorCode::InvalidLimit, "limit must be 1 to 1000")
                     })?;
             }
             "after" => {
@@ -463,7 +311,7 @@ pub async fn list(
             }
             other => {
                 return Err(ApiError::bad_request(
-                    "unknown_parameter",
+                    ErrorCode::UnknownParameter,
                     format!("unknown query parameter {other:?}: use limit and after"),
                 ));
             }
@@ -573,7 +421,7 @@ pub async fn trigger(
     let location = format!("/tasks/{}", task.id);
     let body = Triggered {
         schedule: view(&state, s, false).await?,
-        task: task.into(),
+        task: task_view(task),
     };
     Ok((
         StatusCode::CREATED,

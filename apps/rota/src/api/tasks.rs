@@ -1,7 +1,7 @@
 //! `/tasks`: create (one or a batch), read, list, cancel, and the backlog's size.
 
-use super::error::ApiError;
 use super::error::ErrorBody;
+use super::error::{ApiError, ErrorCode};
 use super::{AppState, time};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -12,48 +12,13 @@ use rota_scheduler::schedule;
 use rota_scheduler::{
     CancelOutcome, DEFAULT_MAX_ATTEMPTS, ListFilter, NewTask, Task, TaskId, TaskStatus,
 };
-use serde::{Deserialize, Serialize};
+
 use serde_json::Value;
 
-/// Longest task name accepted.
-pub(crate) const MAX_NAME: usize = 256;
-/// Most tasks in one batch.
-pub const MAX_BATCH: usize = 1_000;
-/// Most attempts a task may ask for.
-pub(crate) const MAX_ATTEMPTS: u32 = 100;
-
-/// A task as clients send it. The original system's body (`name`, `scheduledTime`,
-/// `payload`) is accepted verbatim.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateTask {
-    /// 1 to 256 characters, one of them not white space.
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
-    )]
-    name: String,
-    /// Due time, RFC 3339 (without an offset: UTC); default: now.
-    #[schema(format = DateTime)]
-    scheduled_time: Option<String>,
-    /// Any JSON value: no NUL character in its strings, no integer beyond 64 bits (send those
-    /// as strings).
-    // Kept as text until checked (see `payload_from`).
-    #[schema(value_type = Option<serde_json::Value>)]
-    payload: Option<Box<serde_json::value::RawValue>>,
-    /// Tasks with the same key share a partition.
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000]*$")]
-    partition_key: Option<String>,
-    /// Attempts before the task is FAILED (default 3).
-    #[schema(minimum = 1, maximum = 100)]
-    max_attempts: Option<u32>,
-    /// A handler some live worker offers (`log`, `noop` and `http` are built in).
-    handler: Option<String>,
-    /// For batch items (a single create takes the `Idempotency-Key` header).
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000]*$")]
-    idempotency_key: Option<String>,
-}
+pub use rota_client::{
+    BacklogView, BatchCreated, CreateBatch, CreateTask, MAX_ATTEMPTS, MAX_BATCH, MAX_NAME,
+    TaskPage, TaskView,
+};
 
 /// Whether `stored` (found by its idempotency key) is what `asked` would have created: a repeat
 /// of the same request, not another request reusing the key. A due time left out (now) is
@@ -78,7 +43,7 @@ pub(crate) fn payload_from(raw: Option<&serde_json::value::RawValue>) -> Result<
     let text = raw.get();
     if let Some(big) = integer_beyond_64_bits(text) {
         return Err(ApiError::bad_request(
-            "invalid_payload",
+            ErrorCode::InvalidPayload,
             format!(
                 "the payload holds the integer {big}, beyond 64 bits, which would lose its \
                  precision: send it as a string"
@@ -91,7 +56,7 @@ pub(crate) fn payload_from(raw: Option<&serde_json::value::RawValue>) -> Result<
         } else {
             format!("payload: {e}")
         };
-        ApiError::bad_request("invalid_payload", message)
+        ApiError::bad_request(ErrorCode::InvalidPayload, message)
     })
 }
 
@@ -150,45 +115,6 @@ fn same_json(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// `POST /tasks/batch` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBatch {
-    /// 1 to 1,000 tasks, created together or not at all.
-    #[schema(min_items = 1, max_items = 1000)]
-    tasks: Vec<CreateTask>,
-}
-
-/// `POST /tasks/batch` response: the tasks in request order.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct BatchCreated {
-    tasks: Vec<TaskView>,
-}
-
-/// `GET /tasks` response: one page, and the cursor of the next if there is one.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskPage {
-    tasks: Vec<TaskView>,
-    next_cursor: Option<String>,
-}
-
-/// A task's status, as the API names it (the document's copy of [`TaskStatus`]).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code, clippy::upper_case_acronyms)]
-pub enum Status {
-    /// Waiting to be due, or due and not yet claimed.
-    PENDING,
-    /// Claimed by a worker.
-    RUNNING,
-    /// Succeeded.
-    COMPLETED,
-    /// Out of attempts.
-    FAILED,
-    /// Cancelled before it ran.
-    CANCELLED,
-}
-
 /// Refuses the whole batch (422, nothing created) if an item's idempotency key names a task
 /// that a different request created, or two items share a key but differ. Checked before the
 /// insert: a key a concurrent request takes in between still gets its task back as it is.
@@ -217,7 +143,7 @@ async fn refuse_reused_keys(
         if let Some(stored) = by_key.get(key) {
             if !same_request(task, stored, scheduled_given[i]) {
                 return Err(ApiError::unprocessable(
-                    "idempotency_key_reused",
+                    ErrorCode::IdempotencyKeyReused,
                     format!(
                         "tasks[{i}]: idempotency key {key:?} names task {}, created by a \
                          different request; use a new key (nothing was created)",
@@ -231,7 +157,7 @@ async fn refuse_reused_keys(
                 if !same_new_task(&tasks[j], task, scheduled_given[j] && scheduled_given[i]) =>
             {
                 return Err(ApiError::unprocessable(
-                    "idempotency_key_reused",
+                    ErrorCode::IdempotencyKeyReused,
                     format!(
                         "tasks[{j}] and tasks[{i}] share the idempotency key {key:?} but differ \
                          (nothing was created)"
@@ -258,77 +184,36 @@ fn same_new_task(a: &NewTask, b: &NewTask, compare_times: bool) -> bool {
         && (!compare_times || a.scheduled_at == b.scheduled_at)
 }
 
-/// `GET /tasks/backlog` response: the queue's depth.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct BacklogView {
-    /// PENDING tasks, due or not.
-    pending: u64,
-    /// RUNNING tasks.
-    running: u64,
+/// A task's status on the wire.
+pub fn wire_status(status: TaskStatus) -> rota_client::TaskStatus {
+    use rota_client::TaskStatus as W;
+    match status {
+        TaskStatus::Pending => W::Pending,
+        TaskStatus::Running => W::Running,
+        TaskStatus::Completed => W::Completed,
+        TaskStatus::Failed => W::Failed,
+        TaskStatus::Cancelled => W::Cancelled,
+    }
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskView {
-    /// Id.
-    pub id: TaskId,
-    /// Name.
-    pub name: String,
-    /// The name again, under the original system's key.
-    pub event_name: String,
-    /// Status.
-    #[schema(value_type = Status)]
-    pub status: TaskStatus,
-    /// Partition of the `tasks` resource.
-    pub partition_id: u32,
-    /// Due time (RFC 3339, UTC).
-    pub scheduled_time: String,
-    /// Payload.
-    #[schema(value_type = serde_json::Value)]
-    pub payload: Value,
-    /// Attempts started.
-    pub attempts: u32,
-    /// Attempts allowed.
-    pub max_attempts: u32,
-    /// Error of the last failed attempt.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// Handler.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub handler: Option<String>,
-    /// Partition key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub partition_key: Option<String>,
-    /// Creation time.
-    pub created_at: String,
-    /// Start of the last attempt.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    /// When it finished.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-}
-
-impl From<Task> for TaskView {
-    fn from(t: Task) -> Self {
-        Self {
-            id: t.id,
-            event_name: t.name.clone(),
-            name: t.name,
-            status: t.status,
-            partition_id: t.partition,
-            scheduled_time: time::format(t.scheduled_at),
-            payload: t.payload,
-            attempts: t.attempts,
-            max_attempts: t.max_attempts,
-            last_error: t.last_error,
-            handler: t.handler,
-            partition_key: t.partition_key,
-            created_at: time::format(t.created_at),
-            started_at: t.started_at.map(time::format),
-            finished_at: t.finished_at.map(time::format),
-        }
+pub fn view(t: Task) -> TaskView {
+    TaskView {
+        id: t.id,
+        event_name: t.name.clone(),
+        name: t.name,
+        status: wire_status(t.status),
+        partition_id: t.partition,
+        scheduled_time: time::format(t.scheduled_at),
+        payload: t.payload,
+        attempts: t.attempts,
+        max_attempts: t.max_attempts,
+        last_error: t.last_error,
+        handler: t.handler,
+        partition_key: t.partition_key,
+        created_at: time::format(t.created_at),
+        started_at: t.started_at.map(time::format),
+        finished_at: t.finished_at.map(time::format),
     }
 }
 
@@ -347,14 +232,14 @@ pub(crate) fn check_task_fields(
     // name does not make a longer name acceptable.
     if name.is_empty() || raw_name.chars().count() > MAX_NAME {
         return Err(ApiError::bad_request(
-            "invalid_name",
+            ErrorCode::InvalidName,
             format!("{prefix}name must have 1 to {MAX_NAME} characters"),
         ));
     }
     let max_attempts = max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
         return Err(ApiError::bad_request(
-            "invalid_max_attempts",
+            ErrorCode::InvalidMaxAttempts,
             format!("{prefix}maxAttempts must be 1 to {MAX_ATTEMPTS}"),
         ));
     }
@@ -362,7 +247,7 @@ pub(crate) fn check_task_fields(
         state
             .handlers
             .check(h)
-            .map_err(|m| ApiError::bad_request("unknown_handler", m))?;
+            .map_err(|m| ApiError::bad_request(ErrorCode::UnknownHandler, m))?;
     }
     Ok((name, max_attempts))
 }
@@ -371,7 +256,7 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
     let (name, max_attempts) =
         check_task_fields(state, "", &c.name, c.max_attempts, c.handler.as_deref())?;
     let scheduled_at = match &c.scheduled_time {
-        Some(t) => time::parse(t).map_err(|m| ApiError::bad_request("invalid_time", m))?,
+        Some(t) => time::parse(t).map_err(|m| ApiError::bad_request(ErrorCode::InvalidTime, m))?,
         None => (state.now)(),
     };
     for (field, value) in [("partitionKey", &c.partition_key), ("idempotencyKey", &key)] {
@@ -380,14 +265,14 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
             .is_some_and(|v| v.is_empty() || v.chars().count() > 256)
         {
             return Err(ApiError::bad_request(
-                "invalid_key",
+                ErrorCode::InvalidKey,
                 format!("{field} must have 1 to 256 characters"),
             ));
         }
     }
     if key.as_deref().is_some_and(schedule::is_schedule_key) {
         return Err(ApiError::bad_request(
-            "invalid_key",
+            ErrorCode::InvalidKey,
             "idempotency keys starting with \"schedule:\" are reserved for the tasks of schedules",
         ));
     }
@@ -427,7 +312,9 @@ pub async fn create(
     let header_key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| ApiError::bad_request("invalid_key", "Idempotency-Key must be ASCII"))?
+                .map_err(|_| {
+                    ApiError::bad_request(ErrorCode::InvalidKey, "Idempotency-Key must be ASCII")
+                })?
                 .to_owned(),
         ),
         None => None,
@@ -435,7 +322,7 @@ pub async fn create(
     if let (Some(header), Some(body)) = (&header_key, &body.idempotency_key) {
         if header != body {
             return Err(ApiError::bad_request(
-                "invalid_key",
+                ErrorCode::InvalidKey,
                 "the Idempotency-Key header and idempotencyKey differ: give the key once",
             ));
         }
@@ -451,7 +338,7 @@ pub async fn create(
         .expect("one result per task");
     if !created && !same_request(&task, &stored, scheduled_given) {
         return Err(ApiError::unprocessable(
-            "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyReused,
             format!(
                 "idempotency key {:?} names task {}, created by a different request; use a new key",
                 task.idempotency_key.as_deref().unwrap_or_default(),
@@ -466,12 +353,7 @@ pub async fn create(
         StatusCode::OK
     };
     let location = format!("/tasks/{}", stored.id);
-    Ok((
-        status,
-        [(header::LOCATION, location)],
-        Json(TaskView::from(stored)),
-    )
-        .into_response())
+    Ok((status, [(header::LOCATION, location)], Json(view(stored))).into_response())
 }
 
 /// `POST /tasks/batch`
@@ -490,7 +372,7 @@ pub async fn create_batch(
     let Json(body) = body?;
     if body.tasks.is_empty() || body.tasks.len() > MAX_BATCH {
         return Err(ApiError::bad_request(
-            "invalid_batch",
+            ErrorCode::InvalidBatch,
             format!("a batch has 1 to {MAX_BATCH} tasks"),
         ));
     }
@@ -513,7 +395,7 @@ pub async fn create_batch(
     state.metrics.tasks_created.inc_by(created);
     // Serialized straight from the views (building a JSON tree of a thousand tasks first was
     // a fifth of the API's CPU under batch inserts).
-    let tasks: Vec<TaskView> = stored.into_iter().map(|(t, _)| t.into()).collect();
+    let tasks: Vec<TaskView> = stored.into_iter().map(|(t, _)| view(t)).collect();
     Ok((StatusCode::CREATED, Json(BatchCreated { tasks })).into_response())
 }
 
@@ -538,7 +420,9 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
         .then(|| id.parse::<TaskId>().ok())
         .flatten()
         .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{id:?} is not a task id")))
+        .ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::InvalidId, format!("{id:?} is not a task id"))
+        })
 }
 
 /// `GET /tasks/{id}`
@@ -554,14 +438,14 @@ pub async fn get(
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     match state.tasks.get(id).await? {
-        Some(task) => Ok(Json(task.into())),
+        Some(task) => Ok(Json(view(task))),
         None => Err(ApiError::not_found(format!("no task {id}"))),
     }
 }
 
 /// `GET /tasks?status=&name=&limit=&cursor=`
 #[utoipa::path(get, path = "/tasks", tag = "tasks", summary = "List tasks by increasing id",
-    params(("status" = Option<Status>, Query, description = "Only this status"),
+    params(("status" = Option<rota_client::TaskStatus>, Query, description = "Only this status"),
            ("name" = Option<String>, Query, pattern = r"^[^\u0000]*$", description = "Only this name"),
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
            ("cursor" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,17}$", description = "nextCursor of the previous page")),
@@ -580,7 +464,7 @@ pub async fn list(
     for (key, value) in &query {
         if !seen.insert(key.as_str()) {
             return Err(ApiError::bad_request(
-                "repeated_parameter",
+                ErrorCode::RepeatedParameter,
                 format!("query parameter {key:?} is given more than once"),
             ));
         }
@@ -588,7 +472,7 @@ pub async fn list(
             "status" => {
                 filter.status = Some(TaskStatus::parse(value).ok_or_else(|| {
                     ApiError::bad_request(
-                        "invalid_status",
+                        ErrorCode::InvalidStatus,
                         format!(
                             "status {value:?} is not one of PENDING, RUNNING, COMPLETED, FAILED, CANCELLED"
                         ),
@@ -597,7 +481,7 @@ pub async fn list(
             }
             "name" => {
                 rota_scheduler::storable_text("name", value)
-                    .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+                    .map_err(|e| ApiError::bad_request(ErrorCode::InvalidName, e.to_string()))?;
                 filter.name = Some(value.clone());
             }
             "limit" => {
@@ -606,22 +490,22 @@ pub async fn list(
                     .ok()
                     .filter(|l| (1..=1000).contains(l))
                     .ok_or_else(|| {
-                        ApiError::bad_request("invalid_limit", "limit must be 1 to 1000")
+                        ApiError::bad_request(ErrorCode::InvalidLimit, "limit must be 1 to 1000")
                     })?
             }
             "cursor" => filter.after = Some(parse_id(value).map_err(|_| {
-                ApiError::bad_request("invalid_cursor", format!("{value:?} is not a cursor"))
+                ApiError::bad_request(ErrorCode::InvalidCursor, format!("{value:?} is not a cursor"))
             })?),
             other => {
                 return Err(ApiError::bad_request(
-                    "unknown_parameter",
+                    ErrorCode::UnknownParameter,
                     format!("unknown query parameter {other:?}"),
                 ));
             }
         }
     }
     let page = state.tasks.list(&filter).await?;
-    let tasks: Vec<TaskView> = page.tasks.into_iter().map(TaskView::from).collect();
+    let tasks: Vec<TaskView> = page.tasks.into_iter().map(view).collect();
     Ok(Json(TaskPage {
         tasks,
         next_cursor: page.next.map(|c| c.to_string()),
@@ -642,7 +526,7 @@ pub async fn cancel(
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     match state.tasks.cancel(id, (state.now)()).await? {
-        CancelOutcome::Cancelled(task) => Ok(Json(task.into())),
+        CancelOutcome::Cancelled(task) => Ok(Json(view(task))),
         CancelOutcome::NotFound => Err(ApiError::not_found(format!("no task {id}"))),
         CancelOutcome::Conflict(task) => Err(ApiError::conflict(format!(
             "task {id} is {}; only PENDING tasks can be cancelled",
