@@ -1,11 +1,24 @@
 //! The cluster's status as `GET /cluster` and `rota admin status` show it, read from the
 //! coordination store.
 
-use crate::api::ClusterView;
+use rota_client::{ClusterStatus, Holder, InstanceStatus, Leader, PartitionStatus};
+use rota_cluster::coordination::{CoordError, Session};
+use rota_cluster::keys::ClusterKeys;
+use rota_cluster::records::LeaderRecord;
 use rota_cluster::snapshot::read_snapshot;
+use rota_model::Record;
 use rota_scheduler::TASKS_RESOURCE;
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The coordination view `/cluster`, `/readyz` and the handler catalog read.
+#[derive(Clone)]
+pub struct ClusterView {
+    /// A session on the coordination store.
+    pub session: Arc<dyn Session>,
+    /// The cluster's keys.
+    pub keys: ClusterKeys,
+}
 
 /// The cluster as `/cluster` and `rota admin status` show it: leader, instances (liveness,
 /// zone, partitions per state) and partitions (holders, states, epoch).
@@ -13,15 +26,13 @@ pub async fn cluster_status(
     view: &ClusterView,
     partitions: u32,
     storage: &str,
-) -> Result<Value, rota_cluster::coordination::CoordError> {
+) -> Result<ClusterStatus, CoordError> {
     let snapshot = read_snapshot(&*view.session, &view.keys).await?;
     let leader = match view.session.get(&view.keys.leader()).await? {
-        Some(node) => {
-            use rota_model::Record;
-            rota_cluster::records::LeaderRecord::decode(&node.value)
-                .ok()
-                .map(|l| json!({"controller": l.controller, "epoch": l.epoch}))
-        }
+        Some(node) => LeaderRecord::decode(&node.value).ok().map(|l| Leader {
+            controller: l.controller.to_string(),
+            epoch: l.epoch,
+        }),
         None => None,
     };
     let view_of_tasks = snapshot.external.get(TASKS_RESOURCE);
@@ -40,31 +51,35 @@ pub async fn cluster_status(
                 .entry(s.to_string())
                 .or_default() += 1;
         }
-        partition_list.push(json!({
-            "partition": p,
-            "holders": holders.iter().map(|(i, s)| json!({"instance": i, "state": s})).collect::<Vec<_>>(),
-            "epoch": epochs.and_then(|e| e.0.get(&p)).copied().unwrap_or(0),
-        }));
+        partition_list.push(PartitionStatus {
+            partition: p,
+            holders: holders
+                .iter()
+                .map(|(i, s)| Holder {
+                    instance: i.to_string(),
+                    state: s.to_string(),
+                })
+                .collect(),
+            epoch: epochs.and_then(|e| e.0.get(&p)).copied().unwrap_or(0),
+        });
     }
-    let instances: Vec<Value> = snapshot
+    let instances = snapshot
         .instances
         .values()
-        .map(|i| {
-            json!({
-                "id": i.id,
-                "live": snapshot.live.contains_key(&i.id),
-                "enabled": i.enabled,
-                "zone": i.zone,
-                "partitions": per_instance.get(i.id.as_str()).cloned().unwrap_or_default(),
-            })
+        .map(|i| InstanceStatus {
+            id: i.id.to_string(),
+            live: snapshot.live.contains_key(&i.id),
+            enabled: i.enabled,
+            zone: i.zone.clone(),
+            partitions: per_instance.get(i.id.as_str()).cloned().unwrap_or_default(),
         })
         .collect();
-    Ok(json!({
-        "cluster": view.keys.root(),
-        "leader": leader,
-        "maintenance": snapshot.config.maintenance,
-        "instances": instances,
-        "partitions": partition_list,
-        "storage": storage,
-    }))
+    Ok(ClusterStatus {
+        cluster: view.keys.root().to_owned(),
+        leader,
+        maintenance: snapshot.config.maintenance,
+        instances,
+        partitions: partition_list,
+        storage: storage.to_owned(),
+    })
 }

@@ -4,7 +4,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use rota::api::{self, AppState, ROUTES};
+use rota::api::{self, AppState, routes};
 use rota_memory::MemoryTaskStore;
 use rota_scheduler::TaskStore;
 use serde_json::{Value, json};
@@ -428,18 +428,18 @@ async fn health_readiness_metrics_and_the_openapi_document() {
                 .map(move |m| (m.clone(), path.clone()))
         })
         .collect();
-    let served: BTreeSet<(String, String)> = ROUTES
+    let served: BTreeSet<(String, String)> = routes()
         .iter()
-        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .map(|r| (r.method.to_string(), r.path.to_string()))
         .collect();
     assert_eq!(
         documented, served,
         "the OpenAPI document and the routes disagree"
     );
     // Every listed route is really served (not the 404 or 405 fallback).
-    for (method, path, _) in ROUTES {
-        let path = path.replace("{id}", "1");
-        let body = (*method == "post").then_some(r#"{"name": "probe"}"#);
+    for route in routes() {
+        let (method, path) = (route.method, route.path.replace("{id}", "1"));
+        let body = (method == "post").then_some(r#"{"name": "probe"}"#);
         let body = if path == "/tasks/batch" {
             Some(r#"{"tasks": [{"name": "probe"}]}"#)
         } else {

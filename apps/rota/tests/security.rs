@@ -1,6 +1,6 @@
 //! The API's security as a user meets it, over real HTTP against the `rota` binary:
 //!
-//! - every route x {no token, a wrong token, each scope} answers as `ROUTES` (and
+//! - every route x {no token, a wrong token, each scope} answers as `routes()` (and
 //!   `docs/security.md`) say, on `rota dev` and on production (`rota api` on ZooKeeper with
 //!   digest credentials and PostgreSQL), with tokens made by `rota admin token create`;
 //! - known secrets (the tokens, the PostgreSQL and ZooKeeper passwords, the webhook secret)
@@ -13,8 +13,8 @@
 mod common;
 
 use common::{Env, Proc, wait_for};
-use rota::api::ROUTES;
 use rota::api::auth::Access;
+use rota::api::routes;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -159,12 +159,17 @@ async fn matrix(client: &reqwest::Client, base: &str, callers: &Callers) -> Vec<
         ),
     ];
     let mut checked = 0;
-    for (method, route, access) in ROUTES {
+    for &rota::api::Route {
+        method,
+        path: route,
+        access,
+    } in routes()
+    {
         let path = route
             .replace("{id}", &id.to_string())
             .replace("{name}", "nightly");
         let schedule = json!({"name": "nightly", "every": "1h", "task": {"name": "nightly"}});
-        let body = match (*method, *route) {
+        let body = match (method, route) {
             ("post", "/tasks") => Some(task.clone()),
             ("post", "/tasks/batch") => Some(json!({"tasks": [task.clone()]})),
             ("post", "/schedules") | ("put", "/schedules/{name}") => Some(schedule),
@@ -209,7 +214,7 @@ async fn matrix(client: &reqwest::Client, base: &str, callers: &Callers) -> Vec<
             checked += 1;
         }
     }
-    assert_eq!(checked, ROUTES.len() * 5);
+    assert_eq!(checked, routes().len() * 5);
     seen
 }
 
@@ -631,7 +636,12 @@ fn the_security_document_lists_every_route_with_its_scope() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/security.md"),
     )
     .unwrap();
-    for (method, path, access) in ROUTES {
+    for &rota::api::Route {
+        method,
+        path,
+        access,
+    } in routes()
+    {
         let scope = match access {
             Access::Open => "open",
             Access::Metrics => "read (open with api.open_metrics)",

@@ -4,7 +4,8 @@
 //! (`[[api.tokens]] name, scopes, sha256`). Once any token is configured, every route but the
 //! open ones ([`Access::Open`]) needs `Authorization: Bearer <token>`: 401 without a valid one,
 //! 403 when the token lacks the route's scope. Each route's access is declared once, next to
-//! it, in [`super::ROUTES`]; a route missing from that table needs `admin` (closed by default).
+//! it, in its handler's `#[utoipa::path]` annotation (see [`super::routes`]); a route missing
+//! from that declaration needs `admin` (closed by default).
 
 use super::error::{ApiError, ErrorCode};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};

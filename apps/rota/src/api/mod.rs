@@ -14,36 +14,17 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 pub use catalog::HandlerCatalog;
 use error::{ApiError, ErrorCode};
-use rota_cluster::coordination::Session;
-use rota_cluster::keys::ClusterKeys;
+use rota_client::Health;
 use rota_scheduler::metrics::Metrics;
 use rota_scheduler::{ListFilter, Millis, TaskStore};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
-pub use openapi::{ROUTES, document as openapi_document};
+pub use openapi::{Route, access_of, document as openapi_document, routes};
 
-/// What the route at (`method`, `path`) needs; a route missing from [`ROUTES`] needs `admin`.
-pub fn access_of(method: &str, path: &str) -> auth::Access {
-    ROUTES
-        .iter()
-        .find(|(m, p, _)| *m == method && *p == path)
-        .map_or(auth::Access::Needs(auth::Scope::Admin), |(_, _, access)| {
-            *access
-        })
-}
-
-/// The coordination view `/cluster` and `/readyz` read.
-#[derive(Clone)]
-pub struct ClusterView {
-    /// A session on the coordination store.
-    pub session: Arc<dyn Session>,
-    /// The cluster's keys.
-    pub keys: ClusterKeys,
-}
+pub use crate::status::ClusterView;
 
 /// Everything the handlers share.
 #[derive(Clone)]
@@ -75,26 +56,8 @@ pub fn router(state: AppState, limits: &crate::config::ApiConfig) -> Router {
         .load_shed()
         .concurrency_limit(limits.max_concurrent_requests.max(1))
         .timeout(std::time::Duration::from_millis(limits.request_timeout_ms));
-    Router::new()
-        .route("/tasks", post(tasks::create).get(tasks::list))
-        .route("/tasks/batch", post(tasks::create_batch))
-        .route("/tasks/backlog", get(tasks::backlog))
-        .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
-        .route("/schedules", post(schedules::create).get(schedules::list))
-        .route(
-            "/schedules/{name}",
-            get(schedules::get)
-                .put(schedules::replace)
-                .delete(schedules::delete),
-        )
-        .route("/schedules/{name}/pause", post(schedules::pause))
-        .route("/schedules/{name}/resume", post(schedules::resume))
-        .route("/schedules/{name}/trigger", post(schedules::trigger))
-        .route("/cluster", get(cluster))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+    let (routes, _) = openapi::declared().split_for_parts();
+    routes
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(auth::Gate::new(limits)),
             auth::guard,
@@ -121,16 +84,18 @@ async fn method_not_allowed() -> ApiError {
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "The process is up",
-    responses((status = 200, description = "OK")))]
-async fn healthz() -> axum::Json<Value> {
-    axum::Json(json!({"status": "ok"}))
+    responses((status = 200, description = "OK", body = Health)))]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Ready when the task store answers and (if visible) a controller leads.
 #[utoipa::path(get, path = "/readyz", tag = "operations", summary = "The task store answers and a controller leads",
-    responses((status = 200, description = "Ready"),
+    responses((status = 200, description = "Ready", body = Health),
               (status = 503, description = "Not ready", body = error::ErrorBody)))]
-async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
     let probe = ListFilter {
         limit: 1,
         ..ListFilter::default()
@@ -150,14 +115,18 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiE
             return Err(ApiError::unavailable("no controller leads the cluster yet"));
         }
     }
-    Ok(axum::Json(json!({"status": "ready"})))
+    Ok(axum::Json(Health {
+        status: "ready".into(),
+    }))
 }
 
-#[utoipa::path(get, path = "/cluster", tag = "operations",
+#[utoipa::path(get, path = "/cluster", security(("bearer" = ["admin"])), tag = "operations",
     summary = "Controller leader, instances, partitions with holders, states and epochs",
-    responses((status = 200, description = "Cluster status"),
+    responses((status = 200, description = "Cluster status", body = rota_client::ClusterStatus),
               (status = 503, description = "Coordination store unreachable", body = error::ErrorBody)))]
-async fn cluster(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+async fn cluster(
+    State(state): State<AppState>,
+) -> Result<axum::Json<rota_client::ClusterStatus>, ApiError> {
     let Some(view) = &state.cluster else {
         return Err(ApiError::unavailable(
             "this process has no view of the cluster",
@@ -169,7 +138,7 @@ async fn cluster(State(state): State<AppState>) -> Result<axum::Json<Value>, Api
         .map_err(|e| ApiError::unavailable(format!("coordination store: {e}")))
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "This process's metrics (OpenMetrics text)",
+#[utoipa::path(get, path = "/metrics", security(("bearer" = ["read"])), tag = "operations", summary = "This process's metrics (OpenMetrics text)",
     responses((status = 200, description = "OpenMetrics text exposition", content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     metrics_response(&state.metrics)

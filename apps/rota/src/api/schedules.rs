@@ -237,7 +237,7 @@ async fn put(state: &AppState, def: ScheduleDef, mode: PutMode) -> Result<Respon
 }
 
 /// `POST /schedules`
-#[utoipa::path(post, path = "/schedules", tag = "schedules", summary = "Create a schedule",
+#[utoipa::path(post, path = "/schedules", security(("bearer" = ["write"])), tag = "schedules", summary = "Create a schedule",
     description = "The body is read as JSON whatever its Content-Type.",
     request_body = ScheduleBody,
     responses((status = 201, description = "Created", body = ScheduleView),
@@ -256,7 +256,7 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
 }
 
 /// `PUT /schedules/{name}`
-#[utoipa::path(put, path = "/schedules/{name}", tag = "schedules", summary = "Create or replace a schedule",
+#[utoipa::path(put, path = "/schedules/{name}", security(("bearer" = ["write"])), tag = "schedules", summary = "Create or replace a schedule",
     description = "A replaced schedule keeps its clock unless its cron, interval or zone changed; paused stays paused.",
     params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
     request_body = ScheduleBody,
@@ -276,7 +276,7 @@ pub async fn replace(
 }
 
 /// `GET /schedules?limit=&after=`
-#[utoipa::path(get, path = "/schedules", tag = "schedules", summary = "List schedules by name",
+#[utoipa::path(get, path = "/schedules", security(("bearer" = ["read"])), tag = "schedules", summary = "List schedules by name",
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
            ("after" = Option<String>, Query, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "nextAfter of the previous page")),
     responses((status = 200, description = "A page", body = SchedulePage),
@@ -334,7 +334,7 @@ pub async fn list(
 }
 
 /// `GET /schedules/{name}`
-#[utoipa::path(get, path = "/schedules/{name}", tag = "schedules",
+#[utoipa::path(get, path = "/schedules/{name}", security(("bearer" = ["read"])), tag = "schedules",
     summary = "Read a schedule: its next 10 fire times and its last runs with their tasks",
     params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
     responses((status = 200, description = "The schedule", body = ScheduleView),
@@ -353,7 +353,7 @@ pub async fn get(
 }
 
 /// `DELETE /schedules/{name}`
-#[utoipa::path(delete, path = "/schedules/{name}", tag = "schedules",
+#[utoipa::path(delete, path = "/schedules/{name}", security(("bearer" = ["write"])), tag = "schedules",
     summary = "Delete a schedule (its tasks stay; one created ahead for the coming second is cancelled)",
     params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
     responses((status = 204, description = "Deleted"),
@@ -370,7 +370,7 @@ pub async fn delete(
 }
 
 /// `POST /schedules/{name}/pause`
-#[utoipa::path(post, path = "/schedules/{name}/pause", tag = "schedules",
+#[utoipa::path(post, path = "/schedules/{name}/pause", security(("bearer" = ["write"])), tag = "schedules",
     summary = "Pause: no tick fires until resumed",
     params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
     responses((status = 200, description = "Paused", body = ScheduleView),
@@ -387,7 +387,7 @@ pub async fn pause(
 }
 
 /// `POST /schedules/{name}/resume`
-#[utoipa::path(post, path = "/schedules/{name}/resume", tag = "schedules",
+#[utoipa::path(post, path = "/schedules/{name}/resume", security(("bearer" = ["write"])), tag = "schedules",
     summary = "Resume at the first tick from now (the ticks of the pause do not fire)",
     params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
     responses((status = 200, description = "Active", body = ScheduleView),
@@ -404,7 +404,7 @@ pub async fn resume(
 }
 
 /// `POST /schedules/{name}/trigger`
-#[utoipa::path(post, path = "/schedules/{name}/trigger", tag = "schedules",
+#[utoipa::path(post, path = "/schedules/{name}/trigger", security(("bearer" = ["write"])), tag = "schedules",
     summary = "Fire once now, outside the clock (a paused schedule too)",
     params(("name" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "Schedule name")),
     responses((status = 201, description = "The task created, due now", body = Triggered),

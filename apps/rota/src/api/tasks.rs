@@ -292,7 +292,7 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
 }
 
 /// `POST /tasks`
-#[utoipa::path(post, path = "/tasks", tag = "tasks", summary = "Create a task",
+#[utoipa::path(post, path = "/tasks", security(("bearer" = ["write"])), tag = "tasks", summary = "Create a task",
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256,
             description = "A repeat with the same key returns the original task (200) instead of creating one")),
     request_body = CreateTask,
@@ -357,7 +357,7 @@ pub async fn create(
 }
 
 /// `POST /tasks/batch`
-#[utoipa::path(post, path = "/tasks/batch", tag = "tasks", summary = "Create up to 1,000 tasks atomically",
+#[utoipa::path(post, path = "/tasks/batch", security(("bearer" = ["write"])), tag = "tasks", summary = "Create up to 1,000 tasks atomically",
     request_body = CreateBatch,
     responses((status = 201, description = "Created (for keys that name existing tasks, those tasks)", body = BatchCreated),
               (status = 400, description = "Invalid request", body = ErrorBody),
@@ -400,7 +400,7 @@ pub async fn create_batch(
 }
 
 /// `GET /tasks/backlog`
-#[utoipa::path(get, path = "/tasks/backlog", tag = "tasks",
+#[utoipa::path(get, path = "/tasks/backlog", security(("bearer" = ["read"])), tag = "tasks",
     summary = "How many tasks are PENDING (due or not) and RUNNING: the queue's depth",
     responses((status = 200, description = "Counts", body = BacklogView),
               (status = 503, description = "Task store unreachable", body = ErrorBody)))]
@@ -426,7 +426,7 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
 }
 
 /// `GET /tasks/{id}`
-#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", summary = "Read a task",
+#[utoipa::path(get, path = "/tasks/{id}", security(("bearer" = ["read"])), tag = "tasks", summary = "Read a task",
     params(("id" = i64, Path, minimum = 1, description = "Task id")),
     responses((status = 200, description = "The task", body = TaskView),
               (status = 400, description = "Not an id", body = ErrorBody),
@@ -444,7 +444,7 @@ pub async fn get(
 }
 
 /// `GET /tasks?status=&name=&limit=&cursor=`
-#[utoipa::path(get, path = "/tasks", tag = "tasks", summary = "List tasks by increasing id",
+#[utoipa::path(get, path = "/tasks", security(("bearer" = ["read"])), tag = "tasks", summary = "List tasks by increasing id",
     params(("status" = Option<rota_client::TaskStatus>, Query, description = "Only this status"),
            ("name" = Option<String>, Query, pattern = r"^[^\u0000]*$", description = "Only this name"),
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
@@ -513,7 +513,7 @@ pub async fn list(
 }
 
 /// `DELETE /tasks/{id}`: cancels a PENDING task.
-#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", summary = "Cancel a PENDING task",
+#[utoipa::path(delete, path = "/tasks/{id}", security(("bearer" = ["write"])), tag = "tasks", summary = "Cancel a PENDING task",
     params(("id" = i64, Path, minimum = 1, description = "Task id")),
     responses((status = 200, description = "Cancelled", body = TaskView),
               (status = 400, description = "Not an id", body = ErrorBody),
