@@ -12,3 +12,4 @@ pub mod handlers;
 pub mod plan;
 pub mod roles;
 pub mod status;
+pub mod tokens;
