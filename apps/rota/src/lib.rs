@@ -1,9 +1,7 @@
-//! The `rota` binary's library: configuration, the REST API, `rota dev`, `rota plan` and
-//! `rota bench`. Kept
-//! as a library so that tests drive exactly what the binary runs.
+//! The `rota` binary's library: configuration, the REST API, the roles, `rota dev` and
+//! `rota plan`. Kept as a library so that tests drive exactly what the binary runs.
 
 pub mod api;
-pub mod bench;
 pub mod config;
 pub mod crontab;
 pub mod destinations;

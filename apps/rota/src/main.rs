@@ -40,8 +40,13 @@ enum Command {
     /// Simulate a cluster and print the assignment statistics before and after a change.
     Plan(plan::PlanArgs),
     /// Measure insert, burn-down, start lag, failover and memory on a throwaway cluster (or a
-    /// running one with --url), through the public API.
-    Bench(rota::bench::BenchArgs),
+    /// running one with --url), through the public API: runs the rota-bench program next to
+    /// this one with the same arguments (`rota bench --help` lists them).
+    Bench {
+        /// rota-bench's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Args)]
@@ -217,7 +222,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plan(args) => plan::run(&args),
         Command::Dev(args) => run_dev(args),
-        Command::Bench(args) => run_bench(args),
+        Command::Bench { args } => run_bench(args),
         Command::Init(c) => run_role(c, |config, _| async move { roles::init(&config).await }),
         Command::Controller(c) => run_role(c, |config, stop| async move {
             roles::controller(&config, stop).await
@@ -398,16 +403,36 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     })
 }
 
-fn run_bench(args: rota::bench::BenchArgs) -> anyhow::Result<()> {
-    // The clusters' own logs would interleave with the progress bars: warnings only, unless
-    // RUST_LOG says otherwise.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    tokio::runtime::Runtime::new()?.block_on(rota::bench::run(args))
+/// `rota bench`: the benchmark is a program of its own (`rota-bench`, which starts throwaway
+/// servers and plots: nothing the server needs to carry), run from here with this `rota` as
+/// the binary whose clusters it starts, because the command users know is `rota bench`.
+fn run_bench(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let this = std::env::current_exe().context("cannot find this program's path")?;
+    let bench = this.with_file_name("rota-bench");
+    if !bench.is_file() {
+        anyhow::bail!(
+            "rota bench runs {}, which is missing: build it next to rota with \
+             `cargo build --release -p rota -p rota-bench`",
+            bench.display()
+        );
+    }
+    let mut command = std::process::Command::new(&bench);
+    if !args
+        .iter()
+        .any(|a| a == "--rota" || a.to_string_lossy().starts_with("--rota="))
+    {
+        command.arg("--rota").arg(&this);
+    }
+    let status = command
+        .args(&args)
+        .status()
+        .with_context(|| format!("cannot run {}", bench.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        std::process::exit(status.code().unwrap_or(1))
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,10 +1,24 @@
-//! A small smoke run of `rota bench`, every scenario, on `dev` and on a throwaway production
+//! A small smoke run of `rota-bench`, every scenario, on `dev` and on a throwaway production
 //! cluster (ZooKeeper + PostgreSQL from the installed binaries): the command runs to the end,
 //! prints its table and writes JSON with every figure. The figures are printed, not asserted:
-//! speed is measured by running the benchmark itself, not by tests.
+//! speed is measured by running the benchmark itself, not by tests. The clusters are processes
+//! of the `rota` binary next to `rota-bench` (`cargo test --workspace` builds both).
 
 use serde_json::Value;
+use std::path::PathBuf;
 use std::process::Command;
+
+/// `rota-bench`, after checking that the `rota` it starts is built next to it.
+fn rota_bench() -> Command {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_rota-bench"));
+    let rota = bench.with_file_name("rota");
+    assert!(
+        rota.is_file(),
+        "{} is missing: build it first (cargo build -p rota, or cargo test --workspace)",
+        rota.display()
+    );
+    Command::new(bench)
+}
 
 fn bench(args: &[&str]) -> Value {
     let json = std::env::temp_dir().join(format!(
@@ -12,18 +26,17 @@ fn bench(args: &[&str]) -> Value {
         std::process::id(),
         args.join("_").replace(['/', ','], "-")
     ));
-    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
-        .arg("bench")
+    let out = rota_bench()
         .args(args)
         .arg("--json")
         .arg(&json)
         .output()
-        .expect("rota bench runs");
+        .expect("rota-bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "rota bench {args:?} failed:\n{stdout}\n{stderr}"
+        "rota-bench {args:?} failed:\n{stdout}\n{stderr}"
     );
     println!("{stdout}");
     assert!(stdout.contains("| burn-down 500 "), "{stdout}");
@@ -70,8 +83,8 @@ fn every_scenario_runs_on_dev() {
             > 1.0
     );
     // A dev cluster has no worker process to kill: asking for failover is a clear error.
-    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
-        .args(["bench", "--scenarios", "failover"])
+    let out = rota_bench()
+        .args(["--scenarios", "failover"])
         .output()
         .unwrap();
     assert!(!out.status.success());

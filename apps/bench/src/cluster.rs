@@ -1,21 +1,21 @@
-//! The cluster a benchmark measures: `rota dev` in this process, a throwaway production cluster
-//! (ZooKeeper or etcd + PostgreSQL started from the machine's installed binaries, one OS process
-//! per role, each with the default configuration), or a running cluster at a URL.
+//! The cluster a benchmark measures: `rota dev` as a process of its own, a throwaway production
+//! cluster (ZooKeeper or etcd + PostgreSQL started from the machine's installed binaries, one
+//! OS process per role, each with the default configuration), or a running cluster at a URL.
+//! Every process is the `rota` binary, with the default configuration.
 
-use crate::config::Config;
-use crate::dev::{self, DevCluster, DevOptions};
 use anyhow::{Context, bail};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use rota_client::Client;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::client::Client;
+/// The default `coordination.session_timeout_ms` of a started cluster's processes.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which cluster to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
-    /// `rota dev` in this process: in-memory coordination, SQLite.
+    /// `rota dev`: in-memory coordination, SQLite, in one process.
     Dev,
     /// One process per role on ZooKeeper (or etcd, `--coordination etcd`) and PostgreSQL.
     Production,
@@ -32,8 +32,8 @@ pub enum CoordinationKind {
 
 /// A cluster under measurement.
 pub struct Cluster {
-    /// The API's address.
-    pub api: SocketAddr,
+    /// A client of its API.
+    pub client: Client,
     /// What it is, for the report.
     pub description: String,
     /// The session timeout its processes use.
@@ -42,7 +42,7 @@ pub struct Cluster {
 }
 
 enum Kind {
-    Dev(Box<DevCluster>, PathBuf),
+    Dev { process: Proc, dir: PathBuf },
     Production(Production),
     Remote,
 }
@@ -66,40 +66,100 @@ impl Drop for Proc {
     }
 }
 
+/// The `rota` binary to start: `given`, or the one next to this program.
+pub fn rota_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()
+            .context("cannot find this program's path")?
+            .with_file_name("rota"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no rota binary at {}: build it next to rota-bench (cargo build --release -p rota \
+             -p rota-bench) or name it with --rota",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    rota_test_harness::free_port()
+}
+
+/// Starts `rota <role>` with `vars`, its output in `logs/<role>[-<id>].log`.
+fn spawn(
+    rota: &Path,
+    logs: &Path,
+    args: &[&str],
+    vars: &[(&str, String)],
+    id: Option<&str>,
+) -> anyhow::Result<Child> {
+    let log = logs.join(format!(
+        "{}{}.log",
+        args[0],
+        id.map(|i| format!("-{i}")).unwrap_or_default()
+    ));
+    let file = std::fs::File::create(&log)?;
+    let mut c = Command::new(rota);
+    c.args(args)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    if let Some(id) = id {
+        c.env("ROTA_WORKER__ID", id);
+    }
+    c.spawn()
+        .with_context(|| format!("cannot start rota {}", args[0]))
+}
+
 impl Cluster {
-    /// `rota dev` with `workers` workers and the default configuration, in this process.
-    pub async fn dev(workers: usize) -> anyhow::Result<Self> {
+    /// `rota dev` with `workers` workers and the default configuration, as a process.
+    pub async fn dev(rota: &Path, workers: usize) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("rota-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let config = Config::default();
-        let session_timeout = config.session_timeout();
-        let cluster = dev::start(DevOptions {
-            workers,
-            data_dir: dir.clone(),
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            handlers: crate::handlers::builtin(Duration::from_millis(
-                config.worker.task_timeout_ms,
-            )),
-            config,
-        })
-        .await?;
-        let api = cluster.addr;
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port();
+        let process = Proc(spawn(
+            rota,
+            &dir,
+            &[
+                "dev",
+                "--workers",
+                &workers.to_string(),
+                "--data-dir",
+                &dir.join("data").display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+            &[("RUST_LOG", "warn".to_owned())],
+            None,
+        )?);
         let this = Self {
-            api,
-            description: format!("rota dev: memory coordination + SQLite, {workers} workers"),
-            session_timeout,
-            kind: Kind::Dev(Box::new(cluster), dir),
+            client: Client::new(&format!("127.0.0.1:{port}"))?,
+            description: format!(
+                "rota dev: memory coordination + SQLite, {workers} workers, one process"
+            ),
+            session_timeout: SESSION_TIMEOUT,
+            kind: Kind::Dev { process, dir },
         };
         this.wait_until_led().await?;
         Ok(this)
     }
 
-    /// A running cluster whose API is at `addr`.
-    pub async fn remote(addr: SocketAddr) -> anyhow::Result<Self> {
+    /// A running cluster whose API is at `url`.
+    pub async fn remote(url: &str) -> anyhow::Result<Self> {
+        let client = Client::builder(url)
+            .token(std::env::var("ROTA_TOKEN").ok())
+            .build()
+            .with_context(|| format!("--url {url:?}"))?;
         let this = Self {
-            api: addr,
-            description: format!("the cluster at http://{addr}"),
-            session_timeout: Config::default().session_timeout(),
+            description: format!("the cluster at {}", client.base()),
+            client,
+            session_timeout: SESSION_TIMEOUT,
             kind: Kind::Remote,
         };
         this.wait_until_led().await?;
@@ -108,12 +168,12 @@ impl Cluster {
 
     /// A throwaway production cluster: the coordination store and a PostgreSQL with its
     /// default (durable) settings, then `rota init`, a controller, the API and `workers`
-    /// workers as separate processes of this binary, all with the default configuration.
+    /// workers as separate processes, all with the default configuration.
     pub async fn production(
+        rota: &Path,
         coordination: CoordinationKind,
         workers: usize,
     ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the rota binary")?;
         let mut servers: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
         eprintln!("starting PostgreSQL and {coordination:?} from the installed binaries ...");
         let pg = tokio::task::spawn_blocking(rota_test_harness::durable_postgres).await?;
@@ -124,20 +184,12 @@ impl Cluster {
                 "zookeeper",
                 tokio::task::spawn_blocking(|| rota_test_harness::zookeeper().endpoint()).await?,
             ),
-            CoordinationKind::Etcd => {
-                if !cfg!(feature = "etcd") {
-                    bail!(
-                        "this rota was built without etcd support: rebuild with \
-                         `cargo build --release -p rota --features etcd`"
-                    );
-                }
-                (
-                    "etcd",
-                    tokio::task::spawn_blocking(|| rota_test_harness::etcd().endpoint()).await?,
-                )
-            }
+            CoordinationKind::Etcd => (
+                "etcd",
+                tokio::task::spawn_blocking(|| rota_test_harness::etcd().endpoint()).await?,
+            ),
         };
-        let api: SocketAddr = format!("127.0.0.1:{}", rota_test_harness::free_port()).parse()?;
+        let api = format!("127.0.0.1:{}", free_port());
         let logs = std::env::temp_dir().join(format!("rota-bench-logs-{}", std::process::id()));
         std::fs::create_dir_all(&logs)?;
         let vars = [
@@ -145,47 +197,35 @@ impl Cluster {
             ("ROTA_COORDINATION__ENDPOINTS", format!("[\"{endpoint}\"]")),
             ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
             ("ROTA_STORAGE__URL", url),
-            ("ROTA_API__LISTEN", api.to_string()),
+            ("ROTA_API__LISTEN", api.clone()),
             ("RUST_LOG", "warn".to_owned()),
         ];
-        let spawn = |role: &str, id: Option<&str>| -> anyhow::Result<Child> {
-            let log = logs.join(format!(
-                "{role}{}.log",
-                id.map(|i| format!("-{i}")).unwrap_or_default()
-            ));
-            let file = std::fs::File::create(&log)?;
-            let mut c = Command::new(&exe);
-            c.arg(role)
-                .envs(vars.iter().cloned())
-                .stdin(Stdio::null())
-                .stdout(file.try_clone()?)
-                .stderr(file);
-            if let Some(id) = id {
-                c.env("ROTA_WORKER__ID", id);
-            }
-            c.spawn()
-                .with_context(|| format!("cannot start rota {role}"))
-        };
-        let mut init = spawn("init", None)?;
+        let mut init = spawn(rota, &logs, &["init"], &vars, None)?;
         let status = tokio::task::spawn_blocking(move || init.wait()).await??;
         if !status.success() {
             let log = std::fs::read_to_string(logs.join("init.log")).unwrap_or_default();
+            if log.contains("built without etcd") || log.contains("--features etcd") {
+                bail!("this rota was built without etcd support: rebuild it with --features etcd");
+            }
             bail!("rota init failed:\n{log}");
         }
-        let controller = Proc(spawn("controller", None)?);
-        let api_proc = Proc(spawn("api", None)?);
+        let controller = Proc(spawn(rota, &logs, &["controller"], &vars, None)?);
+        let api_proc = Proc(spawn(rota, &logs, &["api"], &vars, None)?);
         let mut worker_procs = Vec::new();
         for n in 1..=workers {
             let id = format!("bench-worker-{n}");
-            worker_procs.push((id.clone(), Proc(spawn("worker", Some(&id))?)));
+            worker_procs.push((
+                id.clone(),
+                Proc(spawn(rota, &logs, &["worker"], &vars, Some(&id))?),
+            ));
         }
         let this = Self {
-            api,
+            client: Client::new(&api)?,
             description: format!(
                 "production: {backend} + PostgreSQL (default settings), 1 controller, 1 API, \
                  {workers} workers, one process each"
             ),
-            session_timeout: Config::default().session_timeout(),
+            session_timeout: SESSION_TIMEOUT,
             kind: Kind::Production(Production {
                 workers: worker_procs,
                 api: api_proc,
@@ -200,20 +240,15 @@ impl Cluster {
 
     /// Waits until the API is ready and every partition has a leader.
     async fn wait_until_led(&self) -> anyhow::Result<()> {
-        let mut client = Client::new(self.api);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ready = matches!(client.request("GET", "/readyz", None).await, Ok((200, _)));
-            if ready {
-                if let Ok(status) = client.get("/cluster").await {
-                    let led = status["partitions"].as_array().is_some_and(|ps| {
-                        !ps.is_empty()
-                            && ps.iter().all(|p| {
-                                p["holders"]
-                                    .as_array()
-                                    .is_some_and(|hs| hs.iter().any(|h| h["state"] == "MASTER"))
-                            })
-                    });
+            if self.client.readyz().await.is_ok() {
+                if let Ok(status) = self.client.cluster().await {
+                    let led = !status.partitions.is_empty()
+                        && status
+                            .partitions
+                            .iter()
+                            .all(|p| p.holders.iter().any(|h| h.state == "MASTER"));
                     if led {
                         return Ok(());
                     }
@@ -232,7 +267,8 @@ impl Cluster {
     fn log_hint(&self) -> String {
         match &self.kind {
             Kind::Production(p) => format!(" (process logs in {})", p.logs.display()),
-            _ => String::new(),
+            Kind::Dev { dir, .. } => format!(" (its log in {})", dir.display()),
+            Kind::Remote => String::new(),
         }
     }
 
@@ -261,7 +297,7 @@ impl Cluster {
     }
 
     /// Peak resident memory (bytes) of each measured process: the workers and the API of a
-    /// production target, or this whole process for `dev`.
+    /// production target, or the `rota dev` process.
     pub fn peak_rss(&self) -> Vec<(String, u64)> {
         match &self.kind {
             Kind::Production(p) => {
@@ -275,18 +311,18 @@ impl Cluster {
                 }
                 out
             }
-            Kind::Dev(..) => peak_rss_of(std::process::id())
-                .map(|b| vec![("rota dev (whole process, with the benchmark)".into(), b)])
+            Kind::Dev { process, .. } => peak_rss_of(process.0.id())
+                .map(|b| vec![("rota dev (the whole cluster)".into(), b)])
                 .unwrap_or_default(),
             Kind::Remote => Vec::new(),
         }
     }
 
-    /// Stops the cluster (gracefully for `dev`), removing its data.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Stops the cluster, removing its data.
+    pub fn stop(self) {
         match self.kind {
-            Kind::Dev(cluster, dir) => {
-                cluster.stop().await?;
+            Kind::Dev { process, dir } => {
+                drop(process);
                 let _ = std::fs::remove_dir_all(dir);
             }
             Kind::Production(p) => {
@@ -296,7 +332,6 @@ impl Cluster {
             }
             Kind::Remote => {}
         }
-        Ok(())
     }
 }
 
