@@ -41,7 +41,8 @@ mod schedules;
 mod tasks;
 
 pub use operations::{
-    ClusterStatus, ErrorBody, ErrorCode, Health, Holder, InstanceStatus, Leader, PartitionStatus,
+    ClusterStatus, ErrorBody, ErrorCode, Health, Holder, InstanceStatus, Leader, Maintenance,
+    PartitionStatus,
 };
 pub use schedules::{
     Missed, RunView, ScheduleBody, SchedulePage, ScheduleView, TaskBody, Triggered,
@@ -474,6 +475,41 @@ impl Client {
     /// `GET /cluster`: leader, instances, partitions (needs the `admin` scope).
     pub async fn cluster(&self) -> Result<ClusterStatus, Error> {
         self.get("/cluster").await
+    }
+
+    /// `POST /cluster/instances/{id}/enable` or `.../disable`: gives an instance replicas
+    /// again, or moves every replica off it (it stays connected).
+    pub async fn set_instance_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+    ) -> Result<ClusterStatus, Error> {
+        let action = if enabled { "enable" } else { "disable" };
+        self.post_empty(
+            &format!("/cluster/instances/{}/{action}", escape(id)),
+            &[StatusCode::OK],
+        )
+        .await
+    }
+
+    /// `PUT /cluster/maintenance`: nothing moves (except to restore lost top states) while on.
+    pub async fn set_maintenance(&self, on: bool) -> Result<ClusterStatus, Error> {
+        let (_, status) = self
+            .call(
+                "PUT",
+                "/cluster/maintenance",
+                &[],
+                Some(&Maintenance { on }),
+                &[StatusCode::OK],
+            )
+            .await?;
+        Ok(status)
+    }
+
+    /// `POST /cluster/rebalance`: asks the leading controller to reconcile now.
+    pub async fn rebalance(&self) -> Result<ClusterStatus, Error> {
+        self.post_empty("/cluster/rebalance", &[StatusCode::ACCEPTED])
+            .await
     }
 
     /// `GET /healthz`: the process is up.

@@ -71,6 +71,15 @@ pub struct Holder {
     pub state: String,
 }
 
+/// `PUT /cluster/maintenance` body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    /// Maintenance mode: nothing moves except to restore lost top states.
+    pub on: bool,
+}
+
 /// `GET /healthz` and `GET /readyz` when they are well.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]

@@ -30,10 +30,15 @@ enum Command {
     Api(ConfigArg),
     /// Run a worker.
     Worker(ConfigArg),
-    /// Operate the cluster.
+    /// Operate the cluster: through its API with --url (any cluster, `rota dev` too; the
+    /// token in ROTA_TOKEN), else straight on the stores of --config.
     Admin {
         #[command(flatten)]
         config: ConfigArg,
+        /// The cluster's API (http://host:port, https://..., or host:port): every action goes
+        /// through it instead of the stores.
+        #[arg(long, global = true)]
+        url: Option<String>,
         #[command(subcommand)]
         action: AdminAction,
     },
@@ -52,7 +57,7 @@ enum Command {
 #[derive(Args)]
 struct ConfigArg {
     /// A TOML configuration file (see configs/); ROTA_* environment variables override it.
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
 }
 
@@ -240,11 +245,16 @@ fn main() -> ExitCode {
         } => match action {
             TokenAction::Create { name, scopes } => create_token(name, scopes),
         },
-        Command::Admin { config, action } => {
+        Command::Admin {
+            config,
+            url,
+            action,
+        } => {
+            use rota::admin::AdminCommand;
             let command = match action {
                 AdminAction::Schedules { action } => {
-                    use roles::ScheduleCommand as C;
-                    roles::AdminCommand::Schedules(match action {
+                    use rota::admin::ScheduleCommand as C;
+                    AdminCommand::Schedules(match action {
                         ScheduleAction::List => C::List,
                         ScheduleAction::Show { name } => C::Show(name),
                         ScheduleAction::Put(put) => match (*put).entry() {
@@ -260,18 +270,19 @@ fn main() -> ExitCode {
                         ScheduleAction::Trigger { name } => C::Trigger(name),
                     })
                 }
-                AdminAction::Status => roles::AdminCommand::Status,
-                AdminAction::Enable { id } => roles::AdminCommand::Enable(id, true),
-                AdminAction::Disable { id } => roles::AdminCommand::Enable(id, false),
-                AdminAction::Maintenance { state } => {
-                    roles::AdminCommand::Maintenance(state == "on")
-                }
-                AdminAction::Rebalance => roles::AdminCommand::Rebalance,
+                AdminAction::Status => AdminCommand::Status,
+                AdminAction::Enable { id } => AdminCommand::Enable(id, true),
+                AdminAction::Disable { id } => AdminCommand::Enable(id, false),
+                AdminAction::Maintenance { state } => AdminCommand::Maintenance(state == "on"),
+                AdminAction::Rebalance => AdminCommand::Rebalance,
                 AdminAction::Token { .. } => unreachable!("handled above"),
             };
-            run_role(config, move |config, _| async move {
-                roles::admin(&config, command).await
-            })
+            match url {
+                Some(url) => admin_through_api(&url, command),
+                None => run_role(config, move |config, _| async move {
+                    rota::admin::direct(&config, command).await
+                }),
+            }
         }
     };
     match result {
@@ -401,6 +412,14 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         println!("rota dev: stopped");
         Ok(())
     })
+}
+
+/// `rota admin --url ...`: through the API, with the token in `ROTA_TOKEN`.
+fn admin_through_api(url: &str, command: rota::admin::AdminCommand) -> anyhow::Result<()> {
+    let client = rota_client::Client::builder(url)
+        .token(std::env::var("ROTA_TOKEN").ok())
+        .build()?;
+    tokio::runtime::Runtime::new()?.block_on(rota::admin::through_api(&client, command))
 }
 
 /// `rota bench`: the benchmark is a program of its own (`rota-bench`, which starts throwaway

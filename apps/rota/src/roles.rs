@@ -9,10 +9,9 @@ use anyhow::{Context, bail};
 use rota_cluster::admin::Admin;
 use rota_cluster::controller::{Controller, ControllerConfig, ControllerStatus};
 use rota_cluster::coordination::reconnecting::Reconnecting;
-use rota_cluster::coordination::{Coordination, CreateMode, Session};
+use rota_cluster::coordination::{Coordination, Session};
 use rota_cluster::keys::ClusterKeys;
 use rota_cluster::participant::{Participant, ParticipantConfig, ParticipantStatus};
-use rota_model::InstanceId;
 use rota_model::{InstanceConfig, ResourceConfig};
 use rota_scheduler::metrics::Metrics;
 use rota_scheduler::worker::{Worker, wall_clock_ms};
@@ -126,7 +125,7 @@ fn timeout(config: &Config) -> Duration {
     config.session_timeout()
 }
 
-async fn session(config: &Config) -> anyhow::Result<Arc<dyn Session>> {
+pub(crate) async fn session(config: &Config) -> anyhow::Result<Arc<dyn Session>> {
     let store = coordination(config)?;
     let session = store.connect(timeout(config)).await;
     match session {
@@ -173,7 +172,7 @@ async fn unreachable(endpoints: &[String]) -> String {
 /// The cluster's `tasks` resource as `rota init` stored it: every role starts from it, refusing a
 /// cluster that was never initialised and a configuration whose partitions or replicas differ
 /// from the cluster's (an API that spread tasks over partitions nobody owns would lose them).
-async fn initialised(config: &Config) -> anyhow::Result<ResourceConfig> {
+pub(crate) async fn initialised(config: &Config) -> anyhow::Result<ResourceConfig> {
     let session = session(config).await?;
     let keys = ClusterKeys::new(&config.cluster.name);
     let stored = session.get(&keys.resource_config(TASKS_RESOURCE)).await;
@@ -426,153 +425,5 @@ pub async fn worker(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow:
     // shutdown, so its partitions move at once instead of after the session timeout.
     participant.run(shutdown).await?;
     runner.await?;
-    Ok(())
-}
-
-/// What `rota admin` can do.
-pub enum AdminCommand {
-    /// Print the cluster's status as JSON.
-    Status,
-    /// Enable or disable an instance.
-    Enable(String, bool),
-    /// Maintenance mode on or off.
-    Maintenance(bool),
-    /// Ask the controller to reconcile now.
-    Rebalance,
-    /// Schedules.
-    Schedules(ScheduleCommand),
-}
-
-/// What `rota admin schedules` can do.
-pub enum ScheduleCommand {
-    /// Every schedule, as JSON.
-    List,
-    /// One schedule with its next fire times and last runs, as JSON.
-    Show(String),
-    /// Create or replace one.
-    Put(Box<crate::crontab::ScheduleEntry>),
-    /// Delete one.
-    Delete(String),
-    /// Pause one.
-    Pause(String),
-    /// Resume one.
-    Resume(String),
-    /// Fire one now, once.
-    Trigger(String),
-}
-
-/// `rota admin schedules ...`: straight on the task store, like the API.
-async fn schedules_admin(config: &Config, command: ScheduleCommand) -> anyhow::Result<()> {
-    use crate::api::schedules::view_of;
-    use rota_scheduler::schedule::{self, PutMode};
-    let resource = initialised(config).await?;
-    let store = task_store(config, &Arc::default()).await?;
-    let (store, partitions, now) = (&*store, resource.partitions, wall_clock_ms());
-    match command {
-        ScheduleCommand::List => {
-            let mut views = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let page = store.schedules(after.as_deref(), 500).await?;
-                let last = page.last().map(|s| s.def.name.clone());
-                for s in page {
-                    views.push(view_of(store, s, false).await?);
-                }
-                match last {
-                    Some(last) if views.len() % 500 == 0 => after = Some(last),
-                    _ => break,
-                }
-            }
-            print(&views)?;
-        }
-        ScheduleCommand::Show(name) => match store.schedule(&name).await? {
-            Some(s) => print(&view_of(store, s, true).await?)?,
-            None => anyhow::bail!("no schedule named {name:?}"),
-        },
-        ScheduleCommand::Put(entry) => {
-            let def = entry
-                .definition(now)
-                .map_err(|e| anyhow::anyhow!("schedule {:?}: {e}", entry.name))?;
-            let (s, outcome) = schedule::put(store, def, PutMode::Replace, partitions, now).await?;
-            eprintln!("schedule {:?}: {outcome:?}", s.def.name);
-            print(&view_of(store, s, false).await?)?;
-        }
-        ScheduleCommand::Delete(name) => {
-            schedule::delete(store, &name, now).await?;
-            eprintln!("schedule {name:?} deleted");
-        }
-        ScheduleCommand::Pause(name) => {
-            let s = schedule::pause(store, &name, partitions, now).await?;
-            print(&view_of(store, s, false).await?)?;
-        }
-        ScheduleCommand::Resume(name) => {
-            let s = schedule::resume(store, &name, partitions, now).await?;
-            print(&view_of(store, s, false).await?)?;
-        }
-        ScheduleCommand::Trigger(name) => {
-            let (_, task) = schedule::trigger(store, &name, partitions, now).await?;
-            print(&crate::api::tasks::view(task))?;
-        }
-    }
-    Ok(())
-}
-
-/// Prints `value` as pretty JSON on stdout.
-fn print<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
-}
-/// `rota admin ...`
-pub async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
-    let command = match command {
-        AdminCommand::Schedules(c) => return schedules_admin(config, c).await,
-        other => other,
-    };
-    initialised(config).await?;
-    let session = session(config).await?;
-    let keys = ClusterKeys::new(&config.cluster.name);
-    let admin = Admin::new(session.clone(), &config.cluster.name);
-    match command {
-        AdminCommand::Status => {
-            let view = ClusterView {
-                session: session.clone(),
-                keys,
-            };
-            let status = crate::status::cluster_status(
-                &view,
-                config.cluster.partitions,
-                &redact_url(&config.storage.url),
-            )
-            .await?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
-        }
-        AdminCommand::Enable(id, enabled) => {
-            admin.set_enabled(&InstanceId::new(&id), enabled).await?;
-            println!(
-                "instance {id} {}",
-                if enabled { "enabled" } else { "disabled" }
-            );
-        }
-        AdminCommand::Maintenance(on) => {
-            admin.set_maintenance(on).await?;
-            println!("maintenance {}", if on { "on" } else { "off" });
-        }
-        AdminCommand::Schedules(_) => unreachable!("handled above"),
-        AdminCommand::Rebalance => {
-            // Any change under the cluster root wakes the leading controller.
-            let key = format!("{}/CONTROLLER/REBALANCE", keys.root());
-            let stamp = wall_clock_ms().to_string().into_bytes();
-            match session.set(&key, stamp.clone(), None).await {
-                Err(rota_cluster::coordination::CoordError::NotFound(_)) => {
-                    session.create(&key, stamp, CreateMode::Persistent).await?
-                }
-                other => {
-                    other?;
-                }
-            }
-            println!("rebalance requested");
-        }
-    }
-    let _ = session.close().await;
     Ok(())
 }

@@ -393,3 +393,103 @@ async fn the_http_handler_refuses_what_http_allow_does_not_permit_and_signs_what
         "the receiver verified one request"
     );
 }
+
+/// `rota admin --url` reaches `rota dev` through its API: status, an instance disabled and
+/// enabled again, maintenance, a reconcile, and a schedule put, shown, paused and triggered;
+/// `--config` is taken after the subcommand too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rota_admin_reaches_dev_through_its_api() {
+    let (dir, recorder) = (data_dir("admin"), Recorder::default());
+    let cluster = start(&dir, &recorder).await;
+    let url = format!("http://{}", cluster.addr);
+    let admin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+            .args(["admin", "--url", &url])
+            .args(args)
+            .env_remove("ROTA_TOKEN")
+            .output()
+            .expect("rota admin runs");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success(),
+            "rota admin {args:?}: {stdout}{stderr}"
+        );
+        stdout
+    };
+    let status: Value = serde_json::from_str(&admin(&["status"])).unwrap();
+    let instances = status["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 3, "{status}");
+    assert_eq!(status["partitions"].as_array().unwrap().len(), 12);
+    let first = instances[0]["id"].as_str().unwrap().to_owned();
+    assert!(admin(&["disable", &first]).contains("disabled"));
+    let status: Value = serde_json::from_str(&admin(&["status"])).unwrap();
+    let instance = |s: &Value| {
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == first.as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(instance(&status)["enabled"], false);
+    admin(&["enable", &first]);
+    let status: Value = serde_json::from_str(&admin(&["status"])).unwrap();
+    assert_eq!(instance(&status)["enabled"], true);
+    assert!(admin(&["maintenance", "on"]).contains("maintenance on"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&admin(&["status"])).unwrap()["maintenance"],
+        true
+    );
+    admin(&["maintenance", "off"]);
+    assert!(admin(&["rebalance"]).contains("rebalance requested"));
+    let put: Value = serde_json::from_str(&admin(&[
+        "schedules",
+        "put",
+        "--name",
+        "beat",
+        "--every",
+        "1h",
+        "--task-name",
+        "beat",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (put["name"].as_str(), put["every"].as_str()),
+        (Some("beat"), Some("1h"))
+    );
+    let paused: Value = serde_json::from_str(&admin(&["schedules", "pause", "beat"])).unwrap();
+    assert_eq!(paused["paused"], true);
+    let task: Value = serde_json::from_str(&admin(&["schedules", "trigger", "beat"])).unwrap();
+    assert_eq!(task["name"], "beat");
+    let list: Value = serde_json::from_str(&admin(&["schedules", "list"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let shown: Value = serde_json::from_str(&admin(&["schedules", "show", "beat"])).unwrap();
+    assert_eq!(shown["lastRuns"][0]["taskId"], task["id"]);
+    // An unknown instance is the API's 404, said as such.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["admin", "--url", &url, "disable", "nobody"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("HTTP 404") && error.contains("unknown instance"),
+        "{error}"
+    );
+    // --config after the subcommand is the option, not a usage error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["admin", "status", "--config", "/nonexistent/rota.toml"])
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && error.contains("/nonexistent/rota.toml"),
+        "{error}"
+    );
+    assert!(!error.contains("unexpected argument"), "{error}");
+    cluster.stop().await.unwrap();
+}

@@ -173,6 +173,7 @@ async fn matrix(client: &reqwest::Client, base: &str, callers: &Callers) -> Vec<
             ("post", "/tasks") => Some(task.clone()),
             ("post", "/tasks/batch") => Some(json!({"tasks": [task.clone()]})),
             ("post", "/schedules") | ("put", "/schedules/{name}") => Some(schedule),
+            ("put", "/cluster/maintenance") => Some(json!({"on": false})),
             _ => None,
         };
         for (caller, token, scopes) in &who {

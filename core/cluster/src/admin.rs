@@ -27,6 +27,11 @@ impl Admin {
         }
     }
 
+    /// Operates on the cluster whose keys are `keys` through `session`.
+    pub fn with_keys(session: Arc<dyn Session>, keys: ClusterKeys) -> Self {
+        Self { session, keys }
+    }
+
     /// The cluster's keys.
     pub fn keys(&self) -> &ClusterKeys {
         &self.keys
@@ -178,6 +183,22 @@ impl Admin {
     pub async fn set_maintenance(&self, on: bool) -> Result<(), ClusterError> {
         self.update::<ClusterConfig>(&self.keys.cluster_config(), |c| c.maintenance = on)
             .await
+    }
+
+    /// Asks the leading controller to reconcile now: a write under the cluster's root, which
+    /// wakes it (`now_ms` is recorded, for people reading the store).
+    pub async fn request_rebalance(&self, now_ms: u64) -> Result<(), ClusterError> {
+        let key = self.keys.rebalance_request();
+        let stamp = now_ms.to_string().into_bytes();
+        match self.session.set(&key, stamp.clone(), None).await {
+            Err(CoordError::NotFound(_)) => {
+                self.session
+                    .create(&key, stamp, CreateMode::Persistent)
+                    .await?;
+                Ok(())
+            }
+            other => other.map(|_| ()).map_err(Into::into),
+        }
     }
 
     /// Sets the limits on transitions in flight.

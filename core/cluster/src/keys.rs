@@ -14,6 +14,7 @@
 //! {root}/CONTROLLER/LEADER                        LeaderRecord (ephemeral)
 //! {root}/CONTROLLER/EPOCH                         leader epoch counter; its version fences
 //! {root}/CONTROLLER/HISTORY                       ControllerHistory
+//! {root}/CONTROLLER/REBALANCE                     when an operator last asked for a reconcile
 //! ```
 
 use rota_model::{InstanceId, SessionId};
@@ -140,6 +141,12 @@ impl ClusterKeys {
     /// Leadership history.
     pub fn history(&self) -> String {
         format!("{}/CONTROLLER/HISTORY", self.root)
+    }
+
+    /// Written by an operator who asks for a reconcile now (any change under the root wakes
+    /// the leading controller).
+    pub fn rebalance_request(&self) -> String {
+        format!("{}/CONTROLLER/REBALANCE", self.root)
     }
 
     /// What live instances offer (ephemeral, one per instance).

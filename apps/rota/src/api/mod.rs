@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod catalog;
+mod cluster;
 pub mod error;
 mod openapi;
 pub mod schedules;
@@ -118,24 +119,6 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, Api
     Ok(axum::Json(Health {
         status: "ready".into(),
     }))
-}
-
-#[utoipa::path(get, path = "/cluster", security(("bearer" = ["admin"])), tag = "operations",
-    summary = "Controller leader, instances, partitions with holders, states and epochs",
-    responses((status = 200, description = "Cluster status", body = rota_client::ClusterStatus),
-              (status = 503, description = "Coordination store unreachable", body = error::ErrorBody)))]
-async fn cluster(
-    State(state): State<AppState>,
-) -> Result<axum::Json<rota_client::ClusterStatus>, ApiError> {
-    let Some(view) = &state.cluster else {
-        return Err(ApiError::unavailable(
-            "this process has no view of the cluster",
-        ));
-    };
-    crate::status::cluster_status(view, state.partitions, &state.storage)
-        .await
-        .map(axum::Json)
-        .map_err(|e| ApiError::unavailable(format!("coordination store: {e}")))
 }
 
 #[utoipa::path(get, path = "/metrics", security(("bearer" = ["read"])), tag = "operations", summary = "This process's metrics (OpenMetrics text)",

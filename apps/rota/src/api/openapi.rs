@@ -6,7 +6,7 @@
 //! `api.open_metrics`.
 
 use super::auth::{Access, Scope};
-use super::{AppState, schedules, tasks};
+use super::{AppState, cluster, schedules, tasks};
 use serde_json::{Value, json};
 use std::sync::OnceLock;
 use utoipa::OpenApi;
@@ -38,7 +38,11 @@ pub(super) fn declared() -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
         .routes(routes!(schedules::trigger))
-        .routes(routes!(super::cluster))
+        .routes(routes!(cluster::get))
+        .routes(routes!(cluster::enable))
+        .routes(routes!(cluster::disable))
+        .routes(routes!(cluster::maintenance))
+        .routes(routes!(cluster::rebalance))
         .routes(routes!(super::healthz))
         .routes(routes!(super::readyz))
         .routes(routes!(super::metrics))
@@ -183,6 +187,10 @@ mod tests {
         assert_eq!(access_of("get", "/metrics"), Access::Metrics);
         assert_eq!(access_of("get", "/healthz"), Access::Open);
         assert_eq!(access_of("get", "/nowhere"), Access::Needs(Scope::Admin));
-        assert_eq!(routes().len(), 19);
+        assert_eq!(
+            access_of("put", "/cluster/maintenance"),
+            Access::Needs(Scope::Admin)
+        );
+        assert_eq!(routes().len(), 23);
     }
 }
