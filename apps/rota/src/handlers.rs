@@ -261,37 +261,36 @@ mod tests {
         t
     }
 
-    /// A receiver on loopback that verifies each request's signature with `secret`; how many
-    /// it verified (and none it could not).
-    async fn receiver(secret: &'static str) -> (u16, Arc<std::sync::Mutex<Vec<bool>>>) {
-        let verified: Arc<std::sync::Mutex<Vec<bool>>> = Arc::default();
-        let record = verified.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-                let record = record.clone();
-                async move {
-                    let header = headers
-                        .get("x-rota-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
-                    let t: i64 = header
-                        .split(',')
-                        .find_map(|p| p.strip_prefix("t="))
-                        .and_then(|t| t.parse().ok())
-                        .unwrap_or(0);
-                    let now = rota_scheduler::worker::wall_clock_ms();
-                    let ok = (now - t).abs() < 60_000 && header == signature(secret, t, &body);
-                    record.lock().unwrap().push(ok);
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (port, verified)
+    /// The test receiver on loopback; its port and what it records.
+    async fn receiver() -> (u16, rota_test_harness::receiver::Log) {
+        let log = rota_test_harness::receiver::Log::default();
+        let url = rota_test_harness::receiver::start(
+            log.clone(),
+            Duration::ZERO,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        )
+        .await;
+        let port = reqwest::Url::parse(&url).unwrap().port().unwrap();
+        (port, log)
+    }
+
+    /// Whether each request `log` recorded verifies with `secret`, in arrival order.
+    fn verified(log: &rota_test_harness::receiver::Log, secret: &str) -> Vec<bool> {
+        let log = log.lock().unwrap();
+        let mut runs: Vec<_> = log.values().flatten().collect();
+        runs.sort_by_key(|r| r.start);
+        runs.iter()
+            .map(|r| {
+                let t: i64 = r
+                    .signature
+                    .split(',')
+                    .find_map(|p| p.strip_prefix("t="))
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                let now = rota_scheduler::worker::wall_clock_ms();
+                (now - t).abs() < 60_000 && r.signature == signature(secret, t, &r.body)
+            })
+            .collect()
     }
 
     fn handler(allow: &[&str], secret: &str) -> HttpHandler {
@@ -306,7 +305,7 @@ mod tests {
     #[tokio::test]
     async fn the_handler_refuses_metadata_unlisted_hosts_and_names_resolving_elsewhere() {
         const SECRET: &str = "the-receivers-secret";
-        let (port, verified) = receiver(SECRET).await;
+        let (port, log) = receiver().await;
         let post = |url: String| task(serde_json::json!({"url": url, "body": {"n": 1}}));
         let cases = [
             // The metadata address, with the default (empty) list and with a permissive one.
@@ -355,25 +354,20 @@ mod tests {
                 "{url} with {allow:?}: {err}"
             );
         }
-        assert!(
-            verified.lock().unwrap().is_empty(),
-            "a refused request arrived"
-        );
+        assert!(log.lock().unwrap().is_empty(), "a refused request arrived");
         // Allowed by name and by network: sent, signed, verified by the receiver.
         for allow in [vec!["localhost"], vec!["127.0.0.0/8"], vec![]] {
             handler(&allow, SECRET)
-                .run(&post(format!("http://localhost:{port}/hook")))
+                .run(&post(format!("http://localhost:{port}/run")))
                 .await
                 .unwrap_or_else(|e| panic!("allowed by {allow:?}: {e}"));
         }
-        assert_eq!(*verified.lock().unwrap(), vec![true, true, true]);
-        // A receiver with another secret would not verify it.
-        let (other_port, other) = receiver("not-the-senders-secret").await;
-        handler(&[], SECRET)
-            .run(&post(format!("http://127.0.0.1:{other_port}/hook")))
-            .await
-            .unwrap();
-        assert_eq!(*other.lock().unwrap(), vec![false]);
+        assert_eq!(verified(&log, SECRET), vec![true, true, true]);
+        // A receiver with another secret would not verify them.
+        assert_eq!(
+            verified(&log, "not-the-senders-secret"),
+            vec![false, false, false]
+        );
     }
 
     #[test]

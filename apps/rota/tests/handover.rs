@@ -15,7 +15,7 @@ mod common;
 use common::{Env, Proc, http, wait_for};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SESSION_MS: u64 = 4_000;
@@ -24,59 +24,11 @@ const SESSION_MS: u64 = 4_000;
 const WORK: Duration = Duration::from_secs(3);
 const WAVE: usize = 24;
 
-/// One run at the receiver; `end` is `None` while it goes on. `caller_done` is when the
-/// worker stopped waiting for it: the answer, or the connection closed under it (an aborted
-/// handler).
-#[derive(Clone, Debug)]
-struct Run {
-    worker: String,
-    start: Instant,
-    end: Option<Instant>,
-    caller_done: Option<Instant>,
-}
+use rota_test_harness::receiver::Log;
 
-type Log = Arc<Mutex<HashMap<i64, Vec<Run>>>>;
-
-/// The receiver: records each request's start at once and its end after `work`, finishing the
-/// run even if the worker hangs up meanwhile.
+/// The receiver on loopback, each run taking `work`.
 async fn receiver(log: Log, work: Duration) -> String {
-    let app = axum::Router::new().route(
-        "/run",
-        axum::routing::post(move |headers: axum::http::HeaderMap| {
-            let log = log.clone();
-            async move {
-                let header = |name: &str| common::header(&headers, name);
-                let id: i64 = header("x-rota-task-id").parse().unwrap_or(-1);
-                let index = {
-                    let mut log = log.lock().unwrap();
-                    let runs = log.entry(id).or_default();
-                    runs.push(Run {
-                        worker: header("x-rota-worker"),
-                        start: Instant::now(),
-                        end: None,
-                        caller_done: None,
-                    });
-                    runs.len() - 1
-                };
-                // When the worker stops waiting: the answer, or the connection dropped.
-                let caller_log = log.clone();
-                let _caller = common::OnDrop(Some(move || {
-                    caller_log.lock().unwrap().get_mut(&id).unwrap()[index].caller_done =
-                        Some(Instant::now());
-                }));
-                let work = tokio::spawn(async move {
-                    tokio::time::sleep(work).await;
-                    log.lock().unwrap().get_mut(&id).unwrap()[index].end = Some(Instant::now());
-                });
-                let _ = work.await;
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/run", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    rota_test_harness::receiver::start(log, work, std::net::Ipv4Addr::LOCALHOST.into()).await
 }
 
 /// Submits a wave of tasks due now; returns their ids.

@@ -14,51 +14,25 @@
 
 mod common;
 
-use axum::http::HeaderMap;
 use common::{Env, Proc, http, wait_for};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TASKS: usize = 20_000;
 const SESSION_MS: u64 = 4_000;
 
-#[derive(Clone, Debug)]
-struct Execution {
-    worker: String,
-    epoch: u64,
-    start: Instant,
-    end: Instant,
-}
+use rota_test_harness::receiver::Log;
 
-type Log = Arc<Mutex<HashMap<i64, Vec<Execution>>>>;
-
-/// The receiver: records each request as one execution, then answers 200 after 5 ms.
+/// The receiver on loopback: records each run as it starts, then answers 200 after 5 ms.
 async fn receiver(log: Log) -> String {
-    let app = axum::Router::new().route(
-        "/run",
-        axum::routing::post(move |headers: HeaderMap| {
-            let log = log.clone();
-            async move {
-                let start = Instant::now();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                let header = |name: &str| common::header(&headers, name);
-                let id: i64 = header("x-rota-task-id").parse().unwrap_or(-1);
-                log.lock().unwrap().entry(id).or_default().push(Execution {
-                    worker: header("x-rota-worker"),
-                    epoch: header("x-rota-epoch").parse().unwrap_or(0),
-                    start,
-                    end: Instant::now(),
-                });
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/run", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    rota_test_harness::receiver::start(
+        log,
+        Duration::from_millis(5),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    )
+    .await
 }
 
 /// One run at a time: each takes both cores.
@@ -368,8 +342,12 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
                 "task {id} ran twice without w2: {runs:?}"
             );
             for pair in runs.windows(2) {
+                // The worker of the earlier run stopped waiting for it (its answer, or the
+                // connection dropped as the worker died) before the later one began.
                 assert!(
-                    pair[0].end <= pair[1].start,
+                    pair[0]
+                        .caller_done
+                        .is_some_and(|done| done <= pair[1].start),
                     "task {id} ran on two workers at once: {runs:?}"
                 );
             }
@@ -415,7 +393,9 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
             runs.sort_by_key(|e| e.start);
             for pair in runs.windows(2) {
                 assert!(
-                    pair[0].end <= pair[1].start,
+                    pair[0]
+                        .caller_done
+                        .is_some_and(|done| done <= pair[1].start),
                     "{key} ran twice at once: {runs:?}"
                 );
             }

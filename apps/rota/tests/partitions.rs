@@ -63,65 +63,19 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// One run at the receiver (times in ms since the epoch, as PostgreSQL's clock gives them).
-#[derive(Clone, Debug)]
-struct Run {
-    worker: String,
-    epoch: u64,
-    start: i64,
-    /// When the worker stopped waiting: the answer sent, or the connection dropped under it.
-    caller_done: Option<i64>,
-}
+use rota_test_harness::receiver::{Log, Run};
 
-type Log = Arc<Mutex<HashMap<i64, Vec<Run>>>>;
-
-/// The receiver, on the test's own address on the network: records each run and answers 200
-/// after [`WORK`].
+/// The receiver, on the test's own address on the network: records each run (its times in ms
+/// since the epoch compare with PostgreSQL's clock) and answers 200 after [`WORK`].
 async fn receiver(log: Log, on: std::net::Ipv4Addr) -> String {
-    let app = axum::Router::new().route(
-        "/run",
-        axum::routing::post(move |headers: axum::http::HeaderMap| {
-            let log = log.clone();
-            async move {
-                let header = |name: &str| common::header(&headers, name);
-                let id: i64 = header("x-rota-task-id").parse().unwrap_or(-1);
-                let index = {
-                    let mut log = log.lock().unwrap();
-                    let runs = log.entry(id).or_default();
-                    runs.push(Run {
-                        worker: header("x-rota-worker"),
-                        epoch: header("x-rota-epoch").parse().unwrap_or(0),
-                        start: now_ms(),
-                        caller_done: None,
-                    });
-                    runs.len() - 1
-                };
-                // When the worker stops waiting: the answer, or the connection dropped.
-                let _caller = common::OnDrop(Some(move || {
-                    log.lock().unwrap().get_mut(&id).unwrap()[index].caller_done = Some(now_ms());
-                }));
-                tokio::time::sleep(WORK).await;
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind((on, 0)).await.unwrap();
-    let url = format!("http://{}/run", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    rota_test_harness::receiver::start(log, WORK, on.into()).await
 }
 
 /// Waits until the receiver has at least `count` runs going on (of `worker`, or of any): a fault
 /// strikes work in flight.
 async fn runs_going_on(log: &Log, worker: Option<&str>, count: usize) {
     wait_for("runs going on", Duration::from_secs(60), || async {
-        let log = log.lock().unwrap();
-        let going_on = log
-            .values()
-            .flatten()
-            .filter(|r| r.caller_done.is_none() && worker.is_none_or(|w| r.worker == w))
-            .count();
-        going_on >= count
+        rota_test_harness::receiver::going_on(log, worker) >= count
     })
     .await;
 }
@@ -648,7 +602,7 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
             .values()
             .flatten()
             .filter(|r| p.hit.is_none_or(|w| r.worker == w))
-            .filter(|r| r.start <= p.at_ms && r.caller_done.is_none_or(|end| end > p.at_ms))
+            .filter(|r| r.start_ms <= p.at_ms && r.caller_done_ms.is_none_or(|end| end > p.at_ms))
             .count();
         assert!(in_flight > 0, "{}: no run in flight when it struck", p.name);
         let failover = p
@@ -730,7 +684,7 @@ fn check(created: &BTreeMap<i64, i64>, log: &HashMap<i64, Vec<Run>>, history: &[
             .get(id)
             .cloned()
             .unwrap_or_else(|| panic!("task {id} never ran"));
-        runs.sort_by_key(|r| r.start);
+        runs.sort_by_key(|r| r.start_ms);
         let completion = completions
             .get(id)
             .unwrap_or_else(|| panic!("task {id}: no completion applied"));
@@ -747,16 +701,16 @@ fn check(created: &BTreeMap<i64, i64>, log: &HashMap<i64, Vec<Run>>, history: &[
                 r.epoch
             );
             assert!(
-                r.start <= completion.at_ms,
+                r.start_ms <= completion.at_ms,
                 "task {id} ran after its completion was applied ({completion:?}): {runs:?}"
             );
         }
         for pair in runs.windows(2) {
             let ended = pair[0]
-                .caller_done
+                .caller_done_ms
                 .unwrap_or_else(|| panic!("task {id}: a run never ended: {runs:?}"));
             assert!(
-                ended <= pair[1].start,
+                ended <= pair[1].start_ms,
                 "task {id} ran twice at once: {runs:?}"
             );
             aborted += 1;
@@ -770,7 +724,7 @@ fn check(created: &BTreeMap<i64, i64>, log: &HashMap<i64, Vec<Run>>, history: &[
         if runs.len() > 1 {
             reruns += 1;
         }
-        worst_start = worst_start.max(runs[0].start - due);
+        worst_start = worst_start.max(runs[0].start_ms - due);
     }
     format!(
         "history: {} tasks, {} runs ({reruns} tasks ran again after {aborted} runs cut short), \

@@ -6,12 +6,15 @@
 //!
 //! [`Proxy`] stands between a client and a server to cut the network between them;
 //! [`netns`] puts servers and processes on hosts of their own (network namespaces) whose links a
-//! test cuts and degrades as real networks fail.
+//! test cuts and degrades as real networks fail; `receiver` (feature `receiver`) is the webhook
+//! receiver tasks run against, which records every run.
 //!
 //! A server that cannot be started fails the test with a message saying how to install it
 //! (`bash scripts/install-deps.sh`); nothing is skipped silently.
 
 pub mod netns;
+#[cfg(feature = "receiver")]
+pub mod receiver;
 #[cfg(feature = "tls")]
 pub mod tls;
 

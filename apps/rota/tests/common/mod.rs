@@ -7,18 +7,6 @@ use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs a closure when dropped: a webhook receiver records when the worker stopped waiting for
-/// a run, whether the handler answered or the worker hung up (the handler's future is dropped).
-pub struct OnDrop<F: FnOnce()>(pub Option<F>);
-
-impl<F: FnOnce()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
-}
-
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 
@@ -259,13 +247,4 @@ pub async fn create_batch(api: std::net::SocketAddr, tasks: Vec<Value>) -> Vec<V
     .await;
     assert_eq!(status, 201, "{body}");
     body["tasks"].as_array().cloned().unwrap_or_default()
-}
-
-/// A request header as text (empty if missing): the `http` handler's `x-rota-*` headers.
-pub fn header(headers: &axum::http::HeaderMap, name: &str) -> String {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
 }
