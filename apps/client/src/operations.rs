@@ -136,6 +136,8 @@ pub enum ErrorCode {
     RepeatedParameter,
     /// 400: a query parameter the route does not take.
     UnknownParameter,
+    /// 400: a query string that is not UTF-8 once decoded.
+    InvalidQuery,
     /// 400: a handler no live worker offers.
     UnknownHandler,
     /// 401: no valid token.
@@ -168,7 +170,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order above.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidName,
@@ -185,6 +187,7 @@ impl ErrorCode {
         ErrorCode::InvalidCursor,
         ErrorCode::RepeatedParameter,
         ErrorCode::UnknownParameter,
+        ErrorCode::InvalidQuery,
         ErrorCode::UnknownHandler,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -220,6 +223,7 @@ impl ErrorCode {
             ErrorCode::InvalidCursor => "invalid_cursor",
             ErrorCode::RepeatedParameter => "repeated_parameter",
             ErrorCode::UnknownParameter => "unknown_parameter",
+            ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::UnknownHandler => "unknown_handler",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",

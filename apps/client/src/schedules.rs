@@ -79,7 +79,11 @@ pub struct TaskBody {
     pub handler: Option<String>,
     /// Attempts before each tick's task is FAILED (default 3).
     #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 100))]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::tasks::attempts"
+    )]
     pub max_attempts: Option<u32>,
     /// Partition key of the created tasks (they share a partition, and so run in order).
     #[cfg_attr(

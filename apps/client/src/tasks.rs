@@ -45,7 +45,11 @@ pub struct CreateTask {
     pub partition_key: Option<String>,
     /// Attempts before the task is FAILED (default 3).
     #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 100))]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "attempts"
+    )]
     pub max_attempts: Option<u32>,
     /// A handler some live worker offers (`log`, `noop` and `http` are built in).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,4 +229,12 @@ pub struct TaskQuery {
     pub limit: Option<u32>,
     /// The previous page's `nextCursor`.
     pub cursor: Option<String>,
+}
+
+/// An attempt count as sent: any whole number, so that one out of bounds (`-1`, `1e12`) is
+/// refused with the field's own rule ("maxAttempts must be 1 to 100") rather than a parser's
+/// "expected u32"; one that fits no `u32` reads as 0, which that rule refuses.
+pub(crate) fn attempts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let n: Option<i128> = Option::deserialize(d)?;
+    Ok(n.map(|n| u32::try_from(n).unwrap_or(0)))
 }

@@ -228,15 +228,18 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan::run(&args),
         Command::Dev(args) => run_dev(args),
         Command::Bench { args } => run_bench(args),
-        Command::Init(c) => run_role(c, |config, _| async move { roles::init(&config).await }),
-        Command::Controller(c) => run_role(c, |config, stop| async move {
+        Command::Init(c) => run_role(
+            c,
+            None,
+            |config, _| async move { roles::init(&config).await },
+        ),
+        Command::Controller(c) => run_role(c, Some("controller"), |config, stop| async move {
             roles::controller(&config, stop).await
         }),
-        Command::Api(c) => run_role(
-            c,
-            |config, stop| async move { roles::api(&config, stop).await },
-        ),
-        Command::Worker(c) => run_role(c, |config, stop| async move {
+        Command::Api(c) => run_role(c, Some("api"), |config, stop| async move {
+            roles::api(&config, stop).await
+        }),
+        Command::Worker(c) => run_role(c, Some("worker"), |config, stop| async move {
             roles::worker(&config, stop).await
         }),
         Command::Admin {
@@ -279,7 +282,7 @@ fn main() -> ExitCode {
             };
             match url {
                 Some(url) => admin_through_api(&url, command),
-                None => run_role(config, move |config, _| async move {
+                None => run_role(config, None, move |config, _| async move {
                     rota::admin::direct(&config, command).await
                 }),
             }
@@ -337,7 +340,9 @@ fn create_token(name: String, mut scopes: Vec<rota::api::auth::Scope>) -> anyhow
 fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // The clients' own chatter (sessions opened, statements' notices) only when asked.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,zookeeper_client=warn,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
         // Colours for a terminal only, not for a file or a log collector.
@@ -356,7 +361,13 @@ fn warn_about_readable_secrets(file: Option<&std::path::Path>) {
 }
 
 /// Runs a role with its configuration until it ends or SIGTERM / Ctrl-C sets the shutdown flag.
-fn run_role<F, Fut>(args: ConfigArg, role: F) -> anyhow::Result<()>
+/// Runs a role with the configuration, until it ends or a signal stops it. A long-running
+/// role (`Some(name)`) says when it begins to stop and when it has.
+fn run_role<F, Fut>(
+    args: ConfigArg,
+    long_running: Option<&'static str>,
+    role: F,
+) -> anyhow::Result<()>
 where
     F: FnOnce(Config, tokio::sync::watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -365,14 +376,21 @@ where
     init_logging(config.log.format);
     warn_about_readable_secrets(args.config.as_deref());
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
+            if let Some(name) = long_running {
+                tracing::info!("rota {name}: stopping");
+            }
             stop.send_replace(true);
         });
         role(config, stopped).await
-    })
+    });
+    if let (Some(name), Ok(())) = (long_running, &result) {
+        tracing::info!("rota {name}: stopped");
+    }
+    result
 }
 
 fn run_dev(args: DevArgs) -> anyhow::Result<()> {

@@ -202,7 +202,7 @@ async fn simulate(seed: u64) -> Report {
         Vec::new()
     });
     if ids.is_empty() {
-        history.violation("the simulated client created no task".to_owned());
+        history.violation("the simulated client created no task");
     }
     // Recovery: every task final, the view converged.
     let faults_over = Instant::now();

@@ -2,10 +2,10 @@
 //! disabled, maintenance mode, a reconcile now), each answering with the status as it is then.
 //! The actions go to the coordination store, as `rota admin` does without `--url`.
 
+use super::body::JsonBody;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::{AppState, ClusterView};
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rota_client::{ClusterStatus, Maintenance};
@@ -108,13 +108,12 @@ pub async fn disable(
     request_body = Maintenance,
     responses((status = 200, description = "Set; the cluster's status", body = ClusterStatus),
               (status = 400, description = "Not a maintenance body", body = ErrorBody),
-              (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
               (status = 503, description = "Coordination store unreachable", body = ErrorBody)))]
 pub async fn maintenance(
     State(state): State<AppState>,
-    body: Result<Json<Maintenance>, JsonRejection>,
+    JsonBody(body): JsonBody<Maintenance>,
 ) -> Result<Json<ClusterStatus>, ApiError> {
-    let Json(body) = body?;
     admin(&state)?.set_maintenance(body.on).await?;
     status(&state).await
 }

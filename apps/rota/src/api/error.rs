@@ -2,7 +2,6 @@
 //! mistakes are 4xx with a stable code; nothing a client sends produces a 500.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rota_scheduler::StoreError;
@@ -118,42 +117,6 @@ impl From<StoreError> for ApiError {
                     message: "the task store failed; see the server log".into(),
                 }
             }
-        }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        let (status, code) = match &rejection {
-            JsonRejection::JsonSyntaxError(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::MalformedJson)
-            }
-            JsonRejection::JsonDataError(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidBody),
-            JsonRejection::MissingJsonContentType(_) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorCode::UnsupportedMediaType,
-            ),
-            JsonRejection::BytesRejection(_)
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
-            }
-            _ => (rejection.status(), ErrorCode::InvalidBody),
-        };
-        let text = rejection.body_text();
-        // serde's message for deep nesting names the whole path, level by level.
-        let message = if text.contains("recursion limit exceeded") {
-            "the JSON is nested deeper than 128 levels".to_owned()
-        } else if text.chars().count() > 500 {
-            let cut: String = text.chars().take(500).collect();
-            format!("{cut}...")
-        } else {
-            text
-        };
-        Self {
-            status,
-            code,
-            message,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! [`router`] builds it from an [`AppState`]; [`serve`] runs it on a listener until shutdown.
 
 pub mod auth;
+mod body;
 mod catalog;
 mod cluster;
 pub mod error;
@@ -66,6 +67,7 @@ pub fn router(state: AppState, limits: &crate::config::ApiConfig) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::Extension(body::BodyLimit(limits.max_body_bytes)))
         .layer(guard)
         .with_state(state)
 }

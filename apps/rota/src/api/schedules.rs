@@ -2,12 +2,12 @@
 //! Bodies are read as JSON whatever their `Content-Type` says (`curl -d` sends a form type),
 //! since nothing else is accepted here.
 
+use super::body::{JsonBody, QueryPairs};
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::tasks::{check_task_fields, payload_from, view as task_view, wire_status};
 use super::{AppState, time};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rota_scheduler::schedule::{
@@ -33,18 +33,6 @@ impl From<ScheduleError> for ApiError {
             ScheduleError::Store(e) => e.into(),
         }
     }
-}
-
-/// Parses a body as JSON, whatever its content type.
-fn body_of(bytes: &Bytes) -> Result<ScheduleBody, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let code = if e.is_data() {
-            ErrorCode::InvalidBody
-        } else {
-            ErrorCode::MalformedJson
-        };
-        ApiError::bad_request(code, format!("the body is not a schedule: {e}"))
-    })
 }
 
 fn definition(
@@ -246,8 +234,10 @@ async fn put(state: &AppState, def: ScheduleDef, mode: PutMode) -> Result<Respon
               (status = 409, description = "The name holds another definition", body = ErrorBody),
               (status = 413, description = "Body too large", body = ErrorBody),
               (status = 503, description = "Task store unreachable", body = ErrorBody)))]
-pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let body = body_of(&body)?;
+pub async fn create(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<ScheduleBody>,
+) -> Result<Response, ApiError> {
     if let Some(name) = &body.name {
         check_name(name)?;
     }
@@ -268,10 +258,10 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
 pub async fn replace(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody<ScheduleBody>,
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
-    let def = definition(&state, body_of(&body)?, Some(&name))?;
+    let def = definition(&state, body, Some(&name))?;
     put(&state, def, PutMode::Replace).await
 }
 
@@ -284,7 +274,7 @@ pub async fn replace(
               (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<Vec<(String, String)>>,
+    QueryPairs(query): QueryPairs,
 ) -> Result<Json<SchedulePage>, ApiError> {
     let (mut limit, mut after) = (100usize, None);
     let mut seen = std::collections::HashSet::new();

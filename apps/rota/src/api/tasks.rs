@@ -1,11 +1,11 @@
 //! `/tasks`: create (one or a batch), read, list, cancel, and the backlog's size.
 
+use super::body::{JsonBody, QueryPairs};
 use super::error::ErrorBody;
 use super::error::{ApiError, ErrorCode};
 use super::{AppState, time};
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rota_scheduler::schedule;
@@ -300,15 +300,13 @@ fn validate(state: &AppState, c: CreateTask, key: Option<String>) -> Result<NewT
               (status = 200, description = "Repeat of an idempotent create", body = TaskView),
               (status = 400, description = "Invalid request", body = ErrorBody),
               (status = 413, description = "Body too large", body = ErrorBody),
-              (status = 415, description = "Not JSON", body = ErrorBody),
               (status = 422, description = "The idempotency key names a task created by a different request", body = ErrorBody),
               (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<CreateTask>, JsonRejection>,
+    JsonBody(body): JsonBody<CreateTask>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
     let header_key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -362,14 +360,12 @@ pub async fn create(
     responses((status = 201, description = "Created (for keys that name existing tasks, those tasks)", body = BatchCreated),
               (status = 400, description = "Invalid request", body = ErrorBody),
               (status = 413, description = "Body too large", body = ErrorBody),
-              (status = 415, description = "Not JSON", body = ErrorBody),
               (status = 422, description = "An idempotency key names a task a different request created; nothing was created", body = ErrorBody),
               (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn create_batch(
     State(state): State<AppState>,
-    body: Result<Json<CreateBatch>, JsonRejection>,
+    JsonBody(body): JsonBody<CreateBatch>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
     if body.tasks.is_empty() || body.tasks.len() > MAX_BATCH {
         return Err(ApiError::bad_request(
             ErrorCode::InvalidBatch,
@@ -454,7 +450,7 @@ pub async fn get(
               (status = 503, description = "Task store unreachable", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<Vec<(String, String)>>,
+    QueryPairs(query): QueryPairs,
 ) -> Result<Json<TaskPage>, ApiError> {
     let mut filter = ListFilter {
         limit: 100,

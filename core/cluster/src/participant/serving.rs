@@ -211,7 +211,9 @@ impl Serving {
         let model = self.model(&t.resource).await?;
         let state = self.state_of(&t.resource, t.partition, &model).await;
         if state != t.from {
-            warn!(resource = %t.resource, partition = t.partition, expected = %t.from, actual = %state, "message does not match the replica's state");
+            // Expected while a cluster converges (a plan made from a current state that has since
+            // moved on): the state published again lets the controller plan anew.
+            debug!(resource = %t.resource, partition = t.partition, expected = %t.from, actual = %state, "message does not match the replica's state");
             self.discard(key, "from-state does not match").await?;
             return self.publish(&t.resource).await;
         }

@@ -217,7 +217,8 @@ impl Spec {
         match DateTime::<Utc>::from_timestamp_millis(tick) {
             Some(t) => t
                 .with_timezone(&self.zone)
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
+                // As every time the API writes: milliseconds, and `Z` for UTC.
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             None => tick.to_string(),
         }
     }
