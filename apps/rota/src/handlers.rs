@@ -165,6 +165,8 @@ impl HttpHandler {
     /// Sends the task's request; why it failed, for the task's last error.
     async fn post(&self, task: &Task) -> Result<(), String> {
         let url = target(task)?;
+        // What the errors (a task's last error, the worker's log) show of it: never a password.
+        let shown = redacted(&url);
         // A literal address is not resolved: check it here.
         let host = url.host_str().unwrap_or_default();
         let literal = host
@@ -175,7 +177,7 @@ impl HttpHandler {
         if let Some(ip) = literal {
             self.destinations
                 .check(host, ip)
-                .map_err(|why| format!("POST {url}: refused: {why}"))?;
+                .map_err(|why| format!("POST {shown}: refused: {why}"))?;
         }
         let body = task
             .payload
@@ -204,9 +206,12 @@ impl HttpHandler {
         let mut response = match sent {
             Ok(response) => response,
             Err(e) if e.is_timeout() => {
-                return Err(format!("no response from {url} within {:?}", self.timeout));
+                return Err(format!(
+                    "no response from {shown} within {:?}",
+                    self.timeout
+                ));
             }
-            Err(e) => return Err(format!("POST {url}: {}", describe(&e))),
+            Err(e) => return Err(format!("POST {shown}: {}", describe(&e.without_url()))),
         };
         let status = response.status();
         if status.is_success() {
@@ -224,11 +229,20 @@ impl HttpHandler {
         let text = String::from_utf8_lossy(&quoted);
         let text = text.trim();
         Err(if text.is_empty() {
-            format!("{url} answered HTTP {}", status.as_u16())
+            format!("{shown} answered HTTP {}", status.as_u16())
         } else {
-            format!("{url} answered HTTP {}: {text}", status.as_u16())
+            format!("{shown} answered HTTP {}: {text}", status.as_u16())
         })
     }
+}
+
+/// `url` with its password, if it has one, replaced by `***`.
+fn redacted(url: &reqwest::Url) -> reqwest::Url {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown
 }
 
 /// The error and its causes, which reqwest keeps apart ("error sending request" alone says
@@ -377,6 +391,19 @@ mod tests {
             signature("0123456789abcdef", 1_700_000_000_000, r#"{"n":1}"#),
             "t=1700000000000,v1=f1a2caddb7b9f22718d03acc2aef2b69564ffe606cc93161855c0d82c3fa1d41"
         );
+    }
+
+    #[tokio::test]
+    async fn a_password_in_the_url_is_never_shown() {
+        // Nothing listens on port 9 of loopback: the request fails, and says where it went.
+        let url = "http://hook-user:s3cret-pass@127.0.0.1:9/run";
+        let err = handler(&["127.0.0.0/8"], "k")
+            .run(&task(serde_json::json!({ "url": url })))
+            .await
+            .unwrap_err();
+        let said = err.message();
+        assert!(!said.contains("s3cret-pass"), "{said}");
+        assert!(said.contains("hook-user:***@127.0.0.1:9"), "{said}");
     }
 
     #[test]
