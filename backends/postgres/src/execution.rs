@@ -206,7 +206,14 @@ impl Execution for PostgresTaskStore {
             now!(6),
             " AS ms) \
              UPDATE rota_tasks t SET ",
-            rota_scheduler::settle_sql!("now.ms"),
+            rota_scheduler::settle_sql!(
+                t = "t.",
+                outcome = "c.outcome",
+                error = "c.error",
+                retry_at = "c.retry_at",
+                started_at = "c.started_at",
+                now = "now.ms"
+            ),
             " FROM now, rota_partition_owners o, \
                UNNEST($2::bigint[], $3::bigint[], $4::smallint[], $5::text[], $7::bigint[], \
                       $8::bigint[], $9::int[]) \

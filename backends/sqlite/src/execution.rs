@@ -190,9 +190,19 @@ impl Execution for SqliteTaskStore {
                 // partition is still held by it at that epoch; settled by the shared rule.
                 let mut settle = tx
                     .prepare_cached(concat!(
-                        "UPDATE tasks AS t SET ",
-                        rota_scheduler::settle_sql!("?5"),
-                        " FROM (SELECT ?6 AS outcome, ?7 AS error, ?8 AS retry_at,                            ?9 AS started_at) AS c                          WHERE t.id = ?1 AND t.status = 'RUNNING' AND t.owner = ?2                            AND t.epoch = ?3 AND t.partition = ?4                            AND EXISTS (SELECT 1 FROM partition_owners o                              WHERE o.partition = ?4 AND o.owner = ?2 AND o.epoch = ?3)                          RETURNING status"
+                        "UPDATE tasks SET ",
+                        rota_scheduler::settle_sql!(
+                            t = "",
+                            outcome = "?6",
+                            error = "?7",
+                            retry_at = "?8",
+                            started_at = "?9",
+                            now = "?5"
+                        ),
+                        " WHERE id = ?1 AND status = 'RUNNING' AND owner = ?2 AND epoch = ?3 \
+                           AND partition = ?4 AND EXISTS (SELECT 1 FROM partition_owners o \
+                             WHERE o.partition = ?4 AND o.owner = ?2 AND o.epoch = ?3) \
+                         RETURNING status"
                     ))
                     .map_err(backend)?;
                 for c in completions {

@@ -73,6 +73,34 @@ fn the_shipped_configuration_files_load() {
     assert!(loaded >= 2, "no configuration files in {}", dir.display());
 }
 
+/// `configs/dev.toml` says it holds every key with its default: each key of the default
+/// configuration is there, set or commented out, in its section.
+#[test]
+fn the_dev_configuration_names_every_key() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/dev.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut named: std::collections::BTreeSet<String> = Default::default();
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim_start_matches('#').trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else if let Some((key, _)) = line.split_once('=') {
+            named.insert(format!("{section}.{}", key.trim()));
+        }
+    }
+    let defaults = serde_json::to_value(Config::default()).unwrap();
+    let mut missing = Vec::new();
+    for (section, keys) in defaults.as_object().unwrap() {
+        for key in keys.as_object().into_iter().flat_map(|k| k.keys()) {
+            if !named.contains(&format!("{section}.{key}")) {
+                missing.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "configs/dev.toml lacks {missing:?}");
+}
+
 #[test]
 fn schedules_in_the_file_are_read_and_checked() {
     Jail::expect_with(|jail| {

@@ -24,6 +24,16 @@ pub(crate) struct TopProblem<'a> {
     pub previous_top: &'a [Vec<usize>],
 }
 
+/// A follower that could take a partition's top state, as an ordered value (smaller is
+/// better): the field order is the priority (the least full first), then its rank among the
+/// partition's replicas, a deterministic tie-break; the node rides along.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Receiver {
+    fullness: i64,
+    rank: usize,
+    node: usize,
+}
+
 struct Tops<'p, 'a> {
     problem: &'p TopProblem<'a>,
     tops: Vec<Vec<usize>>,
@@ -48,6 +58,21 @@ impl Tops<'_, '_> {
     /// Lower is a better receiver: negative below `hi`, below -1 under `lo`.
     fn fullness(&self, node: usize) -> i64 {
         2 * self.count(node) as i64 - (self.lo(node) + self.hi(node)) as i64
+    }
+
+    /// The follower of `p` (among those `eligible` lets through) best placed to take a top
+    /// state: see [`Receiver`].
+    fn best_receiver(&self, p: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        self.followers(p)
+            .enumerate()
+            .filter(|&(_, n)| eligible(n))
+            .map(|(rank, node)| Receiver {
+                fullness: self.fullness(node),
+                rank,
+                node,
+            })
+            .min()
+            .map(|r| r.node)
     }
 
     fn grant(&mut self, p: usize, node: usize) {
@@ -121,8 +146,7 @@ pub(crate) fn choose_tops(problem: &TopProblem<'_>, nodes: usize) -> Vec<Vec<usi
     for p in 0..partitions {
         while state.tops[p].len() < problem.top_count[p] {
             let best = state
-                .followers(p)
-                .min_by_key(|&n| state.fullness(n))
+                .best_receiver(p, |_| true)
                 .expect("a partition has at least as many holders as tops");
             state.grant(p, best);
         }
@@ -132,9 +156,7 @@ pub(crate) fn choose_tops(problem: &TopProblem<'_>, nodes: usize) -> Vec<Vec<usi
         while state.count(giver) > state.hi(giver) && failures <= 3 {
             let direct = state.led(giver).find_map(|p| {
                 state
-                    .followers(p)
-                    .filter(|&n| state.count(n) < state.hi(n))
-                    .min_by_key(|&n| state.fullness(n))
+                    .best_receiver(p, |n| state.count(n) < state.hi(n))
                     .map(|to| (p, to))
             });
             if let Some((p, to)) = direct {

@@ -8,7 +8,7 @@
 //! or the ceiling of the share and sum to the total, preferring to round up where the previous
 //! assignment already held more, which is what makes minimal movement and stability possible.
 
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
 
 /// A non-negative rational number, kept reduced.
 #[derive(Clone, Copy, Debug)]
@@ -60,9 +60,9 @@ impl Ratio {
         self.num % self.den == 0
     }
 
-    fn frac_cmp(self, other: Self) -> Ordering {
-        let (a, b) = (self.num % self.den, other.num % other.den);
-        (a * other.den).cmp(&(b * self.den))
+    /// The part after the integer.
+    fn fract(self) -> Self {
+        Self::new(self.num % self.den, self.den)
     }
 }
 
@@ -117,6 +117,17 @@ pub(crate) fn water_fill(total: Ratio, weights: &[u64], caps: &[Ratio]) -> Vec<R
     }
 }
 
+/// Which share is rounded up first, as an ordered value (smaller first): the field order is the
+/// priority, the index last as the deterministic tie-break. Rounding up keeps one more previous
+/// replica exactly where the previous count reaches the ceiling, so those go first; among those
+/// (and among the rest) the larger fractions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RoundUpFirst {
+    keeps_previous: Reverse<bool>,
+    fraction: Reverse<Ratio>,
+    index: usize,
+}
+
 /// Rounds real shares to integers that are each the floor or ceiling of their share and sum to
 /// `total` (which lies between the sum of floors and the sum of ceilings), keeping as much of
 /// `previous` as any such rounding can.
@@ -127,14 +138,10 @@ pub(crate) fn round_shares(shares: &[Ratio], total: u64, previous: &[u64]) -> Ve
     let mut candidates: Vec<usize> = (0..shares.len())
         .filter(|&i| !shares[i].is_integer())
         .collect();
-    // Rounding up keeps one more previous replica exactly where the previous count reaches the
-    // ceiling; among those (and among the rest) larger fractions go first.
-    let keeps_more = |i: usize| previous[i] > shares[i].floor();
-    candidates.sort_by(|&a, &b| {
-        keeps_more(b)
-            .cmp(&keeps_more(a))
-            .then_with(|| shares[b].frac_cmp(shares[a]))
-            .then(a.cmp(&b))
+    candidates.sort_by_key(|&i| RoundUpFirst {
+        keeps_previous: Reverse(previous[i] > shares[i].floor()),
+        fraction: Reverse(shares[i].fract()),
+        index: i,
     });
     for i in candidates {
         if extra == 0 {

@@ -12,7 +12,7 @@ use super::{Completion, CompletionOutcome};
 use crate::{Millis, Task, TaskStatus};
 
 impl CompletionOutcome {
-    /// The outcome as [`settle_sql!`] reads it (`c.outcome`): 0 succeeded, 1 failed (retried
+    /// The outcome as [`settle_sql!`] reads it: 0 succeeded, 1 failed (retried
     /// while attempts remain), 2 released, 3 failed for good.
     pub fn code(&self) -> i16 {
         match self {
@@ -91,27 +91,72 @@ pub fn take_back(task: &mut Task, reason: &str, now: Millis) -> TaskStatus {
     }
 }
 
-/// [`settle`] as the SQL `SET` clause of an `UPDATE` of the task row `t` joined with the
-/// completion row `c` (columns `outcome` as [`CompletionOutcome::code`], `error`, `retry_at`,
-/// `started_at`); `$now` is the SQL of "now". Expands to a string literal, for `concat!`.
+/// [`settle`] as the SQL `SET` clause of an `UPDATE` of a task row. `$t` prefixes the task's
+/// columns (`""` or `"t."`); the completion's values are SQL expressions: `$outcome` (as
+/// [`CompletionOutcome::code`]), `$error`, `$retry_at`, `$started_at`, and `$now` is the SQL of
+/// "now" (bound parameters, or the columns of a joined row). Expands to a string literal, for
+/// `concat!`.
 #[macro_export]
 macro_rules! settle_sql {
-    ($now:literal) => {
+    (t = $t:literal, outcome = $o:literal, error = $e:literal, retry_at = $r:literal,
+     started_at = $s:literal, now = $now:literal) => {
         concat!(
-            "status = CASE WHEN c.outcome = 0 THEN 'COMPLETED' \
-               WHEN c.outcome = 3 OR (c.outcome = 1 AND t.attempts >= t.max_attempts) \
-               THEN 'FAILED' ELSE 'PENDING' END, \
-             attempts = CASE WHEN c.outcome = 2 THEN t.attempts - 1 ELSE t.attempts END, \
-             scheduled_at = CASE WHEN c.outcome = 1 AND t.attempts < t.max_attempts \
-               THEN c.retry_at ELSE t.scheduled_at END, \
-             finished_at = CASE WHEN c.outcome IN (0, 3) \
-               OR (c.outcome = 1 AND t.attempts >= t.max_attempts) THEN ",
+            "status = CASE WHEN ",
+            $o,
+            " = 0 THEN 'COMPLETED' WHEN ",
+            $o,
+            " = 3 OR (",
+            $o,
+            " = 1 AND ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts) THEN 'FAILED' ELSE 'PENDING' END, ",
+            "attempts = CASE WHEN ",
+            $o,
+            " = 2 THEN ",
+            $t,
+            "attempts - 1 ELSE ",
+            $t,
+            "attempts END, ",
+            "scheduled_at = CASE WHEN ",
+            $o,
+            " = 1 AND ",
+            $t,
+            "attempts < ",
+            $t,
+            "max_attempts ",
+            "THEN ",
+            $r,
+            " ELSE ",
+            $t,
+            "scheduled_at END, ",
+            "finished_at = CASE WHEN ",
+            $o,
+            " IN (0, 3) OR (",
+            $o,
+            " = 1 AND ",
+            $t,
+            "attempts >= ",
+            $t,
+            "max_attempts) THEN ",
             $now,
-            " ELSE NULL END, \
-             started_at = CASE WHEN c.outcome = 2 THEN NULL \
-               ELSE COALESCE(c.started_at, t.started_at) END, \
-             last_error = CASE WHEN c.outcome IN (1, 3) THEN c.error ELSE t.last_error END, \
-             owner = NULL, lease_until = NULL"
+            " ELSE NULL END, ",
+            "started_at = CASE WHEN ",
+            $o,
+            " = 2 THEN NULL ELSE COALESCE(",
+            $s,
+            ", ",
+            $t,
+            "started_at) END, ",
+            "last_error = CASE WHEN ",
+            $o,
+            " IN (1, 3) THEN ",
+            $e,
+            " ELSE ",
+            $t,
+            "last_error END, ",
+            "owner = NULL, lease_until = NULL"
         )
     };
 }
