@@ -18,37 +18,63 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// One run of a task: which worker, when it started, and when it ended (`None` while it goes
+/// on; an aborted run ends when its handler is dropped).
 #[derive(Clone, Debug)]
 struct Execution {
     worker: String,
     start: Instant,
-    end: Instant,
+    end: Option<Instant>,
 }
 
-/// Records every execution; which worker ran it is told by the task's claim owner.
+/// Records every execution as it starts, and its end; which worker ran it is told by the task's
+/// claim owner. Each run takes `work` (a few milliseconds by default).
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<HashMap<TaskId, Vec<Execution>>>>);
+struct Recorder {
+    runs: Arc<Mutex<HashMap<TaskId, Vec<Execution>>>>,
+    work: Option<Duration>,
+}
+
+/// Records a run's end when dropped: finished, or aborted with its handler.
+struct Ended {
+    runs: Arc<Mutex<HashMap<TaskId, Vec<Execution>>>>,
+    id: TaskId,
+    index: usize,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.runs.lock().unwrap().get_mut(&self.id).unwrap()[self.index].end = Some(Instant::now());
+    }
+}
 
 #[async_trait]
 impl TaskHandler for Recorder {
     async fn run(&self, task: &Task) -> Result<(), HandlerError> {
-        let start = Instant::now();
-        tokio::time::sleep(Duration::from_millis(1 + (task.id % 5) as u64)).await;
         let worker = task
             .owner
             .as_ref()
             .map(|o| o.to_string())
             .unwrap_or_default();
-        self.0
-            .lock()
-            .unwrap()
-            .entry(task.id)
-            .or_default()
-            .push(Execution {
+        let index = {
+            let mut runs = self.runs.lock().unwrap();
+            let runs = runs.entry(task.id).or_default();
+            runs.push(Execution {
                 worker,
-                start,
-                end: Instant::now(),
+                start: Instant::now(),
+                end: None,
             });
+            runs.len() - 1
+        };
+        let _ended = Ended {
+            runs: self.runs.clone(),
+            id: task.id,
+            index,
+        };
+        let work = self
+            .work
+            .unwrap_or(Duration::from_millis(1 + (task.id % 5) as u64));
+        tokio::time::sleep(work).await;
         Ok(())
     }
 }
@@ -147,7 +173,7 @@ async fn ten_thousand_tasks_each_run_exactly_once() {
             .all(|p| p["epoch"].as_u64().unwrap() >= 1)
     );
     cluster.stop().await.unwrap();
-    let runs = recorder.0.lock().unwrap();
+    let runs = recorder.runs.lock().unwrap();
     for id in &ids {
         assert_eq!(
             runs.get(id).map(Vec::len),
@@ -163,18 +189,39 @@ async fn ten_thousand_tasks_each_run_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
-    let (dir, recorder) = (data_dir("cut-off"), Recorder::default());
+    // Runs of a second: the cut-off worker has runs going on when it is cut off, and its
+    // session's end must abort them before anyone runs them again.
+    let dir = data_dir("cut-off");
+    let recorder = Recorder {
+        work: Some(Duration::from_secs(1)),
+        ..Recorder::default()
+    };
     let cluster = start(&dir, &recorder).await;
-    let ids = create(&cluster, 10_000, Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ids = create(&cluster, 400, Duration::from_secs(5)).await;
     let (victim, handle) = cluster.participants[1].clone();
+    let going_on = || {
+        let runs = recorder.runs.lock().unwrap();
+        runs.values()
+            .flatten()
+            .filter(|e| e.worker == victim && e.end.is_none())
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while going_on() < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "{victim} never had 8 runs going on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let in_flight = going_on();
     let ParticipantStatus::Live(session) = handle.status().borrow().clone() else {
         panic!("{victim} not live");
     };
     cluster.coordination.suspend(&session);
     wait_completed(&cluster, ids.len()).await;
     cluster.stop().await.unwrap();
-    let runs = recorder.0.lock().unwrap();
+    let runs = recorder.runs.lock().unwrap();
     let mut twice = 0;
     for id in &ids {
         let executions = runs
@@ -190,14 +237,14 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
             sorted.sort_by_key(|e| e.start);
             for pair in sorted.windows(2) {
                 assert!(
-                    pair[0].end <= pair[1].start,
+                    pair[0].end.is_some_and(|end| end <= pair[1].start),
                     "task {id} ran on two workers at once: {sorted:?}"
                 );
             }
         }
     }
     println!(
-        "{twice} of {} tasks ran twice (claims in flight on the cut-off worker)",
+        "{victim} had {in_flight} runs going on when cut off; {twice} of {} tasks ran twice",
         ids.len()
     );
 }
@@ -226,7 +273,7 @@ async fn a_restart_resumes_pending_tasks_from_the_file() {
     let cluster = start(&dir, &recorder).await;
     wait_completed(&cluster, ids.len()).await;
     cluster.stop().await.unwrap();
-    let runs = recorder.0.lock().unwrap();
+    let runs = recorder.runs.lock().unwrap();
     assert!(
         ids.iter().all(|id| runs.get(id).map(Vec::len) == Some(1)),
         "each ran exactly once"

@@ -247,23 +247,48 @@ async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
     }
 }
 
+/// Whether `worker` leads a partition now, as `/cluster` shows it.
+async fn leads(env: &Env, worker: &str) -> bool {
+    let (_, c) = http(env.api, "GET", "/cluster", None).await;
+    c["partitions"].as_array().is_some_and(|ps| {
+        ps.iter().any(|p| {
+            p["holders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["instance"] == worker && h["state"] == "MASTER")
+        })
+    })
+}
+
+/// Whether a grant of a top state to `worker` waits in its message queue (the controller sent
+/// it; the worker has not finished the transition), read from ZooKeeper.
+async fn grant_in_flight(env: &Env, worker: &str) -> bool {
+    use rota_cluster::coordination::Coordination;
+    use rota_model::Record;
+    let endpoints: Vec<String> =
+        serde_json::from_str(env.var("ROTA_COORDINATION__ENDPOINTS")).unwrap();
+    let store = rota_zookeeper::ZooKeeperCoordination::new(endpoints.join(","));
+    let session = store.connect(Duration::from_secs(10)).await.unwrap();
+    let keys = rota_cluster::keys::ClusterKeys::new(env.var("ROTA_CLUSTER__NAME"));
+    let dir = keys.messages(&rota_model::InstanceId::new(worker));
+    let mut found = false;
+    for child in session.children(&dir).await.unwrap_or_default() {
+        if let Ok(Some(node)) = session.get(&format!("{dir}/{child}")).await {
+            let message = rota_model::Message::decode(&node.value).unwrap();
+            found |= message.transition.to == "MASTER";
+        }
+    }
+    let _ = session.close().await;
+    found
+}
+
 /// Waits until `worker` leads a partition.
 async fn leading(env: &Env, worker: &str) {
     wait_for(
         &format!("{worker} leading a partition"),
         Duration::from_secs(60),
-        || async {
-            let (_, c) = http(env.api, "GET", "/cluster", None).await;
-            c["partitions"].as_array().is_some_and(|ps| {
-                ps.iter().any(|p| {
-                    p["holders"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|h| h["instance"] == worker && h["state"] == "MASTER")
-                })
-            })
-        },
+        || async { leads(env, worker).await },
     )
     .await;
 }
@@ -300,11 +325,27 @@ async fn completions_survive_a_20_s_postgres_outage_on_zookeeper() {
     let ids = wave(&cluster.env, &url, "outage").await;
     started(&log, &ids, WAVE / 2).await;
     // The runs under way end during the outage: their completions cannot be written then.
+    let cut = Instant::now();
     proxy.partition();
     tokio::time::sleep(Duration::from_secs(20)).await;
+    let healed = Instant::now();
     proxy.heal();
     all_completed(&pool, WAVE).await;
     ran_once_each(&log, &ids);
+    // The outage struck completions: runs that ended (their worker's wait over) while the
+    // store was out of reach.
+    let ended_in_outage = log
+        .lock()
+        .unwrap()
+        .values()
+        .flatten()
+        .filter(|r| {
+            r.caller_done
+                .is_some_and(|done| done > cut && done < healed)
+        })
+        .count();
+    println!("{ended_in_outage} runs ended during the outage");
+    assert!(ended_in_outage > 0, "no run ended during the outage");
     drop(cluster);
 }
 
@@ -328,9 +369,19 @@ async fn a_frozen_worker_coming_back_takes_nothing_still_running() {
     // partitions move, and its runs are run again elsewhere, after they ended at the receiver).
     let first = wave(&cluster.env, &url, "first").await;
     started(&log, &first, WAVE / 2).await;
+    wait_for("w2's runs going on", Duration::from_secs(30), || async {
+        rota_test_harness::receiver::going_on(&log, Some("w2")) > 0
+    })
+    .await;
+    let in_flight = rota_test_harness::receiver::going_on(&log, Some("w2"));
     let frozen = &cluster.workers["w2"];
     signal(frozen, "-STOP");
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Until its session has expired and every partition it led has moved.
+    wait_for("w2's partitions moved", Duration::from_secs(30), || async {
+        !leads(&cluster.env, "w2").await
+    })
+    .await;
+    println!("w2 had {in_flight} runs going on when frozen");
     // Wave 2 starts on the other workers; w2 comes back while it runs, and its partitions move
     // back to it: their runs must be over first.
     let second = wave(&cluster.env, &url, "second").await;
@@ -380,6 +431,14 @@ async fn a_worker_cut_off_from_a_capped_zookeeper_stops_before_its_tasks_move() 
     let url = receiver(log.clone(), Duration::from_secs(8)).await;
     let ids = wave(&cluster.env, &url, "capped").await;
     started(&log, &ids, WAVE / 2).await;
+    wait_for("w2's runs going on", Duration::from_secs(30), || async {
+        rota_test_harness::receiver::going_on(&log, Some("w2")) > 0
+    })
+    .await;
+    println!(
+        "w2 had {} runs going on when cut off",
+        rota_test_harness::receiver::going_on(&log, Some("w2"))
+    );
     proxy.partition();
     all_completed(&pool, WAVE).await;
     let log = log.lock().unwrap();
@@ -433,7 +492,14 @@ async fn a_worker_cut_off_while_postgres_is_frozen_stops_within_its_session() {
     // reach the store anyway; yet it must stop its runs before its session can expire.
     postgres.freeze();
     cluster.workers.remove("w3").unwrap().0.kill().unwrap();
-    tokio::time::sleep(Duration::from_millis(SESSION_MS + 2_000)).await;
+    // Until w3's session has expired and a grant of one of its partitions to w2 is in flight:
+    // its message waits in w2's queue while the ownership record hangs in the frozen store.
+    wait_for(
+        "a grant to w2 in flight",
+        Duration::from_secs(30),
+        || async { grant_in_flight(&cluster.env, "w2").await },
+    )
+    .await;
     let cut = Instant::now();
     proxy.partition();
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -131,8 +131,15 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
             .map(|i| {
                 let n = chunk * 1_000 + i;
                 let due = now + chrono::Duration::milliseconds((10_000 * n / TASKS) as i64);
+                // Most runs take 5 ms, one in twenty 1.5 s: the kill below lands on runs in
+                // flight.
+                let body = if n % 20 == 0 {
+                    json!({"n": n, "work_ms": 1_500})
+                } else {
+                    json!({"n": n})
+                };
                 json!({"name": format!("t{n}"), "scheduledTime": due.to_rfc3339(), "handler": "http",
-                       "maxAttempts": 5, "payload": {"url": url, "body": n}})
+                       "maxAttempts": 5, "payload": {"url": url, "body": body}})
             })
             .collect();
         for t in common::create_batch(env.api, tasks).await {
@@ -172,14 +179,23 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     .await;
     assert_eq!(status, 201, "{body}");
 
-    // Mid-run (3 s after the first task is due): SIGKILL worker w2 and the leading controller,
-    // then start w4.
+    // Mid-run (once w2 has long runs going on, a few seconds after the first task is due):
+    // SIGKILL worker w2 and the leading controller, then start w4.
     let submitted = start.elapsed();
     assert!(
         submitted < Duration::from_secs(12),
         "submitting took {submitted:?}"
     );
-    tokio::time::sleep(Duration::from_secs(13) - submitted).await;
+    wait_for(
+        "w2's long runs going on",
+        Duration::from_secs(60),
+        || async {
+            start.elapsed() > Duration::from_secs(12)
+                && rota_test_harness::receiver::going_on(&log, Some("w2")) >= 3
+        },
+    )
+    .await;
+    let in_flight = rota_test_harness::receiver::going_on(&log, Some("w2"));
     let (_, c) = http(env.api, "GET", "/cluster", None).await;
     let w2_partitions: Vec<u64> = c["partitions"]
         .as_array()
@@ -410,7 +426,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     let failover = recovered.values().max().copied().unwrap_or_default();
     println!(
         "{backend} failover: w2's {} partitions claiming again elsewhere {:.2} s after SIGKILL (session timeout {:.1} s); \
-         {twice} of {TASKS} tasks ran twice (claims in flight on w2)",
+         w2 had {in_flight} runs in flight when killed; {twice} of {TASKS} tasks ran twice",
         w2_partitions.len(),
         failover.as_secs_f64(),
         SESSION_MS as f64 / 1000.0

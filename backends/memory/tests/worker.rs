@@ -81,6 +81,17 @@ impl Recorder {
     fn started(&self) -> usize {
         self.0.lock().unwrap().values().map(Vec::len).sum()
     }
+
+    /// Runs of `worker` going on now (started, the handler still waiting).
+    fn going_on(&self, worker: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .filter(|e| e.worker == worker && e.caller_done.is_none())
+            .count()
+    }
 }
 
 struct Recording {
@@ -134,19 +145,22 @@ impl TaskHandler for Recording {
 struct Outage {
     down: std::sync::atomic::AtomicBool,
     hung: std::sync::atomic::AtomicBool,
+    /// The calls refused while down, by call.
+    refused: Mutex<HashMap<&'static str, usize>>,
 }
 
 #[async_trait]
 impl Layer for Outage {
     async fn around<T: Send + 'static>(
         &self,
-        _: Call<'_>,
+        call: Call<'_>,
         inner: Pending<T>,
     ) -> Result<T, StoreError> {
         while self.hung.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            *self.refused.lock().unwrap().entry(call.name()).or_default() += 1;
             return Err(StoreError::Unavailable(
                 "connection refused (outage)".into(),
             ));
@@ -376,10 +390,26 @@ async fn every_task_runs_exactly_once_across_three_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
-    let s = setup(&["w1", "w2", "w3"]).await;
-    let ids = insert_spread(&*s.tasks, 3_000, Duration::from_secs(3)).await;
+    // Runs of a second, so that w2 has runs going on when it is cut off.
+    let s = setup_options(
+        &["w1", "w2", "w3"],
+        Options {
+            work: Some(Duration::from_secs(1)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let ids = insert_spread(&*s.tasks, 300, Duration::from_secs(3)).await;
     // Mid-run, cut w2 off from the coordination store: its session expires after the timeout.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.recorder.going_on("w2") < 4 {
+        assert!(Instant::now() < deadline, "w2 never had 4 runs going on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "w2 had {} runs going on when cut off",
+        s.recorder.going_on("w2")
+    );
     let ParticipantStatus::Live(session) = s.participants["w2"].status().borrow().clone() else {
         panic!("w2 not live");
     };
@@ -466,6 +496,31 @@ async fn runs_under_way(work: Duration) -> (Setup, Vec<TaskId>) {
     (s, ids)
 }
 
+/// Waits until `worker` leads a partition (`true`) or leads none (`false`), as the external
+/// view shows it.
+async fn wait_until_leading(s: &Setup, worker: &str, leading: bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = s.admin.external_view(TASKS_RESOURCE).await.unwrap();
+        let leads = view.is_some_and(|v| {
+            v.partitions.values().any(|holders| {
+                holders
+                    .iter()
+                    .any(|(i, st)| i.as_str() == worker && st == "MASTER")
+            })
+        });
+        if leads == leading {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{worker} still {} a partition",
+            if leading { "does not lead" } else { "leads" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every task ran exactly once, to its end.
 fn ran_once_each(runs: &HashMap<TaskId, Vec<Execution>>, ids: &[TaskId]) {
     let repeated: Vec<_> = ids
@@ -496,6 +551,7 @@ async fn a_graceful_stop_waits_for_runs_in_flight() {
 async fn a_joining_worker_takes_partitions_only_once_their_runs_ended() {
     let (mut s, ids) = long_runs_under_way().await;
     s.start_worker("w4");
+    wait_until_leading(&s, "w4", true).await;
     wait_all_completed(&*s.tasks, ids.len()).await;
     let runs = finish(s).await;
     ran_once_each(&runs, &ids);
@@ -508,6 +564,7 @@ async fn disabling_an_instance_moves_its_partitions_after_their_runs() {
         .set_enabled(&InstanceId::new("w2"), false)
         .await
         .unwrap();
+    wait_until_leading(&s, "w2", false).await;
     wait_all_completed(&*s.tasks, ids.len()).await;
     let runs = finish(s).await;
     ran_once_each(&runs, &ids);
@@ -526,6 +583,11 @@ async fn completions_survive_a_task_store_outage() {
         .layer()
         .down
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    let refused = s.tasks.layer().refused.lock().unwrap().clone();
+    assert!(
+        refused.get("complete").is_some_and(|&n| n > 0),
+        "no completion was tried during the outage: {refused:?}"
+    );
     wait_all_completed(&*s.tasks, ids.len()).await;
     let runs = finish(s).await;
     ran_once_each(&runs, &ids);

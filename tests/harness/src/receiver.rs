@@ -3,7 +3,9 @@
 //! the request carries), when its work ends, and when the worker stopped waiting for it (the
 //! answer sent, or the connection dropped under it, as by a worker that aborted its handler or
 //! was killed). Like a real receiver, it finishes a run's work even if the worker hangs up.
-//! The request's body and signature are kept, for tests of what the handler sends.
+//! The request's body and signature are kept, for tests of what the handler sends. A body with
+//! `work_ms` (the task's `payload.body`, as the handler sends it) takes that long instead of the
+//! receiver's default, for workloads that mix short runs with long ones.
 
 use axum::http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
@@ -93,6 +95,12 @@ pub async fn start(log: Log, work: Duration, on: IpAddr) -> String {
                     });
                     runs.len() - 1
                 };
+                let work = serde_json::from_str::<serde_json::Value>(
+                    &log.lock().unwrap_or_else(|e| e.into_inner())[&id][index].body,
+                )
+                .ok()
+                .and_then(|b| b["work_ms"].as_u64())
+                .map_or(work, Duration::from_millis);
                 let caller_log = log.clone();
                 let _caller = OnDrop(Some(move || {
                     let mut log = caller_log.lock().unwrap_or_else(|e| e.into_inner());
