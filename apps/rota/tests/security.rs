@@ -533,14 +533,29 @@ fn without_tokens_the_api_refuses_to_serve_off_loopback_unless_told_to() {
     );
     let local: SocketAddr = format!("127.0.0.1:{}", listen.port()).parse().unwrap();
     let start = Instant::now();
-    while std::net::TcpStream::connect(local).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "rota dev did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Served, not only accepted: a route that needs a token elsewhere answers, without one.
+    let answer = loop {
+        let asked = std::net::TcpStream::connect(local).and_then(|mut conn| {
+            use std::io::{Read, Write};
+            conn.write_all(b"GET /tasks HTTP/1.1\r\nHost: rota\r\nConnection: close\r\n\r\n")?;
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer)?;
+            Ok(answer)
+        });
+        match asked {
+            Ok(answer) if !answer.is_empty() => break answer,
+            _ => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "rota dev did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"tasks\""), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
