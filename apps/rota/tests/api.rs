@@ -125,7 +125,9 @@ async fn optional_fields_and_offsets() {
 #[tokio::test]
 async fn a_repeat_after_a_failed_attempt_returns_the_original_task() {
     use rota_model::InstanceId;
-    use rota_scheduler::{Claim, Completion, CompletionOutcome};
+    use rota_scheduler::{
+        AcquirePartition, Claim, ClaimTasks, CompleteTasks, Completion, CompletionOutcome,
+    };
     let (app, tasks) = app();
     let key = [("Idempotency-Key", "retried-1")];
     let body = r#"{"name": "n", "scheduledTime": "2023-11-14T22:13:20Z"}"#;
@@ -133,21 +135,35 @@ async fn a_repeat_after_a_failed_attempt_returns_the_original_task() {
     assert_eq!(first, StatusCode::CREATED, "{a}");
     let partition = a["partitionId"].as_u64().expect("a partition") as u32;
     let owner = InstanceId::new("w");
-    tasks.acquire(partition, &owner, 1, NOW).await.unwrap();
-    let claim = [Claim {
+    let grant = AcquirePartition {
         partition,
+        owner: owner.clone(),
         epoch: 1,
-    }];
-    let claimed = tasks.claim(&owner, &claim, NOW, 1, 30_000).await.unwrap();
+        now: NOW,
+    };
+    tasks.acquire(grant).await.unwrap();
+    let claim = ClaimTasks {
+        owner: owner.clone(),
+        partitions: vec![Claim {
+            partition,
+            epoch: 1,
+        }],
+        now: NOW,
+        limit: 1,
+        lease_ms: 30_000,
+    };
+    let claimed = tasks.claim(claim).await.unwrap();
     assert_eq!(claimed.tasks.len(), 1);
     let failed = CompletionOutcome::Failed {
         error: "boom".into(),
         retry_at: NOW + 60_000,
     };
-    let done = tasks
-        .complete(&owner, &[Completion::of(&claimed.tasks[0], failed)], NOW)
-        .await
-        .unwrap();
+    let ends = CompleteTasks {
+        owner,
+        completions: vec![Completion::of(&claimed.tasks[0], failed)],
+        now: NOW,
+    };
+    let done = tasks.complete(ends).await.unwrap();
     assert!(done[0].is_some());
     let (second, b) = call_with(&app, "POST", "/tasks", Some(body), &key).await;
     assert_eq!(second, StatusCode::OK, "{b}");

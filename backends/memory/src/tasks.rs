@@ -5,9 +5,13 @@ use rota_model::{Epoch, InstanceId};
 use rota_scheduler::schedule::Schedule;
 use rota_scheduler::store::rules;
 use rota_scheduler::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, DueSchedules, Execution, ListFilter,
-    Millis, NewTask, Page, ScheduleWrite, ScheduleWritten, Schedules, StoreError, Task, TaskId,
-    TaskStatus, Tasks, Upkeep, partition_for,
+    AcquirePartition, ClaimTasks, CompleteTasks, DueSchedulesQuery, InsertTasks, RenewLeases,
+    RequeueExpired,
+};
+use rota_scheduler::{
+    Backlog, CancelOutcome, Claim, Claimed, DueSchedules, Execution, ListFilter, Millis, NewTask,
+    Page, ScheduleWrite, ScheduleWritten, Schedules, StoreError, Task, TaskId, TaskStatus, Tasks,
+    Upkeep, partition_for,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
@@ -156,15 +160,9 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl Tasks for MemoryTaskStore {
-    async fn insert(
-        &self,
-        tasks: Vec<NewTask>,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<Vec<(Task, bool)>, StoreError> {
-        for t in &tasks {
-            t.validate()?;
-        }
+    async fn insert(&self, batch: InsertTasks) -> Result<Vec<(Task, bool)>, StoreError> {
+        batch.validate()?;
+        let (tasks, partitions, now) = (batch.tasks, batch.partitions, batch.now);
         let mut inner = self.lock();
         let (out, notify) = inner.insert_tasks(tasks, partitions, now);
         drop(inner);
@@ -226,13 +224,9 @@ impl Tasks for MemoryTaskStore {
 
 #[async_trait::async_trait]
 impl Execution for MemoryTaskStore {
-    async fn acquire(
-        &self,
-        partition: u32,
-        owner: &InstanceId,
-        epoch: Epoch,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
+    async fn acquire(&self, grant: AcquirePartition) -> Result<u64, StoreError> {
+        let (partition, owner, epoch, now) =
+            (grant.partition, &grant.owner, grant.epoch, grant.now);
         let mut inner = self.lock();
         if let Some((current_owner, current)) = inner.owners.get(&partition) {
             if *current > epoch || (*current == epoch && current_owner != owner) {
@@ -261,14 +255,9 @@ impl Execution for MemoryTaskStore {
         Ok(stale.len() as u64)
     }
 
-    async fn claim(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        limit: usize,
-        lease_ms: i64,
-    ) -> Result<Claimed, StoreError> {
+    async fn claim(&self, claim: ClaimTasks) -> Result<Claimed, StoreError> {
+        let (owner, partitions, now) = (&claim.owner, &claim.partitions, claim.now);
+        let (limit, lease_ms) = (claim.limit, claim.lease_ms);
         let mut inner = self.lock();
         let (mut valid, mut refused) = (Vec::new(), Vec::new());
         for claim in partitions {
@@ -315,12 +304,8 @@ impl Execution for MemoryTaskStore {
         })
     }
 
-    async fn complete(
-        &self,
-        owner: &InstanceId,
-        completions: &[Completion],
-        now: Millis,
-    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let (owner, completions, now) = (&ends.owner, &ends.completions, ends.now);
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(completions.len());
         for c in completions {
@@ -352,13 +337,9 @@ impl Execution for MemoryTaskStore {
         Ok(out)
     }
 
-    async fn renew(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        lease_ms: i64,
-    ) -> Result<Vec<u32>, StoreError> {
+    async fn renew(&self, renewal: RenewLeases) -> Result<Vec<u32>, StoreError> {
+        let (owner, partitions) = (&renewal.owner, &renewal.partitions);
+        let (now, lease_ms) = (renewal.now, renewal.lease_ms);
         let lease_until = now + lease_ms;
         let mut inner = self.lock();
         let mut refused = Vec::new();
@@ -384,12 +365,8 @@ impl Execution for MemoryTaskStore {
         Ok(refused)
     }
 
-    async fn requeue_expired(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-    ) -> Result<u64, StoreError> {
+    async fn requeue_expired(&self, expired: RequeueExpired) -> Result<u64, StoreError> {
+        let (owner, partitions, now) = (&expired.owner, &expired.partitions, expired.now);
         let mut inner = self.lock();
         let mut expired = Vec::new();
         for claim in partitions.iter().filter(|c| inner.owns(owner, c)) {
@@ -436,15 +413,8 @@ impl Schedules for MemoryTaskStore {
             .collect())
     }
 
-    async fn write_schedule(
-        &self,
-        write: ScheduleWrite,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<ScheduleWritten, StoreError> {
-        for t in &write.tasks {
-            t.validate()?;
-        }
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten, StoreError> {
+        write.validate()?;
         let mut inner = self.lock();
         let name = write.schedule.def.name.clone();
         let current = inner.schedules.get(&name);
@@ -455,7 +425,7 @@ impl Schedules for MemoryTaskStore {
             let holder = inner.owners.get(&partition);
             write.check_fence(holder.map(|(o, e)| (o.as_str(), *e)))?;
         }
-        let (tasks, notify) = inner.insert_tasks(write.tasks, partitions, now);
+        let (tasks, notify) = inner.insert_tasks(write.tasks, write.partitions, write.now);
         inner.schedules.insert(name, write.schedule);
         drop(inner);
         self.announce(notify);
@@ -471,12 +441,8 @@ impl Schedules for MemoryTaskStore {
         Ok(true)
     }
 
-    async fn due_schedules(
-        &self,
-        partitions: &[u32],
-        before: Millis,
-        limit: usize,
-    ) -> Result<DueSchedules, StoreError> {
+    async fn due_schedules(&self, query: DueSchedulesQuery) -> Result<DueSchedules, StoreError> {
+        let (partitions, before, limit) = (&query.partitions, query.before, query.limit);
         let inner = self.lock();
         let mut active: Vec<&Schedule> = inner
             .schedules
@@ -496,16 +462,12 @@ impl Schedules for MemoryTaskStore {
 
 #[async_trait::async_trait]
 impl Upkeep for MemoryTaskStore {
-    async fn purge_finished(
-        &self,
-        finished_before: Millis,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+    async fn purge_finished(&self, before: Millis, limit: usize) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         let old: Vec<TaskId> = inner
             .tasks
             .values()
-            .filter(|t| t.status.is_final() && t.finished_at.is_some_and(|f| f < finished_before))
+            .filter(|t| t.status.is_final() && t.finished_at.is_some_and(|f| f < before))
             .map(|t| t.id)
             .take(limit)
             .collect();

@@ -18,6 +18,7 @@ use rota_cluster::participant::{
 };
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::{InstanceConfig, InstanceId, ResourceConfig};
+use rota_scheduler::conformance::calls::inserting;
 use rota_scheduler::prelude::*;
 use rota_scheduler::store::{Call, Layer, Layered, Pending};
 use rota_scheduler::worker::{
@@ -325,7 +326,7 @@ async fn insert_spread(tasks: &dyn TaskStore, count: usize, over: Duration) -> V
         })
         .collect();
     tasks
-        .insert(batch, PARTITIONS, now)
+        .insert(inserting(batch, PARTITIONS, now))
         .await
         .unwrap()
         .into_iter()

@@ -3,10 +3,9 @@
 //! ownership change waits for a claim in progress and then takes back what it claimed).
 
 use crate::{PostgresTaskStore, backend, task_from};
-use rota_model::{Epoch, InstanceId};
-use rota_scheduler::{
-    Claim, Claimed, Completion, Execution, Millis, StoreError, TaskStatus, Upkeep,
-};
+use rota_model::Epoch;
+use rota_scheduler::{AcquirePartition, ClaimTasks, CompleteTasks, RenewLeases, RequeueExpired};
+use rota_scheduler::{Claim, Claimed, Execution, Millis, StoreError, TaskStatus, Upkeep};
 use sqlx::Row;
 use std::collections::HashMap;
 use tokio::sync::broadcast;
@@ -30,13 +29,9 @@ fn claim_arrays(partitions: &[Claim]) -> (Vec<i32>, Vec<i64>) {
 
 #[async_trait::async_trait]
 impl Execution for PostgresTaskStore {
-    async fn acquire(
-        &self,
-        partition: u32,
-        owner: &InstanceId,
-        epoch: Epoch,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
+    async fn acquire(&self, grant: AcquirePartition) -> Result<u64, StoreError> {
+        let (partition, owner, epoch, now) =
+            (grant.partition, &grant.owner, grant.epoch, grant.now);
         let now = self.now(now).await?;
         let mut tx = self.begin().await?;
         // Insert the row if missing, then lock it: ownership changes are serialised per partition.
@@ -95,14 +90,9 @@ impl Execution for PostgresTaskStore {
         Ok(requeued)
     }
 
-    async fn claim(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        limit: usize,
-        lease_ms: i64,
-    ) -> Result<Claimed, StoreError> {
+    async fn claim(&self, claim: ClaimTasks) -> Result<Claimed, StoreError> {
+        let (owner, partitions, now) = (&claim.owner, &claim.partitions, claim.now);
+        let (limit, lease_ms) = (claim.limit, claim.lease_ms);
         let (parts, epochs) = claim_arrays(partitions);
         // One statement, one round trip: the fence, the pick, the update and the next due time.
         // Each owned partition gives its first `limit` due tasks from its own index range (so the
@@ -173,12 +163,8 @@ impl Execution for PostgresTaskStore {
         })
     }
 
-    async fn complete(
-        &self,
-        owner: &InstanceId,
-        completions: &[Completion],
-        now: Millis,
-    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let (owner, completions, now) = (&ends.owner, &ends.completions, ends.now);
         let n = completions.len();
         let mut ids = Vec::with_capacity(n);
         let mut epochs = Vec::with_capacity(n);
@@ -245,13 +231,9 @@ impl Execution for PostgresTaskStore {
         Ok(ids.iter().map(|id| applied.get(id).copied()).collect())
     }
 
-    async fn renew(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        lease_ms: i64,
-    ) -> Result<Vec<u32>, StoreError> {
+    async fn renew(&self, renewal: RenewLeases) -> Result<Vec<u32>, StoreError> {
+        let (owner, partitions) = (&renewal.owner, &renewal.partitions);
+        let (now, lease_ms) = (renewal.now, renewal.lease_ms);
         let (parts, epochs) = claim_arrays(partitions);
         // One statement, fenced like the claim, on the clock the claim used.
         let row = sqlx::query(concat!(
@@ -281,12 +263,8 @@ impl Execution for PostgresTaskStore {
         Ok(refused(partitions, &owned))
     }
 
-    async fn requeue_expired(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-    ) -> Result<u64, StoreError> {
+    async fn requeue_expired(&self, expired: RequeueExpired) -> Result<u64, StoreError> {
+        let (owner, partitions, now) = (&expired.owner, &expired.partitions, expired.now);
         let (parts, epochs) = claim_arrays(partitions);
         Ok(sqlx::query(concat!(
             "WITH now AS (SELECT ",
@@ -320,11 +298,7 @@ impl Execution for PostgresTaskStore {
 
 #[async_trait::async_trait]
 impl Upkeep for PostgresTaskStore {
-    async fn purge_finished(
-        &self,
-        finished_before: Millis,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+    async fn purge_finished(&self, before: Millis, limit: usize) -> Result<u64, StoreError> {
         // The ids as an array, so that the delete looks them up by primary key (as
         // `IN (subquery)` it hash-joined a scan of the whole table: 155 ms a batch at 1.1M
         // rows, 13 ms now). Finding them scans the table, oldest pages first; the worker purges
@@ -335,7 +309,7 @@ impl Upkeep for PostgresTaskStore {
                WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND finished_at < $1 \
                LIMIT $2))",
         )
-        .bind(finished_before)
+        .bind(before)
         .bind(limit as i64)
         .execute(&self.pool)
         .await

@@ -4,6 +4,7 @@
 //! firing, then sees its tasks), and the fired ticks' tasks inserted by their idempotency keys.
 
 use crate::{PostgresTaskStore, backend, task_from};
+use rota_scheduler::DueSchedulesQuery;
 use rota_scheduler::schedule::{Run, Schedule, ScheduleDef};
 use rota_scheduler::{
     DueSchedules, Millis, NewTask, ScheduleWrite, ScheduleWritten, Schedules, StoreError, Task,
@@ -95,10 +96,10 @@ pub async fn list(
 /// the caller commits on [`ScheduleWritten::Written`] and rolls back otherwise.
 pub async fn write(
     tx: &mut PgConnection,
-    write: ScheduleWrite,
-    partitions: u32,
     now: Option<Millis>,
+    write: ScheduleWrite,
 ) -> Result<ScheduleWritten, StoreError> {
+    let partitions = write.partitions;
     let s = &write.schedule;
     let row = sqlx::query(concat!(
         "SELECT ",
@@ -273,17 +274,10 @@ impl Schedules for PostgresTaskStore {
         list(&self.pool, after, limit).await
     }
 
-    async fn write_schedule(
-        &self,
-        write: ScheduleWrite,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<ScheduleWritten, StoreError> {
-        for t in &write.tasks {
-            t.validate()?;
-        }
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten, StoreError> {
+        write.validate()?;
         let mut tx = self.begin().await?;
-        let written = self::write(&mut tx, write, partitions, self.clock(now)).await?;
+        let written = self::write(&mut tx, self.clock(write.now), write).await?;
         if let ScheduleWritten::Written(tasks) = &written {
             tx.commit().await.map_err(backend)?;
             let notified: BTreeSet<u32> = tasks
@@ -303,12 +297,8 @@ impl Schedules for PostgresTaskStore {
         delete(&self.pool, name, revision).await
     }
 
-    async fn due_schedules(
-        &self,
-        partitions: &[u32],
-        before: Millis,
-        limit: usize,
-    ) -> Result<DueSchedules, StoreError> {
+    async fn due_schedules(&self, query: DueSchedulesQuery) -> Result<DueSchedules, StoreError> {
+        let (partitions, before, limit) = (&query.partitions, query.before, query.limit);
         due(&self.pool, partitions, before, limit).await
     }
 }

@@ -2,6 +2,7 @@
 //! partitions computed, one `INSERT ... SELECT FROM UNNEST(...)`), reads, lists, cancel, count.
 
 use crate::{PostgresTaskStore, backend, task_from, tasks_from};
+use rota_scheduler::InsertTasks;
 use rota_scheduler::{
     Backlog, CancelOutcome, ListFilter, Millis, NewTask, Page, StoreError, Task, TaskId,
     TaskStatus, Tasks, partition_for,
@@ -11,15 +12,9 @@ use std::collections::{BTreeSet, HashMap};
 
 #[async_trait::async_trait]
 impl Tasks for PostgresTaskStore {
-    async fn insert(
-        &self,
-        tasks: Vec<NewTask>,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<Vec<(Task, bool)>, StoreError> {
-        for t in &tasks {
-            t.validate()?;
-        }
+    async fn insert(&self, batch: InsertTasks) -> Result<Vec<(Task, bool)>, StoreError> {
+        batch.validate()?;
+        let (tasks, partitions, now) = (batch.tasks, batch.partitions, batch.now);
         // No explicit transaction: the batch is one INSERT statement (atomic), ids come from the
         // sequence beforehand, and a key taken by a concurrent insert is read back afterwards.
         let keys: Vec<String> = tasks

@@ -2,6 +2,7 @@
 //! harness from the machine's installed binaries (a fresh database per case).
 
 use rota_postgres::{PostgresTaskStore, Settings};
+use rota_scheduler::conformance::calls::{claiming, grant, inserting, renewal};
 use rota_scheduler::prelude::*;
 use std::sync::Arc;
 
@@ -56,7 +57,7 @@ async fn inserts_wake_other_processes_through_notify() {
             handler: None,
             idempotency_key: None,
         };
-        let p = writer.insert(vec![task], 4, 0).await.unwrap()[0]
+        let p = writer.insert(inserting(vec![task], 4, 0)).await.unwrap()[0]
             .0
             .partition;
         match tokio::time::timeout(std::time::Duration::from_millis(200), woken.recv()).await {
@@ -87,24 +88,35 @@ async fn due_times_are_compared_on_the_databases_clock() {
         handler: None,
         idempotency_key: None,
     };
-    let t = store.insert(vec![task], 1, 0).await.unwrap().remove(0).0;
+    let t = store
+        .insert(inserting(vec![task], 1, 0))
+        .await
+        .unwrap()
+        .remove(0)
+        .0;
     assert!(
         t.created_at > wall - 60_000,
         "created_at from the database's clock: {}",
         t.created_at
     );
     let owner = rota_model::InstanceId::new("w");
-    store.acquire(0, &owner, 1, 0).await.unwrap();
+    store.acquire(grant(0, &owner, 1, 0)).await.unwrap();
     // The worker's clock says 1970; the database's says the task is due.
     let claim = [Claim {
         partition: 0,
         epoch: 1,
     }];
-    let claimed = store.claim(&owner, &claim, 0, 10, 30_000).await.unwrap();
+    let claimed = store
+        .claim(claiming(&owner, &claim, 0, 10, 30_000))
+        .await
+        .unwrap();
     assert_eq!(claimed.tasks.len(), 1);
     // Renewal runs on the same clock: a lease of 30 s from the database's now, whatever the
     // worker's clock says.
-    store.renew(&owner, &claim, 0, 30_000).await.unwrap();
+    store
+        .renew(renewal(&owner, &claim, 0, 30_000))
+        .await
+        .unwrap();
     let renewed = store.get(t.id).await.unwrap().unwrap();
     let lease_until = renewed.lease_until.unwrap();
     assert!(
@@ -137,17 +149,17 @@ async fn clusters_sharing_a_database_do_not_see_each_other() {
         .unwrap();
     let owner = rota_model::InstanceId::new("w");
     // Each cluster's epochs start over: prod's epoch 1 is not stale because staging is at 5.
-    staging.acquire(0, &owner, 5, 0).await.unwrap();
-    prod.acquire(0, &owner, 1, 0).await.unwrap();
+    staging.acquire(grant(0, &owner, 5, 0)).await.unwrap();
+    prod.acquire(grant(0, &owner, 1, 0)).await.unwrap();
     let (s, created) = staging
-        .insert(vec![new_task("a")], 1, 0)
+        .insert(inserting(vec![new_task("a")], 1, 0))
         .await
         .unwrap()
         .remove(0);
     assert!(created);
     // The same idempotency key is another cluster's business.
     let (p, created) = prod
-        .insert(vec![new_task("a")], 1, 0)
+        .insert(inserting(vec![new_task("a")], 1, 0))
         .await
         .unwrap()
         .remove(0);
@@ -165,7 +177,10 @@ async fn clusters_sharing_a_database_do_not_see_each_other() {
         partition: 0,
         epoch: 1,
     }];
-    let claimed = prod.claim(&owner, &claim, 0, 10, 30_000).await.unwrap();
+    let claimed = prod
+        .claim(claiming(&owner, &claim, 0, 10, 30_000))
+        .await
+        .unwrap();
     assert_eq!(
         listed(rota_scheduler::Page {
             tasks: claimed.tasks,
@@ -183,7 +198,10 @@ async fn tables_of_an_unscoped_earlier_version_are_adopted() {
     let url = rota_test_harness::postgres().fresh_database();
     let id = {
         let store = PostgresTaskStore::connect(&url, &settings()).await.unwrap();
-        store.insert(vec![new_task("old")], 1, 0).await.unwrap()[0]
+        store
+            .insert(inserting(vec![new_task("old")], 1, 0))
+            .await
+            .unwrap()[0]
             .0
             .id
     };
@@ -205,7 +223,10 @@ async fn tables_of_an_unscoped_earlier_version_are_adopted() {
     let task = store.get(id).await.unwrap().expect("the old task is kept");
     assert_eq!(task.name, "old");
     // Ids go on from the adopted sequence.
-    let next = store.insert(vec![new_task("new")], 1, 0).await.unwrap()[0]
+    let next = store
+        .insert(inserting(vec![new_task("new")], 1, 0))
+        .await
+        .unwrap()[0]
         .0
         .id;
     assert!(next > id);
@@ -225,7 +246,7 @@ async fn a_statement_that_hangs_fails_as_unavailable_within_its_deadline() {
     quick.statement_timeout = std::time::Duration::from_millis(300);
     let store = PostgresTaskStore::connect(&url, &quick).await.unwrap();
     let owner = rota_model::InstanceId::new("w");
-    store.acquire(0, &owner, 1, 0).await.unwrap();
+    store.acquire(grant(0, &owner, 1, 0)).await.unwrap();
     // Another session holds the owner row: the next acquire waits on its lock.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let mut blocker = pool.begin().await.unwrap();
@@ -234,7 +255,10 @@ async fn a_statement_that_hangs_fails_as_unavailable_within_its_deadline() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let err = store.acquire(0, &owner, 2, 0).await.expect_err("blocked");
+    let err = store
+        .acquire(grant(0, &owner, 2, 0))
+        .await
+        .expect_err("blocked");
     assert!(err.retryable(), "{err}");
     assert!(err.to_string().contains("57014"), "{err}");
     assert!(
@@ -243,7 +267,7 @@ async fn a_statement_that_hangs_fails_as_unavailable_within_its_deadline() {
         started.elapsed()
     );
     blocker.rollback().await.unwrap();
-    assert_eq!(store.acquire(0, &owner, 2, 0).await, Ok(0));
+    assert_eq!(store.acquire(grant(0, &owner, 2, 0)).await, Ok(0));
 }
 
 #[tokio::test]

@@ -4,9 +4,8 @@
 
 use crate::{COLUMNS, SqliteTaskStore, backend, task_from};
 use rota_model::{Epoch, InstanceId};
-use rota_scheduler::{
-    Claim, Claimed, Completion, Execution, Millis, StoreError, TaskId, TaskStatus, Upkeep,
-};
+use rota_scheduler::{AcquirePartition, ClaimTasks, CompleteTasks, RenewLeases, RequeueExpired};
+use rota_scheduler::{Claim, Claimed, Execution, Millis, StoreError, TaskId, TaskStatus, Upkeep};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::broadcast;
 
@@ -35,14 +34,8 @@ fn split_claims(
 
 #[async_trait::async_trait]
 impl Execution for SqliteTaskStore {
-    async fn acquire(
-        &self,
-        partition: u32,
-        owner: &InstanceId,
-        epoch: Epoch,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let owner = owner.clone();
+    async fn acquire(&self, grant: AcquirePartition) -> Result<u64, StoreError> {
+        let (partition, owner, epoch, now) = (grant.partition, grant.owner, grant.epoch, grant.now);
         self.run(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -92,15 +85,9 @@ impl Execution for SqliteTaskStore {
         .await
     }
 
-    async fn claim(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        limit: usize,
-        lease_ms: i64,
-    ) -> Result<Claimed, StoreError> {
-        let (owner, partitions) = (owner.clone(), partitions.to_vec());
+    async fn claim(&self, claim: ClaimTasks) -> Result<Claimed, StoreError> {
+        let (owner, partitions, now) = (claim.owner, claim.partitions, claim.now);
+        let (limit, lease_ms) = (claim.limit, claim.lease_ms);
         self.run(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -173,13 +160,8 @@ impl Execution for SqliteTaskStore {
         .await
     }
 
-    async fn complete(
-        &self,
-        owner: &InstanceId,
-        completions: &[Completion],
-        now: Millis,
-    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
-        let (owner, completions) = (owner.clone(), completions.to_vec());
+    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let (owner, completions, now) = (ends.owner, ends.completions, ends.now);
         self.run(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -232,15 +214,9 @@ impl Execution for SqliteTaskStore {
         .await
     }
 
-    async fn renew(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        lease_ms: i64,
-    ) -> Result<Vec<u32>, StoreError> {
-        let lease_until = now + lease_ms;
-        let (owner, partitions) = (owner.clone(), partitions.to_vec());
+    async fn renew(&self, renewal: RenewLeases) -> Result<Vec<u32>, StoreError> {
+        let (owner, partitions) = (renewal.owner, renewal.partitions);
+        let lease_until = renewal.now + renewal.lease_ms;
         self.run(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -269,13 +245,8 @@ impl Execution for SqliteTaskStore {
         .await
     }
 
-    async fn requeue_expired(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let (owner, partitions) = (owner.clone(), partitions.to_vec());
+    async fn requeue_expired(&self, expired: RequeueExpired) -> Result<u64, StoreError> {
+        let (owner, partitions, now) = (expired.owner, expired.partitions, expired.now);
         self.run(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -311,18 +282,14 @@ impl Execution for SqliteTaskStore {
 
 #[async_trait::async_trait]
 impl Upkeep for SqliteTaskStore {
-    async fn purge_finished(
-        &self,
-        finished_before: Millis,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+    async fn purge_finished(&self, before: Millis, limit: usize) -> Result<u64, StoreError> {
         self.run(move |conn| {
             let purged = conn
                 .execute(
                     "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
                      WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND finished_at < ?1 \
                      LIMIT ?2)",
-                    params![finished_before, limit as i64],
+                    params![before, limit as i64],
                 )
                 .map_err(backend)?;
             Ok(purged as u64)

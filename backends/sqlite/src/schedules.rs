@@ -4,6 +4,7 @@
 
 use crate::tasks::insert_in;
 use crate::{SqliteTaskStore, backend};
+use rota_scheduler::DueSchedulesQuery;
 use rota_scheduler::schedule::{Run, Schedule, ScheduleDef};
 use rota_scheduler::{
     DueSchedules, Millis, ScheduleWrite, ScheduleWritten, Schedules, StoreError, Task,
@@ -74,12 +75,8 @@ pub fn list(
 }
 
 /// The write of [`rota_scheduler::TaskStore::write_schedule`], in the transaction `tx` holds.
-pub fn write(
-    tx: &Connection,
-    write: ScheduleWrite,
-    partitions: u32,
-    now: Millis,
-) -> Result<ScheduleWritten, StoreError> {
+pub fn write(tx: &Connection, write: ScheduleWrite) -> Result<ScheduleWritten, StoreError> {
+    let (partitions, now) = (write.partitions, write.now);
     let s = &write.schedule;
     let current = get(tx, &s.def.name)?;
     if current.as_ref().map(|c| c.revision) != write.expected {
@@ -189,21 +186,14 @@ impl Schedules for SqliteTaskStore {
             .await
     }
 
-    async fn write_schedule(
-        &self,
-        write: ScheduleWrite,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<ScheduleWritten, StoreError> {
-        for t in &write.tasks {
-            t.validate()?;
-        }
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten, StoreError> {
+        write.validate()?;
         let written = self
             .run(move |conn| {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                let written = self::write(&tx, write, partitions, now)?;
+                let written = self::write(&tx, write)?;
                 if matches!(written, ScheduleWritten::Written(_)) {
                     tx.commit().map_err(backend)?;
                 }
@@ -221,12 +211,8 @@ impl Schedules for SqliteTaskStore {
         self.run(move |conn| delete(conn, &name, revision)).await
     }
 
-    async fn due_schedules(
-        &self,
-        partitions: &[u32],
-        before: Millis,
-        limit: usize,
-    ) -> Result<DueSchedules, StoreError> {
+    async fn due_schedules(&self, query: DueSchedulesQuery) -> Result<DueSchedules, StoreError> {
+        let (partitions, before, limit) = (&query.partitions, query.before, query.limit);
         let partitions = partitions.to_vec();
         self.run(move |conn| due(conn, &partitions, before, limit))
             .await

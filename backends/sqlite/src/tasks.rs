@@ -2,6 +2,7 @@
 //! that a schedule's firing shares.
 
 use crate::{COLUMNS, SqliteTaskStore, backend, get_task, task_from};
+use rota_scheduler::InsertTasks;
 use rota_scheduler::{
     Backlog, CancelOutcome, ListFilter, Millis, NewTask, Page, StoreError, Task, TaskId,
     TaskStatus, Tasks, partition_for,
@@ -80,15 +81,9 @@ pub(crate) fn insert_in(
 
 #[async_trait::async_trait]
 impl Tasks for SqliteTaskStore {
-    async fn insert(
-        &self,
-        tasks: Vec<NewTask>,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<Vec<(Task, bool)>, StoreError> {
-        for t in &tasks {
-            t.validate()?;
-        }
+    async fn insert(&self, batch: InsertTasks) -> Result<Vec<(Task, bool)>, StoreError> {
+        batch.validate()?;
+        let (tasks, partitions, now) = (batch.tasks, batch.partitions, batch.now);
         let results = self
             .run(move |conn| {
                 let tx = conn

@@ -1,6 +1,7 @@
 //! The task-store conformance suite on SQLite (a fresh in-memory database per case), plus what
 //! only a file-backed store can show: data survives reopening, and the schema version is checked.
 
+use rota_scheduler::conformance::calls::inserting;
 use rota_scheduler::{NewTask, TaskStatus, TaskStore, Tasks};
 use rota_sqlite::SqliteTaskStore;
 use std::sync::Arc;
@@ -32,7 +33,9 @@ async fn tasks_survive_reopening_the_file() {
             handler: None,
             idempotency_key: Some("k".into()),
         };
-        store.insert(vec![task], 12, 1).await.unwrap()[0].0.id
+        store.insert(inserting(vec![task], 12, 1)).await.unwrap()[0]
+            .0
+            .id
     };
     let store = SqliteTaskStore::open(&path, "test").unwrap();
     let task = store.get(id).await.unwrap().unwrap();

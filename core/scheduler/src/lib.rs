@@ -31,9 +31,10 @@ pub mod prelude {
     pub use crate::store::{Execution, Schedules, TaskStore, Tasks, Upkeep};
 }
 pub use store::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, CompletionOutcome, Deadlined, DueSchedules,
-    ErrorKind, Execution, ListFilter, Page, ScheduleWrite, ScheduleWritten, Schedules, StoreError,
-    TaskStore, Tasks, Upkeep,
+    AcquirePartition, Backlog, CancelOutcome, Claim, ClaimTasks, Claimed, CompleteTasks,
+    Completion, CompletionOutcome, Deadlined, DueSchedules, DueSchedulesQuery, ErrorKind,
+    Execution, InsertTasks, ListFilter, Page, RenewLeases, RequeueExpired, ScheduleWrite,
+    ScheduleWritten, Schedules, StoreError, TaskStore, Tasks, Upkeep,
 };
 
 use rota_model::{Epoch, InstanceId};

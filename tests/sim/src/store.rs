@@ -50,20 +50,13 @@ enum Record {
 impl Record {
     fn of(call: &Call<'_>) -> Self {
         match *call {
-            Call::Acquire {
-                partition,
-                owner,
-                epoch,
-                ..
-            } => Record::Acquired {
-                partition,
-                owner: owner.clone(),
-                epoch,
+            Call::Acquire(grant) => Record::Acquired {
+                partition: grant.partition,
+                owner: grant.owner.clone(),
+                epoch: grant.epoch,
             },
-            Call::Claim { owner, .. } => Record::Claimed(owner.clone()),
-            Call::Complete {
-                owner, completions, ..
-            } => Record::Completed(owner.clone(), completions.to_vec()),
+            Call::Claim(claim) => Record::Claimed(claim.owner.clone()),
+            Call::Complete(ends) => Record::Completed(ends.owner.clone(), ends.completions.clone()),
             _ => Record::Nothing,
         }
     }

@@ -20,7 +20,7 @@ pub use catalog::HandlerCatalog;
 use error::{ApiError, ErrorCode};
 use rota_client::Health;
 use rota_scheduler::metrics::Metrics;
-use rota_scheduler::{ListFilter, Millis, TaskStore};
+use rota_scheduler::{InsertTasks, ListFilter, Millis, NewTask, TaskStore};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -45,6 +45,17 @@ pub struct AppState {
     pub storage: String,
     /// The clock.
     pub now: Arc<dyn Fn() -> Millis + Send + Sync>,
+}
+
+impl AppState {
+    /// `tasks` as a batch to insert now, spread over the cluster's partitions.
+    pub fn batch(&self, tasks: Vec<NewTask>) -> InsertTasks {
+        InsertTasks {
+            tasks,
+            partitions: self.partitions,
+            now: (self.now)(),
+        }
+    }
 }
 
 /// The router with every route, JSON errors for unknown routes and methods, and the body limit.

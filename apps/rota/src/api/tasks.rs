@@ -330,7 +330,7 @@ pub async fn create(
     let task = validate(&state, body, key)?;
     let (stored, created) = state
         .tasks
-        .insert(vec![task.clone()], state.partitions, (state.now)())
+        .insert(state.batch(vec![task.clone()]))
         .await?
         .pop()
         .expect("one result per task");
@@ -383,10 +383,7 @@ pub async fn create_batch(
         })?);
     }
     refuse_reused_keys(&state, &tasks, &scheduled_given).await?;
-    let stored = state
-        .tasks
-        .insert(tasks, state.partitions, (state.now)())
-        .await?;
+    let stored = state.tasks.insert(state.batch(tasks)).await?;
     let created = stored.iter().filter(|(_, c)| *c).count() as u64;
     state.metrics.tasks_created.inc_by(created);
     // Serialized straight from the views (building a JSON tree of a thousand tasks first was

@@ -1,7 +1,9 @@
 //! Conformance cases of [`Execution`](crate::Execution) and [`Upkeep`](crate::Upkeep): claims in
 //! due order, completions and retries, fencing, leases, releases, a restart, the purge.
 
-use super::{NOW, PARTITIONS, all, key_for, own_all, task};
+use super::{
+    NOW, PARTITIONS, all, claiming, ends, expiry, grant, inserting, key_for, own_all, renewal, task,
+};
 use crate::store::{Claim, Completion, CompletionOutcome, TaskStore};
 use crate::{Task, TaskStatus};
 use rota_model::InstanceId;
@@ -12,7 +14,7 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let (k0, k1, k2) = (key_for(0), key_for(1), key_for(2));
     let ids: Vec<_> = store
-        .insert(
+        .insert(inserting(
             vec![
                 task("late", NOW - 10, Some(&k1)),
                 task("early", NOW - 30, Some(&k0)),
@@ -22,14 +24,14 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
             ],
             PARTITIONS,
             NOW,
-        )
+        ))
         .await
         .unwrap()
         .into_iter()
         .map(|(t, _)| t.id)
         .collect();
-    store.acquire(0, &owner, 1, NOW).await.unwrap();
-    store.acquire(1, &owner, 1, NOW).await.unwrap();
+    store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
+    store.acquire(grant(1, &owner, 1, NOW)).await.unwrap();
     let claims = [
         Claim {
             partition: 0,
@@ -40,7 +42,10 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
             epoch: 1,
         },
     ];
-    let claimed = store.claim(&owner, &claims, NOW, 10, 30_000).await.unwrap();
+    let claimed = store
+        .claim(claiming(&owner, &claims, NOW, 10, 30_000))
+        .await
+        .unwrap();
     assert!(claimed.refused.is_empty());
     let names: Vec<_> = claimed.tasks.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["early", "middle", "late"]);
@@ -58,7 +63,7 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     // Nothing is claimed twice; the limit holds.
     assert!(
         store
-            .claim(&owner, &claims, NOW, 10, 30_000)
+            .claim(claiming(&owner, &claims, NOW, 10, 30_000))
             .await
             .unwrap()
             .tasks
@@ -76,7 +81,7 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     assert_eq!(claimed.next_due, Some(NOW + 60_000));
     assert_eq!(
         store
-            .claim(&owner, &claims, NOW, 10, 30_000)
+            .claim(claiming(&owner, &claims, NOW, 10, 30_000))
             .await
             .unwrap()
             .next_due,
@@ -89,13 +94,13 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
             running: 3
         }
     );
-    store.acquire(3, &owner, 1, NOW).await.unwrap();
+    store.acquire(grant(3, &owner, 1, NOW)).await.unwrap();
     let nothing = [Claim {
         partition: 3,
         epoch: 1,
     }];
     let empty = store
-        .claim(&owner, &nothing, NOW, 10, 30_000)
+        .claim(claiming(&owner, &nothing, NOW, 10, 30_000))
         .await
         .unwrap();
     assert_eq!((empty.tasks.len(), empty.next_due), (0, None));
@@ -107,16 +112,16 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
     let mut last = task("flaky", NOW, None);
     last.max_attempts = 1;
     let inserted = store
-        .insert(
+        .insert(inserting(
             vec![task("ok", NOW, None), task("retry", NOW, None), last],
             PARTITIONS,
             NOW,
-        )
+        ))
         .await
         .unwrap();
     own_all(&*store, &owner, 1).await;
     let claimed = store
-        .claim(&owner, &all(1), NOW, 10, 30_000)
+        .claim(claiming(&owner, &all(1), NOW, 10, 30_000))
         .await
         .unwrap()
         .tasks;
@@ -132,7 +137,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
         },
     };
     let results = store
-        .complete(
+        .complete(ends(
             &owner,
             &[
                 Completion {
@@ -146,7 +151,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
                 failed(&inserted[2].0),
             ],
             NOW + 10,
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -173,14 +178,14 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
     );
     assert!(
         store
-            .claim(&owner, &all(1), NOW + 999, 10, 30_000)
+            .claim(claiming(&owner, &all(1), NOW + 999, 10, 30_000))
             .await
             .unwrap()
             .tasks
             .is_empty()
     );
     let again = store
-        .claim(&owner, &all(1), NOW + 1_000, 10, 30_000)
+        .claim(claiming(&owner, &all(1), NOW + 1_000, 10, 30_000))
         .await
         .unwrap()
         .tasks;
@@ -192,7 +197,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
     );
     // A second completion of a finished attempt is refused.
     let twice = store
-        .complete(
+        .complete(ends(
             &owner,
             &[Completion {
                 id: ok.id,
@@ -202,7 +207,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
                 outcome: CompletionOutcome::Succeeded,
             }],
             NOW + 20,
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(twice, [None]);
@@ -214,20 +219,20 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     let (old, new) = (InstanceId::new("old"), InstanceId::new("new"));
     let k0 = key_for(0);
     store
-        .insert(
+        .insert(inserting(
             vec![task("t", NOW, Some(&k0)), task("u", NOW, Some(&k0))],
             PARTITIONS,
             NOW,
-        )
+        ))
         .await
         .unwrap();
-    store.acquire(0, &old, 1, NOW).await.unwrap();
+    store.acquire(grant(0, &old, 1, NOW)).await.unwrap();
     let stale = [Claim {
         partition: 0,
         epoch: 1,
     }];
     let claimed = store
-        .claim(&old, &stale, NOW, 1, 30_000)
+        .claim(claiming(&old, &stale, NOW, 1, 30_000))
         .await
         .unwrap()
         .tasks;
@@ -235,12 +240,12 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     let id = claimed[0].id;
 
     // The partition moves to `new` with a higher epoch: the in-flight claim is requeued.
-    assert_eq!(store.acquire(0, &new, 2, NOW + 1).await.unwrap(), 1);
+    assert_eq!(store.acquire(grant(0, &new, 2, NOW + 1)).await.unwrap(), 1);
     let t = store.get(id).await.unwrap().unwrap();
     assert_eq!((t.status, t.owner), (TaskStatus::Pending, None));
     // Everything the old owner tries is refused.
     let refused = store
-        .claim(&old, &stale, NOW + 2, 10, 30_000)
+        .claim(claiming(&old, &stale, NOW + 2, 10, 30_000))
         .await
         .unwrap();
     assert_eq!(
@@ -256,14 +261,20 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     };
     assert_eq!(
         store
-            .complete(&old, std::slice::from_ref(&done), NOW + 2)
+            .complete(ends(&old, std::slice::from_ref(&done), NOW + 2))
             .await
             .unwrap(),
         [None]
     );
-    assert_eq!(store.renew(&old, &stale, NOW, 60_000).await.unwrap(), [0]);
+    assert_eq!(
+        store
+            .renew(renewal(&old, &stale, NOW, 60_000))
+            .await
+            .unwrap(),
+        [0]
+    );
     assert!(matches!(
-        store.acquire(0, &old, 1, NOW + 3).await,
+        store.acquire(grant(0, &old, 1, NOW + 3)).await,
         Err(crate::StoreError::StaleEpoch {
             partition: 0,
             current: 2,
@@ -271,14 +282,14 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
         })
     ));
     // Same epoch, other owner: refused too.
-    assert!(store.acquire(0, &old, 2, NOW + 3).await.is_err());
+    assert!(store.acquire(grant(0, &old, 2, NOW + 3)).await.is_err());
     // The new owner runs both tasks; the requeued one on its second attempt.
     let fresh = [Claim {
         partition: 0,
         epoch: 2,
     }];
     let claimed = store
-        .claim(&new, &fresh, NOW + 4, 10, 30_000)
+        .claim(claiming(&new, &fresh, NOW + 4, 10, 30_000))
         .await
         .unwrap()
         .tasks;
@@ -293,7 +304,7 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
         outcome: CompletionOutcome::Succeeded,
     };
     assert_eq!(
-        store.complete(&new, &[done], NOW + 5).await.unwrap(),
+        store.complete(ends(&new, &[done], NOW + 5)).await.unwrap(),
         [Some(TaskStatus::Completed)]
     );
 }
@@ -303,23 +314,27 @@ pub async fn leases(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let k0 = key_for(0);
     store
-        .insert(vec![task("long", NOW, Some(&k0))], PARTITIONS, NOW)
+        .insert(inserting(
+            vec![task("long", NOW, Some(&k0))],
+            PARTITIONS,
+            NOW,
+        ))
         .await
         .unwrap();
-    store.acquire(0, &owner, 1, NOW).await.unwrap();
+    store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
     let claims = [Claim {
         partition: 0,
         epoch: 1,
     }];
     let t = store
-        .claim(&owner, &claims, NOW, 1, 1_000)
+        .claim(claiming(&owner, &claims, NOW, 1, 1_000))
         .await
         .unwrap()
         .tasks
         .remove(0);
     assert!(
         store
-            .renew(&owner, &claims, NOW, 5_000)
+            .renew(renewal(&owner, &claims, NOW, 5_000))
             .await
             .unwrap()
             .is_empty()
@@ -331,14 +346,14 @@ pub async fn leases(store: Arc<dyn TaskStore>) {
     // Not requeued before the lease ends; an expired lease is never claimed directly.
     assert_eq!(
         store
-            .requeue_expired(&owner, &claims, NOW + 4_999)
+            .requeue_expired(expiry(&owner, &claims, NOW + 4_999))
             .await
             .unwrap(),
         0
     );
     assert!(
         store
-            .claim(&owner, &claims, NOW + 5_001, 1, 1_000)
+            .claim(claiming(&owner, &claims, NOW + 5_001, 1, 1_000))
             .await
             .unwrap()
             .tasks
@@ -351,20 +366,20 @@ pub async fn leases(store: Arc<dyn TaskStore>) {
     }];
     assert_eq!(
         store
-            .requeue_expired(&owner, &stale, NOW + 5_001)
+            .requeue_expired(expiry(&owner, &stale, NOW + 5_001))
             .await
             .unwrap(),
         0
     );
     assert_eq!(
         store
-            .requeue_expired(&owner, &claims, NOW + 5_001)
+            .requeue_expired(expiry(&owner, &claims, NOW + 5_001))
             .await
             .unwrap(),
         1
     );
     let again = store
-        .claim(&owner, &claims, NOW + 5_002, 1, 1_000)
+        .claim(claiming(&owner, &claims, NOW + 5_002, 1, 1_000))
         .await
         .unwrap()
         .tasks;
@@ -377,25 +392,28 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let k0 = key_for(0);
     let ids: Vec<_> = store
-        .insert(
+        .insert(inserting(
             vec![task("a", NOW, Some(&k0)), task("b", NOW, Some(&k0))],
             PARTITIONS,
             NOW,
-        )
+        ))
         .await
         .unwrap()
         .into_iter()
         .map(|(t, _)| t.id)
         .collect();
-    store.acquire(0, &owner, 1, NOW).await.unwrap();
+    store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
     let claims = [Claim {
         partition: 0,
         epoch: 1,
     }];
-    let claimed = store.claim(&owner, &claims, NOW, 10, 30_000).await.unwrap();
+    let claimed = store
+        .claim(claiming(&owner, &claims, NOW, 10, 30_000))
+        .await
+        .unwrap();
     assert_eq!(claimed.tasks.len(), 2);
     let results = store
-        .complete(
+        .complete(ends(
             &owner,
             &[
                 Completion {
@@ -414,7 +432,7 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
                 },
             ],
             NOW + 9,
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -433,7 +451,7 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
     );
     // Released under a stale epoch: refused.
     let again = store
-        .claim(&owner, &claims, NOW + 10, 10, 30_000)
+        .claim(claiming(&owner, &claims, NOW + 10, 10, 30_000))
         .await
         .unwrap();
     assert_eq!(again.tasks.len(), 1);
@@ -445,12 +463,15 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
         outcome: CompletionOutcome::Released,
     };
     assert_eq!(
-        store.complete(&owner, &[stale], NOW + 11).await.unwrap(),
+        store
+            .complete(ends(&owner, &[stale], NOW + 11))
+            .await
+            .unwrap(),
         [None]
     );
     // Naming another partition than the task's: refused, even with the right epoch and an
     // owned partition.
-    store.acquire(1, &owner, 1, NOW).await.unwrap();
+    store.acquire(grant(1, &owner, 1, NOW)).await.unwrap();
     let elsewhere = Completion {
         id: ids[1],
         partition: 1,
@@ -460,7 +481,7 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
     };
     assert_eq!(
         store
-            .complete(&owner, &[elsewhere], NOW + 11)
+            .complete(ends(&owner, &[elsewhere], NOW + 11))
             .await
             .unwrap(),
         [None]
@@ -473,16 +494,16 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
 pub async fn reset_after_restart(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     store
-        .insert(
+        .insert(inserting(
             vec![task("a", NOW, None), task("b", NOW, None)],
             PARTITIONS,
             NOW,
-        )
+        ))
         .await
         .unwrap();
     own_all(&*store, &owner, 5).await;
     let claimed = store
-        .claim(&owner, &all(5), NOW, 1, 30_000)
+        .claim(claiming(&owner, &all(5), NOW, 1, 30_000))
         .await
         .unwrap()
         .tasks;
@@ -494,7 +515,7 @@ pub async fn reset_after_restart(store: Arc<dyn TaskStore>) {
     own_all(&*store, &owner, 1).await;
     assert_eq!(
         store
-            .claim(&owner, &all(1), NOW + 2, 10, 30_000)
+            .claim(claiming(&owner, &all(1), NOW + 2, 10, 30_000))
             .await
             .unwrap()
             .tasks
@@ -509,7 +530,7 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
     let mut keyed = task("keyed", NOW, None);
     keyed.idempotency_key = Some("once".into());
     let inserted = store
-        .insert(
+        .insert(inserting(
             vec![
                 keyed.clone(),
                 task("cancelled", NOW + 60_000, None),
@@ -517,12 +538,12 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
             ],
             PARTITIONS,
             NOW,
-        )
+        ))
         .await
         .unwrap();
     own_all(&*store, &owner, 1).await;
     let claimed = store
-        .claim(&owner, &all(1), NOW, 10, 30_000)
+        .claim(claiming(&owner, &all(1), NOW, 10, 30_000))
         .await
         .unwrap()
         .tasks;
@@ -534,7 +555,10 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
         started_at: None,
         outcome: CompletionOutcome::Succeeded,
     };
-    store.complete(&owner, &[done], NOW + 10).await.unwrap();
+    store
+        .complete(ends(&owner, &[done], NOW + 10))
+        .await
+        .unwrap();
     store.cancel(inserted[1].0.id, NOW + 20).await.unwrap();
     assert_eq!(
         store.purge_finished(NOW + 10, 100).await.unwrap(),
@@ -550,7 +574,7 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
     // The key is free again.
     assert!(
         store
-            .insert(vec![keyed], PARTITIONS, NOW + 2_000)
+            .insert(inserting(vec![keyed], PARTITIONS, NOW + 2_000))
             .await
             .unwrap()[0]
             .1
@@ -562,16 +586,16 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
 pub async fn failures_given_up_and_retried_later(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let inserted = store
-        .insert(
+        .insert(inserting(
             vec![task("hopeless", NOW, None), task("later", NOW, None)],
             PARTITIONS,
             NOW,
-        )
+        ))
         .await
         .unwrap();
     own_all(&*store, &owner, 1).await;
     let claimed = store
-        .claim(&owner, &all(1), NOW, 10, 30_000)
+        .claim(claiming(&owner, &all(1), NOW, 10, 30_000))
         .await
         .unwrap()
         .tasks;
@@ -585,7 +609,7 @@ pub async fn failures_given_up_and_retried_later(store: Arc<dyn TaskStore>) {
     };
     let (hopeless, later) = (&inserted[0].0, &inserted[1].0);
     let results = store
-        .complete(
+        .complete(ends(
             &owner,
             &[
                 end(
@@ -603,7 +627,7 @@ pub async fn failures_given_up_and_retried_later(store: Arc<dyn TaskStore>) {
                 ),
             ],
             NOW + 10,
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -627,7 +651,7 @@ pub async fn failures_given_up_and_retried_later(store: Arc<dyn TaskStore>) {
     );
     assert!(
         store
-            .claim(&owner, &all(1), NOW + 59_999, 10, 30_000)
+            .claim(claiming(&owner, &all(1), NOW + 59_999, 10, 30_000))
             .await
             .unwrap()
             .tasks

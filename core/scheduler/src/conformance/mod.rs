@@ -2,6 +2,7 @@
 //! tests call [`task_store_conformance!`] with an async function returning a fresh, empty store;
 //! the macro expands to one `#[tokio::test]` per case.
 
+pub mod calls;
 mod execution;
 mod schedules;
 mod tasks;
@@ -11,6 +12,7 @@ pub use tasks::*;
 
 use super::store::{Claim, TaskStore};
 use super::{Millis, NewTask, partition_for};
+use calls::*;
 use rota_model::InstanceId;
 
 const PARTITIONS: u32 = 4;
@@ -44,7 +46,7 @@ fn all(epoch: u64) -> Vec<Claim> {
 
 async fn own_all(store: &dyn TaskStore, owner: &InstanceId, epoch: u64) {
     for p in 0..PARTITIONS {
-        store.acquire(p, owner, epoch, NOW).await.unwrap();
+        store.acquire(grant(p, owner, epoch, NOW)).await.unwrap();
     }
 }
 

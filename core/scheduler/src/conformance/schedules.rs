@@ -1,6 +1,6 @@
 //! Conformance cases for schedules: the compare-and-set, the fence, and one task per tick.
 
-use super::{NOW, PARTITIONS};
+use super::{NOW, PARTITIONS, due_by, grant};
 use crate::schedule::{
     self, MissedTicks, PutMode, PutOutcome, ScheduleDef, ScheduleError, TaskTemplate, clock,
     schedule_partition, tick_key,
@@ -131,14 +131,13 @@ pub async fn schedule_writes_compare_and_set(store: Arc<dyn TaskStore>) {
             expected,
             fence: None,
             tasks: Vec::new(),
+            partitions: PARTITIONS,
+            now: NOW,
         }
     };
     // Creating what exists, or writing from a stale revision, changes nothing.
     for expected in [None, Some(stored.revision + 7)] {
-        let outcome = store
-            .write_schedule(write(expected), PARTITIONS, NOW)
-            .await
-            .unwrap();
+        let outcome = store.write_schedule(write(expected)).await.unwrap();
         assert_eq!(
             outcome,
             ScheduleWritten::Conflict(Some(Box::new(stored.clone())))
@@ -151,7 +150,7 @@ pub async fn schedule_writes_compare_and_set(store: Arc<dyn TaskStore>) {
             .unwrap()
     );
     let outcome = store
-        .write_schedule(write(Some(stored.revision)), PARTITIONS, NOW)
+        .write_schedule(write(Some(stored.revision)))
         .await
         .unwrap();
     assert_eq!(outcome, ScheduleWritten::Written(Vec::new()));
@@ -161,7 +160,7 @@ pub async fn schedule_writes_compare_and_set(store: Arc<dyn TaskStore>) {
     // The same write again lost its race.
     assert!(matches!(
         store
-            .write_schedule(write(Some(stored.revision)), PARTITIONS, NOW)
+            .write_schedule(write(Some(stored.revision)))
             .await
             .unwrap(),
         ScheduleWritten::Conflict(Some(_))
@@ -182,7 +181,7 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
     let def = def_on(2, "every 10s");
     let stored = put(store, def.clone()).await;
     let first = stored.next_tick.unwrap();
-    store.acquire(2, &a, 1, NOW).await.unwrap();
+    store.acquire(grant(2, &a, 1, NOW)).await.unwrap();
     let a_claims = [Claim {
         partition: 2,
         epoch: 1,
@@ -217,7 +216,7 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
         .unwrap();
     assert_eq!(round.fired, 0);
     // b takes the partition over: a's clock is refused and writes nothing.
-    store.acquire(2, &b, 2, NOW).await.unwrap();
+    store.acquire(grant(2, &b, 2, NOW)).await.unwrap();
     let second = first + 10_000;
     let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, second)
         .await
@@ -236,22 +235,20 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
     let mut moved = after.clone();
     moved.revision += 1;
     let wrong = store
-        .write_schedule(
-            ScheduleWrite {
-                schedule: moved,
-                expected: Some(after.revision),
-                fence: Some((
-                    b.clone(),
-                    Claim {
-                        partition: 3,
-                        epoch: 2,
-                    },
-                )),
-                tasks: vec![def.task_for(second, second)],
-            },
-            PARTITIONS,
-            second,
-        )
+        .write_schedule(ScheduleWrite {
+            schedule: moved,
+            expected: Some(after.revision),
+            fence: Some((
+                b.clone(),
+                Claim {
+                    partition: 3,
+                    epoch: 2,
+                },
+            )),
+            tasks: vec![def.task_for(second, second)],
+            partitions: PARTITIONS,
+            now: second,
+        })
         .await;
     assert!(
         matches!(wrong, Err(StoreError::StaleEpoch { .. })),
@@ -271,16 +268,14 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
     let mut zombie = current.clone();
     zombie.revision += 1;
     let outcome = store
-        .write_schedule(
-            ScheduleWrite {
-                schedule: zombie,
-                expected: Some(current.revision),
-                fence: Some((b.clone(), b_claims[0])),
-                tasks: vec![def.task_for(first, first)],
-            },
-            PARTITIONS,
-            second,
-        )
+        .write_schedule(ScheduleWrite {
+            schedule: zombie,
+            expected: Some(current.revision),
+            fence: Some((b.clone(), b_claims[0])),
+            tasks: vec![def.task_for(first, first)],
+            partitions: PARTITIONS,
+            now: second,
+        })
         .await
         .unwrap();
     let ScheduleWritten::Written(tasks) = outcome else {
@@ -300,14 +295,14 @@ pub async fn due_schedules(store: Arc<dyn TaskStore>) {
     let hourly = put(store, named("hourly", 0, "every 1h")).await;
     let elsewhere = put(store, named("secondly", 1, "every 1s")).await;
     let due = store
-        .due_schedules(&[0], minutely.next_tick.unwrap(), 10)
+        .due_schedules(due_by(&[0], minutely.next_tick.unwrap(), 10))
         .await
         .unwrap();
     let names: Vec<&str> = due.schedules.iter().map(|s| s.def.name.as_str()).collect();
     assert_eq!(names, [minutely.def.name.as_str()]);
     assert_eq!(due.next_tick, hourly.next_tick);
     let both = store
-        .due_schedules(&[0, 1], NOW + 3_600_000, 10)
+        .due_schedules(due_by(&[0, 1], NOW + 3_600_000, 10))
         .await
         .unwrap();
     let names: Vec<&str> = both.schedules.iter().map(|s| s.def.name.as_str()).collect();
@@ -322,7 +317,7 @@ pub async fn due_schedules(store: Arc<dyn TaskStore>) {
     assert_eq!(both.next_tick, None);
     assert_eq!(
         store
-            .due_schedules(&[0, 1], NOW + 3_600_000, 1)
+            .due_schedules(due_by(&[0, 1], NOW + 3_600_000, 1))
             .await
             .unwrap()
             .schedules
@@ -333,14 +328,14 @@ pub async fn due_schedules(store: Arc<dyn TaskStore>) {
         .await
         .unwrap();
     let due = store
-        .due_schedules(&[0], NOW + 3_600_000, 10)
+        .due_schedules(due_by(&[0], NOW + 3_600_000, 10))
         .await
         .unwrap();
     let names: Vec<&str> = due.schedules.iter().map(|s| s.def.name.as_str()).collect();
     assert_eq!(names, [hourly.def.name.as_str()]);
     assert!(
         store
-            .due_schedules(&[3], NOW + 3_600_000, 10)
+            .due_schedules(due_by(&[3], NOW + 3_600_000, 10))
             .await
             .unwrap()
             .schedules
@@ -367,7 +362,7 @@ pub async fn trigger_pause_resume(store: Arc<dyn TaskStore>) {
     // The clock fires the coming tick ahead; a pause before the tick cancels its task.
     let tick = stored.next_tick.unwrap();
     store
-        .acquire(3, &InstanceId::new("a"), 1, NOW)
+        .acquire(grant(3, &InstanceId::new("a"), 1, NOW))
         .await
         .unwrap();
     let claims = [Claim {

@@ -1,7 +1,7 @@
 //! Conformance cases of [`Tasks`](crate::Tasks): insert, read, idempotency, payloads, listing,
 //! cancel, text no store can hold, insert notifications.
 
-use super::{NOW, PARTITIONS, all, key_for, own_all, task};
+use super::{NOW, PARTITIONS, all, claiming, ends, inserting, key_for, own_all, task};
 use crate::store::{CancelOutcome, Completion, CompletionOutcome, ListFilter, TaskStore};
 use crate::{NewTask, TaskStatus, partition_for};
 use rota_model::InstanceId;
@@ -10,11 +10,11 @@ use std::sync::Arc;
 /// Insert, read back, ids unique, partitions from the key or the id.
 pub async fn insert_and_get(store: Arc<dyn TaskStore>) {
     let inserted = store
-        .insert(
+        .insert(inserting(
             vec![task("a", NOW, None), task("b", NOW, Some("customer-1"))],
             PARTITIONS,
             NOW,
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(inserted.len(), 2);
@@ -43,13 +43,13 @@ pub async fn idempotency_keys(store: Arc<dyn TaskStore>) {
     let mut t = task("once", NOW, None);
     t.idempotency_key = Some("req-1".into());
     let first = store
-        .insert(vec![t.clone()], PARTITIONS, NOW)
+        .insert(inserting(vec![t.clone()], PARTITIONS, NOW))
         .await
         .unwrap();
     let mut changed = t.clone();
     changed.name = "other".into();
     let again = store
-        .insert(vec![changed, t.clone()], PARTITIONS, NOW + 5)
+        .insert(inserting(vec![changed, t.clone()], PARTITIONS, NOW + 5))
         .await
         .unwrap();
     assert!(first[0].1);
@@ -84,7 +84,7 @@ pub async fn payloads_come_back_as_sent(store: Arc<dyn TaskStore>) {
     let mut t = task("numbers", NOW, None);
     t.payload = payload.clone();
     let (stored, _) = store
-        .insert(vec![t], PARTITIONS, NOW)
+        .insert(inserting(vec![t], PARTITIONS, NOW))
         .await
         .unwrap()
         .remove(0);
@@ -105,11 +105,11 @@ pub async fn payloads_come_back_as_sent(store: Arc<dyn TaskStore>) {
 pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let inserted = store
-        .insert(
+        .insert(inserting(
             (0..40).map(|i| task(&format!("t{i}"), NOW, None)).collect(),
             PARTITIONS,
             NOW,
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -126,7 +126,10 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
         tokio::spawn(async move {
             let mut claimed = Vec::new();
             for _ in 0..40 {
-                let batch = store.claim(&owner, &all(1), NOW, 1, 30_000).await.unwrap();
+                let batch = store
+                    .claim(claiming(&owner, &all(1), NOW, 1, 30_000))
+                    .await
+                    .unwrap();
                 claimed.extend(batch.tasks.into_iter().map(|t| (t.id, t.partition)));
                 tokio::task::yield_now().await;
             }
@@ -159,7 +162,7 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
             started_at: None,
             outcome: CompletionOutcome::Succeeded,
         };
-        store.complete(&owner, &[done], NOW).await.unwrap();
+        store.complete(ends(&owner, &[done], NOW)).await.unwrap();
         assert!(
             matches!(store.cancel(id, NOW).await.unwrap(), CancelOutcome::Conflict(t) if t.status == TaskStatus::Completed)
         );
@@ -171,7 +174,10 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
     let batch: Vec<_> = (0..25)
         .map(|i| task(if i % 2 == 0 { "even" } else { "odd" }, NOW, None))
         .collect();
-    store.insert(batch, PARTITIONS, NOW).await.unwrap();
+    store
+        .insert(inserting(batch, PARTITIONS, NOW))
+        .await
+        .unwrap();
     let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
     loop {
         let page = store
@@ -218,7 +224,7 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     own_all(&*store, &owner, 1).await;
     let claimed = store
-        .claim(&owner, &all(1), NOW, 9, 30_000)
+        .claim(claiming(&owner, &all(1), NOW, 9, 30_000))
         .await
         .unwrap()
         .tasks;
@@ -230,7 +236,7 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
             ..Completion::of(t, CompletionOutcome::Succeeded)
         })
         .collect();
-    store.complete(&owner, &done, NOW).await.unwrap();
+    store.complete(ends(&owner, &done, NOW)).await.unwrap();
     let pending: Vec<_> = seen
         .iter()
         .filter(|id| !claimed.iter().any(|t| t.id == **id))
@@ -329,7 +335,7 @@ pub async fn unstorable_text_is_refused(store: Arc<dyn TaskStore>) {
         let batch = vec![task("fine", NOW, None), bad.clone()];
         assert!(
             matches!(
-                store.insert(batch, PARTITIONS, NOW).await,
+                store.insert(inserting(batch, PARTITIONS, NOW)).await,
                 Err(crate::StoreError::Invalid(_))
             ),
             "{bad:?}"
@@ -350,7 +356,7 @@ pub async fn insert_notifications(store: Arc<dyn TaskStore>) {
     let mut inserted = store.inserted();
     let k3 = key_for(3);
     store
-        .insert(vec![task("n", NOW, Some(&k3))], PARTITIONS, NOW)
+        .insert(inserting(vec![task("n", NOW, Some(&k3))], PARTITIONS, NOW))
         .await
         .unwrap();
     assert_eq!(inserted.try_recv().ok(), Some(3));

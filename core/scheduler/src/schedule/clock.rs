@@ -3,6 +3,7 @@
 //! documentation of [`super`] for why that fires each tick once).
 
 use super::{LOOKAHEAD_MS, Run, Schedule, plan, tick_key};
+use crate::store::DueSchedulesQuery;
 use crate::{Claim, Millis, ScheduleWrite, ScheduleWritten, StoreError, TaskStore};
 use rota_model::InstanceId;
 use tracing::warn;
@@ -39,10 +40,12 @@ pub async fn fire_due(
     partitions: u32,
     now: Millis,
 ) -> Result<ClockRound, StoreError> {
-    let ids: Vec<u32> = claims.iter().map(|c| c.partition).collect();
-    let due = store
-        .due_schedules(&ids, now + LOOKAHEAD_MS, DUE_BATCH)
-        .await?;
+    let query = DueSchedulesQuery {
+        partitions: claims.iter().map(|c| c.partition).collect(),
+        before: now + LOOKAHEAD_MS,
+        limit: DUE_BATCH,
+    };
+    let due = store.due_schedules(query).await?;
     let mut round = ClockRound {
         wake_at: due.next_tick.map(|t| t - LOOKAHEAD_MS),
         ..ClockRound::default()
@@ -121,16 +124,14 @@ async fn fire_one(
         fired.last_tick = ticks.last().copied().or(schedule.last_tick);
         fired.revision += 1;
         let written = store
-            .write_schedule(
-                ScheduleWrite {
-                    schedule: fired,
-                    expected: Some(schedule.revision),
-                    fence: Some((owner.clone(), claim)),
-                    tasks,
-                },
+            .write_schedule(ScheduleWrite {
+                schedule: fired,
+                expected: Some(schedule.revision),
+                fence: Some((owner.clone(), claim)),
+                tasks,
                 partitions,
                 now,
-            )
+            })
             .await?;
         match written {
             ScheduleWritten::Written(tasks) => {

@@ -160,16 +160,14 @@ pub async fn trigger(
         }]);
         next.revision += 1;
         let written = store
-            .write_schedule(
-                ScheduleWrite {
-                    schedule: next.clone(),
-                    expected: Some(current.revision),
-                    fence: None,
-                    tasks: vec![task],
-                },
+            .write_schedule(ScheduleWrite {
+                schedule: next.clone(),
+                expected: Some(current.revision),
+                fence: None,
+                tasks: vec![task],
                 partitions,
                 now,
-            )
+            })
             .await?;
         if let ScheduleWritten::Written(mut tasks) = written {
             let (task, _) = tasks.pop().expect("one task per trigger");
@@ -231,16 +229,14 @@ async fn write(
     now: Millis,
 ) -> Result<bool, StoreError> {
     let written = store
-        .write_schedule(
-            ScheduleWrite {
-                schedule,
-                expected,
-                fence: None,
-                tasks: Vec::new(),
-            },
+        .write_schedule(ScheduleWrite {
+            schedule,
+            expected,
+            fence: None,
+            tasks: Vec::new(),
             partitions,
             now,
-        )
+        })
         .await?;
     Ok(matches!(written, ScheduleWritten::Written(_)))
 }

@@ -75,6 +75,7 @@ impl Deadlined {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::AcquirePartition;
     use rota_model::InstanceId;
 
     /// A call of a store that hangs.
@@ -86,13 +87,13 @@ mod tests {
     async fn a_call_that_hangs_fails_as_a_timeout_at_the_deadline() {
         let deadline = Deadline::new(Duration::from_secs(3));
         let started = tokio::time::Instant::now();
-        let owner = InstanceId::new("w");
-        let call = Call::Acquire {
+        let grant = AcquirePartition {
             partition: 0,
-            owner: &owner,
+            owner: InstanceId::new("w"),
             epoch: 1,
             now: 0,
         };
+        let call = Call::Acquire(&grant);
         let err = deadline.around(call, hung::<u64>()).await.unwrap_err();
         assert_eq!(started.elapsed(), Duration::from_secs(3));
         assert!(err.retryable() && !err.certainly_not_applied(), "{err}");

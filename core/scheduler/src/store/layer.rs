@@ -8,13 +8,13 @@
 //! even if its caller gives up.
 
 use super::{
-    Backlog, CancelOutcome, Claim, Claimed, Completion, DueSchedules, Execution, ListFilter, Page,
+    AcquirePartition, Backlog, CancelOutcome, ClaimTasks, Claimed, CompleteTasks, DueSchedules,
+    DueSchedulesQuery, Execution, InsertTasks, ListFilter, Page, RenewLeases, RequeueExpired,
     ScheduleWrite, ScheduleWritten, Schedules, StoreError, Tasks, Upkeep,
 };
 use crate::schedule::Schedule;
-use crate::{Millis, NewTask, Task, TaskId, TaskStatus};
+use crate::{Millis, Task, TaskId, TaskStatus};
 use async_trait::async_trait;
-use rota_model::{Epoch, InstanceId};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,16 +23,13 @@ use tokio::sync::broadcast;
 /// A call of the inner store, started but not yet polled.
 pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
-/// One call of a task store, with its arguments (those a layer may want to see).
+/// One call of a task store, with its arguments (those a layer may want to see): a call that
+/// takes a request value shows that very value.
 #[derive(Clone, Copy, Debug)]
 #[allow(missing_docs)] // The fields are the methods' arguments, documented there.
 pub enum Call<'a> {
-    /// [`Tasks::insert`] of `tasks` tasks.
-    Insert {
-        tasks: usize,
-        partitions: u32,
-        now: Millis,
-    },
+    /// [`Tasks::insert`].
+    Insert(&'a InsertTasks),
     /// [`Tasks::get`].
     Get { id: TaskId },
     /// [`Tasks::by_idempotency_keys`].
@@ -44,39 +41,15 @@ pub enum Call<'a> {
     /// [`Tasks::backlog`].
     Backlog,
     /// [`Execution::acquire`].
-    Acquire {
-        partition: u32,
-        owner: &'a InstanceId,
-        epoch: Epoch,
-        now: Millis,
-    },
+    Acquire(&'a AcquirePartition),
     /// [`Execution::claim`].
-    Claim {
-        owner: &'a InstanceId,
-        partitions: &'a [Claim],
-        now: Millis,
-        limit: usize,
-        lease_ms: i64,
-    },
+    Claim(&'a ClaimTasks),
     /// [`Execution::complete`].
-    Complete {
-        owner: &'a InstanceId,
-        completions: &'a [Completion],
-        now: Millis,
-    },
+    Complete(&'a CompleteTasks),
     /// [`Execution::renew`].
-    Renew {
-        owner: &'a InstanceId,
-        partitions: &'a [Claim],
-        now: Millis,
-        lease_ms: i64,
-    },
+    Renew(&'a RenewLeases),
     /// [`Execution::requeue_expired`].
-    RequeueExpired {
-        owner: &'a InstanceId,
-        partitions: &'a [Claim],
-        now: Millis,
-    },
+    RequeueExpired(&'a RequeueExpired),
     /// [`Schedules::schedule`].
     Schedule { name: &'a str },
     /// [`Schedules::schedules`].
@@ -85,24 +58,13 @@ pub enum Call<'a> {
         limit: usize,
     },
     /// [`Schedules::write_schedule`].
-    WriteSchedule {
-        write: &'a ScheduleWrite,
-        partitions: u32,
-        now: Millis,
-    },
+    WriteSchedule(&'a ScheduleWrite),
     /// [`Schedules::delete_schedule`].
     DeleteSchedule { name: &'a str, revision: u64 },
     /// [`Schedules::due_schedules`].
-    DueSchedules {
-        partitions: &'a [u32],
-        before: Millis,
-        limit: usize,
-    },
+    DueSchedules(&'a DueSchedulesQuery),
     /// [`Upkeep::purge_finished`].
-    PurgeFinished {
-        finished_before: Millis,
-        limit: usize,
-    },
+    PurgeFinished { before: Millis, limit: usize },
     /// [`Upkeep::reset_after_restart`].
     ResetAfterRestart { now: Millis },
 }
@@ -111,22 +73,22 @@ impl Call<'_> {
     /// The call's name, as logs and the `call` label of `rota_store_errors_total` show it.
     pub fn name(&self) -> &'static str {
         match self {
-            Call::Insert { .. } => "insert",
+            Call::Insert(_) => "insert",
             Call::Get { .. } => "get",
             Call::ByIdempotencyKeys { .. } => "by keys",
             Call::List { .. } => "list",
             Call::Cancel { .. } => "cancel",
             Call::Backlog => "backlog",
-            Call::Acquire { .. } => "acquire",
-            Call::Claim { .. } => "claim",
-            Call::Complete { .. } => "complete",
-            Call::Renew { .. } => "renew",
-            Call::RequeueExpired { .. } => "requeue expired",
+            Call::Acquire(_) => "acquire",
+            Call::Claim(_) => "claim",
+            Call::Complete(_) => "complete",
+            Call::Renew(_) => "renew",
+            Call::RequeueExpired(_) => "requeue expired",
             Call::Schedule { .. } => "schedule",
             Call::Schedules { .. } => "schedules",
-            Call::WriteSchedule { .. } => "write schedule",
+            Call::WriteSchedule(_) => "write schedule",
             Call::DeleteSchedule { .. } => "delete schedule",
-            Call::DueSchedules { .. } => "due schedules",
+            Call::DueSchedules(_) => "due schedules",
             Call::PurgeFinished { .. } => "purge",
             Call::ResetAfterRestart { .. } => "reset",
         }
@@ -142,7 +104,7 @@ impl Call<'_> {
                 | Call::Backlog
                 | Call::Schedule { .. }
                 | Call::Schedules { .. }
-                | Call::DueSchedules { .. }
+                | Call::DueSchedules(_)
         )
     }
 }
@@ -182,147 +144,89 @@ impl<L, S: ?Sized> Layered<L, S> {
     }
 }
 
+impl<L: Layer, S: ?Sized + Send + Sync + 'static> Layered<L, S> {
+    /// Hands `call` to the layer, with its work on the inner store started by `start` (given
+    /// a handle to the inner store; it owns whatever else it needs).
+    async fn forward<T, F>(
+        &self,
+        call: Call<'_>,
+        start: impl FnOnce(Arc<S>) -> F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let inner: Pending<T> = Box::pin(start(self.inner.clone()));
+        self.layer.around(call, inner).await
+    }
+}
+
 #[async_trait]
 impl<L: Layer, S: Tasks + ?Sized + 'static> Tasks for Layered<L, S> {
-    async fn insert(
-        &self,
-        tasks: Vec<NewTask>,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<Vec<(Task, bool)>, StoreError> {
-        let (call, s) = (
-            Call::Insert {
-                tasks: tasks.len(),
-                partitions,
-                now,
-            },
-            self.inner.clone(),
-        );
-        let inner = Box::pin(async move { s.insert(tasks, partitions, now).await });
-        self.layer.around(call, inner).await
+    async fn insert(&self, batch: InsertTasks) -> Result<Vec<(Task, bool)>, StoreError> {
+        let sent = batch.clone();
+        let start = |s: Arc<S>| async move { s.insert(sent).await };
+        self.forward(Call::Insert(&batch), start).await
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let s = self.inner.clone();
-        let inner = Box::pin(async move { s.get(id).await });
-        self.layer.around(Call::Get { id }, inner).await
+        let start = move |s: Arc<S>| async move { s.get(id).await };
+        self.forward(Call::Get { id }, start).await
     }
 
     async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
-        let (s, k) = (self.inner.clone(), keys.to_vec());
-        let inner = Box::pin(async move { s.by_idempotency_keys(&k).await });
-        self.layer
-            .around(Call::ByIdempotencyKeys { keys }, inner)
-            .await
+        let sent = keys.to_vec();
+        let start = |s: Arc<S>| async move { s.by_idempotency_keys(&sent).await };
+        self.forward(Call::ByIdempotencyKeys { keys }, start).await
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
-        let (s, f) = (self.inner.clone(), filter.clone());
-        let inner = Box::pin(async move { s.list(&f).await });
-        self.layer.around(Call::List { filter }, inner).await
+        let sent = filter.clone();
+        let start = |s: Arc<S>| async move { s.list(&sent).await };
+        self.forward(Call::List { filter }, start).await
     }
 
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
-        let s = self.inner.clone();
-        let inner = Box::pin(async move { s.cancel(id, now).await });
-        self.layer.around(Call::Cancel { id, now }, inner).await
+        let start = move |s: Arc<S>| async move { s.cancel(id, now).await };
+        self.forward(Call::Cancel { id, now }, start).await
     }
 
     async fn backlog(&self) -> Result<Backlog, StoreError> {
-        let s = self.inner.clone();
-        let inner = Box::pin(async move { s.backlog().await });
-        self.layer.around(Call::Backlog, inner).await
+        let start = |s: Arc<S>| async move { s.backlog().await };
+        self.forward(Call::Backlog, start).await
     }
 }
 
 #[async_trait]
 impl<L: Layer, S: Execution + ?Sized + 'static> Execution for Layered<L, S> {
-    async fn acquire(
-        &self,
-        partition: u32,
-        owner: &InstanceId,
-        epoch: Epoch,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let (s, o) = (self.inner.clone(), owner.clone());
-        let inner = Box::pin(async move { s.acquire(partition, &o, epoch, now).await });
-        let call = Call::Acquire {
-            partition,
-            owner,
-            epoch,
-            now,
-        };
-        self.layer.around(call, inner).await
+    async fn acquire(&self, grant: AcquirePartition) -> Result<u64, StoreError> {
+        let sent = grant.clone();
+        let start = |s: Arc<S>| async move { s.acquire(sent).await };
+        self.forward(Call::Acquire(&grant), start).await
     }
 
-    async fn claim(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        limit: usize,
-        lease_ms: i64,
-    ) -> Result<Claimed, StoreError> {
-        let (s, o, p) = (self.inner.clone(), owner.clone(), partitions.to_vec());
-        let inner = Box::pin(async move { s.claim(&o, &p, now, limit, lease_ms).await });
-        let call = Call::Claim {
-            owner,
-            partitions,
-            now,
-            limit,
-            lease_ms,
-        };
-        self.layer.around(call, inner).await
+    async fn claim(&self, claim: ClaimTasks) -> Result<Claimed, StoreError> {
+        let sent = claim.clone();
+        let start = |s: Arc<S>| async move { s.claim(sent).await };
+        self.forward(Call::Claim(&claim), start).await
     }
 
-    async fn complete(
-        &self,
-        owner: &InstanceId,
-        completions: &[Completion],
-        now: Millis,
-    ) -> Result<Vec<Option<TaskStatus>>, StoreError> {
-        let (s, o, c) = (self.inner.clone(), owner.clone(), completions.to_vec());
-        let inner = Box::pin(async move { s.complete(&o, &c, now).await });
-        let call = Call::Complete {
-            owner,
-            completions,
-            now,
-        };
-        self.layer.around(call, inner).await
+    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let sent = ends.clone();
+        let start = |s: Arc<S>| async move { s.complete(sent).await };
+        self.forward(Call::Complete(&ends), start).await
     }
 
-    async fn renew(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        lease_ms: i64,
-    ) -> Result<Vec<u32>, StoreError> {
-        let (s, o, p) = (self.inner.clone(), owner.clone(), partitions.to_vec());
-        let inner = Box::pin(async move { s.renew(&o, &p, now, lease_ms).await });
-        let call = Call::Renew {
-            owner,
-            partitions,
-            now,
-            lease_ms,
-        };
-        self.layer.around(call, inner).await
+    async fn renew(&self, renewal: RenewLeases) -> Result<Vec<u32>, StoreError> {
+        let sent = renewal.clone();
+        let start = |s: Arc<S>| async move { s.renew(sent).await };
+        self.forward(Call::Renew(&renewal), start).await
     }
 
-    async fn requeue_expired(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let (s, o, p) = (self.inner.clone(), owner.clone(), partitions.to_vec());
-        let inner = Box::pin(async move { s.requeue_expired(&o, &p, now).await });
-        let call = Call::RequeueExpired {
-            owner,
-            partitions,
-            now,
-        };
-        self.layer.around(call, inner).await
+    async fn requeue_expired(&self, expired: RequeueExpired) -> Result<u64, StoreError> {
+        let sent = expired.clone();
+        let start = |s: Arc<S>| async move { s.requeue_expired(sent).await };
+        self.forward(Call::RequeueExpired(&expired), start).await
     }
 
     fn inserted(&self) -> broadcast::Receiver<u32> {
@@ -333,9 +237,9 @@ impl<L: Layer, S: Execution + ?Sized + 'static> Execution for Layered<L, S> {
 #[async_trait]
 impl<L: Layer, S: Schedules + ?Sized + 'static> Schedules for Layered<L, S> {
     async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
-        let (s, n) = (self.inner.clone(), name.to_owned());
-        let inner = Box::pin(async move { s.schedule(&n).await });
-        self.layer.around(Call::Schedule { name }, inner).await
+        let sent = name.to_owned();
+        let start = |s: Arc<S>| async move { s.schedule(&sent).await };
+        self.forward(Call::Schedule { name }, start).await
     }
 
     async fn schedules(
@@ -343,75 +247,41 @@ impl<L: Layer, S: Schedules + ?Sized + 'static> Schedules for Layered<L, S> {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Schedule>, StoreError> {
-        let (s, a) = (self.inner.clone(), after.map(str::to_owned));
-        let inner = Box::pin(async move { s.schedules(a.as_deref(), limit).await });
-        self.layer
-            .around(Call::Schedules { after, limit }, inner)
-            .await
+        let sent = after.map(str::to_owned);
+        let start = move |s: Arc<S>| async move { s.schedules(sent.as_deref(), limit).await };
+        self.forward(Call::Schedules { after, limit }, start).await
     }
 
-    async fn write_schedule(
-        &self,
-        write: ScheduleWrite,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<ScheduleWritten, StoreError> {
-        let (s, w) = (self.inner.clone(), write.clone());
-        let inner = Box::pin(async move { s.write_schedule(w, partitions, now).await });
-        let call = Call::WriteSchedule {
-            write: &write,
-            partitions,
-            now,
-        };
-        self.layer.around(call, inner).await
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten, StoreError> {
+        let sent = write.clone();
+        let start = |s: Arc<S>| async move { s.write_schedule(sent).await };
+        self.forward(Call::WriteSchedule(&write), start).await
     }
 
     async fn delete_schedule(&self, name: &str, revision: u64) -> Result<bool, StoreError> {
-        let (s, n) = (self.inner.clone(), name.to_owned());
-        let inner = Box::pin(async move { s.delete_schedule(&n, revision).await });
-        self.layer
-            .around(Call::DeleteSchedule { name, revision }, inner)
+        let sent = name.to_owned();
+        let start = move |s: Arc<S>| async move { s.delete_schedule(&sent, revision).await };
+        self.forward(Call::DeleteSchedule { name, revision }, start)
             .await
     }
 
-    async fn due_schedules(
-        &self,
-        partitions: &[u32],
-        before: Millis,
-        limit: usize,
-    ) -> Result<DueSchedules, StoreError> {
-        let (s, p) = (self.inner.clone(), partitions.to_vec());
-        let inner = Box::pin(async move { s.due_schedules(&p, before, limit).await });
-        let call = Call::DueSchedules {
-            partitions,
-            before,
-            limit,
-        };
-        self.layer.around(call, inner).await
+    async fn due_schedules(&self, query: DueSchedulesQuery) -> Result<DueSchedules, StoreError> {
+        let sent = query.clone();
+        let start = |s: Arc<S>| async move { s.due_schedules(sent).await };
+        self.forward(Call::DueSchedules(&query), start).await
     }
 }
 
 #[async_trait]
 impl<L: Layer, S: Upkeep + ?Sized + 'static> Upkeep for Layered<L, S> {
-    async fn purge_finished(
-        &self,
-        finished_before: Millis,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
-        let s = self.inner.clone();
-        let inner = Box::pin(async move { s.purge_finished(finished_before, limit).await });
-        let call = Call::PurgeFinished {
-            finished_before,
-            limit,
-        };
-        self.layer.around(call, inner).await
+    async fn purge_finished(&self, before: Millis, limit: usize) -> Result<u64, StoreError> {
+        let start = move |s: Arc<S>| async move { s.purge_finished(before, limit).await };
+        self.forward(Call::PurgeFinished { before, limit }, start)
+            .await
     }
 
     async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
-        let s = self.inner.clone();
-        let inner = Box::pin(async move { s.reset_after_restart(now).await });
-        self.layer
-            .around(Call::ResetAfterRestart { now }, inner)
-            .await
+        let start = move |s: Arc<S>| async move { s.reset_after_restart(now).await };
+        self.forward(Call::ResetAfterRestart { now }, start).await
     }
 }

@@ -41,11 +41,16 @@
 mod deadline;
 mod error;
 mod layer;
+mod requests;
 pub mod rules;
 
 pub use deadline::{Deadline, Deadlined};
 pub use error::{ErrorKind, StoreError};
 pub use layer::{Call, Layer, Layered, Pending};
+pub use requests::{
+    AcquirePartition, ClaimTasks, CompleteTasks, DueSchedulesQuery, InsertTasks, RenewLeases,
+    RequeueExpired,
+};
 
 use super::schedule::Schedule;
 use super::{Millis, NewTask, Task, TaskId, TaskStatus};
@@ -197,6 +202,10 @@ pub struct ScheduleWrite {
     pub fence: Option<(InstanceId, Claim)>,
     /// Tasks to insert with it (the fired ticks'), by their idempotency keys.
     pub tasks: Vec<NewTask>,
+    /// How many partitions the tasks are spread over, as in [`InsertTasks::partitions`].
+    pub partitions: u32,
+    /// When the write happens (the tasks' `created_at`).
+    pub now: Millis,
 }
 
 impl ScheduleWrite {
@@ -216,6 +225,11 @@ impl ScheduleWrite {
             });
         }
         Ok(())
+    }
+
+    /// Refuses the write if any of its tasks is not storable, as [`InsertTasks::validate`].
+    pub fn validate(&self) -> Result<(), StoreError> {
+        self.tasks.iter().try_for_each(NewTask::validate)
     }
 
     /// The partition whose owner the fence names, if fenced.
@@ -249,12 +263,7 @@ pub trait Tasks: Send + Sync {
     /// Inserts a batch atomically. Each result is the stored task and whether it was created
     /// (`false`: its idempotency key already named this task). Partitions are assigned with
     /// [`super::partition_for`] over `partitions`.
-    async fn insert(
-        &self,
-        tasks: Vec<NewTask>,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<Vec<(Task, bool)>, StoreError>;
+    async fn insert(&self, batch: InsertTasks) -> Result<Vec<(Task, bool)>, StoreError>;
 
     /// One task.
     async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
@@ -282,59 +291,30 @@ pub trait Execution: Send + Sync {
     /// of the partition made under another owner or epoch ([`rules::take_back`]); returns how
     /// many claims it took back. [`StoreError::StaleEpoch`] if a newer epoch is recorded, or
     /// the same epoch for another owner.
-    async fn acquire(
-        &self,
-        partition: u32,
-        owner: &InstanceId,
-        epoch: Epoch,
-        now: Millis,
-    ) -> Result<u64, StoreError>;
+    async fn acquire(&self, grant: AcquirePartition) -> Result<u64, StoreError>;
 
     /// Claims up to `limit` due tasks across `partitions`, in due order, with a lease until
     /// `now + lease_ms`, and tells when the next task of those partitions is due.
-    async fn claim(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        limit: usize,
-        lease_ms: i64,
-    ) -> Result<Claimed, StoreError>;
+    async fn claim(&self, claim: ClaimTasks) -> Result<Claimed, StoreError>;
 
     /// Ends attempts ([`rules::settle`]). Each result is the task's new status, or `None` if
     /// the completion was refused (the claim is no longer this owner's under this epoch, the
     /// task is not RUNNING under it, or the completion names another partition than the
     /// task's).
-    async fn complete(
-        &self,
-        owner: &InstanceId,
-        completions: &[Completion],
-        now: Millis,
-    ) -> Result<Vec<Option<TaskStatus>>, StoreError>;
+    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError>;
 
     /// Extends the lease of every task RUNNING under `owner` in the given partitions to
     /// `lease_ms` from now (one write for all of them), on the same clock as claims: a store
     /// that takes "now" from the database for claims does so here too, so a worker's clock
     /// skew cannot shorten or stretch a lease. Returns the partitions refused as in
     /// [`Execution::claim`].
-    async fn renew(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-        lease_ms: i64,
-    ) -> Result<Vec<u32>, StoreError>;
+    async fn renew(&self, renewal: RenewLeases) -> Result<Vec<u32>, StoreError>;
 
     /// Takes back ([`rules::take_back`]) every task RUNNING in these partitions whose lease
     /// ended before `now`: a claim its worker neither finished nor renewed. Partitions no
     /// longer owned by `owner` at the given epochs are left alone. Returns how many it took
     /// back.
-    async fn requeue_expired(
-        &self,
-        owner: &InstanceId,
-        partitions: &[Claim],
-        now: Millis,
-    ) -> Result<u64, StoreError>;
+    async fn requeue_expired(&self, expired: RequeueExpired) -> Result<u64, StoreError>;
 
     /// Partitions that received new tasks, as they are inserted (best effort: a receiver that
     /// lags sees `Lagged` and should poll).
@@ -358,13 +338,8 @@ pub trait Schedules: Send + Sync {
     /// fenced, the fence's owner and epoch hold the schedule's partition; inserts `write.tasks`
     /// in the same atomic step. [`StoreError::StaleEpoch`] when the fence is refused (certainly
     /// not applied); [`ScheduleWritten::Conflict`] when the revision is not the expected one.
-    /// `partitions` assigns the tasks' partitions as in [`Tasks::insert`].
-    async fn write_schedule(
-        &self,
-        write: ScheduleWrite,
-        partitions: u32,
-        now: Millis,
-    ) -> Result<ScheduleWritten, StoreError>;
+    /// `write.partitions` assigns the tasks' partitions as in [`Tasks::insert`].
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten, StoreError>;
 
     /// Deletes a schedule (its tasks stay) if its revision is `revision`; `false` if it does
     /// not exist or has another revision.
@@ -373,25 +348,16 @@ pub trait Schedules: Send + Sync {
     /// The active schedules of `partitions` whose next tick is at or before `before`, by next
     /// tick, at most `limit`, and the earliest next tick of the others (cheap: an index on
     /// partition and next tick).
-    async fn due_schedules(
-        &self,
-        partitions: &[u32],
-        before: Millis,
-        limit: usize,
-    ) -> Result<DueSchedules, StoreError>;
+    async fn due_schedules(&self, query: DueSchedulesQuery) -> Result<DueSchedules, StoreError>;
 }
 
 /// Upkeep: retention of finished tasks, and a whole cluster's restart.
 #[async_trait]
 pub trait Upkeep: Send + Sync {
     /// Deletes up to `limit` finished tasks (COMPLETED, FAILED, CANCELLED) that finished before
-    /// `finished_before`, with their idempotency keys; returns how many. Keeps the task table
+    /// `before`, with their idempotency keys; returns how many. Keeps the task table
     /// small: the claim's indexes only ever cover live tasks.
-    async fn purge_finished(
-        &self,
-        finished_before: Millis,
-        limit: usize,
-    ) -> Result<u64, StoreError>;
+    async fn purge_finished(&self, before: Millis, limit: usize) -> Result<u64, StoreError>;
 
     /// Forgets every partition's owner and takes back every RUNNING claim
     /// ([`rules::take_back`]); returns how many it took back. Only for a cluster restarted

@@ -5,7 +5,7 @@
 
 use super::{Inner, RETRY_FIRST, RETRY_MAX, Running};
 use crate::metrics::seconds;
-use crate::store::{Completion, CompletionOutcome};
+use crate::store::{CompleteTasks, Completion, CompletionOutcome};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -35,9 +35,13 @@ pub(super) async fn in_batches(inner: Arc<Inner>, mut done: mpsc::Receiver<Compl
         }
         let mut pause = RETRY_FIRST;
         loop {
-            let now = (inner.now)();
+            let ends = CompleteTasks {
+                owner: inner.config.id.clone(),
+                completions: batch.clone(),
+                now: (inner.now)(),
+            };
             let asked = tokio::time::Instant::now();
-            let result = inner.store.complete(&inner.config.id, &batch, now).await;
+            let result = inner.store.complete(ends).await;
             inner
                 .metrics
                 .completion_duration
@@ -80,7 +84,7 @@ impl Inner {
     /// while attempts remain.
     pub(super) async fn interrupt(&self, aborted: Vec<Running>, why: &str) {
         let now = (self.now)();
-        let interrupted: Vec<Completion> = aborted
+        let completions = aborted
             .into_iter()
             .map(|(handle, c)| {
                 handle.abort();
@@ -93,11 +97,12 @@ impl Inner {
                 }
             })
             .collect();
-        if let Err(e) = self
-            .store
-            .complete(&self.config.id, &interrupted, now)
-            .await
-        {
+        let interrupted = CompleteTasks {
+            owner: self.config.id.clone(),
+            completions,
+            now,
+        };
+        if let Err(e) = self.store.complete(interrupted).await {
             warn!(error = %e, "reporting interrupted tasks failed; their leases will expire");
         }
     }

@@ -6,6 +6,7 @@
 //! session deadline's sender (set by the participant through [`TransitionHandler`]).
 
 use super::{Inner, RETRY_FIRST, RETRY_MAX};
+use crate::store::AcquirePartition;
 use async_trait::async_trait;
 use rota_cluster::participant::{TransitionHandler, TransitionRequest};
 use rota_model::Epoch;
@@ -93,11 +94,13 @@ impl Inner {
         let mut session = self.session_deadline.subscribe();
         let mut pause = RETRY_FIRST;
         loop {
-            let error = match self
-                .store
-                .acquire(partition, &self.config.id, epoch, (self.now)())
-                .await
-            {
+            let grant = AcquirePartition {
+                partition,
+                owner: self.config.id.clone(),
+                epoch,
+                now: (self.now)(),
+            };
+            let error = match self.store.acquire(grant).await {
                 Ok(requeued) => return Ok(requeued),
                 Err(e) if e.retryable() && session.borrow_and_update().is_none() => e,
                 Err(e) => return Err(e.to_string()),

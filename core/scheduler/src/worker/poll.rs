@@ -6,7 +6,7 @@
 
 use super::{HandlerError, Inner, Running};
 use crate::metrics::seconds;
-use crate::store::{Completion, CompletionOutcome};
+use crate::store::{ClaimTasks, CompleteTasks, Completion, CompletionOutcome};
 use crate::{Millis, Task, TaskId};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,13 +32,15 @@ pub(super) async fn run(
             (book.claims(), want)
         };
         if let (false, Some(want), false) = (claims.is_empty(), want, inner.session_in_doubt()) {
-            let now = (inner.now)();
-            let lease = inner.config.lease.as_millis() as i64;
+            let claim = ClaimTasks {
+                owner: inner.config.id.clone(),
+                partitions: claims,
+                now: (inner.now)(),
+                limit: want,
+                lease_ms: inner.config.lease.as_millis() as i64,
+            };
             let asked = tokio::time::Instant::now();
-            let result = inner
-                .store
-                .claim(&inner.config.id, &claims, now, want, lease)
-                .await;
+            let result = inner.store.claim(claim).await;
             inner
                 .metrics
                 .claim_duration
@@ -249,15 +251,15 @@ impl Inner {
         if tasks.is_empty() {
             return;
         }
-        let released: Vec<Completion> = tasks
-            .iter()
-            .map(|t| Completion::of(t, CompletionOutcome::Released))
-            .collect();
-        match self
-            .store
-            .complete(&self.config.id, &released, (self.now)())
-            .await
-        {
+        let released = CompleteTasks {
+            owner: self.config.id.clone(),
+            completions: tasks
+                .iter()
+                .map(|t| Completion::of(t, CompletionOutcome::Released))
+                .collect(),
+            now: (self.now)(),
+        };
+        match self.store.complete(released).await {
             Ok(_) => info!(
                 count = tasks.len(),
                 "released claimed tasks that had not started"

@@ -5,6 +5,7 @@
 //! claims and count, and drops the partitions the store refuses.
 
 use super::Inner;
+use crate::store::{RenewLeases, RequeueExpired};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::warn;
@@ -26,12 +27,13 @@ pub(super) async fn leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool
             continue;
         }
         if busy {
-            let lease = inner.config.lease.as_millis() as i64;
-            match inner
-                .store
-                .renew(&inner.config.id, &claims, (inner.now)(), lease)
-                .await
-            {
+            let renewal = RenewLeases {
+                owner: inner.config.id.clone(),
+                partitions: claims.clone(),
+                now: (inner.now)(),
+                lease_ms: inner.config.lease.as_millis() as i64,
+            };
+            match inner.store.renew(renewal).await {
                 Ok(refused) => inner.drop_partitions(&refused),
                 Err(e) => {
                     // Without a renewal, requeueing expired leases could take our own tasks.
@@ -40,11 +42,12 @@ pub(super) async fn leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool
                 }
             }
         }
-        match inner
-            .store
-            .requeue_expired(&inner.config.id, &claims, (inner.now)())
-            .await
-        {
+        let expired = RequeueExpired {
+            owner: inner.config.id.clone(),
+            partitions: claims,
+            now: (inner.now)(),
+        };
+        match inner.store.requeue_expired(expired).await {
             Ok(0) => {}
             Ok(n) => {
                 warn!(
