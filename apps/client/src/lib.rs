@@ -265,6 +265,34 @@ impl Client {
         Ok(value)
     }
 
+    /// A request with a JSON body.
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+        expected: &[StatusCode],
+    ) -> Result<T, Error> {
+        let (_, value) = self.call(method, path, &[], Some(body), expected).await?;
+        Ok(value)
+    }
+
+    /// A create (or a put): 201 with what was created, or 200 with what exists already.
+    async fn create<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &impl serde::Serialize,
+    ) -> Result<Created<T>, Error> {
+        let expected = [StatusCode::CREATED, StatusCode::OK];
+        let (status, value) = self
+            .call(method, path, headers, Some(body), &expected)
+            .await?;
+        let created = status == StatusCode::CREATED.as_u16();
+        Ok(Created { value, created })
+    }
+
     async fn post_empty<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -284,19 +312,7 @@ impl Client {
             .map(|k| ("idempotency-key", k))
             .into_iter()
             .collect();
-        let (status, task) = self
-            .call(
-                "POST",
-                "/tasks",
-                &headers,
-                Some(task),
-                &[StatusCode::CREATED, StatusCode::OK],
-            )
-            .await?;
-        Ok(Created {
-            value: task,
-            created: status == StatusCode::CREATED.as_u16(),
-        })
+        self.create("POST", "/tasks", &headers, task).await
     }
 
     /// `POST /tasks/batch`: creates up to 1,000 tasks atomically; the tasks in request order.
@@ -305,14 +321,9 @@ impl Client {
         struct Batch<'a> {
             tasks: &'a [CreateTask],
         }
-        let (_, created): (_, BatchCreated) = self
-            .call(
-                "POST",
-                "/tasks/batch",
-                &[],
-                Some(&Batch { tasks }),
-                &[StatusCode::CREATED],
-            )
+        let batch = Batch { tasks };
+        let created: BatchCreated = self
+            .send_json("POST", "/tasks/batch", &batch, &[StatusCode::CREATED])
             .await?;
         Ok(created.tasks)
     }
@@ -343,15 +354,9 @@ impl Client {
 
     /// `DELETE /tasks/{id}`: cancels a PENDING task (409 once it runs or ran).
     pub async fn cancel_task(&self, id: i64) -> Result<TaskView, Error> {
-        let (_, task) = self
-            .call(
-                "DELETE",
-                &format!("/tasks/{id}"),
-                &[],
-                None::<&()>,
-                &[StatusCode::OK],
-            )
-            .await?;
+        let path = format!("/tasks/{id}");
+        let ok = [StatusCode::OK];
+        let (_, task) = self.call("DELETE", &path, &[], None::<&()>, &ok).await?;
         Ok(task)
     }
 
@@ -365,19 +370,7 @@ impl Client {
         &self,
         schedule: &ScheduleBody,
     ) -> Result<Created<ScheduleView>, Error> {
-        let (status, view) = self
-            .call(
-                "POST",
-                "/schedules",
-                &[],
-                Some(schedule),
-                &[StatusCode::CREATED, StatusCode::OK],
-            )
-            .await?;
-        Ok(Created {
-            value: view,
-            created: status == StatusCode::CREATED.as_u16(),
-        })
+        self.create("POST", "/schedules", &[], schedule).await
     }
 
     /// `PUT /schedules/{name}`: creates or replaces a schedule.
@@ -386,19 +379,8 @@ impl Client {
         name: &str,
         schedule: &ScheduleBody,
     ) -> Result<Created<ScheduleView>, Error> {
-        let (status, view) = self
-            .call(
-                "PUT",
-                &format!("/schedules/{}", escape(name)),
-                &[],
-                Some(schedule),
-                &[StatusCode::CREATED, StatusCode::OK],
-            )
-            .await?;
-        Ok(Created {
-            value: view,
-            created: status == StatusCode::CREATED.as_u16(),
-        })
+        let path = format!("/schedules/{}", escape(name));
+        self.create("PUT", &path, &[], schedule).await
     }
 
     /// `GET /schedules/{name}`: with its next fire times and its last runs.
@@ -494,16 +476,9 @@ impl Client {
 
     /// `PUT /cluster/maintenance`: nothing moves (except to restore lost top states) while on.
     pub async fn set_maintenance(&self, on: bool) -> Result<ClusterStatus, Error> {
-        let (_, status) = self
-            .call(
-                "PUT",
-                "/cluster/maintenance",
-                &[],
-                Some(&Maintenance { on }),
-                &[StatusCode::OK],
-            )
-            .await?;
-        Ok(status)
+        let body = Maintenance { on };
+        self.send_json("PUT", "/cluster/maintenance", &body, &[StatusCode::OK])
+            .await
     }
 
     /// `POST /cluster/rebalance`: asks the leading controller to reconcile now.

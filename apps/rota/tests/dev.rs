@@ -136,23 +136,8 @@ async fn create(cluster: &DevCluster, count: usize, over: Duration) -> Vec<TaskI
 }
 
 async fn wait_completed(cluster: &DevCluster, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let filter = ListFilter {
-            status: Some(TaskStatus::Completed),
-            limit: count + 1,
-            ..ListFilter::default()
-        };
-        let done = cluster.tasks.list(&filter).await.unwrap().tasks.len();
-        if done == count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{done} of {count} completed after 90 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let within = Duration::from_secs(90);
+    rota_scheduler::conformance::wait_completed(&*cluster.tasks, count, within).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

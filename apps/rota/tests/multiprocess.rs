@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 const TASKS: usize = 20_000;
 const SESSION_MS: u64 = 4_000;
 
-use rota_test_harness::receiver::Log;
+use rota_test_harness::receiver::{Log, assert_one_at_a_time};
 
 /// The receiver on loopback: records each run as it starts, then answers 200 after 5 ms.
 async fn receiver(log: Log) -> String {
@@ -113,10 +113,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
             (w, Proc(c.spawn().expect("start rota")))
         })
         .collect();
-    wait_for("a ready API", Duration::from_secs(60), || async {
-        http(env.api, "GET", "/readyz", None).await.0 == 200
-    })
-    .await;
+    common::wait_ready(env.api).await;
     common::wait_all_led(env.api).await;
 
     let log: Log = Arc::default();
@@ -357,16 +354,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
                 runs.iter().any(|e| e.worker == "w2"),
                 "task {id} ran twice without w2: {runs:?}"
             );
-            for pair in runs.windows(2) {
-                // The worker of the earlier run stopped waiting for it (its answer, or the
-                // connection dropped as the worker died) before the later one began.
-                assert!(
-                    pair[0]
-                        .caller_done
-                        .is_some_and(|done| done <= pair[1].start),
-                    "task {id} ran on two workers at once: {runs:?}"
-                );
-            }
+            assert_one_at_a_time(&format!("task {id}"), &runs);
         }
         // The completion recorded is the last claim's: no completion under a stale epoch.
         assert_eq!(
@@ -407,14 +395,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
             let runs = log.get(id).unwrap_or_else(|| panic!("{key} never ran"));
             let mut runs = runs.clone();
             runs.sort_by_key(|e| e.start);
-            for pair in runs.windows(2) {
-                assert!(
-                    pair[0]
-                        .caller_done
-                        .is_some_and(|done| done <= pair[1].start),
-                    "{key} ran twice at once: {runs:?}"
-                );
-            }
+            assert_one_at_a_time(key, &runs);
         } else {
             assert_eq!(status, "CANCELLED", "{key}: {status}");
         }
@@ -487,10 +468,7 @@ async fn two_clusters_share_one_database_and_one_zookeeper_without_seeing_each_o
         envs.push((name, env));
     }
     for (_, env) in &envs {
-        wait_for("a ready API", Duration::from_secs(60), || async {
-            http(env.api, "GET", "/readyz", None).await.0 == 200
-        })
-        .await;
+        common::wait_ready(env.api).await;
         common::wait_all_led(env.api).await;
         let cluster = env.var("ROTA_CLUSTER__NAME").to_owned();
         let tasks = (0..20)

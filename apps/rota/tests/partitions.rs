@@ -405,10 +405,7 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     for w in WORKERS {
         cluster.start_worker(w);
     }
-    wait_for("a ready API", Duration::from_secs(60), || async {
-        http(api, "GET", "/readyz", None).await.0 == 200
-    })
-    .await;
+    common::wait_ready(api).await;
     cluster
         .until_whole("start", &WORKERS, &[], Duration::from_secs(60))
         .await;

@@ -13,10 +13,9 @@
 
 mod common;
 
-use common::{Env, Proc, http, wait_for};
+use common::{Env, Proc};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 fn schemathesis() -> PathBuf {
     let st = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/schemathesis/bin/st");
@@ -81,10 +80,7 @@ async fn the_dev_api_matches_its_document_and_never_answers_5xx() {
             .spawn()
             .expect("start rota dev"),
     );
-    wait_for("rota dev", Duration::from_secs(60), || async {
-        http(api, "GET", "/readyz", None).await.0 == 200
-    })
-    .await;
+    common::wait_ready(api).await;
     run_against(api, "dev", None);
 }
 
@@ -106,9 +102,6 @@ async fn the_production_api_matches_its_document_and_never_answers_5xx() {
         env.spawn(&["worker"], Some("w1")),
         env.spawn(&["api"], None),
     ];
-    wait_for("a ready API", Duration::from_secs(60), || async {
-        http(env.api, "GET", "/readyz", None).await.0 == 200
-    })
-    .await;
+    common::wait_ready(env.api).await;
     run_against(env.api, "production", Some(&token));
 }

@@ -130,6 +130,27 @@ async fn send(
     (status, response.text().await.unwrap_or_default(), headers)
 }
 
+/// Waits until the API at `base` is ready.
+async fn ready(client: &reqwest::Client, base: &str) {
+    wait_for("a ready API", Duration::from_secs(60), || async {
+        let answer = client.get(format!("{base}/readyz")).send().await;
+        answer.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// What an admin reads of the cluster (`/cluster`, `/metrics`), each checked to be served.
+async fn admin_views(client: &reqwest::Client, base: &str, callers: &Callers) -> Vec<String> {
+    let mut views = Vec::new();
+    for path in ["/cluster", "/metrics"] {
+        let admin = Some(callers.admin.token.as_str());
+        let (status, text, _) = send(client, base, "get", path, admin, None).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        views.push(text);
+    }
+    views
+}
+
 /// Runs the matrix against the API at `base`; every response body, for the secrets search.
 async fn matrix(client: &reqwest::Client, base: &str, callers: &Callers) -> Vec<String> {
     let mut seen = Vec::new();
@@ -369,30 +390,11 @@ async fn on_dev_every_route_answers_each_token_as_documented_and_no_secret_leaks
     );
     let client = reqwest::Client::new();
     let base = format!("http://{api}");
-    wait_for("rota dev", Duration::from_secs(60), || async {
-        client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    ready(&client, &base).await;
     let mut outputs = matrix(&client, &base, &callers).await;
     rate_limited(&client, &base, &callers).await;
     slow_clients_are_cut_off(api, &callers.write.token);
-    for path in ["/cluster", "/metrics"] {
-        let (status, text, _) = send(
-            &client,
-            &base,
-            "get",
-            path,
-            Some(&callers.admin.token),
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "{path}: {text}");
-        outputs.push(text);
-    }
+    outputs.extend(admin_views(&client, &base, &callers).await);
     assert_no_secrets(&callers.secrets(), &outputs, &[&log]);
 }
 
@@ -428,28 +430,9 @@ async fn on_production_every_route_answers_each_token_as_documented_and_no_secre
     ];
     let client = reqwest::Client::new();
     let base = format!("http://{}", env.api);
-    wait_for("a ready API", Duration::from_secs(60), || async {
-        client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    ready(&client, &base).await;
     let mut outputs = matrix(&client, &base, &callers).await;
-    for path in ["/cluster", "/metrics"] {
-        let (status, text, _) = send(
-            &client,
-            &base,
-            "get",
-            path,
-            Some(&callers.admin.token),
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "{path}: {text}");
-        outputs.push(text);
-    }
+    outputs.extend(admin_views(&client, &base, &callers).await);
     // The CLI and the errors a user meets: the status, and a store that cannot be reached.
     let status = env
         .command(&["admin", "status"], None)
@@ -582,14 +565,7 @@ async fn the_api_serves_https_with_its_certificate_and_refuses_plain_http() {
         .build()
         .unwrap();
     let base = format!("https://localhost:{}", api.port());
-    wait_for("rota dev over HTTPS", Duration::from_secs(60), || async {
-        trusting
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    ready(&trusting, &base).await;
     let created = trusting
         .post(format!("{base}/tasks"))
         .header("content-type", "application/json")

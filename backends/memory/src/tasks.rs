@@ -305,18 +305,15 @@ impl Execution for MemoryTaskStore {
     }
 
     async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
-        let (owner, completions, now) = (&ends.owner, &ends.completions, ends.now);
+        let owner = &ends.owner;
         let mut inner = self.lock();
-        let mut out = Vec::with_capacity(completions.len());
-        for c in completions {
+        let mut out = Vec::with_capacity(ends.completions.len());
+        for c in &ends.completions {
             let Some(t) = inner.tasks.get(&c.id) else {
                 out.push(None);
                 continue;
             };
-            let claim = Claim {
-                partition: t.partition,
-                epoch: c.epoch,
-            };
+            let claim = Claim::new(t.partition, c.epoch);
             let current = if rota_cluster::teeth::get().skip_completion_fence {
                 t.status == TaskStatus::Running
             } else {
@@ -330,7 +327,7 @@ impl Execution for MemoryTaskStore {
                 out.push(None);
                 continue;
             }
-            let status = rules::settle(inner.tasks.get_mut(&c.id).expect("exists"), c, now);
+            let status = rules::settle(inner.tasks.get_mut(&c.id).expect("exists"), c, ends.now);
             inner.set_status(c.id, status);
             out.push(Some(status));
         }

@@ -335,27 +335,7 @@ async fn insert_spread(tasks: &dyn TaskStore, count: usize, over: Duration) -> V
 }
 
 async fn wait_all_completed(tasks: &dyn TaskStore, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = tasks
-            .list(&ListFilter {
-                status: Some(TaskStatus::Completed),
-                limit: count + 1,
-                ..ListFilter::default()
-            })
-            .await
-            .unwrap()
-            .tasks
-            .len();
-        if done == count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} of {count} tasks completed in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rota_scheduler::conformance::wait_completed(tasks, count, Duration::from_secs(60)).await;
 }
 
 async fn finish(s: Setup) -> HashMap<TaskId, Vec<Execution>> {

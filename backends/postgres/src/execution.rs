@@ -100,10 +100,7 @@ impl Execution for PostgresTaskStore {
         // cut to the `limit` earliest. Rows are picked without locks and updated only if still
         // PENDING, so a concurrent cancel wins cleanly.
         let rows = sqlx::query(concat!(
-            "WITH now AS (SELECT ",
-            now!(6),
-            " AS ms), ",
-            owned!(),
+            owned!(6),
             ", picked AS ( \
                SELECT x.id, owned.epoch FROM owned CROSS JOIN now CROSS JOIN LATERAL ( \
                  SELECT id, scheduled_at FROM rota_tasks \
@@ -237,10 +234,7 @@ impl Execution for PostgresTaskStore {
         let (parts, epochs) = claim_arrays(partitions);
         // One statement, fenced like the claim, on the clock the claim used.
         let row = sqlx::query(concat!(
-            "WITH now AS (SELECT ",
-            now!(5),
-            " AS ms), ",
-            owned!(),
+            owned!(5),
             ", renewed AS ( \
                UPDATE rota_tasks t SET lease_until = now.ms + $4 FROM owned, now \
                WHERE t.partition = owned.partition AND t.epoch = owned.epoch \
@@ -267,10 +261,7 @@ impl Execution for PostgresTaskStore {
         let (owner, partitions, now) = (&expired.owner, &expired.partitions, expired.now);
         let (parts, epochs) = claim_arrays(partitions);
         Ok(sqlx::query(concat!(
-            "WITH now AS (SELECT ",
-            now!(4),
-            " AS ms), ",
-            owned!(),
+            owned!(4),
             " UPDATE rota_tasks t SET ",
             rota_scheduler::take_back_sql!(
                 "t.",

@@ -99,16 +99,21 @@ macro_rules! now {
     };
 }
 
-/// The partitions a claimant still owns at the given epochs (`$1` owner, `$2` partitions, `$3`
-/// epochs), their owner rows locked `FOR SHARE` until the statement ends, so an ownership
-/// change waits for it and then sees (and requeues) what it claimed.
+/// The head of a fenced statement: `now` (its clock, `$n` or the database's, as `now.ms`) and
+/// `owned`, the partitions a claimant still owns at the given epochs (`$1` owner, `$2`
+/// partitions, `$3` epochs), their owner rows locked `FOR SHARE` until the statement ends, so
+/// an ownership change waits for it and then sees (and requeues) what it claimed.
 macro_rules! owned {
-    () => {
-        "owned AS ( \
-           SELECT o.partition, o.epoch FROM rota_partition_owners o \
-           JOIN UNNEST($2::int[], $3::bigint[]) AS c(partition, epoch) \
-             ON c.partition = o.partition AND c.epoch = o.epoch \
-           WHERE o.owner = $1 FOR SHARE OF o)"
+    ($now:literal) => {
+        concat!(
+            "WITH now AS (SELECT ",
+            now!($now),
+            " AS ms), owned AS ( \
+               SELECT o.partition, o.epoch FROM rota_partition_owners o \
+               JOIN UNNEST($2::int[], $3::bigint[]) AS c(partition, epoch) \
+                 ON c.partition = o.partition AND c.epoch = o.epoch \
+               WHERE o.owner = $1 FOR SHARE OF o)"
+        )
     };
 }
 

@@ -102,10 +102,7 @@ async fn due_times_are_compared_on_the_databases_clock() {
     let owner = rota_model::InstanceId::new("w");
     store.acquire(grant(0, &owner, 1, 0)).await.unwrap();
     // The worker's clock says 1970; the database's says the task is due.
-    let claim = [Claim {
-        partition: 0,
-        epoch: 1,
-    }];
+    let claim = [Claim::new(0, 1)];
     let claimed = store
         .claim(claiming(&owner, &claim, 0, 10, 30_000))
         .await
@@ -173,10 +170,7 @@ async fn clusters_sharing_a_database_do_not_see_each_other() {
     assert_eq!(listed(prod.list(&all).await.unwrap()), vec![p.id]);
     assert_eq!(staging.backlog().await.unwrap().pending, 1);
     // A worker of prod claims prod's task only.
-    let claim = [rota_scheduler::Claim {
-        partition: 0,
-        epoch: 1,
-    }];
+    let claim = [rota_scheduler::Claim::new(0, 1)];
     let claimed = prod
         .claim(claiming(&owner, &claim, 0, 10, 30_000))
         .await

@@ -32,6 +32,19 @@ fn split_claims(
     Ok((valid, refused))
 }
 
+/// The statement that takes back ([`rota_scheduler::store::rules::take_back`]) the claims
+/// `$filter` selects, with `$why` as the error of those out of attempts, at the time `$now`.
+macro_rules! take_back {
+    ($why:literal, $now:literal, $filter:literal) => {
+        concat!(
+            "UPDATE tasks SET ",
+            rota_scheduler::take_back_sql!("", $why, $now),
+            " WHERE ",
+            $filter
+        )
+    };
+}
+
 #[async_trait::async_trait]
 impl Execution for SqliteTaskStore {
     async fn acquire(&self, grant: AcquirePartition) -> Result<u64, StoreError> {
@@ -64,21 +77,13 @@ impl Execution for SqliteTaskStore {
                 params![partition, owner.as_str(), epoch as i64],
             )
             .map_err(backend)?;
-            let requeued = tx
-                .execute(
-                    concat!(
-                        "UPDATE tasks SET ",
-                        rota_scheduler::take_back_sql!(
-                            "",
-                            "claim lost: the partition moved to another worker",
-                            "?4"
-                        ),
-                        " WHERE partition = ?1 AND status = 'RUNNING' \
-                           AND NOT (owner IS ?2 AND epoch IS ?3)"
-                    ),
-                    params![partition, owner.as_str(), epoch as i64, now],
-                )
-                .map_err(backend)?;
+            let take_back = take_back!(
+                "claim lost: the partition moved to another worker",
+                "?4",
+                "partition = ?1 AND status = 'RUNNING' AND NOT (owner IS ?2 AND epoch IS ?3)"
+            );
+            let taken = params![partition, owner.as_str(), epoch as i64, now];
+            let requeued = tx.execute(take_back, taken).map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(requeued as u64)
         })
@@ -255,14 +260,10 @@ impl Execution for SqliteTaskStore {
             let mut requeued = 0;
             {
                 let mut stmt = tx
-                    .prepare_cached(concat!(
-                        "UPDATE tasks SET ",
-                        rota_scheduler::take_back_sql!(
-                            "",
-                            "lease expired: the worker neither finished nor renewed it",
-                            "?2"
-                        ),
-                        " WHERE partition = ?1 AND status = 'RUNNING' AND lease_until < ?2"
+                    .prepare_cached(take_back!(
+                        "lease expired: the worker neither finished nor renewed it",
+                        "?2",
+                        "partition = ?1 AND status = 'RUNNING' AND lease_until < ?2"
                     ))
                     .map_err(backend)?;
                 for c in valid {
@@ -304,20 +305,12 @@ impl Upkeep for SqliteTaskStore {
                 .map_err(backend)?;
             tx.execute("DELETE FROM partition_owners", [])
                 .map_err(backend)?;
-            let requeued = tx
-                .execute(
-                    concat!(
-                        "UPDATE tasks SET ",
-                        rota_scheduler::take_back_sql!(
-                            "",
-                            "claim lost: the cluster restarted",
-                            "?1"
-                        ),
-                        " WHERE status = 'RUNNING'"
-                    ),
-                    [now],
-                )
-                .map_err(backend)?;
+            let take_back = take_back!(
+                "claim lost: the cluster restarted",
+                "?1",
+                "status = 'RUNNING'"
+            );
+            let requeued = tx.execute(take_back, [now]).map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(requeued as u64)
         })

@@ -38,6 +38,27 @@ pub struct Run {
     pub body: String,
 }
 
+impl Run {
+    /// Whether the worker of this run stopped waiting for it (its answer, or the connection
+    /// dropped as the worker died) before `later` began: the two never went on at once, as a
+    /// worker sees it.
+    pub fn over_before(&self, later: &Run) -> bool {
+        self.caller_done.is_some_and(|done| done <= later.start)
+    }
+}
+
+/// Checks that `runs` (one task's, sorted by start) went on one at a time: each began only
+/// after its predecessor was over ([`Run::over_before`]). Panics naming `task` otherwise.
+pub fn assert_one_at_a_time(task: &str, runs: &[Run]) {
+    for pair in runs.windows(2) {
+        let ok = pair[0].over_before(&pair[1]);
+        assert!(
+            ok,
+            "{task}: a run began before the one before it was over: {runs:?}"
+        );
+    }
+}
+
 /// Every run, by task id (`x-rota-task-id`), in arrival order.
 pub type Log = Arc<Mutex<HashMap<i64, Vec<Run>>>>;
 

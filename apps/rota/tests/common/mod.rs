@@ -219,6 +219,14 @@ where
     }
 }
 
+/// Waits until the API at `api` says it is ready.
+pub async fn wait_ready(api: std::net::SocketAddr) {
+    wait_for("a ready API", Duration::from_secs(60), || async {
+        http(api, "GET", "/readyz", None).await.0 == 200
+    })
+    .await;
+}
+
 /// Waits until every partition has a MASTER.
 pub async fn wait_all_led(api: std::net::SocketAddr) {
     wait_for("every partition led", Duration::from_secs(60), || async {

@@ -1,9 +1,7 @@
 //! Conformance cases of [`Execution`](crate::Execution) and [`Upkeep`](crate::Upkeep): claims in
 //! due order, completions and retries, fencing, leases, releases, a restart, the purge.
 
-use super::{
-    NOW, PARTITIONS, all, claiming, ends, expiry, grant, inserting, key_for, own_all, renewal, task,
-};
+use super::*;
 use crate::store::{Claim, Completion, CompletionOutcome, TaskStore};
 use crate::{Task, TaskStatus};
 use rota_model::InstanceId;
@@ -32,16 +30,7 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
         .collect();
     store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
     store.acquire(grant(1, &owner, 1, NOW)).await.unwrap();
-    let claims = [
-        Claim {
-            partition: 0,
-            epoch: 1,
-        },
-        Claim {
-            partition: 1,
-            epoch: 1,
-        },
-    ];
+    let claims = [Claim::new(0, 1), Claim::new(1, 1)];
     let claimed = store
         .claim(claiming(&owner, &claims, NOW, 10, 30_000))
         .await
@@ -95,10 +84,7 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
         }
     );
     store.acquire(grant(3, &owner, 1, NOW)).await.unwrap();
-    let nothing = [Claim {
-        partition: 3,
-        epoch: 1,
-    }];
+    let nothing = [Claim::new(3, 1)];
     let empty = store
         .claim(claiming(&owner, &nothing, NOW, 10, 30_000))
         .await
@@ -120,11 +106,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
         .await
         .unwrap();
     own_all(&*store, &owner, 1).await;
-    let claimed = store
-        .claim(claiming(&owner, &all(1), NOW, 10, 30_000))
-        .await
-        .unwrap()
-        .tasks;
+    let claimed = claim_all(&*store, &owner, 1, NOW, 10).await;
     assert_eq!(claimed.len(), 3);
     let failed = |t: &Task| Completion {
         id: t.id,
@@ -177,18 +159,11 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
         (1, Some("boom"))
     );
     assert!(
-        store
-            .claim(claiming(&owner, &all(1), NOW + 999, 10, 30_000))
+        claim_all(&*store, &owner, 1, NOW + 999, 10)
             .await
-            .unwrap()
-            .tasks
             .is_empty()
     );
-    let again = store
-        .claim(claiming(&owner, &all(1), NOW + 1_000, 10, 30_000))
-        .await
-        .unwrap()
-        .tasks;
+    let again = claim_all(&*store, &owner, 1, NOW + 1_000, 10).await;
     assert_eq!((again.len(), again[0].attempts), (1, 2));
     let dead = store.get(inserted[2].0.id).await.unwrap().unwrap();
     assert_eq!(
@@ -218,19 +193,14 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
 pub async fn fencing(store: Arc<dyn TaskStore>) {
     let (old, new) = (InstanceId::new("old"), InstanceId::new("new"));
     let k0 = key_for(0);
-    store
-        .insert(inserting(
-            vec![task("t", NOW, Some(&k0)), task("u", NOW, Some(&k0))],
-            PARTITIONS,
-            NOW,
-        ))
-        .await
-        .unwrap();
+    insert(
+        &*store,
+        vec![task("t", NOW, Some(&k0)), task("u", NOW, Some(&k0))],
+        NOW,
+    )
+    .await;
     store.acquire(grant(0, &old, 1, NOW)).await.unwrap();
-    let stale = [Claim {
-        partition: 0,
-        epoch: 1,
-    }];
+    let stale = [Claim::new(0, 1)];
     let claimed = store
         .claim(claiming(&old, &stale, NOW, 1, 30_000))
         .await
@@ -284,10 +254,7 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     // Same epoch, other owner: refused too.
     assert!(store.acquire(grant(0, &old, 2, NOW + 3)).await.is_err());
     // The new owner runs both tasks; the requeued one on its second attempt.
-    let fresh = [Claim {
-        partition: 0,
-        epoch: 2,
-    }];
+    let fresh = [Claim::new(0, 2)];
     let claimed = store
         .claim(claiming(&new, &fresh, NOW + 4, 10, 30_000))
         .await
@@ -313,19 +280,9 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
 pub async fn leases(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let k0 = key_for(0);
-    store
-        .insert(inserting(
-            vec![task("long", NOW, Some(&k0))],
-            PARTITIONS,
-            NOW,
-        ))
-        .await
-        .unwrap();
+    insert(&*store, vec![task("long", NOW, Some(&k0))], NOW).await;
     store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
-    let claims = [Claim {
-        partition: 0,
-        epoch: 1,
-    }];
+    let claims = [Claim::new(0, 1)];
     let t = store
         .claim(claiming(&owner, &claims, NOW, 1, 1_000))
         .await
@@ -360,10 +317,7 @@ pub async fn leases(store: Arc<dyn TaskStore>) {
             .is_empty()
     );
     // Another owner's epoch requeues nothing; the owner's own sweep does.
-    let stale = [Claim {
-        partition: 0,
-        epoch: 0,
-    }];
+    let stale = [Claim::new(0, 0)];
     assert_eq!(
         store
             .requeue_expired(expiry(&owner, &stale, NOW + 5_001))
@@ -403,10 +357,7 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
         .map(|(t, _)| t.id)
         .collect();
     store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
-    let claims = [Claim {
-        partition: 0,
-        epoch: 1,
-    }];
+    let claims = [Claim::new(0, 1)];
     let claimed = store
         .claim(claiming(&owner, &claims, NOW, 10, 30_000))
         .await
@@ -493,35 +444,21 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
 /// A whole-cluster restart forgets owners and takes back every claim.
 pub async fn reset_after_restart(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
-    store
-        .insert(inserting(
-            vec![task("a", NOW, None), task("b", NOW, None)],
-            PARTITIONS,
-            NOW,
-        ))
-        .await
-        .unwrap();
+    insert(
+        &*store,
+        vec![task("a", NOW, None), task("b", NOW, None)],
+        NOW,
+    )
+    .await;
     own_all(&*store, &owner, 5).await;
-    let claimed = store
-        .claim(claiming(&owner, &all(5), NOW, 1, 30_000))
-        .await
-        .unwrap()
-        .tasks;
+    let claimed = claim_all(&*store, &owner, 5, NOW, 1).await;
     assert_eq!(claimed.len(), 1);
     assert_eq!(store.reset_after_restart(NOW + 1).await.unwrap(), 1);
     let t = store.get(claimed[0].id).await.unwrap().unwrap();
     assert_eq!((t.status, t.owner), (TaskStatus::Pending, None));
     // Epochs start again: epoch 1 is accepted after the reset.
     own_all(&*store, &owner, 1).await;
-    assert_eq!(
-        store
-            .claim(claiming(&owner, &all(1), NOW + 2, 10, 30_000))
-            .await
-            .unwrap()
-            .tasks
-            .len(),
-        2
-    );
+    assert_eq!(claim_all(&*store, &owner, 1, NOW + 2, 10).await.len(), 2);
 }
 
 /// Finished tasks older than the cutoff are purged, with their idempotency keys; live ones stay.
@@ -542,11 +479,7 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
         .await
         .unwrap();
     own_all(&*store, &owner, 1).await;
-    let claimed = store
-        .claim(claiming(&owner, &all(1), NOW, 10, 30_000))
-        .await
-        .unwrap()
-        .tasks;
+    let claimed = claim_all(&*store, &owner, 1, NOW, 10).await;
     assert_eq!(claimed.len(), 1);
     let done = Completion {
         id: claimed[0].id,
@@ -594,11 +527,7 @@ pub async fn failures_given_up_and_retried_later(store: Arc<dyn TaskStore>) {
         .await
         .unwrap();
     own_all(&*store, &owner, 1).await;
-    let claimed = store
-        .claim(claiming(&owner, &all(1), NOW, 10, 30_000))
-        .await
-        .unwrap()
-        .tasks;
+    let claimed = claim_all(&*store, &owner, 1, NOW, 10).await;
     assert_eq!(claimed.len(), 2);
     let end = |t: &Task, outcome| Completion {
         id: t.id,
@@ -650,11 +579,8 @@ pub async fn failures_given_up_and_retried_later(store: Arc<dyn TaskStore>) {
         (NOW + 60_000, None)
     );
     assert!(
-        store
-            .claim(claiming(&owner, &all(1), NOW + 59_999, 10, 30_000))
+        claim_all(&*store, &owner, 1, NOW + 59_999, 10)
             .await
-            .unwrap()
-            .tasks
             .is_empty()
     );
 }

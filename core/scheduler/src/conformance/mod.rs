@@ -10,8 +10,8 @@ pub use execution::*;
 pub use schedules::*;
 pub use tasks::*;
 
-use super::store::{Claim, TaskStore};
-use super::{Millis, NewTask, partition_for};
+use super::store::{Claim, ListFilter, TaskStore};
+use super::{Millis, NewTask, Task, TaskStatus, partition_for};
 use calls::*;
 use rota_model::InstanceId;
 
@@ -47,6 +47,46 @@ fn all(epoch: u64) -> Vec<Claim> {
 async fn own_all(store: &dyn TaskStore, owner: &InstanceId, epoch: u64) {
     for p in 0..PARTITIONS {
         store.acquire(grant(p, owner, epoch, NOW)).await.unwrap();
+    }
+}
+
+/// Inserts `tasks` at `now`.
+async fn insert(store: &dyn TaskStore, tasks: Vec<NewTask>, now: Millis) {
+    store
+        .insert(inserting(tasks, PARTITIONS, now))
+        .await
+        .unwrap();
+}
+
+/// Claims up to `limit` due tasks of every partition, held at `epoch`, with a 30 s lease.
+async fn claim_all(
+    store: &dyn TaskStore,
+    owner: &InstanceId,
+    epoch: u64,
+    now: Millis,
+    limit: usize,
+) -> Vec<Task> {
+    let claim = claiming(owner, &all(epoch), now, limit, 30_000);
+    store.claim(claim).await.unwrap().tasks
+}
+
+/// Waits until exactly `count` tasks of `store` are COMPLETED; panics after `within`, saying
+/// how many were. For tests that run a cluster over a store.
+pub async fn wait_completed(store: &dyn TaskStore, count: usize, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    let completed = ListFilter {
+        status: Some(TaskStatus::Completed),
+        limit: count + 1,
+        ..ListFilter::default()
+    };
+    loop {
+        let done = store.list(&completed).await.unwrap().tasks.len();
+        if done == count {
+            return;
+        }
+        let late = tokio::time::Instant::now() >= deadline;
+        assert!(!late, "{done} of {count} tasks completed within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

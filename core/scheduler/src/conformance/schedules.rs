@@ -1,6 +1,6 @@
 //! Conformance cases for schedules: the compare-and-set, the fence, and one task per tick.
 
-use super::{NOW, PARTITIONS, due_by, grant};
+use super::*;
 use crate::schedule::{
     self, MissedTicks, PutMode, PutOutcome, ScheduleDef, ScheduleError, TaskTemplate, clock,
     schedule_partition, tick_key,
@@ -182,10 +182,7 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
     let stored = put(store, def.clone()).await;
     let first = stored.next_tick.unwrap();
     store.acquire(grant(2, &a, 1, NOW)).await.unwrap();
-    let a_claims = [Claim {
-        partition: 2,
-        epoch: 1,
-    }];
+    let a_claims = [Claim::new(2, 1)];
     // Not due yet (more than the lookahead away): nothing.
     let round = clock::fire_due(store, &a, &a_claims, PARTITIONS, first - 5_000)
         .await
@@ -238,13 +235,7 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
         .write_schedule(ScheduleWrite {
             schedule: moved,
             expected: Some(after.revision),
-            fence: Some((
-                b.clone(),
-                Claim {
-                    partition: 3,
-                    epoch: 2,
-                },
-            )),
+            fence: Some((b.clone(), Claim::new(3, 2))),
             tasks: vec![def.task_for(second, second)],
             partitions: PARTITIONS,
             now: second,
@@ -254,10 +245,7 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
         matches!(wrong, Err(StoreError::StaleEpoch { .. })),
         "{wrong:?}"
     );
-    let b_claims = [Claim {
-        partition: 2,
-        epoch: 2,
-    }];
+    let b_claims = [Claim::new(2, 2)];
     let round = clock::fire_due(store, &b, &b_claims, PARTITIONS, second)
         .await
         .unwrap();
@@ -365,10 +353,7 @@ pub async fn trigger_pause_resume(store: Arc<dyn TaskStore>) {
         .acquire(grant(3, &InstanceId::new("a"), 1, NOW))
         .await
         .unwrap();
-    let claims = [Claim {
-        partition: 3,
-        epoch: 1,
-    }];
+    let claims = [Claim::new(3, 1)];
     let round = clock::fire_due(
         store,
         &InstanceId::new("a"),

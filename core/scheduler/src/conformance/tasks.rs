@@ -1,7 +1,7 @@
 //! Conformance cases of [`Tasks`](crate::Tasks): insert, read, idempotency, payloads, listing,
 //! cancel, text no store can hold, insert notifications.
 
-use super::{NOW, PARTITIONS, all, claiming, ends, inserting, key_for, own_all, task};
+use super::*;
 use crate::store::{CancelOutcome, Completion, CompletionOutcome, ListFilter, TaskStore};
 use crate::{NewTask, TaskStatus, partition_for};
 use rota_model::InstanceId;
@@ -174,10 +174,7 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
     let batch: Vec<_> = (0..25)
         .map(|i| task(if i % 2 == 0 { "even" } else { "odd" }, NOW, None))
         .collect();
-    store
-        .insert(inserting(batch, PARTITIONS, NOW))
-        .await
-        .unwrap();
+    insert(&*store, batch, NOW).await;
     let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
     loop {
         let page = store
@@ -223,11 +220,7 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
     // Every status filter, alone and with the name, page by page in id order.
     let owner = InstanceId::new("w1");
     own_all(&*store, &owner, 1).await;
-    let claimed = store
-        .claim(claiming(&owner, &all(1), NOW, 9, 30_000))
-        .await
-        .unwrap()
-        .tasks;
+    let claimed = claim_all(&*store, &owner, 1, NOW, 9).await;
     assert_eq!(claimed.len(), 9);
     let done: Vec<_> = claimed[..3]
         .iter()
@@ -355,9 +348,6 @@ pub async fn unstorable_text_is_refused(store: Arc<dyn TaskStore>) {
 pub async fn insert_notifications(store: Arc<dyn TaskStore>) {
     let mut inserted = store.inserted();
     let k3 = key_for(3);
-    store
-        .insert(inserting(vec![task("n", NOW, Some(&k3))], PARTITIONS, NOW))
-        .await
-        .unwrap();
+    insert(&*store, vec![task("n", NOW, Some(&k3))], NOW).await;
     assert_eq!(inserted.try_recv().ok(), Some(3));
 }

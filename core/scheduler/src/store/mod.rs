@@ -67,6 +67,13 @@ pub struct Claim {
     pub epoch: Epoch,
 }
 
+impl Claim {
+    /// `partition`, held under `epoch`.
+    pub const fn new(partition: u32, epoch: Epoch) -> Self {
+        Self { partition, epoch }
+    }
+}
+
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CompletionOutcome {
