@@ -19,12 +19,8 @@ const SETS: usize = 2_000;
 const TXNS: usize = 200;
 const WATCHED: usize = 500;
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
     let stores: Vec<(&str, Arc<dyn Coordination>)> = vec![
         ("memory", Arc::new(rota_memory::MemoryCoordination::new())),
         (
@@ -41,21 +37,19 @@ fn main() {
             )),
         ),
     ];
-    runtime.block_on(async {
+    println!(
+        "backend     set p50/p99 (ms)   txn of {MAX_TRANSACTION_OPS} p50/p99 (ms)   set->event p50/p99 (ms)   converge 5 / join 6th (ms)"
+    );
+    for (name, store) in stores {
+        let set = sets(&*store).await;
+        let txn = transactions(&*store).await;
+        let watch = watch_latency(&*store).await;
+        let (initial, join) = convergence(store.clone()).await;
         println!(
-            "backend     set p50/p99 (ms)   txn of {MAX_TRANSACTION_OPS} p50/p99 (ms)   set->event p50/p99 (ms)   converge 5 / join 6th (ms)"
+            "{name:<10}  {:>6.2} / {:>6.2}    {:>8.2} / {:>8.2}       {:>6.2} / {:>6.2}      {:>6.0} / {:>6.0}",
+            set.0, set.1, txn.0, txn.1, watch.0, watch.1, initial, join
         );
-        for (name, store) in stores {
-            let set = sets(&*store).await;
-            let txn = transactions(&*store).await;
-            let watch = watch_latency(&*store).await;
-            let (initial, join) = convergence(store.clone()).await;
-            println!(
-                "{name:<10}  {:>6.2} / {:>6.2}    {:>8.2} / {:>8.2}       {:>6.2} / {:>6.2}      {:>6.0} / {:>6.0}",
-                set.0, set.1, txn.0, txn.1, watch.0, watch.1, initial, join
-            );
-        }
-    });
+    }
 }
 
 /// Median and 99th percentile, in milliseconds.

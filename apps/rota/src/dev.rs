@@ -12,10 +12,10 @@ use rota_cluster::coordination::Coordination;
 use rota_cluster::keys::ClusterKeys;
 use rota_cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
 use rota_memory::MemoryCoordination;
-use rota_model::{InstanceConfig, ResourceConfig};
+use rota_model::InstanceConfig;
 use rota_scheduler::metrics::Metrics;
 use rota_scheduler::worker::{Handlers, Worker, wall_clock_ms};
-use rota_scheduler::{Deadlined, TASKS_RESOURCE, TaskStore};
+use rota_scheduler::{Deadlined, TaskStore};
 use rota_sqlite::SqliteTaskStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,12 +99,7 @@ pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
     let admin_session = store.connect(timeout).await?;
     let admin = Admin::new(admin_session.clone(), &cluster);
     admin
-        .add_resource(&ResourceConfig::new(
-            TASKS_RESOURCE,
-            config.cluster.partitions,
-            config.cluster.replicas,
-            "MasterSlave",
-        ))
+        .add_resource(&crate::roles::tasks_resource(config))
         .await?;
 
     let (stop, stopped) = watch::channel(false);

@@ -219,6 +219,14 @@ async fn apply_schedules(
     .await
 }
 
+/// The tasks resource as the configuration describes it: `cluster.partitions` partitions of
+/// `cluster.replicas` replicas, one MASTER each.
+pub fn tasks_resource(config: &Config) -> ResourceConfig {
+    let cluster = &config.cluster;
+    let model = "MasterSlave";
+    ResourceConfig::new(TASKS_RESOURCE, cluster.partitions, cluster.replicas, model)
+}
+
 /// `rota init`: creates the cluster's `tasks` resource and migrates the task store. Idempotent;
 /// refuses to change the partition count of an existing cluster.
 pub async fn init(config: &Config) -> anyhow::Result<()> {
@@ -232,12 +240,7 @@ pub async fn init(config: &Config) -> anyhow::Result<()> {
     .await?;
     let admin = Admin::new(session(config).await?, &config.cluster.name);
     admin
-        .add_resource(&ResourceConfig::new(
-            TASKS_RESOURCE,
-            config.cluster.partitions,
-            config.cluster.replicas,
-            "MasterSlave",
-        ))
+        .add_resource(&tasks_resource(config))
         .await
         .context("cannot create the tasks resource")?;
     println!(

@@ -5,79 +5,17 @@
 
 mod common;
 
-use async_trait::async_trait;
 use common::http;
 use rota::config::Config;
 use rota::dev::{self, DevCluster, DevOptions};
 use rota_cluster::participant::ParticipantStatus;
-use rota_scheduler::worker::{HandlerError, Handlers, TaskHandler, wall_clock_ms};
-use rota_scheduler::{ListFilter, Task, TaskId, TaskStatus};
+use rota_scheduler::conformance::recorder::{Recorder, assert_one_at_a_time};
+use rota_scheduler::worker::{Handlers, wall_clock_ms};
+use rota_scheduler::{ListFilter, TaskId, TaskStatus};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// One run of a task: which worker, when it started, and when it ended (`None` while it goes
-/// on; an aborted run ends when its handler is dropped).
-#[derive(Clone, Debug)]
-struct Execution {
-    worker: String,
-    start: Instant,
-    end: Option<Instant>,
-}
-
-/// Records every execution as it starts, and its end; which worker ran it is told by the task's
-/// claim owner. Each run takes `work` (a few milliseconds by default).
-#[derive(Clone, Default)]
-struct Recorder {
-    runs: Arc<Mutex<HashMap<TaskId, Vec<Execution>>>>,
-    work: Option<Duration>,
-}
-
-/// Records a run's end when dropped: finished, or aborted with its handler.
-struct Ended {
-    runs: Arc<Mutex<HashMap<TaskId, Vec<Execution>>>>,
-    id: TaskId,
-    index: usize,
-}
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        self.runs.lock().unwrap().get_mut(&self.id).unwrap()[self.index].end = Some(Instant::now());
-    }
-}
-
-#[async_trait]
-impl TaskHandler for Recorder {
-    async fn run(&self, task: &Task) -> Result<(), HandlerError> {
-        let worker = task
-            .owner
-            .as_ref()
-            .map(|o| o.to_string())
-            .unwrap_or_default();
-        let index = {
-            let mut runs = self.runs.lock().unwrap();
-            let runs = runs.entry(task.id).or_default();
-            runs.push(Execution {
-                worker,
-                start: Instant::now(),
-                end: None,
-            });
-            runs.len() - 1
-        };
-        let _ended = Ended {
-            runs: self.runs.clone(),
-            id: task.id,
-            index,
-        };
-        let work = self
-            .work
-            .unwrap_or(Duration::from_millis(1 + (task.id % 5) as u64));
-        tokio::time::sleep(work).await;
-        Ok(())
-    }
-}
 
 fn data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rota-dev-test-{}-{name}", std::process::id()));
@@ -158,7 +96,7 @@ async fn ten_thousand_tasks_each_run_exactly_once() {
             .all(|p| p["epoch"].as_u64().unwrap() >= 1)
     );
     cluster.stop().await.unwrap();
-    let runs = recorder.runs.lock().unwrap();
+    let runs = recorder.runs();
     for id in &ids {
         assert_eq!(
             runs.get(id).map(Vec::len),
@@ -177,20 +115,11 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
     // Runs of a second: the cut-off worker has runs going on when it is cut off, and its
     // session's end must abort them before anyone runs them again.
     let dir = data_dir("cut-off");
-    let recorder = Recorder {
-        work: Some(Duration::from_secs(1)),
-        ..Recorder::default()
-    };
+    let recorder = Recorder::taking(Duration::from_secs(1));
     let cluster = start(&dir, &recorder).await;
     let ids = create(&cluster, 400, Duration::from_secs(5)).await;
     let (victim, handle) = cluster.participants[1].clone();
-    let going_on = || {
-        let runs = recorder.runs.lock().unwrap();
-        runs.values()
-            .flatten()
-            .filter(|e| e.worker == victim && e.end.is_none())
-            .count()
-    };
+    let going_on = || recorder.going_on(&victim);
     let deadline = Instant::now() + Duration::from_secs(30);
     while going_on() < 8 {
         assert!(
@@ -206,7 +135,7 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
     cluster.coordination.suspend(&session);
     wait_completed(&cluster, ids.len()).await;
     cluster.stop().await.unwrap();
-    let runs = recorder.runs.lock().unwrap();
+    let runs = recorder.runs();
     let mut twice = 0;
     for id in &ids {
         let executions = runs
@@ -218,14 +147,7 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
                 executions.iter().any(|e| e.worker == victim),
                 "task {id}: {executions:?}"
             );
-            let mut sorted = executions.clone();
-            sorted.sort_by_key(|e| e.start);
-            for pair in sorted.windows(2) {
-                assert!(
-                    pair[0].end.is_some_and(|end| end <= pair[1].start),
-                    "task {id} ran on two workers at once: {sorted:?}"
-                );
-            }
+            assert_one_at_a_time(*id, executions);
         }
     }
     println!(
@@ -258,7 +180,7 @@ async fn a_restart_resumes_pending_tasks_from_the_file() {
     let cluster = start(&dir, &recorder).await;
     wait_completed(&cluster, ids.len()).await;
     cluster.stop().await.unwrap();
-    let runs = recorder.runs.lock().unwrap();
+    let runs = recorder.runs();
     assert!(
         ids.iter().all(|id| runs.get(id).map(Vec::len) == Some(1)),
         "each ran exactly once"

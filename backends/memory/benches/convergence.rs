@@ -8,22 +8,16 @@ use rota_cluster::harness::time_convergence_and_join;
 use rota_memory::MemoryCoordination;
 use std::sync::Arc;
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
-        println!("run  initial (5 participants)  after a join (6th)");
-        for run in 1..=5 {
-            let store = Arc::new(MemoryCoordination::new());
-            let (initial, join) = time_convergence_and_join(store).await;
-            println!(
-                "{run:>3}  {:>10.0} ms               {:>10.0} ms",
-                initial.as_secs_f64() * 1e3,
-                join.as_secs_f64() * 1e3
-            );
-        }
-    });
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!("run  initial (5 participants)  after a join (6th)");
+    for run in 1..=5 {
+        let store = Arc::new(MemoryCoordination::new());
+        let (initial, join) = time_convergence_and_join(store).await;
+        println!(
+            "{run:>3}  {:>10.0} ms               {:>10.0} ms",
+            initial.as_secs_f64() * 1e3,
+            join.as_secs_f64() * 1e3
+        );
+    }
 }

@@ -19,13 +19,12 @@ use rota_cluster::participant::{
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::{InstanceConfig, InstanceId, ResourceConfig};
 use rota_scheduler::conformance::calls::inserting;
+use rota_scheduler::conformance::recorder::{Recorder, Runs, assert_one_at_a_time};
 use rota_scheduler::prelude::*;
 use rota_scheduler::store::{Call, Layer, Layered, Pending};
-use rota_scheduler::worker::{
-    HandlerError, Handlers, TaskHandler, Worker, WorkerConfig, wall_clock_ms,
-};
+use rota_scheduler::worker::{Handlers, Worker, WorkerConfig, wall_clock_ms};
 use rota_scheduler::{
-    Deadlined, ListFilter, NewTask, StoreError, TASKS_RESOURCE, Task, TaskId, TaskStatus,
+    Deadlined, ListFilter, NewTask, StoreError, TASKS_RESOURCE, TaskId, TaskStatus,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,107 +37,6 @@ const PARTITIONS: u32 = 12;
 const SESSION: Duration = Duration::from_secs(2);
 /// The deadline of the workers' task-store calls.
 const STORE_DEADLINE: Duration = Duration::from_secs(3);
-
-/// One execution of a task: which worker, from when to when (`None` while it runs) at the
-/// receiver, and when the worker stopped waiting for it (its answer, or the handler aborted).
-#[derive(Clone, Debug)]
-struct Execution {
-    worker: String,
-    start: Instant,
-    end: Option<Instant>,
-    caller_done: Option<Instant>,
-}
-
-/// Records when the handler stopped waiting for its run: dropped with the handler's future,
-/// whether it completed or was aborted.
-struct CallerDone {
-    recorder: Recorder,
-    id: TaskId,
-    index: Arc<Mutex<Option<usize>>>,
-}
-
-impl Drop for CallerDone {
-    fn drop(&mut self) {
-        let Some(index) = *self.index.lock().unwrap() else {
-            return;
-        };
-        if let Some(run) = self
-            .recorder
-            .0
-            .lock()
-            .unwrap()
-            .get_mut(&self.id)
-            .and_then(|runs| runs.get_mut(index))
-        {
-            run.caller_done = Some(Instant::now());
-        }
-    }
-}
-
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<HashMap<TaskId, Vec<Execution>>>>);
-
-impl Recorder {
-    fn started(&self) -> usize {
-        self.0.lock().unwrap().values().map(Vec::len).sum()
-    }
-
-    /// Runs of `worker` going on now (started, the handler still waiting).
-    fn going_on(&self, worker: &str) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .values()
-            .flatten()
-            .filter(|e| e.worker == worker && e.caller_done.is_none())
-            .count()
-    }
-}
-
-struct Recording {
-    worker: String,
-    recorder: Recorder,
-    /// How long a run takes; `None`: a few milliseconds.
-    work: Option<Duration>,
-}
-
-#[async_trait]
-impl TaskHandler for Recording {
-    async fn run(&self, task: &Task) -> Result<(), HandlerError> {
-        let work = self
-            .work
-            .unwrap_or(Duration::from_millis(2 + (task.id % 7) as u64));
-        // The run happens at the "receiver", which finishes it even if this handler is
-        // aborted (as a webhook's receiver does), and records its start and end.
-        let (recorder, worker, id) = (self.recorder.clone(), self.worker.clone(), task.id);
-        let (done, finished) = tokio::sync::oneshot::channel();
-        let slot = Arc::new(Mutex::new(None));
-        let _caller = CallerDone {
-            recorder: recorder.clone(),
-            id,
-            index: slot.clone(),
-        };
-        // Registered before the handler can be aborted, so every run has its caller's end.
-        let index = {
-            let mut map = recorder.0.lock().unwrap();
-            let runs = map.entry(id).or_default();
-            runs.push(Execution {
-                worker,
-                start: Instant::now(),
-                end: None,
-                caller_done: None,
-            });
-            runs.len() - 1
-        };
-        *slot.lock().unwrap() = Some(index);
-        tokio::spawn(async move {
-            tokio::time::sleep(work).await;
-            recorder.0.lock().unwrap().get_mut(&id).unwrap()[index].end = Some(Instant::now());
-            let _ = done.send(());
-        });
-        finished.await.map_err(|_| "the receiver vanished".into())
-    }
-}
 
 /// What makes a task store unreachable: while `down`, every call fails as a lost connection
 /// would; while `hung`, every call waits (a frozen database) and goes on once it thaws.
@@ -224,7 +122,9 @@ async fn setup_options(workers: &[&str], options: Options) -> Setup {
         Outage::default(),
         Arc::new(MemoryTaskStore::new()),
     ));
-    let recorder = Recorder::default();
+    let recorder = options
+        .work
+        .map_or_else(Recorder::default, Recorder::taking);
     let checker = Checker::new("MASTER", 1);
     let (stop, stopped) = watch::channel(false);
     let mut joins = Vec::new();
@@ -265,11 +165,7 @@ impl Setup {
     fn start_worker(&mut self, id: &str) {
         let store: Arc<dyn Coordination> = Arc::new(self.coordination.clone());
         let mut handlers = Handlers::default();
-        handlers.set_default(Arc::new(Recording {
-            worker: id.into(),
-            recorder: self.recorder.clone(),
-            work: self.options.work,
-        }));
+        handlers.set_default(Arc::new(self.recorder.clone()));
         let mut config = WorkerConfig::new(InstanceId::new(id));
         config.step_down_timeout = Duration::from_millis(500);
         config.max_idle = Duration::from_millis(500);
@@ -338,13 +234,13 @@ async fn wait_all_completed(tasks: &dyn TaskStore, count: usize) {
     rota_scheduler::conformance::wait_completed(tasks, count, Duration::from_secs(60)).await;
 }
 
-async fn finish(s: Setup) -> HashMap<TaskId, Vec<Execution>> {
+async fn finish(s: Setup) -> Runs {
     s.stop.send_replace(true);
     for j in s.joins {
         j.await.unwrap();
     }
     s.checker.assert_ok();
-    s.recorder.0.lock().unwrap().clone()
+    s.recorder.runs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,14 +305,7 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
                 executions.iter().any(|e| e.worker == "w2"),
                 "task {id}: {executions:?}"
             );
-            let mut sorted = executions.clone();
-            sorted.sort_by_key(|e| e.start);
-            for pair in sorted.windows(2) {
-                assert!(
-                    pair[0].end.is_some_and(|end| end <= pair[1].start),
-                    "task {id} ran on two workers at once: {sorted:?}"
-                );
-            }
+            assert_one_at_a_time(*id, executions);
         }
     }
     println!("tasks run twice: {twice} of {}", ids.len());
@@ -503,7 +392,7 @@ async fn wait_until_leading(s: &Setup, worker: &str, leading: bool) {
 }
 
 /// Every task ran exactly once, to its end.
-fn ran_once_each(runs: &HashMap<TaskId, Vec<Execution>>, ids: &[TaskId]) {
+fn ran_once_each(runs: &Runs, ids: &[TaskId]) {
     let repeated: Vec<_> = ids
         .iter()
         .filter(|id| runs.get(id).map_or(0, Vec::len) != 1)
@@ -623,16 +512,7 @@ async fn a_worker_cut_off_while_the_store_hangs_stops_its_runs_within_its_sessio
                 .all(|e| e.worker != "w2" || e.start < cut || e.start >= thaw),
             "task {id}: w2 started a run while cut off: {executions:?}"
         );
-        let mut sorted = executions.clone();
-        sorted.sort_by_key(|e| e.start);
-        for pair in sorted.windows(2) {
-            assert!(
-                pair[0]
-                    .caller_done
-                    .is_some_and(|done| done <= pair[1].start),
-                "task {id} ran on two workers at once: {sorted:?}"
-            );
-        }
+        assert_one_at_a_time(*id, executions);
     }
     assert!(cut_off > 0, "w2 had no run under way when it was cut off");
 }

@@ -6,7 +6,9 @@ use crate::{PostgresTaskStore, backend, task_from};
 use rota_model::Epoch;
 use rota_scheduler::{AcquirePartition, ClaimTasks, CompleteTasks, RenewLeases, RequeueExpired};
 use rota_scheduler::{Claim, Claimed, Execution, Millis, StoreError, TaskStatus, Upkeep};
-use sqlx::Row;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{Postgres, Row, Transaction};
 use std::collections::HashMap;
 use tokio::sync::broadcast;
 
@@ -81,13 +83,8 @@ impl Execution for PostgresTaskStore {
         .bind(partition as i32)
         .bind(owner.as_str())
         .bind(epoch as i64)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected();
-        tx.commit().await.map_err(backend)?;
-        Ok(requeued)
+        .bind(now);
+        commit_counting(tx, requeued).await
     }
 
     async fn claim(&self, claim: ClaimTasks) -> Result<Claimed, StoreError> {
@@ -320,12 +317,17 @@ impl Upkeep for PostgresTaskStore {
             rota_scheduler::take_back_sql!("", "claim lost: the cluster restarted", "$1"),
             " WHERE status = 'RUNNING'"
         ))
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected();
-        tx.commit().await.map_err(backend)?;
-        Ok(requeued)
+        .bind(now);
+        commit_counting(tx, requeued).await
     }
+}
+
+/// Runs `statement` in `tx` and commits; how many rows it changed.
+async fn commit_counting(
+    mut tx: Transaction<'static, Postgres>,
+    statement: Query<'static, Postgres, PgArguments>,
+) -> Result<u64, StoreError> {
+    let changed = statement.execute(&mut *tx).await.map_err(backend)?;
+    tx.commit().await.map_err(backend)?;
+    Ok(changed.rows_affected())
 }

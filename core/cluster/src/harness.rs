@@ -30,6 +30,17 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of every wait, on tokio's clock.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
+/// A test controller's configuration: a reconcile every second, 5 ms to settle.
+pub fn controller_config(cluster: &str, name: &str, session_timeout: Duration) -> ControllerConfig {
+    ControllerConfig {
+        cluster: cluster.into(),
+        name: name.into(),
+        session_timeout,
+        interval: Duration::from_secs(1),
+        settle: Duration::from_millis(5),
+    }
+}
+
 /// A handler that takes `delay` (on tokio's clock) per transition.
 pub struct Work {
     /// Time per transition.
@@ -105,13 +116,7 @@ impl TestCluster {
     pub fn start_controller(&mut self, name: &str) {
         let (controller, status) = Controller::new(
             self.store.clone(),
-            ControllerConfig {
-                cluster: CLUSTER.into(),
-                name: name.into(),
-                session_timeout: TIMEOUT,
-                interval: Duration::from_secs(1),
-                settle: Duration::from_millis(5),
-            },
+            controller_config(CLUSTER, name, TIMEOUT),
         );
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(controller.run(stopped));

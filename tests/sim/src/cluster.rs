@@ -9,9 +9,9 @@ use crate::store::sim_store;
 use crate::{CHECK_EVERY, CLUSTER, EPOCH_MS, PARTITIONS, TIMEOUT};
 use rota_cluster::admin::Admin;
 use rota_cluster::checker::Checker;
-use rota_cluster::controller::{Controller, ControllerConfig};
+use rota_cluster::controller::Controller;
 use rota_cluster::coordination::{Coordination, Session};
-use rota_cluster::harness::{RESOURCE, TestCluster};
+use rota_cluster::harness::{RESOURCE, TestCluster, controller_config};
 use rota_cluster::participant::{Participant, ParticipantConfig, ParticipantHandle};
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::rebalancer::{RebalanceInput, rebalance};
@@ -227,16 +227,8 @@ impl Sim {
 
     pub(crate) fn start_controller(&mut self, name: &str) {
         let coordination = self.coordination_for(name, true);
-        let (controller, _status) = Controller::new(
-            coordination,
-            ControllerConfig {
-                cluster: CLUSTER.into(),
-                name: name.into(),
-                session_timeout: TIMEOUT,
-                interval: Duration::from_secs(1),
-                settle: Duration::from_millis(5),
-            },
-        );
+        let (controller, _status) =
+            Controller::new(coordination, controller_config(CLUSTER, name, TIMEOUT));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(controller.run(stopped));
         self.history.event(format!("start controller {name}"));

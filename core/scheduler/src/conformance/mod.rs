@@ -4,6 +4,7 @@
 
 pub mod calls;
 mod execution;
+pub mod recorder;
 mod schedules;
 mod tasks;
 pub use execution::*;
