@@ -33,6 +33,19 @@ stage() {
   stages+=("$(printf '%-30s %5ds' "$1" $((now - stage_start)))")
   stage_start=$now
 }
+# The stages' times, also when a stage fails (the failing one is the first not listed).
+print_stages() {
+  local status=$?
+  echo
+  if [ $status -eq 0 ]; then
+    echo "scripts/test.sh $tier: every check passed; stages:"
+  else
+    echo "scripts/test.sh $tier: FAILED (exit $status); stages done:"
+  fi
+  printf '  %s\n' "${stages[@]}"
+  printf '  %-30s %5ds\n' "total" $(($(date +%s) - started))
+}
+trap print_stages EXIT
 
 bash scripts/install-deps.sh
 stage "install what the tests need"
@@ -138,8 +151,3 @@ if [ "$tier" = full ]; then
   bash scripts/fuzz.sh run "${ROTA_FUZZ_SECONDS:-20}"
   stage "fuzz every target"
 fi
-
-echo
-echo "scripts/test.sh $tier: every check passed; stages:"
-printf '  %s\n' "${stages[@]}"
-printf '  %-30s %5ds\n' "total" $(($(date +%s) - started))

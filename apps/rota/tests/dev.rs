@@ -9,7 +9,7 @@ use common::http;
 use rota::config::Config;
 use rota::dev::{self, DevCluster, DevOptions};
 use rota_cluster::participant::ParticipantStatus;
-use rota_scheduler::conformance::recorder::{Recorder, assert_one_at_a_time};
+use rota_scheduler::conformance::recorder::{Recorder, assert_only_cut_off_runs_repeat};
 use rota_scheduler::worker::{Handlers, wall_clock_ms};
 use rota_scheduler::{ListFilter, TaskId, TaskStatus};
 use serde_json::{Value, json};
@@ -136,20 +136,7 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
     wait_completed(&cluster, ids.len()).await;
     cluster.stop().await.unwrap();
     let runs = recorder.runs();
-    let mut twice = 0;
-    for id in &ids {
-        let executions = runs
-            .get(id)
-            .unwrap_or_else(|| panic!("task {id} never ran"));
-        if executions.len() > 1 {
-            twice += 1;
-            assert!(
-                executions.iter().any(|e| e.worker == victim),
-                "task {id}: {executions:?}"
-            );
-            assert_one_at_a_time(*id, executions);
-        }
-    }
+    let twice = assert_only_cut_off_runs_repeat(&runs, &ids, &victim);
     println!(
         "{victim} had {in_flight} runs going on when cut off; {twice} of {} tasks ran twice",
         ids.len()

@@ -228,15 +228,8 @@ impl Execution for MemoryTaskStore {
         let (partition, owner, epoch, now) =
             (grant.partition, &grant.owner, grant.epoch, grant.now);
         let mut inner = self.lock();
-        if let Some((current_owner, current)) = inner.owners.get(&partition) {
-            if *current > epoch || (*current == epoch && current_owner != owner) {
-                return Err(StoreError::StaleEpoch {
-                    partition,
-                    current: *current,
-                    given: epoch,
-                });
-            }
-        }
+        let holder = inner.owners.get(&partition);
+        grant.check(holder.map(|(o, e)| (o.as_str(), *e)))?;
         inner.owners.insert(partition, (owner.clone(), epoch));
         let stale: Vec<TaskId> = inner
             .running

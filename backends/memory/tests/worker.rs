@@ -19,7 +19,9 @@ use rota_cluster::participant::{
 use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::{InstanceConfig, InstanceId, ResourceConfig};
 use rota_scheduler::conformance::calls::inserting;
-use rota_scheduler::conformance::recorder::{Recorder, Runs, assert_one_at_a_time};
+use rota_scheduler::conformance::recorder::{
+    Recorder, Runs, assert_one_at_a_time, assert_only_cut_off_runs_repeat,
+};
 use rota_scheduler::prelude::*;
 use rota_scheduler::store::{Call, Layer, Layered, Pending};
 use rota_scheduler::worker::{Handlers, Worker, WorkerConfig, wall_clock_ms};
@@ -293,21 +295,7 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
     s.coordination.suspend(&session);
     wait_all_completed(&*s.tasks, ids.len()).await;
     let runs = finish(s).await;
-    let mut twice = 0;
-    for id in &ids {
-        let executions = runs
-            .get(id)
-            .unwrap_or_else(|| panic!("task {id} never ran"));
-        if executions.len() > 1 {
-            twice += 1;
-            // Only a claim in flight on the cut-off worker may run again, and never at once.
-            assert!(
-                executions.iter().any(|e| e.worker == "w2"),
-                "task {id}: {executions:?}"
-            );
-            assert_one_at_a_time(*id, executions);
-        }
-    }
+    let twice = assert_only_cut_off_runs_repeat(&runs, &ids, "w2");
     println!("tasks run twice: {twice} of {}", ids.len());
 }
 

@@ -54,15 +54,8 @@ impl Execution for PostgresTaskStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(backend)?;
-        let (current_owner, current): (String, i64) = (row.get("owner"), row.get("epoch"));
-        let current = current as Epoch;
-        if current > epoch || (current == epoch && current_owner != owner.as_str()) {
-            return Err(StoreError::StaleEpoch {
-                partition,
-                current,
-                given: epoch,
-            });
-        }
+        let (holder, current): (String, i64) = (row.get("owner"), row.get("epoch"));
+        grant.check(Some((&holder, current as Epoch)))?;
         sqlx::query("UPDATE rota_partition_owners SET owner = $2, epoch = $3 WHERE partition = $1")
             .bind(partition as i32)
             .bind(owner.as_str())

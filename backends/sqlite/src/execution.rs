@@ -48,12 +48,13 @@ macro_rules! take_back {
 #[async_trait::async_trait]
 impl Execution for SqliteTaskStore {
     async fn acquire(&self, grant: AcquirePartition) -> Result<u64, StoreError> {
-        let (partition, owner, epoch, now) = (grant.partition, grant.owner, grant.epoch, grant.now);
         self.run(move |conn| {
+            let (partition, owner, epoch, now) =
+                (grant.partition, &grant.owner, grant.epoch, grant.now);
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            let current: Option<(String, i64)> = tx
+            let holder: Option<(String, i64)> = tx
                 .query_row(
                     "SELECT owner, epoch FROM partition_owners WHERE partition = ?1",
                     [partition],
@@ -61,16 +62,7 @@ impl Execution for SqliteTaskStore {
                 )
                 .optional()
                 .map_err(backend)?;
-            if let Some((o, e)) = current {
-                let e = e as Epoch;
-                if e > epoch || (e == epoch && o != owner.as_str()) {
-                    return Err(StoreError::StaleEpoch {
-                        partition,
-                        current: e,
-                        given: epoch,
-                    });
-                }
-            }
+            grant.check(holder.as_ref().map(|(o, e)| (o.as_str(), *e as Epoch)))?;
             tx.execute(
                 "INSERT INTO partition_owners (partition, owner, epoch) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (partition) DO UPDATE SET owner = ?2, epoch = ?3",

@@ -133,3 +133,24 @@ pub fn assert_one_at_a_time(task: TaskId, runs: &[Run]) {
         assert!(ok, "task {task} ran twice at once: {runs:?}");
     }
 }
+
+/// Checks the runs of `ids` after `cut_off` was cut off mid-run: every task ran; one that ran
+/// more than once had a run on `cut_off` (only a claim in flight there may run again) and its
+/// runs went on one at a time. Returns how many tasks ran more than once.
+pub fn assert_only_cut_off_runs_repeat(runs: &Runs, ids: &[TaskId], cut_off: &str) -> usize {
+    let mut repeated = 0;
+    for id in ids {
+        let task = runs.get(id);
+        let task = task.unwrap_or_else(|| panic!("task {id} never ran"));
+        if task.len() > 1 {
+            repeated += 1;
+            let on_cut_off = task.iter().any(|r| r.worker == cut_off);
+            assert!(
+                on_cut_off,
+                "task {id} ran again without a run on {cut_off}: {task:?}"
+            );
+            assert_one_at_a_time(*id, task);
+        }
+    }
+    repeated
+}

@@ -108,6 +108,13 @@ fn oracle(pattern: &str, zone: Tz, from: Millis, until: Millis) -> Vec<Millis> {
 const BERLIN: Tz = Tz::Europe__Berlin;
 const NEW_YORK: Tz = Tz::America__New_York;
 
+/// `spec` in Berlin's zone, and its ticks from `from` to `until` on Berlin's wall clock.
+fn in_berlin(spec: &str, from: Millis, until: Millis) -> (Spec, Vec<String>) {
+    let spec = Spec::parse(spec, "Europe/Berlin", from).unwrap();
+    let ticked = locals(BERLIN, &ticks(&spec, from, until));
+    (spec, ticked)
+}
+
 #[test]
 fn berlin_spring_forward_fires_as_documented() {
     // 2026-03-29: 02:00 CET becomes 03:00 CEST.
@@ -115,18 +122,18 @@ fn berlin_spring_forward_fires_as_documented() {
         at(BERLIN, 2026, 3, 28, 12, 0, 0),
         at(BERLIN, 2026, 3, 30, 12, 0, 0),
     );
-    let daily = Spec::parse("30 2 * * *", "Europe/Berlin", from).unwrap();
+    let (_, daily) = in_berlin("30 2 * * *", from, until);
     assert_eq!(
-        locals(BERLIN, &ticks(&daily, from, until)),
+        daily,
         ["03-29 03:00:00+0200", "03-30 02:30:00+0200"],
         "a fixed time in the gap fires once, right after it"
     );
-    let quarter = Spec::parse("*/15 * * * *", "Europe/Berlin", from).unwrap();
-    let night = ticks(
-        &quarter,
+    let night = (
         at(BERLIN, 2026, 3, 29, 1, 40, 0),
         at(BERLIN, 2026, 3, 29, 3, 20, 0),
     );
+    let quarter = Spec::parse("*/15 * * * *", "Europe/Berlin", from).unwrap();
+    let night = ticks(&quarter, night.0, night.1);
     assert_eq!(
         locals(BERLIN, &night),
         [
@@ -144,18 +151,18 @@ fn berlin_fall_back_fires_as_documented() {
     // 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:00-03:00 happens twice.
     let from = at(BERLIN, 2026, 10, 24, 12, 0, 0);
     let until = at(BERLIN, 2026, 10, 26, 12, 0, 0);
-    let daily = Spec::parse("30 2 * * *", "Europe/Berlin", from).unwrap();
+    let (daily, ticked) = in_berlin("30 2 * * *", from, until);
     assert_eq!(
-        locals(BERLIN, &ticks(&daily, from, until)),
+        ticked,
         ["10-25 02:30:00+0200", "10-26 02:30:00+0100"],
         "a fixed time in the repeated hour fires once, at its first pass"
     );
-    let quarter = Spec::parse("*/15 * * * *", "Europe/Berlin", from).unwrap();
-    let night = ticks(
-        &quarter,
+    let night = (
         at(BERLIN, 2026, 10, 25, 1, 50, 0),
         at(BERLIN, 2026, 10, 25, 3, 10, 0),
     );
+    let quarter = Spec::parse("*/15 * * * *", "Europe/Berlin", from).unwrap();
+    let night = ticks(&quarter, night.0, night.1);
     assert_eq!(night.len(), 9, "{:?}", locals(BERLIN, &night));
     assert!(
         night.windows(2).all(|w| w[1] - w[0] == 15 * 60_000),

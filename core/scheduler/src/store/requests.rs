@@ -39,6 +39,25 @@ pub struct AcquirePartition {
     pub now: Millis,
 }
 
+impl AcquirePartition {
+    /// The grant's verdict, given the partition's stored owner and epoch (`None`: nobody owns
+    /// it yet): [`StoreError::StaleEpoch`] if a newer epoch is stored, or the same epoch for
+    /// another owner. Every store applies this one rule inside its acquire.
+    pub fn check(&self, holder: Option<(&str, Epoch)>) -> Result<(), StoreError> {
+        let Some((owner, current)) = holder else {
+            return Ok(());
+        };
+        if current > self.epoch || (current == self.epoch && owner != self.owner.as_str()) {
+            return Err(StoreError::StaleEpoch {
+                partition: self.partition,
+                current,
+                given: self.epoch,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// [`super::Execution::claim`]: up to `limit` due tasks of `partitions`, leased for `lease_ms`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimTasks {
