@@ -53,25 +53,26 @@ fn print<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says that a cluster action is done (whatever its answer was).
+fn done<T>(command: &AdminCommand, _answer: T) {
+    match command {
+        AdminCommand::Enable(id, true) => println!("instance {id} enabled"),
+        AdminCommand::Enable(id, false) => println!("instance {id} disabled"),
+        AdminCommand::Maintenance(on) => println!("maintenance {}", if *on { "on" } else { "off" }),
+        AdminCommand::Rebalance => println!("rebalance requested"),
+        AdminCommand::Status | AdminCommand::Schedules(_) => {}
+    }
+}
+
 /// `rota admin --url URL ...`: through the API.
 pub async fn through_api(client: &Client, command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::Status => print(&client.cluster().await?)?,
-        AdminCommand::Enable(id, enabled) => {
-            client.set_instance_enabled(&id, enabled).await?;
-            println!(
-                "instance {id} {}",
-                if enabled { "enabled" } else { "disabled" }
-            );
+        AdminCommand::Enable(ref id, enabled) => {
+            done(&command, client.set_instance_enabled(id, enabled).await?)
         }
-        AdminCommand::Maintenance(on) => {
-            client.set_maintenance(on).await?;
-            println!("maintenance {}", if on { "on" } else { "off" });
-        }
-        AdminCommand::Rebalance => {
-            client.rebalance().await?;
-            println!("rebalance requested");
-        }
+        AdminCommand::Maintenance(on) => done(&command, client.set_maintenance(on).await?),
+        AdminCommand::Rebalance => done(&command, client.rebalance().await?),
         AdminCommand::Schedules(command) => match command {
             ScheduleCommand::List => print(&client.all_schedules().await?)?,
             ScheduleCommand::Show(name) => print(&client.schedule(&name).await?)?,
@@ -144,21 +145,15 @@ pub async fn direct(config: &Config, command: AdminCommand) -> anyhow::Result<()
             .await?;
             print(&status)?;
         }
-        AdminCommand::Enable(id, enabled) => {
-            admin.set_enabled(&InstanceId::new(&id), enabled).await?;
-            println!(
-                "instance {id} {}",
-                if enabled { "enabled" } else { "disabled" }
-            );
-        }
-        AdminCommand::Maintenance(on) => {
-            admin.set_maintenance(on).await?;
-            println!("maintenance {}", if on { "on" } else { "off" });
-        }
-        AdminCommand::Rebalance => {
-            admin.request_rebalance(rota_cluster::now_ms()).await?;
-            println!("rebalance requested");
-        }
+        AdminCommand::Enable(ref id, enabled) => done(
+            &command,
+            admin.set_enabled(&InstanceId::new(id), enabled).await?,
+        ),
+        AdminCommand::Maintenance(on) => done(&command, admin.set_maintenance(on).await?),
+        AdminCommand::Rebalance => done(
+            &command,
+            admin.request_rebalance(rota_cluster::now_ms()).await?,
+        ),
         AdminCommand::Schedules(_) => unreachable!("handled above"),
     }
     let _ = session.close().await;

@@ -42,6 +42,8 @@ const WORKERS: [&str; 3] = ["w1", "w2", "w3"];
 const RATE: u64 = 10;
 /// How long a link stays cut.
 const CUT: Duration = Duration::from_secs(12);
+/// How long a crashed store stays down.
+const RESTART: Duration = Duration::from_secs(3);
 /// After a fault heals, the cluster is whole again within this (docs/testing.md): a worker
 /// reconnects and rejoins (its old session has ended: a new one), the controller moves
 /// partitions back, each move waiting for the runs in flight (2 s here), and a store call that
@@ -303,6 +305,23 @@ impl Cluster {
 
     /// Once a fault has healed: waits until the cluster is whole again with every worker live,
     /// within [`RECOVERY_BOUND`], and returns what the phase saw.
+    /// A fault the cluster waits out: strikes it, holds it `held`, heals it, and waits until
+    /// the cluster is whole again.
+    async fn waited_out<T>(
+        &self,
+        name: &'static str,
+        hit: Option<&'static str>,
+        held: Duration,
+        strike: impl FnOnce() -> T,
+        heal: impl FnOnce(),
+    ) -> Phase {
+        let at_ms = now_ms();
+        strike();
+        tokio::time::sleep(held).await;
+        heal();
+        self.healed(name, hit, at_ms, None).await
+    }
+
     async fn healed(
         &self,
         name: &'static str,
@@ -483,62 +502,36 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
 
     runs_going_on(&log, Some("w3"), 3).await;
     // 3. w3 cut off from PostgreSQL only.
-    let at_ms = now_ms();
-    net.cut(w3, pg_host);
-    tokio::time::sleep(CUT).await;
-    net.heal(w3, pg_host);
+    let what = "a worker cut off from PostgreSQL only";
+    let (strike, heal) = (|| net.cut(w3, pg_host), || net.heal(w3, pg_host));
     phases.push(
         cluster
-            .healed(
-                "a worker cut off from PostgreSQL only",
-                Some("w3"),
-                at_ms,
-                None,
-            )
+            .waited_out(what, Some("w3"), CUT, strike, heal)
             .await,
     );
 
     runs_going_on(&log, Some("w1"), 3).await;
     // 4. A lossy link between w1 and both stores.
-    let at_ms = now_ms();
-    net.lossy(w1, zk_host, 0.3);
-    net.lossy(w1, pg_host, 0.3);
-    tokio::time::sleep(CUT).await;
-    net.heal_host(w1);
+    let what = "30% packet loss between a worker and both stores";
+    let strike = || [zk_host, pg_host].map(|store| net.lossy(w1, store, 0.3));
+    let heal = || net.heal_host(w1);
     phases.push(
         cluster
-            .healed(
-                "30% packet loss between a worker and both stores",
-                Some("w1"),
-                at_ms,
-                None,
-            )
+            .waited_out(what, Some("w1"), CUT, strike, heal)
             .await,
     );
 
     runs_going_on(&log, None, IN_FLIGHT).await;
     // 5. PostgreSQL crashed and restarted.
-    let at_ms = now_ms();
-    pg.crash();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    pg.start_again();
-    phases.push(
-        cluster
-            .healed("PostgreSQL crashed, restarted 3 s later", None, at_ms, None)
-            .await,
-    );
+    let what = "PostgreSQL crashed, restarted 3 s later";
+    let (strike, heal) = (|| pg.crash(), || pg.start_again());
+    phases.push(cluster.waited_out(what, None, RESTART, strike, heal).await);
 
     runs_going_on(&log, None, IN_FLIGHT).await;
     // 6. ZooKeeper killed and restarted.
-    let at_ms = now_ms();
-    zk.crash();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    zk.start_again();
-    phases.push(
-        cluster
-            .healed("ZooKeeper killed, restarted 3 s later", None, at_ms, None)
-            .await,
-    );
+    let what = "ZooKeeper killed, restarted 3 s later";
+    let (strike, heal) = (|| zk.crash(), || zk.start_again());
+    phases.push(cluster.waited_out(what, None, RESTART, strike, heal).await);
 
     // The client stops; every task it created must complete.
     stop.send(true).unwrap();

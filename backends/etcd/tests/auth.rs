@@ -3,8 +3,10 @@
 //! refused with a clear error otherwise.
 
 use etcd_client::{Client, Permission};
-use rota_cluster::coordination::conformance::next_event;
-use rota_cluster::coordination::{Coordination, CreateMode, WatchEvent};
+mod common;
+
+use common::a_live_instance_comes_and_goes;
+use rota_cluster::coordination::Coordination;
 use rota_etcd::EtcdCoordination;
 use rota_test_harness::etcd;
 use std::time::Duration;
@@ -29,18 +31,7 @@ async fn sessions_log_in_and_stay_within_their_prefix() {
         EtcdCoordination::new(vec![endpoint.clone()], "/team-a").with_user("rota", "s3cret");
     let owner = store.connect(TIMEOUT).await.unwrap();
     let observer = store.connect(TIMEOUT).await.unwrap();
-    let key = "/rota/cluster/LIVEINSTANCES/w1";
-    let mut watch = observer.watch(key, false).await.unwrap();
-    owner
-        .create(key, b"w1".to_vec(), CreateMode::Ephemeral)
-        .await
-        .unwrap();
-    let created = WatchEvent::Created { key: key.into() };
-    assert_eq!(next_event(&mut watch).await, Some(created));
-    owner.close().await.unwrap();
-    let deleted = WatchEvent::Deleted { key: key.into() };
-    assert_eq!(next_event(&mut watch).await, Some(deleted));
-    assert_eq!(observer.get(key).await.unwrap(), None);
+    a_live_instance_comes_and_goes(owner, &*observer).await;
 
     // A wrong password, no user, or a prefix the role may not use: refused, saying why.
     let refusals = [

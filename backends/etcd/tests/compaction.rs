@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{next, session, value};
+use common::{next, put, session, value};
 use etcd_client::{Client, CompactionOptions};
-use rota_cluster::coordination::{CreateMode, WatchEvent};
+use rota_cluster::coordination::WatchEvent;
 use rota_test_harness::{Proxy, etcd};
 use std::time::Duration;
 
@@ -17,10 +17,7 @@ async fn watch_behind_a_compaction_resyncs_without_losing_a_state_change() {
     let writer = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
     let dir = format!("/compaction-{}", std::process::id());
     let key = format!("{dir}/state");
-    writer
-        .create(&key, value(0), CreateMode::Persistent)
-        .await
-        .unwrap();
+    put(&*writer, &key, value(0)).await;
     let mut watch = watcher.watch(&dir, true).await.unwrap();
 
     // While the watcher is cut off: state changes, then etcd forgets the history of them.
@@ -29,10 +26,7 @@ async fn watch_behind_a_compaction_resyncs_without_losing_a_state_change() {
         writer.set(&key, value(n), Some(n - 1)).await.unwrap();
     }
     let gone = format!("{dir}/gone");
-    writer
-        .create(&gone, vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
+    put(&*writer, &gone, vec![]).await;
     writer.delete(&gone, None).await.unwrap();
     let mut admin = Client::connect([etcd().endpoint()], None).await.unwrap();
     let revision = admin

@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{next, session, value};
+use common::{hold, next, put, session, value};
 use etcd_client::Client;
 use rota_cluster::coordination::conformance::wait_state;
-use rota_cluster::coordination::{CoordError, Coordination, CreateMode, SessionState, WatchEvent};
+use rota_cluster::coordination::{CoordError, Coordination, SessionState, WatchEvent};
 use rota_etcd::EtcdCoordination;
 use rota_test_harness::{Proxy, etcd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,10 +30,7 @@ async fn watch_resumes_after_a_partition_without_losing_an_event() {
     let watcher = session(vec![proxy.endpoint()], Duration::from_secs(30)).await;
     let writer = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
     let key = root("resume");
-    writer
-        .create(&key, value(0), CreateMode::Persistent)
-        .await
-        .unwrap();
+    put(&*writer, &key, value(0)).await;
     let mut watch = watcher.watch(&key, false).await.unwrap();
 
     proxy.partition();
@@ -61,14 +58,8 @@ async fn lease_lost_while_cut_off_is_session_expiry_and_fences_writes() {
     let observer = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
     let dir = root("lease");
     let (ephemeral, persistent) = (format!("{dir}/owner"), format!("{dir}/data"));
-    holder
-        .create(&ephemeral, b"me".to_vec(), CreateMode::Ephemeral)
-        .await
-        .unwrap();
-    holder
-        .create(&persistent, value(0), CreateMode::Persistent)
-        .await
-        .unwrap();
+    hold(&*holder, &ephemeral, b"me".to_vec()).await;
+    put(&*holder, &persistent, value(0)).await;
     let mut watch = observer.watch(&ephemeral, false).await.unwrap();
 
     proxy.partition();
@@ -105,10 +96,7 @@ async fn writes_of_a_session_whose_lease_is_gone_never_apply() {
     // be refused, by the condition on the session's key, and the holder then knows.
     let holder = session(vec![etcd().endpoint()], Duration::from_secs(30)).await;
     let key = root("fenced");
-    holder
-        .create(&key, value(0), CreateMode::Persistent)
-        .await
-        .unwrap();
+    put(&*holder, &key, value(0)).await;
     EtcdCoordination::new(vec![etcd().endpoint()], "")
         .expire(&holder.id())
         .await;
@@ -133,13 +121,9 @@ async fn keys_live_under_the_configured_prefix() {
         .await
         .unwrap();
     let key = root("shared-name");
-    a.create(&key, b"a".to_vec(), CreateMode::Persistent)
-        .await
-        .unwrap();
+    put(&*a, &key, b"a".to_vec()).await;
     assert_eq!(b.get(&key).await.unwrap(), None);
-    b.create(&key, b"b".to_vec(), CreateMode::Persistent)
-        .await
-        .unwrap();
+    put(&*b, &key, b"b".to_vec()).await;
     assert_eq!(a.get(&key).await.unwrap().unwrap().value, b"a".to_vec());
     let mut raw = Client::connect([etcd().endpoint()], None).await.unwrap();
     let stored = raw.get(format!("/tenant-a{key}"), None).await.unwrap();

@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{session, value};
+use common::{hold, put, session, value};
 use rota_cluster::coordination::conformance::DEADLINE;
-use rota_cluster::coordination::{CoordError, CreateMode, Session, SessionState, WatchEvent};
+use rota_cluster::coordination::{CoordError, Session, SessionState, WatchEvent};
 use rota_test_harness::EtcdCluster;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,14 +67,8 @@ async fn clients_ride_through_a_rolling_restart() {
     let watcher = session(cluster.endpoints(), LEASE).await;
     let writer = session(cluster.endpoints(), LEASE).await;
     let (owner, counter) = ("/rolling/owner".to_owned(), "/rolling/counter".to_owned());
-    holder
-        .create(&owner, b"holder".to_vec(), CreateMode::Ephemeral)
-        .await
-        .unwrap();
-    writer
-        .create(&counter, value(0), CreateMode::Persistent)
-        .await
-        .unwrap();
+    hold(&*holder, &owner, b"holder".to_vec()).await;
+    put(&*writer, &counter, value(0)).await;
     let mut watch = watcher.watch(&counter, false).await.unwrap();
     // The watcher keeps up, as a real one does (a watch holds a bounded number of events for
     // a receiver that does not read, then resyncs it): every event it receives, in order.

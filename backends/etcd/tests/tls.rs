@@ -4,8 +4,10 @@
 //! included; a client without a certificate, one trusting another authority and one speaking
 //! plain HTTP are refused.
 
-use rota_cluster::coordination::conformance::next_event;
-use rota_cluster::coordination::{Coordination, CreateMode, WatchEvent};
+mod common;
+
+use common::a_live_instance_comes_and_goes;
+use rota_cluster::coordination::Coordination;
 use rota_etcd::EtcdCoordination;
 use rota_test_harness::tls::Pki;
 use std::time::Duration;
@@ -36,16 +38,8 @@ async fn sessions_over_tls_with_a_client_certificate_work_and_others_are_refused
         }
     };
     let observer = store.connect(TIMEOUT).await.unwrap();
+    a_live_instance_comes_and_goes(owner, &*observer).await;
     let live = "/rota/cluster/LIVEINSTANCES/w1";
-    let mut watch = observer.watch(live, false).await.unwrap();
-    owner
-        .create(live, b"w1".to_vec(), CreateMode::Ephemeral)
-        .await
-        .unwrap();
-    let created = WatchEvent::Created { key: live.into() };
-    assert_eq!(next_event(&mut watch).await, Some(created));
-    assert_eq!(observer.get(live).await.unwrap().unwrap().value, b"w1");
-    owner.close().await.unwrap();
 
     let refused = [
         (
