@@ -163,7 +163,7 @@ async fn a_repeat_after_a_failed_attempt_returns_the_original_task() {
         completions: vec![Completion::of(&claimed.tasks[0], failed)],
         now: NOW,
     };
-    let done = tasks.complete(ends).await.unwrap();
+    let done = tasks.complete(&ends).await.unwrap();
     assert!(done[0].is_some());
     let (second, b) = call_with(&app, "POST", "/tasks", Some(body), &key).await;
     assert_eq!(second, StatusCode::OK, "{b}");

@@ -9,7 +9,9 @@ use common::http;
 use rota::config::Config;
 use rota::dev::{self, DevCluster, DevOptions};
 use rota_cluster::participant::ParticipantStatus;
-use rota_scheduler::conformance::recorder::{Recorder, assert_only_cut_off_runs_repeat};
+use rota_scheduler::conformance::recorder::{
+    Recorder, assert_only_cut_off_runs_repeat, assert_ran_once_each,
+};
 use rota_scheduler::worker::{Handlers, wall_clock_ms};
 use rota_scheduler::{ListFilter, TaskId, TaskStatus};
 use serde_json::{Value, json};
@@ -97,14 +99,7 @@ async fn ten_thousand_tasks_each_run_exactly_once() {
     );
     cluster.stop().await.unwrap();
     let runs = recorder.runs();
-    for id in &ids {
-        assert_eq!(
-            runs.get(id).map(Vec::len),
-            Some(1),
-            "task {id}: {:?}",
-            runs.get(id)
-        );
-    }
+    assert_ran_once_each(&runs, &ids);
     let workers: std::collections::BTreeSet<_> =
         runs.values().flatten().map(|e| e.worker.clone()).collect();
     assert_eq!(workers.len(), 3, "all workers ran tasks: {workers:?}");
@@ -167,11 +162,7 @@ async fn a_restart_resumes_pending_tasks_from_the_file() {
     let cluster = start(&dir, &recorder).await;
     wait_completed(&cluster, ids.len()).await;
     cluster.stop().await.unwrap();
-    let runs = recorder.runs();
-    assert!(
-        ids.iter().all(|id| runs.get(id).map(Vec::len) == Some(1)),
-        "each ran exactly once"
-    );
+    assert_ran_once_each(&recorder.runs(), &ids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

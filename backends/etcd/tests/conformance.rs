@@ -6,7 +6,6 @@ use rota_cluster::coordination::conformance::{Faults, Harness};
 use rota_etcd::EtcdCoordination;
 use rota_model::SessionId;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 struct EtcdFaults(EtcdCoordination);
 
@@ -18,17 +17,8 @@ impl Faults for EtcdFaults {
 }
 
 async fn harness() -> Harness {
-    static CASE: AtomicU64 = AtomicU64::new(0);
     let store = EtcdCoordination::new(vec![rota_test_harness::etcd().endpoint()], "");
-    Harness {
-        store: Arc::new(store.clone()),
-        faults: Arc::new(EtcdFaults(store)),
-        root: format!(
-            "/conformance-{}-{}",
-            std::process::id(),
-            CASE.fetch_add(1, Ordering::Relaxed)
-        ),
-    }
+    Harness::fresh(Arc::new(store.clone()), Arc::new(EtcdFaults(store)))
 }
 
 rota_cluster::coordination_conformance!(harness);

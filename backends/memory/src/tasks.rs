@@ -297,7 +297,7 @@ impl Execution for MemoryTaskStore {
         })
     }
 
-    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+    async fn complete(&self, ends: &CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
         let owner = &ends.owner;
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(ends.completions.len());

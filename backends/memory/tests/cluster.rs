@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CLUSTER: &str = rota_cluster::harness::CLUSTER;
+const THREE: [&str; 3] = ["p1", "p2", "p3"];
+const FOUR: [&str; 4] = ["p1", "p2", "p3", "p4"];
 
 /// A cluster on a fresh memory store (returned for fault injection) with a leading controller,
 /// a standby, and the given participants running.
@@ -76,14 +78,7 @@ async fn cluster(
 #[tokio::test(start_paused = true)]
 async fn every_builtin_model_converges_with_a_standby_controller() {
     for model in StateModel::BUILTINS {
-        let (c, _store) = running(
-            model,
-            12,
-            3,
-            Duration::from_millis(5),
-            &["p1", "p2", "p3", "p4"],
-        )
-        .await;
+        let (c, _store) = running(model, 12, 3, Duration::from_millis(5), &FOUR).await;
         c.wait_converged().await;
         let leaders = c
             .controllers
@@ -99,8 +94,7 @@ async fn every_builtin_model_converges_with_a_standby_controller() {
 #[tokio::test(start_paused = true)]
 async fn participants_join_leave_and_crash() {
     for model in StateModel::BUILTINS {
-        let (mut c, _store) =
-            running(model, 16, 2, Duration::from_millis(5), &["p1", "p2", "p3"]).await;
+        let (mut c, _store) = running(model, 16, 2, Duration::from_millis(5), &THREE).await;
         c.wait_converged().await;
         c.start_participant("p4");
         c.wait_converged().await;
@@ -122,14 +116,7 @@ async fn participants_join_leave_and_crash() {
 #[tokio::test(start_paused = true)]
 async fn a_session_expiring_mid_transition_loses_nothing() {
     for model in StateModel::BUILTINS {
-        let (c, store) = running(
-            model,
-            24,
-            3,
-            Duration::from_millis(200),
-            &["p1", "p2", "p3", "p4"],
-        )
-        .await;
+        let (c, store) = running(model, 24, 3, Duration::from_millis(200), &FOUR).await;
         // Wait until transitions are under way, then expire one participant's session.
         c.wait_for("transitions in flight", || async {
             c.checker.calls().len() > 10
@@ -159,8 +146,7 @@ async fn a_session_expiring_mid_transition_loses_nothing() {
 #[tokio::test(start_paused = true)]
 async fn killing_the_leader_mid_reconcile_hands_over_without_double_grants() {
     for model in StateModel::BUILTINS {
-        let (mut c, _store) =
-            running(model, 20, 3, Duration::from_millis(50), &["p1", "p2", "p3"]).await;
+        let (mut c, _store) = running(model, 20, 3, Duration::from_millis(50), &THREE).await;
         c.wait_for("transitions in flight", || async {
             c.checker.calls().len() > 5
         })
@@ -225,8 +211,7 @@ async fn a_deposed_leaders_write_is_refused_by_the_store() {
 #[tokio::test(start_paused = true)]
 async fn a_participant_cut_off_steps_down_before_anyone_else_is_granted() {
     for model in StateModel::BUILTINS {
-        let (c, store) =
-            running(model, 12, 2, Duration::from_millis(20), &["p1", "p2", "p3"]).await;
+        let (c, store) = running(model, 12, 2, Duration::from_millis(20), &THREE).await;
         c.wait_converged().await;
         let top = top(&c);
         let before = c.checker.calls().len();
@@ -278,7 +263,7 @@ async fn a_participant_cut_off_steps_down_before_anyone_else_is_granted() {
 #[tokio::test(start_paused = true)]
 async fn a_disabled_instance_is_emptied() {
     for model in StateModel::BUILTINS {
-        let (c, _store) = running(model, 10, 2, Duration::ZERO, &["p1", "p2", "p3"]).await;
+        let (c, _store) = running(model, 10, 2, Duration::ZERO, &THREE).await;
         c.wait_converged().await;
         c.admin
             .set_enabled(&InstanceId::new("p3"), false)
@@ -294,7 +279,7 @@ async fn a_disabled_instance_is_emptied() {
 #[tokio::test(start_paused = true)]
 async fn maintenance_restores_top_states_but_moves_nothing() {
     for model in StateModel::BUILTINS {
-        let (mut c, _store) = running(model, 12, 2, Duration::ZERO, &["p1", "p2", "p3"]).await;
+        let (mut c, _store) = running(model, 12, 2, Duration::ZERO, &THREE).await;
         c.wait_converged().await;
         c.admin.set_maintenance(true).await.unwrap();
         let ideal_before = c.admin.ideal_state(RESOURCE).await.unwrap().unwrap();
@@ -484,8 +469,7 @@ async fn a_thousand_partitions_converge_and_absorb_a_join() {
 #[tokio::test(start_paused = true)]
 async fn a_write_lost_for_a_moment_is_retried_and_the_cluster_converges() {
     for model in StateModel::BUILTINS {
-        let (c, store) =
-            running(model, 12, 2, Duration::from_millis(50), &["p1", "p2", "p3"]).await;
+        let (c, store) = running(model, 12, 2, Duration::from_millis(50), &THREE).await;
         c.wait_for("transitions in flight", || async {
             c.checker.calls().len() > 3
         })

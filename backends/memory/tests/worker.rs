@@ -20,7 +20,7 @@ use rota_memory::{MemoryCoordination, MemoryTaskStore};
 use rota_model::{InstanceConfig, InstanceId, ResourceConfig};
 use rota_scheduler::conformance::calls::inserting;
 use rota_scheduler::conformance::recorder::{
-    Recorder, Runs, assert_one_at_a_time, assert_only_cut_off_runs_repeat,
+    Recorder, Runs, assert_one_at_a_time, assert_only_cut_off_runs_repeat, assert_ran_once_each,
 };
 use rota_scheduler::prelude::*;
 use rota_scheduler::store::{Call, Layer, Layered, Pending};
@@ -236,7 +236,14 @@ async fn wait_all_completed(tasks: &dyn TaskStore, count: usize) {
     rota_scheduler::conformance::wait_completed(tasks, count, Duration::from_secs(60)).await;
 }
 
-async fn finish(s: Setup) -> Runs {
+/// Waits until the tasks `ids` have completed, then [`stop`]s.
+async fn finish(s: Setup, ids: &[TaskId]) -> Runs {
+    wait_all_completed(&*s.tasks, ids.len()).await;
+    stop(s).await
+}
+
+/// Stops everything and checks the transitions; the runs recorded.
+async fn stop(s: Setup) -> Runs {
     s.stop.send_replace(true);
     for j in s.joins {
         j.await.unwrap();
@@ -249,16 +256,10 @@ async fn finish(s: Setup) -> Runs {
 async fn every_task_runs_exactly_once_across_three_workers() {
     let s = setup(&["w1", "w2", "w3"]).await;
     let ids = insert_spread(&*s.tasks, 3_000, Duration::from_secs(2)).await;
-    wait_all_completed(&*s.tasks, ids.len()).await;
     let tasks = s.tasks.clone();
-    let runs = finish(s).await;
+    let runs = finish(s, &ids).await;
+    assert_ran_once_each(&runs, &ids);
     for id in &ids {
-        assert_eq!(
-            runs.get(id).map(Vec::len),
-            Some(1),
-            "task {id}: {:?}",
-            runs.get(id)
-        );
         let task = tasks.get(*id).await.unwrap().unwrap();
         assert_eq!((task.status, task.attempts), (TaskStatus::Completed, 1));
     }
@@ -293,8 +294,7 @@ async fn a_worker_cut_off_mid_run_loses_nothing_and_never_overlaps() {
         panic!("w2 not live");
     };
     s.coordination.suspend(&session);
-    wait_all_completed(&*s.tasks, ids.len()).await;
-    let runs = finish(s).await;
+    let runs = finish(s, &ids).await;
     let twice = assert_only_cut_off_runs_repeat(&runs, &ids, "w2");
     println!("tasks run twice: {twice} of {}", ids.len());
 }
@@ -325,7 +325,7 @@ async fn finished_tasks_are_purged_after_the_retention() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    finish(s).await;
+    stop(s).await;
 }
 
 /// Three workers start 24 tasks of two seconds each, all due now; returns once a dozen runs
@@ -381,17 +381,7 @@ async fn wait_until_leading(s: &Setup, worker: &str, leading: bool) {
 
 /// Every task ran exactly once, to its end.
 fn ran_once_each(runs: &Runs, ids: &[TaskId]) {
-    let repeated: Vec<_> = ids
-        .iter()
-        .filter(|id| runs.get(id).map_or(0, Vec::len) != 1)
-        .map(|id| (id, &runs[id]))
-        .collect();
-    assert!(
-        repeated.is_empty(),
-        "{} of {} tasks ran more than once (or never): {repeated:?}",
-        repeated.len(),
-        ids.len()
-    );
+    assert_ran_once_each(runs, ids);
     assert!(runs.values().flatten().all(|e| e.end.is_some()));
 }
 
@@ -399,8 +389,7 @@ fn ran_once_each(runs: &Runs, ids: &[TaskId]) {
 async fn a_graceful_stop_waits_for_runs_in_flight() {
     let (s, ids) = long_runs_under_way().await;
     s.worker_stops["w2"].send_replace(true);
-    wait_all_completed(&*s.tasks, ids.len()).await;
-    let runs = finish(s).await;
+    let runs = finish(s, &ids).await;
     ran_once_each(&runs, &ids);
     assert!(runs.values().flatten().any(|e| e.worker == "w2"));
 }
@@ -410,9 +399,7 @@ async fn a_joining_worker_takes_partitions_only_once_their_runs_ended() {
     let (mut s, ids) = long_runs_under_way().await;
     s.start_worker("w4");
     wait_until_leading(&s, "w4", true).await;
-    wait_all_completed(&*s.tasks, ids.len()).await;
-    let runs = finish(s).await;
-    ran_once_each(&runs, &ids);
+    ran_once_each(&finish(s, &ids).await, &ids);
 }
 
 #[tokio::test(start_paused = true)]
@@ -423,9 +410,7 @@ async fn disabling_an_instance_moves_its_partitions_after_their_runs() {
         .await
         .unwrap();
     wait_until_leading(&s, "w2", false).await;
-    wait_all_completed(&*s.tasks, ids.len()).await;
-    let runs = finish(s).await;
-    ran_once_each(&runs, &ids);
+    ran_once_each(&finish(s, &ids).await, &ids);
 }
 
 #[tokio::test(start_paused = true)]
@@ -446,9 +431,7 @@ async fn completions_survive_a_task_store_outage() {
         refused.get("complete").is_some_and(|&n| n > 0),
         "no completion was tried during the outage: {refused:?}"
     );
-    wait_all_completed(&*s.tasks, ids.len()).await;
-    let runs = finish(s).await;
-    ran_once_each(&runs, &ids);
+    ran_once_each(&finish(s, &ids).await, &ids);
 }
 
 #[tokio::test(start_paused = true)]
@@ -472,8 +455,7 @@ async fn a_worker_cut_off_while_the_store_hangs_stops_its_runs_within_its_sessio
         .layer()
         .hung
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    wait_all_completed(&*s.tasks, ids.len()).await;
-    let runs = finish(s).await;
+    let runs = finish(s, &ids).await;
     let mut cut_off = 0;
     for (id, executions) in &runs {
         for e in executions

@@ -150,7 +150,7 @@ impl Execution for PostgresTaskStore {
         })
     }
 
-    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+    async fn complete(&self, ends: &CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
         let (owner, completions, now) = (&ends.owner, &ends.completions, ends.now);
         let n = completions.len();
         let mut ids = Vec::with_capacity(n);

@@ -157,8 +157,8 @@ impl Execution for SqliteTaskStore {
         .await
     }
 
-    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
-        let (owner, completions, now) = (ends.owner, ends.completions, ends.now);
+    async fn complete(&self, ends: &CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let (owner, completions, now) = (ends.owner.clone(), ends.completions.clone(), ends.now);
         self.run(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -6,7 +6,6 @@ use rota_cluster::coordination::conformance::{Faults, Harness};
 use rota_model::SessionId;
 use rota_zookeeper::ZooKeeperCoordination;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 struct ZkFaults(ZooKeeperCoordination);
 
@@ -18,17 +17,8 @@ impl Faults for ZkFaults {
 }
 
 async fn harness() -> Harness {
-    static CASE: AtomicU64 = AtomicU64::new(0);
     let store = ZooKeeperCoordination::new(rota_test_harness::zookeeper().endpoint());
-    Harness {
-        store: Arc::new(store.clone()),
-        faults: Arc::new(ZkFaults(store)),
-        root: format!(
-            "/conformance-{}-{}",
-            std::process::id(),
-            CASE.fetch_add(1, Ordering::Relaxed)
-        ),
-    }
+    Harness::fresh(Arc::new(store.clone()), Arc::new(ZkFaults(store)))
 }
 
 rota_cluster::coordination_conformance!(harness);

@@ -16,6 +16,14 @@ use std::sync::Arc;
 
 pub use rota_cluster::metrics::{ClusterMetrics, TransitionLabels, duration_histogram, seconds};
 
+/// Awaits `call`, observing how long it took in `histogram` (on tokio's clock).
+pub async fn timed<T>(histogram: &Histogram, call: impl std::future::Future<Output = T>) -> T {
+    let asked = tokio::time::Instant::now();
+    let answer = call.await;
+    histogram.observe(seconds(asked.elapsed()));
+    answer
+}
+
 /// A task's handler, as registered (`default` for the default handler, `unknown` for a name no
 /// handler has: bounded, unlike task names).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

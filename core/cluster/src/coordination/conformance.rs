@@ -35,6 +35,21 @@ pub struct Harness {
     pub root: String,
 }
 
+impl Harness {
+    /// `store` with `faults`, under a root key no other case of any process uses (the servers
+    /// of a test binary are shared by its cases).
+    pub fn fresh(store: Arc<dyn Coordination>, faults: Arc<dyn Faults>) -> Self {
+        static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let case = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = format!("/conformance-{}-{case}", std::process::id());
+        Self {
+            store,
+            faults,
+            root,
+        }
+    }
+}
+
 /// How long any single wait of the suite may take before the case fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);

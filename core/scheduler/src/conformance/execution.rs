@@ -11,23 +11,18 @@ use std::sync::Arc;
 pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let (k0, k1, k2) = (key_for(0), key_for(1), key_for(2));
-    let ids: Vec<_> = store
-        .insert(inserting(
-            vec![
-                task("late", NOW - 10, Some(&k1)),
-                task("early", NOW - 30, Some(&k0)),
-                task("middle", NOW - 20, Some(&k1)),
-                task("future", NOW + 60_000, Some(&k0)),
-                task("elsewhere", NOW - 40, Some(&k2)),
-            ],
-            PARTITIONS,
-            NOW,
-        ))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(t, _)| t.id)
-        .collect();
+    let ids = insert(
+        &*store,
+        vec![
+            task("late", NOW - 10, Some(&k1)),
+            task("early", NOW - 30, Some(&k0)),
+            task("middle", NOW - 20, Some(&k1)),
+            task("future", NOW + 60_000, Some(&k0)),
+            task("elsewhere", NOW - 40, Some(&k2)),
+        ],
+        NOW,
+    )
+    .await;
     store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
     store.acquire(grant(1, &owner, 1, NOW)).await.unwrap();
     let claims = [Claim::new(0, 1), Claim::new(1, 1)];
@@ -119,7 +114,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
         },
     };
     let results = store
-        .complete(ends(
+        .complete(&ends(
             &owner,
             &[
                 Completion {
@@ -172,7 +167,7 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
     );
     // A second completion of a finished attempt is refused.
     let twice = store
-        .complete(ends(
+        .complete(&ends(
             &owner,
             &[Completion {
                 id: ok.id,
@@ -231,7 +226,7 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     };
     assert_eq!(
         store
-            .complete(ends(&old, std::slice::from_ref(&done), NOW + 2))
+            .complete(&ends(&old, std::slice::from_ref(&done), NOW + 2))
             .await
             .unwrap(),
         [None]
@@ -271,7 +266,7 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
         outcome: CompletionOutcome::Succeeded,
     };
     assert_eq!(
-        store.complete(ends(&new, &[done], NOW + 5)).await.unwrap(),
+        store.complete(&ends(&new, &[done], NOW + 5)).await.unwrap(),
         [Some(TaskStatus::Completed)]
     );
 }
@@ -345,17 +340,12 @@ pub async fn leases(store: Arc<dyn TaskStore>) {
 pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let k0 = key_for(0);
-    let ids: Vec<_> = store
-        .insert(inserting(
-            vec![task("a", NOW, Some(&k0)), task("b", NOW, Some(&k0))],
-            PARTITIONS,
-            NOW,
-        ))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(t, _)| t.id)
-        .collect();
+    let ids = insert(
+        &*store,
+        vec![task("a", NOW, Some(&k0)), task("b", NOW, Some(&k0))],
+        NOW,
+    )
+    .await;
     store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
     let claims = [Claim::new(0, 1)];
     let claimed = store
@@ -364,7 +354,7 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
         .unwrap();
     assert_eq!(claimed.tasks.len(), 2);
     let results = store
-        .complete(ends(
+        .complete(&ends(
             &owner,
             &[
                 Completion {
@@ -415,7 +405,7 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
     };
     assert_eq!(
         store
-            .complete(ends(&owner, &[stale], NOW + 11))
+            .complete(&ends(&owner, &[stale], NOW + 11))
             .await
             .unwrap(),
         [None]
@@ -432,7 +422,7 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
     };
     assert_eq!(
         store
-            .complete(ends(&owner, &[elsewhere], NOW + 11))
+            .complete(&ends(&owner, &[elsewhere], NOW + 11))
             .await
             .unwrap(),
         [None]
@@ -489,7 +479,7 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
         outcome: CompletionOutcome::Succeeded,
     };
     store
-        .complete(ends(&owner, &[done], NOW + 10))
+        .complete(&ends(&owner, &[done], NOW + 10))
         .await
         .unwrap();
     store.cancel(inserted[1].0.id, NOW + 20).await.unwrap();
@@ -538,7 +528,7 @@ pub async fn failures_given_up_and_retried_later(store: Arc<dyn TaskStore>) {
     };
     let (hopeless, later) = (&inserted[0].0, &inserted[1].0);
     let results = store
-        .complete(ends(
+        .complete(&ends(
             &owner,
             &[
                 end(

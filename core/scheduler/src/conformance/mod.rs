@@ -12,7 +12,7 @@ pub use schedules::*;
 pub use tasks::*;
 
 use super::store::{Claim, ListFilter, TaskStore};
-use super::{Millis, NewTask, Task, TaskStatus, partition_for};
+use super::{Millis, NewTask, Task, TaskId, TaskStatus, partition_for};
 use calls::*;
 use rota_model::InstanceId;
 
@@ -51,12 +51,13 @@ async fn own_all(store: &dyn TaskStore, owner: &InstanceId, epoch: u64) {
     }
 }
 
-/// Inserts `tasks` at `now`.
-async fn insert(store: &dyn TaskStore, tasks: Vec<NewTask>, now: Millis) {
-    store
+/// Inserts `tasks` at `now`; their ids, in order.
+async fn insert(store: &dyn TaskStore, tasks: Vec<NewTask>, now: Millis) -> Vec<TaskId> {
+    let inserted = store
         .insert(inserting(tasks, PARTITIONS, now))
         .await
         .unwrap();
+    inserted.into_iter().map(|(t, _)| t.id).collect()
 }
 
 /// Claims up to `limit` due tasks of every partition, held at `epoch`, with a 30 s lease.

@@ -134,6 +134,19 @@ pub fn assert_one_at_a_time(task: TaskId, runs: &[Run]) {
     }
 }
 
+/// Checks that each of the tasks `ids` ran exactly once (never twice, and not never).
+pub fn assert_ran_once_each(runs: &Runs, ids: &[TaskId]) {
+    let count = |id: &TaskId| runs.get(id).map_or(0, Vec::len);
+    let wrong: Vec<_> = ids.iter().filter(|id| count(id) != 1).collect();
+    let shown: Vec<_> = wrong.iter().take(5).map(|id| (id, runs.get(id))).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} tasks ran more than once or never, such as {shown:?}",
+        wrong.len(),
+        ids.len()
+    );
+}
+
 /// Checks the runs of `ids` after `cut_off` was cut off mid-run: every task ran; one that ran
 /// more than once had a run on `cut_off` (only a claim in flight there may run again) and its
 /// runs went on one at a time. Returns how many tasks ran more than once.

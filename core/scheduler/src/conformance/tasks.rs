@@ -162,7 +162,7 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
             started_at: None,
             outcome: CompletionOutcome::Succeeded,
         };
-        store.complete(ends(&owner, &[done], NOW)).await.unwrap();
+        store.complete(&ends(&owner, &[done], NOW)).await.unwrap();
         assert!(
             matches!(store.cancel(id, NOW).await.unwrap(), CancelOutcome::Conflict(t) if t.status == TaskStatus::Completed)
         );
@@ -229,7 +229,7 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
             ..Completion::of(t, CompletionOutcome::Succeeded)
         })
         .collect();
-    store.complete(ends(&owner, &done, NOW)).await.unwrap();
+    store.complete(&ends(&owner, &done, NOW)).await.unwrap();
     let pending: Vec<_> = seen
         .iter()
         .filter(|id| !claimed.iter().any(|t| t.id == **id))

@@ -28,8 +28,13 @@ pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send 
 #[derive(Clone, Copy, Debug)]
 #[allow(missing_docs)] // The fields are the methods' arguments, documented there.
 pub enum Call<'a> {
-    /// [`Tasks::insert`].
-    Insert(&'a InsertTasks),
+    /// [`Tasks::insert`] of `tasks` tasks (the batch itself moves to the inner store: a layer
+    /// sees its size, and no copy is made).
+    Insert {
+        tasks: usize,
+        partitions: u32,
+        now: Millis,
+    },
     /// [`Tasks::get`].
     Get { id: TaskId },
     /// [`Tasks::by_idempotency_keys`].
@@ -73,7 +78,7 @@ impl Call<'_> {
     /// The call's name, as logs and the `call` label of `rota_store_errors_total` show it.
     pub fn name(&self) -> &'static str {
         match self {
-            Call::Insert(_) => "insert",
+            Call::Insert { .. } => "insert",
             Call::Get { .. } => "get",
             Call::ByIdempotencyKeys { .. } => "by keys",
             Call::List { .. } => "list",
@@ -164,9 +169,17 @@ impl<L: Layer, S: ?Sized + Send + Sync + 'static> Layered<L, S> {
 #[async_trait]
 impl<L: Layer, S: Tasks + ?Sized + 'static> Tasks for Layered<L, S> {
     async fn insert(&self, batch: InsertTasks) -> Result<Vec<(Task, bool)>, StoreError> {
-        let sent = batch.clone();
-        let start = |s: Arc<S>| async move { s.insert(sent).await };
-        self.forward(Call::Insert(&batch), start).await
+        let (tasks, partitions, now) = (batch.tasks.len(), batch.partitions, batch.now);
+        let start = |s: Arc<S>| async move { s.insert(batch).await };
+        self.forward(
+            Call::Insert {
+                tasks,
+                partitions,
+                now,
+            },
+            start,
+        )
+        .await
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
@@ -211,10 +224,10 @@ impl<L: Layer, S: Execution + ?Sized + 'static> Execution for Layered<L, S> {
         self.forward(Call::Claim(&claim), start).await
     }
 
-    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+    async fn complete(&self, ends: &CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError> {
         let sent = ends.clone();
-        let start = |s: Arc<S>| async move { s.complete(sent).await };
-        self.forward(Call::Complete(&ends), start).await
+        let start = |s: Arc<S>| async move { s.complete(&sent).await };
+        self.forward(Call::Complete(ends), start).await
     }
 
     async fn renew(&self, renewal: RenewLeases) -> Result<Vec<u32>, StoreError> {

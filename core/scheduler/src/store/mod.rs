@@ -307,8 +307,9 @@ pub trait Execution: Send + Sync {
     /// Ends attempts ([`rules::settle`]). Each result is the task's new status, or `None` if
     /// the completion was refused (the claim is no longer this owner's under this epoch, the
     /// task is not RUNNING under it, or the completion names another partition than the
-    /// task's).
-    async fn complete(&self, ends: CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError>;
+    /// task's). Taken by reference: a caller keeps its batch, to write it again after an error
+    /// that may pass.
+    async fn complete(&self, ends: &CompleteTasks) -> Result<Vec<Option<TaskStatus>>, StoreError>;
 
     /// Extends the lease of every task RUNNING under `owner` in the given partitions to
     /// `lease_ms` from now (one write for all of them), on the same clock as claims: a store

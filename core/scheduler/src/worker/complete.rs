@@ -4,7 +4,7 @@
 //! partition is still held.
 
 use super::{Inner, RETRY_FIRST, RETRY_MAX, Running};
-use crate::metrics::seconds;
+use crate::metrics::timed;
 use crate::store::{CompleteTasks, Completion, CompletionOutcome};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -34,18 +34,15 @@ pub(super) async fn in_batches(inner: Arc<Inner>, mut done: mpsc::Receiver<Compl
             drain(&mut batch, &mut done);
         }
         let mut pause = RETRY_FIRST;
+        let mut ends = CompleteTasks {
+            owner: inner.config.id.clone(),
+            completions: std::mem::take(&mut batch),
+            now: 0,
+        };
         loop {
-            let ends = CompleteTasks {
-                owner: inner.config.id.clone(),
-                completions: batch.clone(),
-                now: (inner.now)(),
-            };
-            let asked = tokio::time::Instant::now();
-            let result = inner.store.complete(ends).await;
-            inner
-                .metrics
-                .completion_duration
-                .observe(seconds(asked.elapsed()));
+            ends.now = (inner.now)();
+            let metric = &inner.metrics.completion_duration;
+            let result = timed(metric, inner.store.complete(&ends)).await;
             match result {
                 Ok(results) => {
                     let refused = results.iter().filter(|r| r.is_none()).count() as u64;
@@ -55,26 +52,30 @@ pub(super) async fn in_batches(inner: Arc<Inner>, mut done: mpsc::Receiver<Compl
                 Err(e) if e.retryable() => {
                     let (kept, gone): (Vec<_>, Vec<_>) = {
                         let book = inner.book();
-                        batch.drain(..).partition(|c| book.holds(c.partition))
+                        let all = ends.completions.drain(..);
+                        all.partition(|c| book.holds(c.partition))
                     };
                     inner.settled(gone.iter().map(|c| c.partition));
-                    batch = kept;
-                    if batch.is_empty() {
+                    ends.completions = kept;
+                    if ends.completions.is_empty() {
                         break;
                     }
-                    warn!(error = %e, count = batch.len(), retry_in = ?pause, "completion failed; retrying");
+                    let count = ends.completions.len();
+                    warn!(error = %e, count, retry_in = ?pause, "completion failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(RETRY_MAX);
                 }
                 // Not worth retrying: the claims stay RUNNING, and the tasks run again once
                 // their lease expires.
                 Err(e) => {
-                    warn!(error = %e, count = batch.len(), "completion failed");
+                    warn!(error = %e, count = ends.completions.len(), "completion failed");
                     break;
                 }
             }
         }
-        inner.settled(batch.iter().map(|c| c.partition));
+        inner.settled(ends.completions.iter().map(|c| c.partition));
+        // The batch's allocation serves the next one.
+        batch = ends.completions;
         batch.clear();
     }
 }
@@ -102,7 +103,7 @@ impl Inner {
             completions,
             now,
         };
-        if let Err(e) = self.store.complete(interrupted).await {
+        if let Err(e) = self.store.complete(&interrupted).await {
             warn!(error = %e, "reporting interrupted tasks failed; their leases will expire");
         }
     }

@@ -5,7 +5,7 @@
 //! `permits` for each task it starts (held until the run ends).
 
 use super::{HandlerError, Inner, Running};
-use crate::metrics::seconds;
+use crate::metrics::{seconds, timed};
 use crate::store::{ClaimTasks, CompleteTasks, Completion, CompletionOutcome};
 use crate::{Millis, Task, TaskId};
 use std::sync::Arc;
@@ -39,12 +39,7 @@ pub(super) async fn run(
                 limit: want,
                 lease_ms: inner.config.lease.as_millis() as i64,
             };
-            let asked = tokio::time::Instant::now();
-            let result = inner.store.claim(claim).await;
-            inner
-                .metrics
-                .claim_duration
-                .observe(seconds(asked.elapsed()));
+            let result = timed(&inner.metrics.claim_duration, inner.store.claim(claim)).await;
             match result {
                 Ok(claimed) => {
                     inner.drop_partitions(&claimed.refused);
@@ -259,7 +254,7 @@ impl Inner {
                 .collect(),
             now: (self.now)(),
         };
-        match self.store.complete(released).await {
+        match self.store.complete(&released).await {
             Ok(_) => info!(
                 count = tasks.len(),
                 "released claimed tasks that had not started"
