@@ -1,6 +1,7 @@
 //! The arguments of the store calls that take several, each call's as one value: a caller names
 //! them (a claim's `limit` and `lease_ms` cannot be swapped unnoticed), a store reads them by
-//! name, and a [`super::Layer`] sees the very value the store is given ([`super::Call`]).
+//! name, and a [`super::Layer`] sees the very value the store is given ([`super::Call`]; an
+//! insert by its size, so that its batch moves to the store uncopied).
 
 use super::{Claim, Completion, StoreError};
 use crate::{Millis, NewTask};
