@@ -2,10 +2,10 @@
 //! for the conformance cases and for tests that drive a store directly.
 
 use crate::store::{
-    AcquirePartition, Claim, ClaimTasks, CompleteTasks, Completion, DueSchedulesQuery, InsertTasks,
-    RenewLeases, RequeueExpired,
+    AcquirePartition, Claim, ClaimTasks, CompleteTasks, Completion, CompletionOutcome,
+    DueSchedulesQuery, InsertTasks, RenewLeases, RequeueExpired,
 };
-use crate::{Millis, NewTask};
+use crate::{Millis, NewTask, TaskId};
 use rota_model::{Epoch, InstanceId};
 
 /// [`InsertTasks`] of `tasks`.
@@ -50,6 +50,18 @@ pub fn ends(owner: &InstanceId, completions: &[Completion], now: Millis) -> Comp
         owner: owner.clone(),
         completions: completions.to_vec(),
         now,
+    }
+}
+
+/// A [`Completion`] of task `id`, claimed on `partition` at `epoch`, that does not say when it
+/// started.
+pub fn ended(id: TaskId, partition: u32, epoch: Epoch, outcome: CompletionOutcome) -> Completion {
+    Completion {
+        id,
+        partition,
+        epoch,
+        started_at: None,
+        outcome,
     }
 }
 

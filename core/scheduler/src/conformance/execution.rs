@@ -26,10 +26,7 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
     store.acquire(grant(1, &owner, 1, NOW)).await.unwrap();
     let claims = [Claim::new(0, 1), Claim::new(1, 1)];
-    let claimed = store
-        .claim(claiming(&owner, &claims, NOW, 10, 30_000))
-        .await
-        .unwrap();
+    let claimed = claim(&*store, &owner, &claims, NOW, 10, 30_000).await;
     assert!(claimed.refused.is_empty());
     let names: Vec<_> = claimed.tasks.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["early", "middle", "late"]);
@@ -46,10 +43,8 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     }
     // Nothing is claimed twice; the limit holds.
     assert!(
-        store
-            .claim(claiming(&owner, &claims, NOW, 10, 30_000))
+        claim(&*store, &owner, &claims, NOW, 10, 30_000)
             .await
-            .unwrap()
             .tasks
             .is_empty()
     );
@@ -64,10 +59,8 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     // The claim tells when the next task of its partitions is due; an empty claim too.
     assert_eq!(claimed.next_due, Some(NOW + 60_000));
     assert_eq!(
-        store
-            .claim(claiming(&owner, &claims, NOW, 10, 30_000))
+        claim(&*store, &owner, &claims, NOW, 10, 30_000)
             .await
-            .unwrap()
             .next_due,
         Some(NOW + 60_000)
     );
@@ -80,10 +73,7 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     );
     store.acquire(grant(3, &owner, 1, NOW)).await.unwrap();
     let nothing = [Claim::new(3, 1)];
-    let empty = store
-        .claim(claiming(&owner, &nothing, NOW, 10, 30_000))
-        .await
-        .unwrap();
+    let empty = claim(&*store, &owner, &nothing, NOW, 10, 30_000).await;
     assert_eq!((empty.tasks.len(), empty.next_due), (0, None));
 }
 
@@ -92,45 +82,20 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let mut last = task("flaky", NOW, None);
     last.max_attempts = 1;
-    let inserted = store
-        .insert(inserting(
-            vec![task("ok", NOW, None), task("retry", NOW, None), last],
-            PARTITIONS,
-            NOW,
-        ))
-        .await
-        .unwrap();
+    let new = vec![task("ok", NOW, None), task("retry", NOW, None), last];
+    let inserted = inserted(&*store, new, NOW).await;
     own_all(&*store, &owner, 1).await;
     let claimed = claim_all(&*store, &owner, 1, NOW, 10).await;
     assert_eq!(claimed.len(), 3);
-    let failed = |t: &Task| Completion {
-        id: t.id,
-        partition: t.partition,
-        epoch: 1,
-        started_at: None,
-        outcome: CompletionOutcome::Failed {
-            error: "boom".into(),
-            retry_at: NOW + 1_000,
-        },
+    let boom = || CompletionOutcome::Failed {
+        error: "boom".into(),
+        retry_at: NOW + 1_000,
     };
-    let results = store
-        .complete(&ends(
-            &owner,
-            &[
-                Completion {
-                    id: inserted[0].0.id,
-                    partition: inserted[0].0.partition,
-                    epoch: 1,
-                    started_at: None,
-                    outcome: CompletionOutcome::Succeeded,
-                },
-                failed(&inserted[1].0),
-                failed(&inserted[2].0),
-            ],
-            NOW + 10,
-        ))
-        .await
-        .unwrap();
+    let outcomes = [CompletionOutcome::Succeeded, boom(), boom()];
+    let completions: Vec<_> = (inserted.iter().zip(outcomes))
+        .map(|(t, outcome)| ended(t.id, t.partition, 1, outcome))
+        .collect();
+    let results = complete(&*store, &owner, &completions, NOW + 10).await;
     assert_eq!(
         results,
         [
@@ -139,12 +104,12 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
             Some(TaskStatus::Failed)
         ]
     );
-    let ok = store.get(inserted[0].0.id).await.unwrap().unwrap();
+    let ok = store.get(inserted[0].id).await.unwrap().unwrap();
     assert_eq!(
         (ok.status, ok.finished_at),
         (TaskStatus::Completed, Some(NOW + 10))
     );
-    let retry = store.get(inserted[1].0.id).await.unwrap().unwrap();
+    let retry = store.get(inserted[1].id).await.unwrap().unwrap();
     assert_eq!(
         (retry.status, retry.scheduled_at),
         (TaskStatus::Pending, NOW + 1_000)
@@ -160,47 +125,23 @@ pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
     );
     let again = claim_all(&*store, &owner, 1, NOW + 1_000, 10).await;
     assert_eq!((again.len(), again[0].attempts), (1, 2));
-    let dead = store.get(inserted[2].0.id).await.unwrap().unwrap();
+    let dead = store.get(inserted[2].id).await.unwrap().unwrap();
     assert_eq!(
         (dead.status, dead.last_error.as_deref()),
         (TaskStatus::Failed, Some("boom"))
     );
     // A second completion of a finished attempt is refused.
-    let twice = store
-        .complete(&ends(
-            &owner,
-            &[Completion {
-                id: ok.id,
-                partition: ok.partition,
-                epoch: 1,
-                started_at: None,
-                outcome: CompletionOutcome::Succeeded,
-            }],
-            NOW + 20,
-        ))
-        .await
-        .unwrap();
-    assert_eq!(twice, [None]);
+    let again = [ended(ok.id, ok.partition, 1, CompletionOutcome::Succeeded)];
+    assert_eq!(complete(&*store, &owner, &again, NOW + 20).await, [None]);
 }
 
 /// A new owner's epoch fences the old one: its claims come back at once, and its claim,
 /// completion and renewal are refused.
 pub async fn fencing(store: Arc<dyn TaskStore>) {
     let (old, new) = (InstanceId::new("old"), InstanceId::new("new"));
-    let k0 = key_for(0);
-    insert(
-        &*store,
-        vec![task("t", NOW, Some(&k0)), task("u", NOW, Some(&k0))],
-        NOW,
-    )
-    .await;
-    store.acquire(grant(0, &old, 1, NOW)).await.unwrap();
+    held_on_zero(&*store, &old, &["t", "u"]).await;
     let stale = [Claim::new(0, 1)];
-    let claimed = store
-        .claim(claiming(&old, &stale, NOW, 1, 30_000))
-        .await
-        .unwrap()
-        .tasks;
+    let claimed = claim(&*store, &old, &stale, NOW, 1, 30_000).await.tasks;
     assert_eq!(claimed.len(), 1);
     let id = claimed[0].id;
 
@@ -209,28 +150,13 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     let t = store.get(id).await.unwrap().unwrap();
     assert_eq!((t.status, t.owner), (TaskStatus::Pending, None));
     // Everything the old owner tries is refused.
-    let refused = store
-        .claim(claiming(&old, &stale, NOW + 2, 10, 30_000))
-        .await
-        .unwrap();
+    let refused = claim(&*store, &old, &stale, NOW + 2, 10, 30_000).await;
     assert_eq!(
         (refused.tasks.len(), refused.refused.as_slice()),
         (0, &[0][..])
     );
-    let done = Completion {
-        id,
-        partition: 0,
-        epoch: 1,
-        started_at: None,
-        outcome: CompletionOutcome::Succeeded,
-    };
-    assert_eq!(
-        store
-            .complete(&ends(&old, std::slice::from_ref(&done), NOW + 2))
-            .await
-            .unwrap(),
-        [None]
-    );
+    let done = [ended(id, 0, 1, CompletionOutcome::Succeeded)];
+    assert_eq!(complete(&*store, &old, &done, NOW + 2).await, [None]);
     assert_eq!(
         store
             .renew(renewal(&old, &stale, NOW, 60_000))
@@ -250,23 +176,15 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
     assert!(store.acquire(grant(0, &old, 2, NOW + 3)).await.is_err());
     // The new owner runs both tasks; the requeued one on its second attempt.
     let fresh = [Claim::new(0, 2)];
-    let claimed = store
-        .claim(claiming(&new, &fresh, NOW + 4, 10, 30_000))
+    let claimed = claim(&*store, &new, &fresh, NOW + 4, 10, 30_000)
         .await
-        .unwrap()
         .tasks;
     assert_eq!(claimed.len(), 2);
     let again = claimed.iter().find(|t| t.id == id).unwrap();
     assert_eq!((again.attempts, again.epoch), (2, Some(2)));
-    let done = Completion {
-        id,
-        partition: 0,
-        epoch: 2,
-        started_at: None,
-        outcome: CompletionOutcome::Succeeded,
-    };
+    let done = [ended(id, 0, 2, CompletionOutcome::Succeeded)];
     assert_eq!(
-        store.complete(&ends(&new, &[done], NOW + 5)).await.unwrap(),
+        complete(&*store, &new, &done, NOW + 5).await,
         [Some(TaskStatus::Completed)]
     );
 }
@@ -274,14 +192,10 @@ pub async fn fencing(store: Arc<dyn TaskStore>) {
 /// Leases: renewal extends them; an expired lease makes the task claimable again.
 pub async fn leases(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
-    let k0 = key_for(0);
-    insert(&*store, vec![task("long", NOW, Some(&k0))], NOW).await;
-    store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
+    held_on_zero(&*store, &owner, &["long"]).await;
     let claims = [Claim::new(0, 1)];
-    let t = store
-        .claim(claiming(&owner, &claims, NOW, 1, 1_000))
+    let t = claim(&*store, &owner, &claims, NOW, 1, 1_000)
         .await
-        .unwrap()
         .tasks
         .remove(0);
     assert!(
@@ -296,41 +210,19 @@ pub async fn leases(store: Arc<dyn TaskStore>) {
         Some(NOW + 5_000)
     );
     // Not requeued before the lease ends; an expired lease is never claimed directly.
-    assert_eq!(
-        store
-            .requeue_expired(expiry(&owner, &claims, NOW + 4_999))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(requeue(&*store, &owner, &claims, NOW + 4_999).await, 0);
     assert!(
-        store
-            .claim(claiming(&owner, &claims, NOW + 5_001, 1, 1_000))
+        claim(&*store, &owner, &claims, NOW + 5_001, 1, 1_000)
             .await
-            .unwrap()
             .tasks
             .is_empty()
     );
     // Another owner's epoch requeues nothing; the owner's own sweep does.
     let stale = [Claim::new(0, 0)];
-    assert_eq!(
-        store
-            .requeue_expired(expiry(&owner, &stale, NOW + 5_001))
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        store
-            .requeue_expired(expiry(&owner, &claims, NOW + 5_001))
-            .await
-            .unwrap(),
-        1
-    );
-    let again = store
-        .claim(claiming(&owner, &claims, NOW + 5_002, 1, 1_000))
+    assert_eq!(requeue(&*store, &owner, &stale, NOW + 5_001).await, 0);
+    assert_eq!(requeue(&*store, &owner, &claims, NOW + 5_001).await, 1);
+    let again = claim(&*store, &owner, &claims, NOW + 5_002, 1, 1_000)
         .await
-        .unwrap()
         .tasks;
     assert_eq!((again.len(), again[0].attempts), (1, 2));
 }
@@ -339,43 +231,16 @@ pub async fn leases(store: Arc<dyn TaskStore>) {
 /// completion's start time is recorded as the task's.
 pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
-    let k0 = key_for(0);
-    let ids = insert(
-        &*store,
-        vec![task("a", NOW, Some(&k0)), task("b", NOW, Some(&k0))],
-        NOW,
-    )
-    .await;
-    store.acquire(grant(0, &owner, 1, NOW)).await.unwrap();
+    let ids = held_on_zero(&*store, &owner, &["a", "b"]).await;
     let claims = [Claim::new(0, 1)];
-    let claimed = store
-        .claim(claiming(&owner, &claims, NOW, 10, 30_000))
-        .await
-        .unwrap();
+    let claimed = claim(&*store, &owner, &claims, NOW, 10, 30_000).await;
     assert_eq!(claimed.tasks.len(), 2);
-    let results = store
-        .complete(&ends(
-            &owner,
-            &[
-                Completion {
-                    id: ids[0],
-                    partition: 0,
-                    epoch: 1,
-                    started_at: Some(NOW + 7),
-                    outcome: CompletionOutcome::Succeeded,
-                },
-                Completion {
-                    id: ids[1],
-                    partition: 0,
-                    epoch: 1,
-                    started_at: None,
-                    outcome: CompletionOutcome::Released,
-                },
-            ],
-            NOW + 9,
-        ))
-        .await
-        .unwrap();
+    let started = Completion {
+        started_at: Some(NOW + 7),
+        ..ended(ids[0], 0, 1, CompletionOutcome::Succeeded)
+    };
+    let released = ended(ids[1], 0, 1, CompletionOutcome::Released);
+    let results = complete(&*store, &owner, &[started, released], NOW + 9).await;
     assert_eq!(
         results,
         [Some(TaskStatus::Completed), Some(TaskStatus::Pending)]
@@ -391,40 +256,16 @@ pub async fn release_and_start_times(store: Arc<dyn TaskStore>) {
         (TaskStatus::Pending, 0, None)
     );
     // Released under a stale epoch: refused.
-    let again = store
-        .claim(claiming(&owner, &claims, NOW + 10, 10, 30_000))
-        .await
-        .unwrap();
+    let again = claim(&*store, &owner, &claims, NOW + 10, 10, 30_000).await;
     assert_eq!(again.tasks.len(), 1);
-    let stale = Completion {
-        id: ids[1],
-        partition: 0,
-        epoch: 0,
-        started_at: None,
-        outcome: CompletionOutcome::Released,
-    };
-    assert_eq!(
-        store
-            .complete(&ends(&owner, &[stale], NOW + 11))
-            .await
-            .unwrap(),
-        [None]
-    );
+    let stale = [ended(ids[1], 0, 0, CompletionOutcome::Released)];
+    assert_eq!(complete(&*store, &owner, &stale, NOW + 11).await, [None]);
     // Naming another partition than the task's: refused, even with the right epoch and an
     // owned partition.
     store.acquire(grant(1, &owner, 1, NOW)).await.unwrap();
-    let elsewhere = Completion {
-        id: ids[1],
-        partition: 1,
-        epoch: 1,
-        started_at: None,
-        outcome: CompletionOutcome::Succeeded,
-    };
+    let elsewhere = [ended(ids[1], 1, 1, CompletionOutcome::Succeeded)];
     assert_eq!(
-        store
-            .complete(&ends(&owner, &[elsewhere], NOW + 11))
-            .await
-            .unwrap(),
+        complete(&*store, &owner, &elsewhere, NOW + 11).await,
         [None]
     );
     let b = store.get(ids[1]).await.unwrap().unwrap();
@@ -456,42 +297,29 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
     let mut keyed = task("keyed", NOW, None);
     keyed.idempotency_key = Some("once".into());
-    let inserted = store
-        .insert(inserting(
-            vec![
-                keyed.clone(),
-                task("cancelled", NOW + 60_000, None),
-                task("pending", NOW + 60_000, None),
-            ],
-            PARTITIONS,
-            NOW,
-        ))
-        .await
-        .unwrap();
+    let later = |name| task(name, NOW + 60_000, None);
+    let new = vec![keyed.clone(), later("cancelled"), later("pending")];
+    let inserted = inserted(&*store, new, NOW).await;
     own_all(&*store, &owner, 1).await;
     let claimed = claim_all(&*store, &owner, 1, NOW, 10).await;
     assert_eq!(claimed.len(), 1);
-    let done = Completion {
-        id: claimed[0].id,
-        partition: claimed[0].partition,
-        epoch: 1,
-        started_at: None,
-        outcome: CompletionOutcome::Succeeded,
-    };
-    store
-        .complete(&ends(&owner, &[done], NOW + 10))
-        .await
-        .unwrap();
-    store.cancel(inserted[1].0.id, NOW + 20).await.unwrap();
+    let done = [ended(
+        claimed[0].id,
+        claimed[0].partition,
+        1,
+        CompletionOutcome::Succeeded,
+    )];
+    complete(&*store, &owner, &done, NOW + 10).await;
+    store.cancel(inserted[1].id, NOW + 20).await.unwrap();
     assert_eq!(
         store.purge_finished(NOW + 10, 100).await.unwrap(),
         0,
         "finished at the cutoff stays"
     );
     assert_eq!(store.purge_finished(NOW + 1_000, 100).await.unwrap(), 2);
-    assert_eq!(store.get(inserted[0].0.id).await.unwrap(), None);
+    assert_eq!(store.get(inserted[0].id).await.unwrap(), None);
     assert_eq!(
-        store.get(inserted[2].0.id).await.unwrap().unwrap().status,
+        store.get(inserted[2].id).await.unwrap().unwrap().status,
         TaskStatus::Pending
     );
     // The key is free again.
@@ -508,47 +336,25 @@ pub async fn purge_finished(store: Arc<dyn TaskStore>) {
 /// a retry at a given time waits for it.
 pub async fn failures_given_up_and_retried_later(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
-    let inserted = store
-        .insert(inserting(
-            vec![task("hopeless", NOW, None), task("later", NOW, None)],
-            PARTITIONS,
-            NOW,
-        ))
-        .await
-        .unwrap();
+    let new = vec![task("hopeless", NOW, None), task("later", NOW, None)];
+    let inserted = inserted(&*store, new, NOW).await;
     own_all(&*store, &owner, 1).await;
     let claimed = claim_all(&*store, &owner, 1, NOW, 10).await;
     assert_eq!(claimed.len(), 2);
     let end = |t: &Task, outcome| Completion {
-        id: t.id,
-        partition: t.partition,
-        epoch: 1,
         started_at: Some(NOW + 5),
-        outcome,
+        ..ended(t.id, t.partition, 1, outcome)
     };
-    let (hopeless, later) = (&inserted[0].0, &inserted[1].0);
-    let results = store
-        .complete(&ends(
-            &owner,
-            &[
-                end(
-                    hopeless,
-                    CompletionOutcome::Abandoned {
-                        error: "bad input".into(),
-                    },
-                ),
-                end(
-                    later,
-                    CompletionOutcome::Failed {
-                        error: "try at noon".into(),
-                        retry_at: NOW + 60_000,
-                    },
-                ),
-            ],
-            NOW + 10,
-        ))
-        .await
-        .unwrap();
+    let (hopeless, later) = (&inserted[0], &inserted[1]);
+    let gave_up = CompletionOutcome::Abandoned {
+        error: "bad input".into(),
+    };
+    let at_noon = CompletionOutcome::Failed {
+        error: "try at noon".into(),
+        retry_at: NOW + 60_000,
+    };
+    let ends = [end(hopeless, gave_up), end(later, at_noon)];
+    let results = complete(&*store, &owner, &ends, NOW + 10).await;
     assert_eq!(
         results,
         [Some(TaskStatus::Failed), Some(TaskStatus::Pending)]

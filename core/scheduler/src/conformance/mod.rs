@@ -11,7 +11,7 @@ pub use execution::*;
 pub use schedules::*;
 pub use tasks::*;
 
-use super::store::{Claim, ListFilter, TaskStore};
+use super::store::{Claim, Claimed, Completion, ListFilter, TaskStore};
 use super::{Millis, NewTask, Task, TaskId, TaskStatus, partition_for};
 use calls::*;
 use rota_model::InstanceId;
@@ -51,13 +51,65 @@ async fn own_all(store: &dyn TaskStore, owner: &InstanceId, epoch: u64) {
     }
 }
 
-/// Inserts `tasks` at `now`; their ids, in order.
-async fn insert(store: &dyn TaskStore, tasks: Vec<NewTask>, now: Millis) -> Vec<TaskId> {
+/// Inserts `tasks` at `now`; the stored tasks, in order.
+async fn inserted(store: &dyn TaskStore, tasks: Vec<NewTask>, now: Millis) -> Vec<Task> {
     let inserted = store
         .insert(inserting(tasks, PARTITIONS, now))
         .await
         .unwrap();
-    inserted.into_iter().map(|(t, _)| t.id).collect()
+    inserted.into_iter().map(|(t, _)| t).collect()
+}
+
+/// Inserts `tasks` at `now`; their ids, in order.
+async fn insert(store: &dyn TaskStore, tasks: Vec<NewTask>, now: Millis) -> Vec<TaskId> {
+    let tasks = inserted(store, tasks, now).await;
+    tasks.into_iter().map(|t| t.id).collect()
+}
+
+/// Tasks named `names`, due now on partition 0, which `owner` then holds at epoch 1; their ids.
+async fn held_on_zero(store: &dyn TaskStore, owner: &InstanceId, names: &[&str]) -> Vec<TaskId> {
+    let k0 = key_for(0);
+    let tasks = names.iter().map(|n| task(n, NOW, Some(&k0))).collect();
+    let ids = insert(store, tasks, NOW).await;
+    store.acquire(grant(0, owner, 1, NOW)).await.unwrap();
+    ids
+}
+
+/// `owner`'s claim of up to `limit` due tasks of `partitions` at `now`, leased for `lease_ms`.
+async fn claim(
+    store: &dyn TaskStore,
+    owner: &InstanceId,
+    partitions: &[Claim],
+    now: Millis,
+    limit: usize,
+    lease_ms: i64,
+) -> Claimed {
+    let claim = claiming(owner, partitions, now, limit, lease_ms);
+    store.claim(claim).await.unwrap()
+}
+
+/// `owner`'s completions at `now`: each task's new status, `None` where refused.
+async fn complete(
+    store: &dyn TaskStore,
+    owner: &InstanceId,
+    completions: &[Completion],
+    now: Millis,
+) -> Vec<Option<TaskStatus>> {
+    store
+        .complete(&ends(owner, completions, now))
+        .await
+        .unwrap()
+}
+
+/// How many expired claims of `partitions` `owner`'s sweep at `now` requeues.
+async fn requeue(
+    store: &dyn TaskStore,
+    owner: &InstanceId,
+    partitions: &[Claim],
+    now: Millis,
+) -> u64 {
+    let sweep = expiry(owner, partitions, now);
+    store.requeue_expired(sweep).await.unwrap()
 }
 
 /// Claims up to `limit` due tasks of every partition, held at `epoch`, with a 30 s lease.
@@ -70,6 +122,15 @@ async fn claim_all(
 ) -> Vec<Task> {
     let claim = claiming(owner, &all(epoch), now, limit, 30_000);
     store.claim(claim).await.unwrap().tasks
+}
+
+/// The first ten tasks of `store`, by id.
+async fn first_ten(store: &dyn TaskStore) -> Vec<Task> {
+    let ten = ListFilter {
+        limit: 10,
+        ..ListFilter::default()
+    };
+    store.list(&ten).await.unwrap().tasks
 }
 
 /// Waits until exactly `count` tasks of `store` are COMPLETED; panics after `within`, saying

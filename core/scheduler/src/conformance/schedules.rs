@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::schedule::{
-    self, MissedTicks, PutMode, PutOutcome, ScheduleDef, ScheduleError, TaskTemplate, clock,
-    schedule_partition, tick_key,
+    self, MissedTicks, PutMode, PutOutcome, Schedule, ScheduleDef, ScheduleError, TaskTemplate,
+    clock, schedule_partition, tick_key,
 };
 use crate::{Claim, ScheduleWrite, ScheduleWritten, StoreError, TaskStatus, TaskStore};
 use rota_model::InstanceId;
@@ -173,6 +173,26 @@ pub async fn schedule_writes_compare_and_set(store: Arc<dyn TaskStore>) {
     );
 }
 
+/// The next revision of `current`, written under `fence` at `now` with the task of `tick`: what
+/// a clock writes when it fires.
+fn firing(
+    current: &Schedule,
+    fence: (InstanceId, Claim),
+    tick: Millis,
+    now: Millis,
+) -> ScheduleWrite {
+    let mut next = current.clone();
+    next.revision += 1;
+    ScheduleWrite {
+        tasks: vec![current.def.task_for(tick, tick)],
+        schedule: next,
+        expected: Some(current.revision),
+        fence: Some(fence),
+        partitions: PARTITIONS,
+        now,
+    }
+}
+
 /// The clock of the partition's owner fires each tick once; a stale owner's firing is refused
 /// and writes nothing; a second firing of a tick finds its task and creates none.
 pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
@@ -229,17 +249,9 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
     let unchanged = store.schedule(&def.name).await.unwrap().unwrap();
     assert_eq!(unchanged, after);
     // A fenced write naming another partition than the schedule's is refused too.
-    let mut moved = after.clone();
-    moved.revision += 1;
+    let elsewhere = (b.clone(), Claim::new(3, 2));
     let wrong = store
-        .write_schedule(ScheduleWrite {
-            schedule: moved,
-            expected: Some(after.revision),
-            fence: Some((b.clone(), Claim::new(3, 2))),
-            tasks: vec![def.task_for(second, second)],
-            partitions: PARTITIONS,
-            now: second,
-        })
+        .write_schedule(firing(&after, elsewhere, second, second))
         .await;
     assert!(
         matches!(wrong, Err(StoreError::StaleEpoch { .. })),
@@ -253,19 +265,8 @@ pub async fn firing_is_fenced_and_once_per_tick(store: Arc<dyn TaskStore>) {
     // A zombie that got past every other check, firing the first tick again, still creates no
     // task: the tick's key exists.
     let current = store.schedule(&def.name).await.unwrap().unwrap();
-    let mut zombie = current.clone();
-    zombie.revision += 1;
-    let outcome = store
-        .write_schedule(ScheduleWrite {
-            schedule: zombie,
-            expected: Some(current.revision),
-            fence: Some((b.clone(), b_claims[0])),
-            tasks: vec![def.task_for(first, first)],
-            partitions: PARTITIONS,
-            now: second,
-        })
-        .await
-        .unwrap();
+    let zombie = firing(&current, (b.clone(), b_claims[0]), first, second);
+    let outcome = store.write_schedule(zombie).await.unwrap();
     let ScheduleWritten::Written(tasks) = outcome else {
         panic!("{outcome:?}");
     };

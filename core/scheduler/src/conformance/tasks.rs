@@ -55,14 +55,7 @@ pub async fn idempotency_keys(store: Arc<dyn TaskStore>) {
     assert!(first[0].1);
     assert_eq!(again[0], (first[0].0.clone(), false));
     assert_eq!(again[1], (first[0].0.clone(), false));
-    let page = store
-        .list(&ListFilter {
-            limit: 10,
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(page.tasks.len(), 1);
+    assert_eq!(first_ten(&*store).await.len(), 1);
     // Read back by key; a key that names nothing is left out.
     let found = store
         .by_idempotency_keys(&["req-1".into(), "none".into()])
@@ -91,32 +84,17 @@ pub async fn payloads_come_back_as_sent(store: Arc<dyn TaskStore>) {
     assert_eq!(stored.payload, payload, "as inserted");
     let read = store.get(stored.id).await.unwrap().expect("stored");
     assert_eq!(read.payload, payload, "as read back");
-    let listed = store
-        .list(&ListFilter {
-            limit: 10,
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(listed.tasks[0].payload, payload, "as listed");
+    assert_eq!(first_ten(&*store).await[0].payload, payload, "as listed");
 }
 
 /// Cancel: PENDING only; racing claims, each task ends either cancelled or claimed, never both.
 pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");
-    let inserted = store
-        .insert(inserting(
-            (0..40).map(|i| task(&format!("t{i}"), NOW, None)).collect(),
-            PARTITIONS,
-            NOW,
-        ))
-        .await
-        .unwrap();
+    let new = (0..40).map(|i| task(&format!("t{i}"), NOW, None)).collect();
+    let inserted = inserted(&*store, new, NOW).await;
+    let beyond = inserted.last().unwrap().id + 1_000;
     assert_eq!(
-        store
-            .cancel(inserted.last().unwrap().0.id + 1_000, NOW)
-            .await
-            .unwrap(),
+        store.cancel(beyond, NOW).await.unwrap(),
         CancelOutcome::NotFound
     );
     own_all(&*store, &owner, 1).await;
@@ -126,10 +104,7 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
         tokio::spawn(async move {
             let mut claimed = Vec::new();
             for _ in 0..40 {
-                let batch = store
-                    .claim(claiming(&owner, &all(1), NOW, 1, 30_000))
-                    .await
-                    .unwrap();
+                let batch = claim(&*store, &owner, &all(1), NOW, 1, 30_000).await;
                 claimed.extend(batch.tasks.into_iter().map(|t| (t.id, t.partition)));
                 tokio::task::yield_now().await;
             }
@@ -137,7 +112,7 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
         })
     };
     let mut cancelled = Vec::new();
-    for (t, _) in inserted.iter().rev() {
+    for t in inserted.iter().rev() {
         match store.cancel(t.id, NOW).await.unwrap() {
             CancelOutcome::Cancelled(c) => {
                 assert_eq!(c.status, TaskStatus::Cancelled);
@@ -155,14 +130,8 @@ pub async fn cancel_racing_claims(store: Arc<dyn TaskStore>) {
     );
     assert_eq!(claimed.len() + cancelled.len(), 40);
     if let Some(&(id, partition)) = claimed.first() {
-        let done = Completion {
-            id,
-            partition,
-            epoch: 1,
-            started_at: None,
-            outcome: CompletionOutcome::Succeeded,
-        };
-        store.complete(&ends(&owner, &[done], NOW)).await.unwrap();
+        let done = [ended(id, partition, 1, CompletionOutcome::Succeeded)];
+        complete(&*store, &owner, &done, NOW).await;
         assert!(
             matches!(store.cancel(id, NOW).await.unwrap(), CancelOutcome::Conflict(t) if t.status == TaskStatus::Completed)
         );
@@ -229,7 +198,7 @@ pub async fn pagination(store: Arc<dyn TaskStore>) {
             ..Completion::of(t, CompletionOutcome::Succeeded)
         })
         .collect();
-    store.complete(&ends(&owner, &done, NOW)).await.unwrap();
+    complete(&*store, &owner, &done, NOW).await;
     let pending: Vec<_> = seen
         .iter()
         .filter(|id| !claimed.iter().any(|t| t.id == **id))
