@@ -108,32 +108,38 @@ fn oracle(pattern: &str, zone: Tz, from: Millis, until: Millis) -> Vec<Millis> {
 const BERLIN: Tz = Tz::Europe__Berlin;
 const NEW_YORK: Tz = Tz::America__New_York;
 
-/// `spec` in Berlin's zone, and its ticks from `from` to `until` on Berlin's wall clock.
-fn in_berlin(spec: &str, from: Millis, until: Millis) -> (Spec, Vec<String>) {
-    let spec = Spec::parse(spec, "Europe/Berlin", from).unwrap();
-    let ticked = locals(BERLIN, &ticks(&spec, from, until));
+/// `spec` in `zone`, parsed at `from`, and its ticks up to `until` on the zone's wall clock.
+fn in_zone(zone: Tz, spec: &str, from: Millis, until: Millis) -> (Spec, Vec<String>) {
+    let spec = Spec::parse(spec, zone.name(), from).unwrap();
+    let ticked = locals(zone, &ticks(&spec, from, until));
     (spec, ticked)
+}
+
+/// [`in_zone`] in Berlin.
+fn in_berlin(spec: &str, from: Millis, until: Millis) -> (Spec, Vec<String>) {
+    in_zone(BERLIN, spec, from, until)
+}
+
+/// A quarter-hourly spec in Berlin's zone, parsed at `from`, and its ticks over `night`.
+fn berlin_quarters(from: Millis, night: std::ops::Range<Millis>) -> (Spec, Vec<Millis>) {
+    let quarter = Spec::parse("*/15 * * * *", "Europe/Berlin", from).unwrap();
+    let ticked = ticks(&quarter, night.start, night.end);
+    (quarter, ticked)
 }
 
 #[test]
 fn berlin_spring_forward_fires_as_documented() {
     // 2026-03-29: 02:00 CET becomes 03:00 CEST.
-    let (from, until) = (
-        at(BERLIN, 2026, 3, 28, 12, 0, 0),
-        at(BERLIN, 2026, 3, 30, 12, 0, 0),
-    );
-    let (_, daily) = in_berlin("30 2 * * *", from, until);
+    let from = at(BERLIN, 2026, 3, 28, 12, 0, 0);
+    let (_, daily) = in_berlin("30 2 * * *", from, at(BERLIN, 2026, 3, 30, 12, 0, 0));
+    let gap = "a fixed time in the gap fires once, right after it";
     assert_eq!(
         daily,
         ["03-29 03:00:00+0200", "03-30 02:30:00+0200"],
-        "a fixed time in the gap fires once, right after it"
+        "{gap}"
     );
-    let night = (
-        at(BERLIN, 2026, 3, 29, 1, 40, 0),
-        at(BERLIN, 2026, 3, 29, 3, 20, 0),
-    );
-    let quarter = Spec::parse("*/15 * * * *", "Europe/Berlin", from).unwrap();
-    let night = ticks(&quarter, night.0, night.1);
+    let night = at(BERLIN, 2026, 3, 29, 1, 40, 0)..at(BERLIN, 2026, 3, 29, 3, 20, 0);
+    let (_, night) = berlin_quarters(from, night);
     assert_eq!(
         locals(BERLIN, &night),
         [
@@ -150,19 +156,12 @@ fn berlin_spring_forward_fires_as_documented() {
 fn berlin_fall_back_fires_as_documented() {
     // 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:00-03:00 happens twice.
     let from = at(BERLIN, 2026, 10, 24, 12, 0, 0);
-    let until = at(BERLIN, 2026, 10, 26, 12, 0, 0);
-    let (daily, ticked) = in_berlin("30 2 * * *", from, until);
-    assert_eq!(
-        ticked,
-        ["10-25 02:30:00+0200", "10-26 02:30:00+0100"],
-        "a fixed time in the repeated hour fires once, at its first pass"
-    );
-    let night = (
-        at(BERLIN, 2026, 10, 25, 1, 50, 0),
-        at(BERLIN, 2026, 10, 25, 3, 10, 0),
-    );
-    let quarter = Spec::parse("*/15 * * * *", "Europe/Berlin", from).unwrap();
-    let night = ticks(&quarter, night.0, night.1);
+    let (daily, ticked) = in_berlin("30 2 * * *", from, at(BERLIN, 2026, 10, 26, 12, 0, 0));
+    let repeated = "a fixed time in the repeated hour fires once, at its first pass";
+    let once = ["10-25 02:30:00+0200", "10-26 02:30:00+0100"];
+    assert_eq!(ticked, once, "{repeated}");
+    let night = at(BERLIN, 2026, 10, 25, 1, 50, 0)..at(BERLIN, 2026, 10, 25, 3, 10, 0);
+    let (quarter, night) = berlin_quarters(from, night);
     assert_eq!(night.len(), 9, "{:?}", locals(BERLIN, &night));
     assert!(
         night.windows(2).all(|w| w[1] - w[0] == 15 * 60_000),
@@ -180,24 +179,20 @@ fn berlin_fall_back_fires_as_documented() {
 #[test]
 fn new_york_dst_days_fire_as_documented() {
     // 2026-03-08: 02:00 EST becomes 03:00 EDT; 2026-11-01: 02:00 EDT becomes 01:00 EST.
-    let from = at(NEW_YORK, 2026, 3, 7, 12, 0, 0);
-    let spring = Spec::parse("30 2 * * *", "America/New_York", from).unwrap();
-    assert_eq!(
-        locals(
-            NEW_YORK,
-            &ticks(&spring, from, at(NEW_YORK, 2026, 3, 9, 12, 0, 0))
-        ),
-        ["03-08 03:00:00-0400", "03-09 02:30:00-0400"]
+    let spring = (
+        at(NEW_YORK, 2026, 3, 7, 12, 0, 0),
+        at(NEW_YORK, 2026, 3, 9, 12, 0, 0),
     );
+    let (_, ticked) = in_zone(NEW_YORK, "30 2 * * *", spring.0, spring.1);
+    assert_eq!(ticked, ["03-08 03:00:00-0400", "03-09 02:30:00-0400"]);
     let from = at(NEW_YORK, 2026, 10, 31, 12, 0, 0);
-    let fall = Spec::parse("30 1 * * *", "America/New_York", from).unwrap();
-    assert_eq!(
-        locals(
-            NEW_YORK,
-            &ticks(&fall, from, at(NEW_YORK, 2026, 11, 2, 12, 0, 0))
-        ),
-        ["11-01 01:30:00-0400", "11-02 01:30:00-0500"]
+    let (_, ticked) = in_zone(
+        NEW_YORK,
+        "30 1 * * *",
+        from,
+        at(NEW_YORK, 2026, 11, 2, 12, 0, 0),
     );
+    assert_eq!(ticked, ["11-01 01:30:00-0400", "11-02 01:30:00-0500"]);
     let hourly = Spec::parse("0 * * * *", "America/New_York", from).unwrap();
     let night = ticks(
         &hourly,
