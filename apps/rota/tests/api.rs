@@ -32,6 +32,12 @@ fn app() -> (axum::Router, Arc<dyn TaskStore>) {
     (api::router(state, &limits), tasks)
 }
 
+/// Each item's `field` of the JSON array `items`.
+fn listed<'a>(items: &'a Value, field: &str) -> Vec<&'a Value> {
+    let items = items.as_array().expect("an array");
+    items.iter().map(|item| &item[field]).collect()
+}
+
 async fn call(
     app: &axum::Router,
     method: &str,
@@ -385,13 +391,8 @@ async fn listing_pages_and_filters() {
             None => "/tasks?limit=10".into(),
         };
         let (_, page) = call(&app, "GET", &path, None).await;
-        seen.extend(
-            page["tasks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["id"].as_i64().unwrap()),
-        );
+        let ids = listed(&page["tasks"], "id");
+        seen.extend(ids.iter().map(|id| id.as_i64().unwrap()));
         match page["nextCursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -662,13 +663,7 @@ async fn schedules_are_created_read_changed_and_refused_with_reasons() {
     let (_, page) = call(&app, "GET", "/schedules?limit=2", None).await;
     assert_eq!(page["nextAfter"], "b");
     let (_, page) = call(&app, "GET", "/schedules?limit=2&after=b", None).await;
-    let names: Vec<&str> = page["schedules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["c", "report"]);
+    assert_eq!(listed(&page["schedules"], "name"), ["c", "report"]);
     // Bad input: a 400 saying what is wrong, nothing stored.
     for (body, says) in [
         (

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Env, Proc, http, wait_for};
+use common::{Env, Proc, http, led_by, wait_for};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -247,15 +247,7 @@ async fn graceful_handovers_run_nothing_twice_on_zookeeper() {
 /// Whether `worker` leads a partition now, as `/cluster` shows it.
 async fn leads(env: &Env, worker: &str) -> bool {
     let (_, c) = http(env.api, "GET", "/cluster", None).await;
-    c["partitions"].as_array().is_some_and(|ps| {
-        ps.iter().any(|p| {
-            p["holders"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["instance"] == worker && h["state"] == "MASTER")
-        })
-    })
+    c["partitions"].is_array() && !led_by(&c, worker).is_empty()
 }
 
 /// Whether a grant of a top state to `worker` waits in its message queue (the controller sent

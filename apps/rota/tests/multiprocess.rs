@@ -150,19 +150,13 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     // A one-second schedule whose clock w2 owns (its partition is one w2 leads), so that the
     // SIGKILL below lands on the clock too: every tick must still fire exactly once.
     let (_, c) = http(env.api, "GET", "/cluster", None).await;
-    let led_by_w2 = |p: u32| {
-        c["partitions"].as_array().unwrap().iter().any(|q| {
-            q["partition"].as_u64() == Some(u64::from(p))
-                && q["holders"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|h| h["instance"] == "w2" && h["state"] == "MASTER")
-        })
-    };
+    let led_by_w2 = common::led_by(&c, "w2");
     let beat = (0..)
         .map(|i| format!("beat-{i}"))
-        .find(|n| led_by_w2(rota_scheduler::schedule::schedule_partition(n, 12)))
+        .find(|n| {
+            let partition = rota_scheduler::schedule::schedule_partition(n, 12);
+            led_by_w2.contains(&u64::from(partition))
+        })
         .unwrap();
     let (status, body) = http(
         env.api,
@@ -194,19 +188,7 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     .await;
     let in_flight = rota_test_harness::receiver::going_on(&log, Some("w2"));
     let (_, c) = http(env.api, "GET", "/cluster", None).await;
-    let w2_partitions: Vec<u64> = c["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| {
-            p["holders"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["instance"] == "w2" && h["state"] == "MASTER")
-        })
-        .map(|p| p["partition"].as_u64().unwrap())
-        .collect();
+    let w2_partitions = common::led_by(&c, "w2");
     assert!(!w2_partitions.is_empty(), "w2 leads nothing: {c}");
     let leader = c["leader"]["controller"].as_str().unwrap().to_owned();
     let leader_epoch = c["leader"]["epoch"].as_u64().unwrap();
@@ -226,13 +208,8 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     // Every task completes.
     let pool = env.tasks_pool().await;
     wait_for("every task COMPLETED", Duration::from_secs(120), || async {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rota_tasks WHERE status = 'COMPLETED' AND name <> 'beat'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        done == TASKS as i64
+        let done = "SELECT count(*) FROM rota_tasks WHERE status = 'COMPLETED' AND name <> 'beat'";
+        number(&pool, done).await == TASKS as i64
     })
     .await;
     // The schedule goes on past the failover (w2 fired ticks at most a second ahead of its
@@ -243,25 +220,16 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
         "ticks past the failover",
         Duration::from_secs(60),
         || async {
-            let last: Option<i64> =
-                sqlx::query_scalar("SELECT max(scheduled_at) FROM rota_tasks WHERE name = 'beat'")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            last.is_some_and(|t| t > past_failover)
+            let last = "SELECT coalesce(max(scheduled_at), 0) FROM rota_tasks WHERE name = 'beat'";
+            number(&pool, last).await > past_failover
         },
     )
     .await;
     let path = format!("/schedules/{beat}/pause");
     assert_eq!(http(env.api, "POST", &path, None).await.0, 200);
     wait_for("every tick's task final", Duration::from_secs(60), || async {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rota_tasks WHERE name = 'beat' AND status IN ('PENDING', 'RUNNING')",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        open == 0
+        let open = "SELECT count(*) FROM rota_tasks WHERE name = 'beat' AND status IN ('PENDING', 'RUNNING')";
+        number(&pool, open).await == 0
     })
     .await;
     // The command line shows the same schedule as the API: paused, its last runs with tasks.
@@ -595,4 +563,9 @@ async fn unreachable_stores_are_named_with_the_reason() {
             && err.contains(&format!("127.0.0.1:{closed}: Connection refused")),
         "{err}"
     );
+}
+
+/// The one number `sql` selects from the task store.
+async fn number(pool: &sqlx::PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }

@@ -453,16 +453,9 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
         .await;
     tokio::time::sleep(CUT.saturating_sub(cut.elapsed())).await;
     net.heal(w1, zk_host);
-    phases.push(
-        cluster
-            .healed(
-                "a worker cut off from ZooKeeper, not from PostgreSQL",
-                Some("w1"),
-                at_ms,
-                Some(failover),
-            )
-            .await,
-    );
+    let what = "a worker cut off from ZooKeeper, not from PostgreSQL";
+    let healed = cluster.healed(what, Some("w1"), at_ms, Some(failover));
+    phases.push(healed.await);
 
     runs_going_on(&log, Some("w2"), 3).await;
     // 2. The leading controller cut off from everything; w2 SIGKILLed a second later, which
@@ -489,16 +482,9 @@ async fn partitions_between_hosts_lose_nothing_and_never_run_a_task_twice_at_onc
     cluster.start_worker("w2");
     tokio::time::sleep(CUT.saturating_sub(cut.elapsed())).await;
     net.heal_host(&leader_host);
-    phases.push(
-        cluster
-            .healed(
-                "the leading controller cut off, a worker SIGKILLed meanwhile",
-                Some("w2"),
-                at_ms,
-                Some(failover),
-            )
-            .await,
-    );
+    let what = "the leading controller cut off, a worker SIGKILLed meanwhile";
+    let healed = cluster.healed(what, Some("w2"), at_ms, Some(failover));
+    phases.push(healed.await);
 
     runs_going_on(&log, Some("w3"), 3).await;
     // 3. w3 cut off from PostgreSQL only.

@@ -156,15 +156,8 @@ async fn matrix(client: &reqwest::Client, base: &str, callers: &Callers) -> Vec<
     let mut seen = Vec::new();
     let task = json!({"name": "matrix", "payload": {"n": 1}});
     // A task to read and cancel.
-    let (status, body, _) = send(
-        client,
-        base,
-        "post",
-        "/tasks",
-        Some(&callers.admin.token),
-        Some(&task),
-    )
-    .await;
+    let admin = Some(callers.admin.token.as_str());
+    let (status, body, _) = send(client, base, "post", "/tasks", admin, Some(&task)).await;
     assert_eq!(status, 201, "{body}");
     let id = serde_json::from_str::<Value>(&body).unwrap()["id"].clone();
     let wrong = format!("rota_{}", "0".repeat(64));
@@ -244,15 +237,8 @@ async fn matrix(client: &reqwest::Client, base: &str, callers: &Callers) -> Vec<
 async fn rate_limited(client: &reqwest::Client, base: &str, callers: &Callers) {
     let mut refused = 0;
     for _ in 0..30 {
-        let (status, text, headers) = send(
-            client,
-            base,
-            "get",
-            "/tasks",
-            Some(&callers.limited.token),
-            None,
-        )
-        .await;
+        let limited = Some(callers.limited.token.as_str());
+        let (status, text, headers) = send(client, base, "get", "/tasks", limited, None).await;
         if status == 429 {
             refused += 1;
             assert_eq!(headers["retry-after"], "1");
@@ -268,15 +254,8 @@ async fn rate_limited(client: &reqwest::Client, base: &str, callers: &Callers) {
         "only {refused} of 30 quick requests were limited"
     );
     // Others are not held back by one token's limit.
-    let (status, _, _) = send(
-        client,
-        base,
-        "get",
-        "/tasks",
-        Some(&callers.read.token),
-        None,
-    )
-    .await;
+    let reader = Some(callers.read.token.as_str());
+    let (status, _, _) = send(client, base, "get", "/tasks", reader, None).await;
     assert_eq!(status, 200);
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // Each test binary uses its own part.
 
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -166,20 +167,15 @@ impl Env {
 }
 
 /// One HTTP/1.1 request: the status and JSON body, or `(0, Null)` if nothing listens yet.
-pub async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let (status, text) = http_text(addr, method, path, body).await;
+pub async fn http(at: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let (status, text) = http_text(at, method, path, body).await;
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// One HTTP request (reqwest, as the `http` handler uses): the status and body as text, or
 /// `(0, "")` if nothing listens yet.
 pub async fn http_text(
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&Value>,
@@ -227,19 +223,26 @@ pub async fn wait_ready(api: std::net::SocketAddr) {
     .await;
 }
 
+/// The instances holding `partition` (one of `/cluster`'s `partitions`) as MASTER.
+pub fn masters(partition: &Value) -> Vec<&str> {
+    let holders = partition["holders"].as_array().expect("holders");
+    let leading = holders.iter().filter(|h| h["state"] == "MASTER");
+    leading.filter_map(|h| h["instance"].as_str()).collect()
+}
+
+/// The partitions `worker` holds as MASTER in `cluster` (a `/cluster` answer).
+pub fn led_by(cluster: &Value, worker: &str) -> Vec<u64> {
+    let partitions = cluster["partitions"].as_array().expect("partitions");
+    let led = partitions.iter().filter(|p| masters(p).contains(&worker));
+    led.filter_map(|p| p["partition"].as_u64()).collect()
+}
+
 /// Waits until every partition has a MASTER.
-pub async fn wait_all_led(api: std::net::SocketAddr) {
+pub async fn wait_all_led(api: SocketAddr) {
     wait_for("every partition led", Duration::from_secs(60), || async {
         let (_, c) = http(api, "GET", "/cluster", None).await;
-        c["partitions"].as_array().is_some_and(|ps| {
-            ps.iter().all(|p| {
-                p["holders"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|h| h["state"] == "MASTER")
-            })
-        })
+        let partitions = c["partitions"].as_array();
+        partitions.is_some_and(|ps| ps.iter().all(|p| !masters(p).is_empty()))
     })
     .await;
 }
