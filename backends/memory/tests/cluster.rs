@@ -38,6 +38,20 @@ async fn running(
     (c, store)
 }
 
+/// [`running`], once more than `calls` transitions have been called: transitions are under way.
+async fn under_way(
+    model: &str,
+    partitions: u32,
+    replicas: u32,
+    work: Duration,
+    participants: &[&str],
+    calls: usize,
+) -> (TestCluster, MemoryCoordination) {
+    let (c, store) = running(model, partitions, replicas, work, participants).await;
+    c.wait_transitions(calls).await;
+    (c, store)
+}
+
 fn top(c: &TestCluster) -> String {
     c.model.top_state().to_string()
 }
@@ -116,12 +130,8 @@ async fn participants_join_leave_and_crash() {
 #[tokio::test(start_paused = true)]
 async fn a_session_expiring_mid_transition_loses_nothing() {
     for model in StateModel::BUILTINS {
-        let (c, store) = running(model, 24, 3, Duration::from_millis(200), &FOUR).await;
-        // Wait until transitions are under way, then expire one participant's session.
-        c.wait_for("transitions in flight", || async {
-            c.checker.calls().len() > 10
-        })
-        .await;
+        // Once transitions are under way, one participant's session expires.
+        let (c, store) = under_way(model, 24, 3, Duration::from_millis(200), &FOUR, 10).await;
         let ParticipantStatus::Live(session) =
             c.participants["p2"].handle.status().borrow().clone()
         else {
@@ -146,11 +156,7 @@ async fn a_session_expiring_mid_transition_loses_nothing() {
 #[tokio::test(start_paused = true)]
 async fn killing_the_leader_mid_reconcile_hands_over_without_double_grants() {
     for model in StateModel::BUILTINS {
-        let (mut c, _store) = running(model, 20, 3, Duration::from_millis(50), &THREE).await;
-        c.wait_for("transitions in flight", || async {
-            c.checker.calls().len() > 5
-        })
-        .await;
+        let (mut c, _store) = under_way(model, 20, 3, Duration::from_millis(50), &THREE, 5).await;
         let (old, old_epoch) = c.leader().await.unwrap();
         c.kill_controller(&old);
         c.wait_for("a new leader", || async {
@@ -469,11 +475,7 @@ async fn a_thousand_partitions_converge_and_absorb_a_join() {
 #[tokio::test(start_paused = true)]
 async fn a_write_lost_for_a_moment_is_retried_and_the_cluster_converges() {
     for model in StateModel::BUILTINS {
-        let (c, store) = running(model, 12, 2, Duration::from_millis(50), &THREE).await;
-        c.wait_for("transitions in flight", || async {
-            c.checker.calls().len() > 3
-        })
-        .await;
+        let (c, store) = under_way(model, 12, 2, Duration::from_millis(50), &THREE, 3).await;
         // Each participant's next write fails, its session staying connected: typically the
         // record of a transition that has run. No event brings that message back; the
         // participant must try again.

@@ -28,12 +28,20 @@ async fn harness() -> Harness {
 
 rota_cluster::coordination_conformance!(harness);
 
+/// A fresh store with two sessions of `timeout`, `a` and `b`; `a` holds the ephemeral `/k`.
+async fn ephemeral_of_a(
+    timeout: Duration,
+) -> (MemoryCoordination, Arc<dyn Session>, Arc<dyn Session>) {
+    let store = MemoryCoordination::new();
+    let a = store.connect(timeout).await.unwrap();
+    let b = store.connect(timeout).await.unwrap();
+    a.create("/k", vec![], CreateMode::Ephemeral).await.unwrap();
+    (store, a, b)
+}
+
 #[tokio::test(start_paused = true)]
 async fn suspended_session_expires_after_its_timeout_unless_resumed() {
-    let store = MemoryCoordination::new();
-    let a = store.connect(Duration::from_secs(10)).await.unwrap();
-    let b = store.connect(Duration::from_secs(10)).await.unwrap();
-    a.create("/k", vec![], CreateMode::Ephemeral).await.unwrap();
+    let (store, a, b) = ephemeral_of_a(Duration::from_secs(10)).await;
 
     store.suspend(&a.id());
     assert_eq!(*a.state().borrow(), SessionState::Suspended);
@@ -61,10 +69,7 @@ async fn suspended_session_expires_after_its_timeout_unless_resumed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_handle_expires_after_its_timeout() {
-    let store = MemoryCoordination::new();
-    let a = store.connect(Duration::from_secs(3)).await.unwrap();
-    let b = store.connect(Duration::from_secs(3)).await.unwrap();
-    a.create("/k", vec![], CreateMode::Ephemeral).await.unwrap();
+    let (_store, a, b) = ephemeral_of_a(Duration::from_secs(3)).await;
     let mut watch = b.watch("/k", false).await.unwrap();
     drop(a);
     assert!(

@@ -379,6 +379,13 @@ async fn wait_until_leading(s: &Setup, worker: &str, leading: bool) {
     }
 }
 
+/// Once `worker` leads a partition (`leading`) or none, the setup finishes its tasks: each ran
+/// exactly once, to its end, across the handover.
+async fn handed_over(s: Setup, ids: &[TaskId], worker: &str, leading: bool) {
+    wait_until_leading(&s, worker, leading).await;
+    ran_once_each(&finish(s, ids).await, ids);
+}
+
 /// Every task ran exactly once, to its end.
 fn ran_once_each(runs: &Runs, ids: &[TaskId]) {
     assert_ran_once_each(runs, ids);
@@ -398,8 +405,7 @@ async fn a_graceful_stop_waits_for_runs_in_flight() {
 async fn a_joining_worker_takes_partitions_only_once_their_runs_ended() {
     let (mut s, ids) = long_runs_under_way().await;
     s.start_worker("w4");
-    wait_until_leading(&s, "w4", true).await;
-    ran_once_each(&finish(s, &ids).await, &ids);
+    handed_over(s, &ids, "w4", true).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -409,8 +415,7 @@ async fn disabling_an_instance_moves_its_partitions_after_their_runs() {
         .set_enabled(&InstanceId::new("w2"), false)
         .await
         .unwrap();
-    wait_until_leading(&s, "w2", false).await;
-    ran_once_each(&finish(s, &ids).await, &ids);
+    handed_over(s, &ids, "w2", false).await;
 }
 
 #[tokio::test(start_paused = true)]

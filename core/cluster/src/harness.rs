@@ -275,6 +275,12 @@ impl TestCluster {
             .await;
     }
 
+    /// Waits until more than `calls` transitions have been called: transitions are under way.
+    pub async fn wait_transitions(&self, calls: usize) {
+        let under_way = || async { self.checker.calls().len() > calls };
+        self.wait_for("transitions in flight", under_way).await;
+    }
+
     /// Polls `condition` until it holds (checker asserted), failing at the deadline.
     pub async fn wait_for<F, Fut>(&self, what: &str, mut condition: F)
     where
