@@ -34,8 +34,8 @@ use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use keys::{KeySpace, child_name};
 use rota_cluster::coordination::{
-    CoordError, Coordination, Node, Op, OpResult, Session, SessionState, Watch, validate_key,
-    validate_transaction,
+    CoordError, Coordination, Node, Op, OpResult, Session, SessionIdentity, SessionState, Watch,
+    validate_key, validate_transaction,
 };
 use rota_model::SessionId;
 use std::collections::BTreeSet;
@@ -203,29 +203,30 @@ impl Coordination for EtcdCoordination {
             state.clone(),
             dropped,
         ));
-        Ok(Arc::new(EtcdSession {
+        let identity = SessionIdentity {
             id: SessionId::new(format!("etcd-{:x}", lease as u64)),
-            lease,
             timeout: granted,
+            state: state_rx,
+        };
+        Ok(Arc::new(EtcdSession {
+            identity,
+            lease,
             request_timeout,
             client,
             keys: self.keys.clone(),
             state,
-            state_rx,
             _alive: alive,
         }))
     }
 }
 
 struct EtcdSession {
-    id: SessionId,
+    identity: SessionIdentity,
     lease: i64,
-    timeout: Duration,
     request_timeout: Duration,
     client: Client,
     keys: KeySpace,
     state: Arc<state_watch::Sender<SessionState>>,
-    state_rx: state_watch::Receiver<SessionState>,
     /// Dropped with the last handle: the lease is then no longer renewed.
     _alive: tokio::sync::oneshot::Sender<()>,
 }
@@ -233,7 +234,7 @@ struct EtcdSession {
 impl EtcdSession {
     /// Fails once the session is over: its holder must open a new one.
     fn live(&self) -> Result<(), CoordError> {
-        if self.state_rx.borrow().is_final() {
+        if self.identity.state.borrow().is_final() {
             return Err(CoordError::SessionExpired);
         }
         Ok(())
@@ -276,16 +277,8 @@ impl EtcdSession {
 
 #[async_trait]
 impl Session for EtcdSession {
-    fn id(&self) -> SessionId {
-        self.id.clone()
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn state(&self) -> state_watch::Receiver<SessionState> {
-        self.state_rx.clone()
+    fn identity(&self) -> SessionIdentity {
+        self.identity.clone()
     }
 
     async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {
@@ -371,20 +364,20 @@ impl Session for EtcdSession {
             spec,
             revision + 1,
             tx,
-            self.state_rx.clone(),
+            self.identity.state.clone(),
         ));
         Ok(events)
     }
 
     async fn close(&self) -> Result<(), CoordError> {
-        if self.state_rx.borrow().is_final() {
+        if self.identity.state.borrow().is_final() {
             return Ok(());
         }
         // Revoking deletes the ephemeral keys at once; if etcd cannot be reached, the lease
         // runs out on its own (no renewals follow the Closed state).
         let mut lease = self.client.lease_client();
         if let Err(error) = bounded(self.request_timeout, lease.revoke(self.lease)).await {
-            tracing::warn!(session = %self.id, %error, "cannot revoke the etcd lease; it will expire");
+            tracing::warn!(session = %self.identity.id, %error, "cannot revoke the etcd lease; it will expire");
         }
         keepalive::set_state(&self.state, SessionState::Closed);
         Ok(())

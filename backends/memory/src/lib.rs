@@ -19,7 +19,7 @@ pub use tasks::MemoryTaskStore;
 use async_trait::async_trait;
 use rota_cluster::coordination::{
     CoordError, Coordination, CreateMode, MAX_VALUE_BYTES, Node, Op, OpResult, Session,
-    SessionState, WATCH_CAPACITY, Watch, WatchEvent, WatchSender, validate_key,
+    SessionIdentity, SessionState, WATCH_CAPACITY, Watch, WatchEvent, WatchSender, validate_key,
     validate_transaction, watch_channel,
 };
 use rota_model::SessionId;
@@ -473,34 +473,26 @@ impl Coordination for MemoryCoordination {
         );
         Ok(Arc::new(MemorySession {
             number: n,
-            id: SessionId::new(format!("mem-{n}")),
-            timeout,
+            identity: SessionIdentity {
+                id: SessionId::new(format!("mem-{n}")),
+                timeout,
+                state: state_rx,
+            },
             store: self.clone(),
-            state: state_rx,
         }))
     }
 }
 
 struct MemorySession {
     number: u64,
-    id: SessionId,
-    timeout: Duration,
+    identity: SessionIdentity,
     store: MemoryCoordination,
-    state: watch::Receiver<SessionState>,
 }
 
 #[async_trait]
 impl Session for MemorySession {
-    fn id(&self) -> SessionId {
-        self.id.clone()
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn state(&self) -> watch::Receiver<SessionState> {
-        self.state.clone()
+    fn identity(&self) -> SessionIdentity {
+        self.identity.clone()
     }
 
     async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {
@@ -556,7 +548,7 @@ impl Drop for MemorySession {
         // A dropped handle stops talking to the store, like a crashed process: the session
         // expires when its timeout passes (at once if no tokio runtime is left to time it).
         if tokio::runtime::Handle::try_current().is_ok() {
-            self.store.suspend(&self.id);
+            self.store.suspend(&self.identity.id);
         } else {
             self.store.lock().end(self.number, SessionState::Expired);
         }

@@ -21,9 +21,9 @@
 
 use async_trait::async_trait;
 use rota_cluster::coordination::{
-    CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState,
-    WATCH_CAPACITY, Watch, WatchEvent, WatchSender, validate_key, validate_transaction,
-    validate_value, watch_channel,
+    CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionIdentity,
+    SessionState, WATCH_CAPACITY, Watch, WatchEvent, WatchSender, validate_key,
+    validate_transaction, validate_value, watch_channel,
 };
 use rota_model::SessionId;
 use std::collections::HashMap;
@@ -254,26 +254,26 @@ impl Coordination for ZooKeeperCoordination {
             }
         });
         Ok(Arc::new(ZooKeeperSession {
-            id,
-            timeout,
+            identity: SessionIdentity {
+                id,
+                timeout,
+                state: state_rx,
+            },
             client: Arc::new(Mutex::new(Some(client))),
             secured: self.digest.is_some(),
             state: state_tx,
-            state_rx,
         }))
     }
 }
 
 struct ZooKeeperSession {
-    id: SessionId,
-    timeout: Duration,
+    identity: SessionIdentity,
     /// Shared with the session's watches, which set themselves again through it; none keeps a
     /// handle of its own, since dropping the last handle is what closes the session.
     client: Arc<Mutex<Option<zk::Client>>>,
     /// Authenticated: create nodes only this user may change.
     secured: bool,
     state: watch::Sender<SessionState>,
-    state_rx: watch::Receiver<SessionState>,
 }
 
 impl ZooKeeperSession {
@@ -319,16 +319,8 @@ fn zk_version(v: Option<u64>) -> Option<i32> {
 
 #[async_trait]
 impl Session for ZooKeeperSession {
-    fn id(&self) -> SessionId {
-        self.id.clone()
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn state(&self) -> watch::Receiver<SessionState> {
-        self.state_rx.clone()
+    fn identity(&self) -> SessionIdentity {
+        self.identity.clone()
     }
 
     async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {
@@ -524,7 +516,7 @@ impl Session for ZooKeeperSession {
         // The client's session task sends CloseSession once the last handle is gone, then reports
         // Closed: wait for that, so a process that exits right after closing does not leave its
         // session (and ephemeral znodes) behind until the timeout.
-        let mut state = self.state_rx.clone();
+        let mut state = self.identity.state.clone();
         let _ =
             tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.is_final())).await;
         self.state.send_if_modified(|s| {

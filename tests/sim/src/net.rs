@@ -9,8 +9,8 @@
 use crate::history::History;
 use async_trait::async_trait;
 use rota_cluster::coordination::{
-    CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionState,
-    WATCH_CAPACITY, Watch, watch_channel,
+    CoordError, Coordination, CreateMode, Node, Op, OpResult, Session, SessionIdentity,
+    SessionState, WATCH_CAPACITY, Watch, watch_channel,
 };
 use rota_cluster::keys::ClusterKeys;
 use rota_memory::MemoryCoordination;
@@ -225,16 +225,11 @@ impl SimSession {
 
 #[async_trait]
 impl Session for SimSession {
-    fn id(&self) -> SessionId {
-        self.inner.id()
-    }
-
-    fn timeout(&self) -> Duration {
-        self.inner.timeout()
-    }
-
-    fn state(&self) -> watch::Receiver<SessionState> {
-        self.state.subscribe()
+    fn identity(&self) -> SessionIdentity {
+        SessionIdentity {
+            state: self.state.subscribe(),
+            ..self.inner.identity()
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {

@@ -418,19 +418,41 @@ pub trait Coordination: Send + Sync {
     async fn connect(&self, timeout: Duration) -> Result<Arc<dyn Session>, CoordError>;
 }
 
+/// What a session is, apart from its calls: a backend's session keeps one from its start and
+/// answers [`Session::identity`] with it.
+#[derive(Clone, Debug)]
+pub struct SessionIdentity {
+    /// Unique for the store's lifetime.
+    pub id: SessionId,
+    /// The timeout the store granted.
+    pub timeout: Duration,
+    /// The session's state, as a stream.
+    pub state: watch::Receiver<SessionState>,
+}
+
 /// One session with the store. All calls made through it are tied to it: ephemeral keys it
 /// creates live as long as it does.
 #[async_trait]
 pub trait Session: Send + Sync {
+    /// The session's id, timeout and state (a wrapper's: those of the session it stands for
+    /// now).
+    fn identity(&self) -> SessionIdentity;
+
     /// The session's id, unique for the store's lifetime.
-    fn id(&self) -> SessionId;
+    fn id(&self) -> SessionId {
+        self.identity().id
+    }
 
     /// The session's timeout.
-    fn timeout(&self) -> Duration;
+    fn timeout(&self) -> Duration {
+        self.identity().timeout
+    }
 
     /// The session's state, as a stream: the receiver sees every change of state (it may skip
     /// intermediate states if it reads slowly, but never misses the latest).
-    fn state(&self) -> watch::Receiver<SessionState>;
+    fn state(&self) -> watch::Receiver<SessionState> {
+        self.identity().state
+    }
 
     /// The value of `key`, if it exists.
     async fn get(&self, key: &str) -> Result<Option<Node>, CoordError>;

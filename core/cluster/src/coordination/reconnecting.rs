@@ -6,12 +6,10 @@
 //! Not for holders of ephemeral keys or of watches tied to one session (participants,
 //! controllers): they must see their session end, and act on it.
 
-use super::{CoordError, Coordination, Node, Op, OpResult, Session, SessionState, Watch};
+use super::{CoordError, Coordination, Node, Op, OpResult, Session, SessionIdentity, Watch};
 use async_trait::async_trait;
-use rota_model::SessionId;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// A [`Session`] that replaces its session with a new one once it has ended.
 pub struct Reconnecting {
@@ -64,16 +62,11 @@ impl Reconnecting {
 
 #[async_trait]
 impl Session for Reconnecting {
-    fn id(&self) -> SessionId {
-        self.current().id()
-    }
-
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn state(&self) -> watch::Receiver<SessionState> {
-        self.current().state()
+    fn identity(&self) -> SessionIdentity {
+        SessionIdentity {
+            timeout: self.timeout,
+            ..self.current().identity()
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {
