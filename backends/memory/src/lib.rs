@@ -491,10 +491,6 @@ struct MemorySession {
 
 #[async_trait]
 impl Session for MemorySession {
-    fn identity(&self) -> SessionIdentity {
-        self.identity.clone()
-    }
-
     async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {
         validate_key(key)?;
         let inner = self.store.lock();
@@ -540,6 +536,10 @@ impl Session for MemorySession {
     async fn close(&self) -> Result<(), CoordError> {
         self.store.lock().end(self.number, SessionState::Closed);
         Ok(())
+    }
+
+    fn identity(&self) -> SessionIdentity {
+        self.identity.clone()
     }
 }
 

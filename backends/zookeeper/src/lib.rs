@@ -319,10 +319,6 @@ fn zk_version(v: Option<u64>) -> Option<i32> {
 
 #[async_trait]
 impl Session for ZooKeeperSession {
-    fn identity(&self) -> SessionIdentity {
-        self.identity.clone()
-    }
-
     async fn get(&self, key: &str) -> Result<Option<Node>, CoordError> {
         validate_key(key)?;
         match self.client()?.get_data(key).await {
@@ -527,5 +523,9 @@ impl Session for ZooKeeperSession {
             true
         });
         Ok(())
+    }
+
+    fn identity(&self) -> SessionIdentity {
+        self.identity.clone()
     }
 }
