@@ -21,6 +21,12 @@ fn refused(partitions: &[Claim], owned: &[i32]) -> Vec<u32> {
         .collect()
 }
 
+/// `sql` with the grant's partition, owner and epoch bound as `$1`, `$2`, `$3`.
+fn granted<'q>(sql: &'static str, grant: &'q AcquirePartition) -> Query<'q, Postgres, PgArguments> {
+    let query = sqlx::query(sql).bind(grant.partition as i32);
+    query.bind(grant.owner.as_str()).bind(grant.epoch as i64)
+}
+
 /// The parallel arrays (`$2` partitions, `$3` epochs) that [`owned!`] reads.
 fn claim_arrays(partitions: &[Claim]) -> (Vec<i32>, Vec<i64>) {
     partitions
@@ -37,16 +43,12 @@ impl Execution for PostgresTaskStore {
         let now = self.now(now).await?;
         let mut tx = self.begin().await?;
         // Insert the row if missing, then lock it: ownership changes are serialised per partition.
-        sqlx::query(
-            "INSERT INTO rota_partition_owners (partition, owner, epoch) VALUES ($1, $2, $3) \
-             ON CONFLICT (partition) DO NOTHING",
-        )
-        .bind(partition as i32)
-        .bind(owner.as_str())
-        .bind(epoch as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let insert = "INSERT INTO rota_partition_owners (partition, owner, epoch) \
+                      VALUES ($1, $2, $3) ON CONFLICT (partition) DO NOTHING";
+        granted(insert, &grant)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         let row = sqlx::query(
             "SELECT owner, epoch FROM rota_partition_owners WHERE partition = $1 FOR UPDATE",
         )
@@ -56,10 +58,8 @@ impl Execution for PostgresTaskStore {
         .map_err(backend)?;
         let (holder, current): (String, i64) = (row.get("owner"), row.get("epoch"));
         grant.check(Some((&holder, current as Epoch)))?;
-        sqlx::query("UPDATE rota_partition_owners SET owner = $2, epoch = $3 WHERE partition = $1")
-            .bind(partition as i32)
-            .bind(owner.as_str())
-            .bind(epoch as i64)
+        let update = "UPDATE rota_partition_owners SET owner = $2, epoch = $3 WHERE partition = $1";
+        granted(update, &grant)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;

@@ -117,6 +117,13 @@ macro_rules! owned {
     };
 }
 
+/// `SELECT` of every task column `FROM rota_tasks`, then `$rest` (a literal: the condition).
+macro_rules! select_tasks {
+    ($rest:literal) => {
+        concat!("SELECT ", columns!(), " FROM rota_tasks ", $rest)
+    };
+}
+
 /// The task columns, in the order [`task_from`] reads them by name (a macro, so that queries stay
 /// `&'static str` literals, which sqlx accepts without an injection audit).
 macro_rules! columns {
@@ -325,15 +332,11 @@ impl PostgresTaskStore {
 
     /// The tasks holding these idempotency keys.
     async fn by_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM rota_tasks WHERE idempotency_key = ANY($1)"
-        ))
-        .bind(keys)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(select_tasks!("WHERE idempotency_key = ANY($1)"))
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         tasks_from(&rows)
     }
 

@@ -39,6 +39,18 @@ macro_rules! schedule_columns {
     };
 }
 
+/// `SELECT` of every schedule column `FROM rota_schedules`, then `$rest` (a literal).
+macro_rules! select_schedules {
+    ($rest:literal) => {
+        concat!(
+            "SELECT ",
+            schedule_columns!(),
+            " FROM rota_schedules ",
+            $rest
+        )
+    };
+}
+
 fn decode(what: &str, e: serde_json::Error) -> StoreError {
     StoreError::Backend(format!("stored schedule {what} unreadable: {e}"))
 }
@@ -61,15 +73,11 @@ fn schedule_from(row: &PgRow) -> Result<Schedule, StoreError> {
 
 /// One schedule.
 pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Schedule>, StoreError> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        schedule_columns!(),
-        " FROM rota_schedules WHERE name = $1"
-    ))
-    .bind(name)
-    .fetch_optional(pool)
-    .await
-    .map_err(backend)?;
+    let row = sqlx::query(select_schedules!("WHERE name = $1"))
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(backend)?;
     row.as_ref().map(schedule_from).transpose()
 }
 
@@ -79,10 +87,8 @@ pub async fn list(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Schedule>, StoreError> {
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        schedule_columns!(),
-        " FROM rota_schedules WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2"
+    let rows = sqlx::query(select_schedules!(
+        "WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2"
     ))
     .bind(after)
     .bind(limit.max(1) as i64)
@@ -101,15 +107,11 @@ pub async fn write(
 ) -> Result<ScheduleWritten, StoreError> {
     let partitions = write.partitions;
     let s = &write.schedule;
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        schedule_columns!(),
-        " FROM rota_schedules WHERE name = $1 FOR UPDATE"
-    ))
-    .bind(&s.def.name)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(backend)?;
+    let row = sqlx::query(select_schedules!("WHERE name = $1 FOR UPDATE"))
+        .bind(&s.def.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
     let current = row.as_ref().map(schedule_from).transpose()?;
     if current.as_ref().map(|c| c.revision) != write.expected {
         return Ok(ScheduleWritten::Conflict(current.map(Box::new)));
@@ -202,15 +204,11 @@ async fn insert_one(
     if let Some(row) = row {
         return Ok((task_from(&row).map_err(backend)?, true));
     }
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM rota_tasks WHERE idempotency_key = $1"
-    ))
-    .bind(&task.idempotency_key)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(backend)?;
+    let row = sqlx::query(select_tasks!("WHERE idempotency_key = $1"))
+        .bind(&task.idempotency_key)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
     Ok((task_from(&row).map_err(backend)?, false))
 }
 
@@ -233,10 +231,8 @@ pub async fn due(
     limit: usize,
 ) -> Result<DueSchedules, StoreError> {
     let partitions: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        schedule_columns!(),
-        " FROM rota_schedules WHERE partition = ANY($1) AND next_tick IS NOT NULL \
+    let rows = sqlx::query(select_schedules!(
+        "WHERE partition = ANY($1) AND next_tick IS NOT NULL \
          AND NOT paused AND next_tick <= $2 ORDER BY next_tick, name LIMIT $3"
     ))
     .bind(&partitions)

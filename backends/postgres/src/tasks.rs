@@ -137,15 +137,11 @@ impl Tasks for PostgresTaskStore {
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM rota_tasks WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let row = sqlx::query(select_tasks!("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(task_from).transpose().map_err(backend)
     }
 
@@ -182,11 +178,7 @@ impl Tasks for PostgresTaskStore {
             "id"
         };
         let sql = format!(
-            concat!(
-                "SELECT ",
-                columns!(),
-                " FROM rota_tasks WHERE id > $1{}{} ORDER BY {} LIMIT $2"
-            ),
+            select_tasks!("WHERE id > $1{}{} ORDER BY {} LIMIT $2"),
             by_status, by_name, order
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -215,15 +207,11 @@ impl Tasks for PostgresTaskStore {
         let outcome = match cancelled {
             Some(row) => CancelOutcome::Cancelled(task_from(&row).map_err(backend)?),
             None => {
-                let row = sqlx::query(concat!(
-                    "SELECT ",
-                    columns!(),
-                    " FROM rota_tasks WHERE id = $1"
-                ))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
+                let row = sqlx::query(select_tasks!("WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
                 match row {
                     Some(row) => CancelOutcome::Conflict(task_from(&row).map_err(backend)?),
                     None => CancelOutcome::NotFound,
