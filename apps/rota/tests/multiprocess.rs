@@ -233,18 +233,9 @@ async fn kill_a_worker_and_the_leading_controller_mid_run(backend: &'static str,
     })
     .await;
     // The command line shows the same schedule as the API: paused, its last runs with tasks.
-    let out = env
-        .command(&["admin", "schedules", "show", &beat], None)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut show = env.command(&["admin", "schedules", "show", &beat], None);
+    let out = rota_test_harness::output_of(&mut show, "rota admin schedules show");
+    let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["paused"], true, "{shown}");
     let runs = shown["lastRuns"].as_array().unwrap();
     assert_eq!(runs.len(), 10, "{shown}");

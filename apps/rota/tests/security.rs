@@ -34,18 +34,11 @@ struct Made {
 }
 
 fn make_token(name: &str, scopes: &str) -> Made {
-    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
-        .args([
-            "admin", "token", "create", "--name", name, "--scopes", scopes,
-        ])
-        .output()
-        .expect("run rota admin token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let mut create = Command::new(env!("CARGO_BIN_EXE_rota"));
+    create
+        .args(["admin", "token", "create", "--name", name])
+        .args(["--scopes", scopes]);
+    let text = rota_test_harness::output_of(&mut create, "rota admin token create");
     let token = text.lines().next().unwrap().to_owned();
     assert!(
         token.starts_with("rota_"),

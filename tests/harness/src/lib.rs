@@ -350,15 +350,22 @@ impl Postgres {
 
 /// Creates database `name` on the server at `host:port`, as the superuser `rota`.
 fn createdb(bin: &Path, as_postgres: bool, host: &str, port: u16, name: &str) {
-    let out = command(&bin.join("createdb"), as_postgres)
-        .args(["-h", host, "-p", &port.to_string(), "-U", "rota", name])
+    let mut createdb = command(&bin.join("createdb"), as_postgres);
+    createdb.args(["-h", host, "-p", &port.to_string(), "-U", "rota", name]);
+    output_of(&mut createdb, "createdb");
+}
+
+/// Runs `command` to its end and returns its standard output; panics, with its standard
+/// error, unless it succeeded.
+pub fn output_of(command: &mut Command, what: &str) -> String {
+    let out = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .output()
-        .expect("createdb runs");
-    assert!(
-        out.status.success(),
-        "createdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Drop for Postgres {
@@ -372,19 +379,22 @@ impl Drop for Postgres {
     }
 }
 
-/// A running ZooKeeper server (standalone).
-pub struct ZooKeeper {
-    /// Port on 127.0.0.1.
+/// A throwaway server process on a loopback port, killed when dropped.
+pub struct LocalServer {
+    /// Port on 127.0.0.1 (etcd's: the client port).
     pub port: u16,
     _guard: Mutex<Child>,
 }
 
-impl ZooKeeper {
-    /// The connect string.
+impl LocalServer {
+    /// `127.0.0.1:port`: ZooKeeper's connect string, etcd's client endpoint.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+/// A running ZooKeeper server (standalone).
+pub type ZooKeeper = LocalServer;
 
 /// The ZooKeeper server of this test binary, started on first use.
 pub fn zookeeper() -> &'static ZooKeeper {
@@ -456,18 +466,7 @@ fn ruok(addr: std::net::Ipv4Addr, port: u16) -> bool {
 }
 
 /// A running etcd server (one member).
-pub struct Etcd {
-    /// Client port on 127.0.0.1.
-    pub port: u16,
-    _guard: Mutex<Child>,
-}
-
-impl Etcd {
-    /// The client endpoint (`127.0.0.1:port`).
-    pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
+pub type Etcd = LocalServer;
 
 /// The etcd server of this test binary, started on first use.
 pub fn etcd() -> &'static Etcd {
