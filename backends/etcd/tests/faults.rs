@@ -9,9 +9,10 @@ mod common;
 use common::{hold, next, put, session, value};
 use etcd_client::Client;
 use rota_cluster::coordination::conformance::wait_state;
-use rota_cluster::coordination::{CoordError, Coordination, SessionState, WatchEvent};
+use rota_cluster::coordination::{CoordError, Coordination, Session, SessionState, WatchEvent};
 use rota_etcd::EtcdCoordination;
 use rota_test_harness::{Proxy, etcd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -24,11 +25,17 @@ fn root(name: &str) -> String {
     )
 }
 
+/// A session of `timeout` through a proxy the test can cut, and one straight to the server.
+async fn cut_and_direct(timeout: Duration) -> (Proxy, Arc<dyn Session>, Arc<dyn Session>) {
+    let proxy = Proxy::start(etcd().port);
+    let through = session(vec![proxy.endpoint()], timeout).await;
+    let direct = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
+    (proxy, through, direct)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_after_a_partition_without_losing_an_event() {
-    let proxy = Proxy::start(etcd().port);
-    let watcher = session(vec![proxy.endpoint()], Duration::from_secs(30)).await;
-    let writer = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
+    let (proxy, watcher, writer) = cut_and_direct(Duration::from_secs(30)).await;
     let key = root("resume");
     put(&*writer, &key, value(0)).await;
     let mut watch = watcher.watch(&key, false).await.unwrap();
@@ -53,9 +60,7 @@ async fn watch_resumes_after_a_partition_without_losing_an_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_lost_while_cut_off_is_session_expiry_and_fences_writes() {
-    let proxy = Proxy::start(etcd().port);
-    let holder = session(vec![proxy.endpoint()], Duration::from_secs(3)).await;
-    let observer = session(vec![etcd().endpoint()], Duration::from_secs(10)).await;
+    let (proxy, holder, observer) = cut_and_direct(Duration::from_secs(3)).await;
     let dir = root("lease");
     let (ephemeral, persistent) = (format!("{dir}/owner"), format!("{dir}/data"));
     hold(&*holder, &ephemeral, b"me".to_vec()).await;

@@ -7,6 +7,12 @@ use rota_model::SessionId;
 use rota_zookeeper::ZooKeeperCoordination;
 use std::sync::Arc;
 
+/// A fresh root on the harness's server, with its fault injection.
+async fn harness() -> Harness {
+    let store = ZooKeeperCoordination::new(rota_test_harness::zookeeper().endpoint());
+    Harness::fresh(Arc::new(store.clone()), Arc::new(ZkFaults(store)))
+}
+
 struct ZkFaults(ZooKeeperCoordination);
 
 #[async_trait]
@@ -14,11 +20,6 @@ impl Faults for ZkFaults {
     async fn expire(&self, session: &SessionId) {
         self.0.expire(session).await;
     }
-}
-
-async fn harness() -> Harness {
-    let store = ZooKeeperCoordination::new(rota_test_harness::zookeeper().endpoint());
-    Harness::fresh(Arc::new(store.clone()), Arc::new(ZkFaults(store)))
 }
 
 rota_cluster::coordination_conformance!(harness);
