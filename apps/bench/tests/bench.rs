@@ -46,6 +46,14 @@ fn bench(args: &[&str]) -> Value {
     report
 }
 
+/// The value `name` of the figure whose name starts with `prefix`.
+fn number(report: &Value, prefix: &str, name: &str) -> f64 {
+    let value = &figure(report, prefix)["values"][name];
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{prefix}: no number {name:?}"))
+}
+
 fn figure<'a>(report: &'a Value, prefix: &str) -> &'a Value {
     report["figures"]
         .as_array()
@@ -62,26 +70,11 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn every_scenario_runs_on_dev() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let report = bench(&["--tasks", "500", "--rate", "200", "--seconds", "2"]);
-    assert!(
-        figure(&report, "insert 500")["values"]["tasks/s"]
-            .as_f64()
-            .unwrap()
-            > 0.0
-    );
-    assert!(
-        figure(&report, "burn-down 500")["values"]["tasks/s"]
-            .as_f64()
-            .unwrap()
-            > 0.0
-    );
+    assert!(number(&report, "insert 500", "tasks/s") > 0.0);
+    assert!(number(&report, "burn-down 500", "tasks/s") > 0.0);
     let lag = &figure(&report, "latency")["values"];
     assert!(lag["p50 ms"].as_f64().unwrap() <= lag["max ms"].as_f64().unwrap());
-    assert!(
-        figure(&report, "peak RSS")["values"]["MB"]
-            .as_f64()
-            .unwrap()
-            > 1.0
-    );
+    assert!(number(&report, "peak RSS", "MB") > 1.0);
     // A dev cluster has no worker process to kill: asking for failover is a clear error.
     let out = rota_bench()
         .args(["--scenarios", "failover"])
@@ -108,19 +101,9 @@ fn every_scenario_runs_on_production() {
         "--seconds",
         "2",
     ]);
-    assert!(
-        figure(&report, "burn-down 500")["values"]["tasks/s"]
-            .as_f64()
-            .unwrap()
-            > 0.0
-    );
+    assert!(number(&report, "burn-down 500", "tasks/s") > 0.0);
     let failover = &figure(&report, "failover")["values"];
     // The killed worker's partitions ran again: the figure exists and is a real time.
     assert!(failover["s"].as_f64().unwrap() > 0.0, "{failover}");
-    assert!(
-        figure(&report, "peak RSS api")["values"]["MB"]
-            .as_f64()
-            .unwrap()
-            > 1.0
-    );
+    assert!(number(&report, "peak RSS api", "MB") > 1.0);
 }
