@@ -3,6 +3,19 @@
 use super::*;
 use figment::Jail;
 
+/// The default config, on etcd.
+fn on_etcd() -> Config {
+    let mut config = Config::default();
+    config.coordination.backend = CoordinationBackend::Etcd;
+    config
+}
+
+/// Asserts that `config` is refused with an error that names `what`.
+fn refused(config: &Config, what: &str) {
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains(what), "{err}");
+}
+
 #[test]
 fn file_then_environment_override_defaults() {
     Jail::expect_with(|jail| {
@@ -175,33 +188,27 @@ fn variables_that_are_not_settings_are_left_alone() {
 
 #[test]
 fn the_etcd_prefix_is_checked() {
-    let mut config = Config::default();
-    config.coordination.backend = CoordinationBackend::Etcd;
+    let mut config = on_etcd();
     config.coordination.prefix = "/tenant-a/rota".into();
     config.validate().unwrap();
     config.coordination.prefix = "tenant".into();
-    let err = config.validate().unwrap_err().to_string();
-    assert!(err.contains("coordination.prefix"), "{err}");
+    refused(&config, "coordination.prefix");
     config.coordination.backend = CoordinationBackend::Zookeeper;
     config.coordination.prefix = "/tenant".into();
-    let err = config.validate().unwrap_err().to_string();
-    assert!(err.contains("chroot"), "{err}");
+    refused(&config, "chroot");
 }
 
 #[test]
 fn etcd_credentials_come_in_pairs() {
-    let mut config = Config::default();
-    config.coordination.backend = CoordinationBackend::Etcd;
+    let mut config = on_etcd();
     config.coordination.username = Some("rota".into());
-    let err = config.validate().unwrap_err().to_string();
-    assert!(err.contains("coordination.password"), "{err}");
+    refused(&config, "coordination.password");
     config.coordination.password = Some("s3cret".into());
     config.validate().unwrap();
     config.coordination.backend = CoordinationBackend::Zookeeper;
     config.validate().unwrap();
     config.coordination.backend = CoordinationBackend::Memory;
-    let err = config.validate().unwrap_err().to_string();
-    assert!(err.contains("for etcd and ZooKeeper"), "{err}");
+    refused(&config, "for etcd and ZooKeeper");
 }
 
 #[test]
