@@ -11,6 +11,7 @@
 //! Steps 3 and 4 fall back to short chains found by breadth-first search, cheap here because a
 //! node leads few partitions and each has few holders.
 
+use super::shares::Ranged;
 use std::collections::VecDeque;
 
 pub(crate) struct TopProblem<'a> {
@@ -43,18 +44,6 @@ struct Tops<'p, 'a> {
 }
 
 impl Tops<'_, '_> {
-    fn count(&self, node: usize) -> u64 {
-        self.node_tops[node].len() as u64
-    }
-
-    fn lo(&self, node: usize) -> u64 {
-        self.problem.range[node].0
-    }
-
-    fn hi(&self, node: usize) -> u64 {
-        self.problem.range[node].1
-    }
-
     /// Lower is a better receiver: negative below `hi`, below -1 under `lo`.
     fn fullness(&self, node: usize) -> i64 {
         2 * self.count(node) as i64 - (self.lo(node) + self.hi(node)) as i64
@@ -118,6 +107,16 @@ impl Tops<'_, '_> {
             self.hand_over(p, from, to);
         }
         true
+    }
+}
+
+impl Ranged for Tops<'_, '_> {
+    fn count(&self, node: usize) -> u64 {
+        self.node_tops[node].len() as u64
+    }
+
+    fn range(&self, node: usize) -> (u64, u64) {
+        self.problem.range[node]
     }
 }
 

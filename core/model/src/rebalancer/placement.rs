@@ -16,6 +16,7 @@
 //! stuck fills are the only moves beyond the lower bound, and the property tests measure them.
 
 use super::buckets::MaxBuckets;
+use super::shares::Ranged;
 use std::collections::VecDeque;
 
 /// The placement problem, over nodes `0..zone_of.len()`.
@@ -45,21 +46,19 @@ struct State<'p, 'a> {
     node_parts: Vec<Vec<usize>>,
 }
 
-impl State<'_, '_> {
-    fn nodes(&self) -> usize {
-        self.problem.zone_of.len()
-    }
-
+impl Ranged for State<'_, '_> {
     fn count(&self, node: usize) -> u64 {
         self.node_parts[node].len() as u64
     }
 
-    fn lo(&self, node: usize) -> u64 {
-        self.problem.range[node].0
+    fn range(&self, node: usize) -> (u64, u64) {
+        self.problem.range[node]
     }
+}
 
-    fn hi(&self, node: usize) -> u64 {
-        self.problem.range[node].1
+impl State<'_, '_> {
+    fn nodes(&self) -> usize {
+        self.problem.zone_of.len()
     }
 
     /// Priority of a node as a receiver: positive while below `hi`, and above 1 while below `lo`.
@@ -258,26 +257,15 @@ fn shed(state: &mut State<'_, '_>) {
 /// returned receiver end first so every intermediate node gives before it receives.
 fn shed_chain(state: &State<'_, '_>, giver: usize) -> Option<Vec<(usize, usize, usize)>> {
     let nodes = state.nodes();
-    let mut parent: Vec<Option<(usize, usize)>> = vec![None; nodes];
-    let mut seen = vec![false; nodes];
-    seen[giver] = true;
-    let mut queue = VecDeque::from([giver]);
-    while let Some(from) = queue.pop_front() {
-        for p in state.sheddable(from) {
-            for to in 0..nodes {
-                if seen[to] || !state.fits(p, to, Some(from)) {
-                    continue;
-                }
-                seen[to] = true;
-                parent[to] = Some((from, p));
-                if state.count(to) < state.hi(to) {
-                    return Some(unwind(&parent, to, |prev, p, at| (p, prev, at)));
-                }
-                queue.push_back(to);
-            }
-        }
-    }
-    None
+    let links = |from| {
+        let targets = move |p| (0..nodes).map(move |to| (p, to));
+        state.sheddable(from).flat_map(targets)
+    };
+    let fits = |p, from, to| state.fits(p, to, Some(from));
+    let (parent, end) = breadth_first(nodes, giver, links, fits, |to| {
+        state.count(to) < state.hi(to)
+    })?;
+    Some(unwind(&parent, end, |prev, p, at| (p, prev, at)))
 }
 
 /// Nodes below `lo` take replicas from nodes above `lo`.
@@ -320,24 +308,46 @@ fn gather(state: &mut State<'_, '_>) {
 /// A chain `source -p1-> a -p2-> ... -> taker` where `source` is above `lo`, found backwards from
 /// the taker and returned source end first, so every intermediate node receives before it gives.
 fn gather_chain(state: &State<'_, '_>, taker: usize) -> Option<Vec<(usize, usize, usize)>> {
-    let nodes = state.nodes();
-    let mut parent: Vec<Option<(usize, usize)>> = vec![None; nodes];
+    let links = |_| {
+        let sources = |p: usize| state.parts[p].iter().map(move |&from| (p, from));
+        (0..state.problem.partitions).flat_map(sources)
+    };
+    let fits = |p, to, from| state.fits(p, to, Some(from));
+    let (parent, end) = breadth_first(state.nodes(), taker, links, fits, |from| {
+        state.count(from) > state.lo(from)
+    })?;
+    Some(unwind(&parent, end, |next, p, at| (p, at, next)))
+}
+
+/// For each node a search reached, the node it came from and the partition of that hop.
+type LinksBack = Vec<Option<(usize, usize)>>;
+
+/// Searches breadth first from `root` for a node `goal` accepts. `links(near)` lists the hops
+/// out of `near` as `(partition, far)`; `usable(partition, near, far)` says whether a hop may be
+/// taken, and is asked only of nodes not reached yet. Returns each reached node's link back
+/// (`(near, partition)`), for [`unwind`], and the node found.
+fn breadth_first<I: Iterator<Item = (usize, usize)>>(
+    nodes: usize,
+    root: usize,
+    links: impl Fn(usize) -> I,
+    usable: impl Fn(usize, usize, usize) -> bool,
+    goal: impl Fn(usize) -> bool,
+) -> Option<(LinksBack, usize)> {
+    let mut parent: LinksBack = vec![None; nodes];
     let mut seen = vec![false; nodes];
-    seen[taker] = true;
-    let mut queue = VecDeque::from([taker]);
-    while let Some(to) = queue.pop_front() {
-        for p in 0..state.problem.partitions {
-            for &from in &state.parts[p] {
-                if seen[from] || !state.fits(p, to, Some(from)) {
-                    continue;
-                }
-                seen[from] = true;
-                parent[from] = Some((to, p));
-                if state.count(from) > state.lo(from) {
-                    return Some(unwind(&parent, from, |next, p, at| (p, at, next)));
-                }
-                queue.push_back(from);
+    seen[root] = true;
+    let mut queue = VecDeque::from([root]);
+    while let Some(near) = queue.pop_front() {
+        for (p, far) in links(near) {
+            if seen[far] || !usable(p, near, far) {
+                continue;
             }
+            seen[far] = true;
+            parent[far] = Some((near, p));
+            if goal(far) {
+                return Some((parent, far));
+            }
+            queue.push_back(far);
         }
     }
     None

@@ -215,6 +215,26 @@ pub(crate) fn range(share: Ratio) -> (u64, u64) {
     (lo, if share.is_integer() { lo } else { lo + 1 })
 }
 
+/// A count per node that a balancing pass keeps within each node's [`range`]: what placement
+/// does with replicas and leadership with top states.
+pub(crate) trait Ranged {
+    /// What `node` holds now.
+    fn count(&self, node: usize) -> u64;
+
+    /// The range `[lo, hi]` of `node`'s share.
+    fn range(&self, node: usize) -> (u64, u64);
+
+    /// The floor of `node`'s share.
+    fn lo(&self, node: usize) -> u64 {
+        self.range(node).0
+    }
+
+    /// The ceiling of `node`'s share.
+    fn hi(&self, node: usize) -> u64 {
+        self.range(node).1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
