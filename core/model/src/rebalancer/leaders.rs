@@ -44,6 +44,33 @@ struct Tops<'p, 'a> {
 }
 
 impl Tops<'_, '_> {
+    /// Whether `node` holds more tops than its range allows (shedding) or fewer (gathering).
+    fn off_balance(&self, node: usize, direction: Direction) -> bool {
+        match direction {
+            Direction::Shed => self.count(node) > self.hi(node),
+            Direction::Gather => self.count(node) < self.lo(node),
+        }
+    }
+
+    /// One hand-over `(partition, from, to)` that brings `node` toward its range at once:
+    /// shedding, a top of its to a holder below `hi`; gathering, a top it follows from a leader
+    /// above `lo`.
+    fn direct_move(&self, node: usize, direction: Direction) -> Option<(usize, usize, usize)> {
+        match direction {
+            Direction::Shed => self.led(node).find_map(|p| {
+                self.best_receiver(p, |n| self.count(n) < self.hi(n))
+                    .map(|to| (p, node, to))
+            }),
+            Direction::Gather => self.node_follows[node].iter().find_map(|&p| {
+                self.tops[p]
+                    .iter()
+                    .copied()
+                    .find(|&k| self.count(k) > self.lo(k))
+                    .map(|from| (p, from, node))
+            }),
+        }
+    }
+
     /// Lower is a better receiver: negative below `hi`, below -1 under `lo`.
     fn fullness(&self, node: usize) -> i64 {
         2 * self.count(node) as i64 - (self.lo(node) + self.hi(node)) as i64
@@ -150,42 +177,19 @@ pub(crate) fn choose_tops(problem: &TopProblem<'_>, nodes: usize) -> Vec<Vec<usi
             state.grant(p, best);
         }
     }
-    for giver in 0..nodes {
-        let mut failures = 0;
-        while state.count(giver) > state.hi(giver) && failures <= 3 {
-            let direct = state.led(giver).find_map(|p| {
-                state
-                    .best_receiver(p, |n| state.count(n) < state.hi(n))
-                    .map(|to| (p, to))
-            });
-            if let Some((p, to)) = direct {
-                state.hand_over(p, giver, to);
-                continue;
+    for direction in [Direction::Shed, Direction::Gather] {
+        for node in 0..nodes {
+            let mut failures = 0;
+            while state.off_balance(node, direction) && failures <= 3 {
+                if let Some((p, from, to)) = state.direct_move(node, direction) {
+                    state.hand_over(p, from, to);
+                    continue;
+                }
+                let Some(chain) = search(&state, node, nodes, direction) else {
+                    break;
+                };
+                failures += usize::from(!state.apply_chain(chain));
             }
-            let Some(chain) = search(&state, giver, nodes, Direction::Shed) else {
-                break;
-            };
-            failures += usize::from(!state.apply_chain(chain));
-        }
-    }
-    for taker in 0..nodes {
-        let mut failures = 0;
-        while state.count(taker) < state.lo(taker) && failures <= 3 {
-            let direct = state.node_follows[taker].iter().find_map(|&p| {
-                state.tops[p]
-                    .iter()
-                    .copied()
-                    .find(|&k| state.count(k) > state.lo(k))
-                    .map(|from| (p, from))
-            });
-            if let Some((p, from)) = direct {
-                state.hand_over(p, from, taker);
-                continue;
-            }
-            let Some(chain) = search(&state, taker, nodes, Direction::Gather) else {
-                break;
-            };
-            failures += usize::from(!state.apply_chain(chain));
         }
     }
     state.tops
