@@ -238,16 +238,27 @@ impl TestCluster {
         ) else {
             return false;
         };
+        Self::settled(&self.resource, &self.model, instances, &ideal, &view)
+    }
+
+    /// Whether `view` shows `ideal` and `ideal` is the rebalancer's fixed point over
+    /// `instances`: what converged means, for any cluster under test.
+    pub fn settled(
+        resource: &ResourceConfig,
+        model: &StateModel,
+        instances: &[InstanceConfig],
+        ideal: &IdealState,
+        view: &ExternalView,
+    ) -> bool {
         // The cheap comparison first: the rebalance is the costly part of a check.
-        Self::view_map(&view) == Self::ideal_map(&ideal)
+        Self::view_map(view) == Self::ideal_map(ideal)
             && rebalance(&RebalanceInput {
-                resource: &self.resource,
-                state_model: &self.model,
+                resource,
+                state_model: model,
                 instances,
-                previous: Some(&ideal),
+                previous: Some(ideal),
             })
-            .unwrap()
-                == ideal
+            .is_ok_and(|next| next == *ideal)
     }
 
     /// Waits until converged over the running participants, checking each time the external

@@ -566,13 +566,7 @@ impl Sim {
         ) else {
             return false;
         };
-        TestCluster::view_map(&view) == TestCluster::ideal_map(&ideal)
-            && rebalance(&RebalanceInput {
-                resource: &self.resource,
-                state_model: &self.model,
-                instances: &self.live_instances(),
-                previous: Some(&ideal),
-            })
-            .is_ok_and(|next| next == ideal)
+        let instances = self.live_instances();
+        TestCluster::settled(&self.resource, &self.model, &instances, &ideal, &view)
     }
 }

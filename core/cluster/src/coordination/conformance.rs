@@ -67,6 +67,14 @@ impl Harness {
     }
 }
 
+/// Creates the persistent `key` holding `value`, through `session`.
+async fn persist(session: &dyn Session, key: &str, value: &[u8]) {
+    let created = session
+        .create(key, value.to_vec(), CreateMode::Persistent)
+        .await;
+    created.unwrap_or_else(|e| panic!("creating {key}: {e}"));
+}
+
 /// The next event of `watch`, failing the test after [`DEADLINE`].
 pub async fn next_event(watch: &mut Watch) -> Option<WatchEvent> {
     tokio::time::timeout(DEADLINE, watch.next())
@@ -88,9 +96,7 @@ pub async fn crud(h: &Harness) {
     let s = h.session().await;
     let key = h.key("crud");
     assert_eq!(s.get(&key).await.unwrap(), None);
-    s.create(&key, b"one".to_vec(), CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*s, &key, b"one").await;
     let node = s.get(&key).await.unwrap().unwrap();
     assert_eq!(
         (node.value.as_slice(), node.version, node.ephemeral),
@@ -136,9 +142,7 @@ pub async fn crud(h: &Harness) {
 pub async fn cas_conflicts(h: &Harness) {
     let key = h.key("counter");
     let s = h.session().await;
-    s.create(&key, b"0".to_vec(), CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*s, &key, b"0").await;
     let (writers, increments) = (6, 15);
     let mut tasks = Vec::new();
     for _ in 0..writers {
@@ -176,12 +180,8 @@ pub async fn cas_conflicts(h: &Harness) {
 pub async fn transaction_atomicity(h: &Harness) {
     let s = h.session().await;
     let (a, b, c) = (h.key("tx/a"), h.key("tx/b"), h.key("tx/c"));
-    s.create(&b, b"b".to_vec(), CreateMode::Persistent)
-        .await
-        .unwrap();
-    s.create(&c, b"c".to_vec(), CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*s, &b, b"b").await;
+    persist(&*s, &c, b"c").await;
     let failing = vec![
         Op::Create {
             key: a.clone(),
@@ -243,12 +243,8 @@ pub async fn transaction_atomicity(h: &Harness) {
 
     // Transfers between two keys by concurrent transactions keep the sum.
     let (x, y) = (h.key("tx/x"), h.key("tx/y"));
-    s.create(&x, b"100".to_vec(), CreateMode::Persistent)
-        .await
-        .unwrap();
-    s.create(&y, b"0".to_vec(), CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*s, &x, b"100").await;
+    persist(&*s, &y, b"0").await;
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let session = h.session().await;
@@ -358,9 +354,7 @@ pub async fn transaction_limits(h: &Harness) {
         "refused transaction applied"
     );
     // Checking a key, then writing it, is one condition and one write: allowed.
-    s.create(&key(0), vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*s, &key(0), b"").await;
     let check_then_set = vec![
         Op::Check {
             key: key(0),
@@ -395,13 +389,9 @@ pub async fn deep_trees(h: &Harness) {
     );
     let parent = h.key("wide");
     for name in ["c", "a", "b"] {
-        s.create(&format!("{parent}/{name}"), vec![], CreateMode::Persistent)
-            .await
-            .unwrap();
+        persist(&*s, &format!("{parent}/{name}"), b"").await;
     }
-    s.create(&format!("{parent}/a/x"), vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*s, &format!("{parent}/a/x"), b"").await;
     assert_eq!(s.children(&parent).await.unwrap(), vec!["a", "b", "c"]);
     assert_eq!(
         s.children(&h.key("nothing")).await.unwrap(),
@@ -472,10 +462,7 @@ pub async fn ephemeral_removed_on_expiry(h: &Harness) {
         .create(&key, b"x".to_vec(), CreateMode::Ephemeral)
         .await
         .unwrap();
-    owner
-        .create(&persistent, b"y".to_vec(), CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*owner, &persistent, b"y").await;
     let mut watch = observer.watch(&key, false).await.unwrap();
     h.faults.expire(&owner.id()).await;
     wait_state(&*owner, SessionState::Expired).await;
@@ -503,10 +490,7 @@ pub async fn ephemeral_removed_on_expiry(h: &Harness) {
 pub async fn watch_order_under_concurrent_writers(h: &Harness) {
     let observer = h.session().await;
     let root = h.key("watched");
-    observer
-        .create(&root, vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*observer, &root, b"").await;
     let mut watch = observer.watch(&root, true).await.unwrap();
     let (writers, writes) = (4u64, 40u64);
     let mut tasks = Vec::new();
@@ -514,10 +498,7 @@ pub async fn watch_order_under_concurrent_writers(h: &Harness) {
         let session = h.session().await;
         let key = format!("{root}/w{w}");
         tasks.push(tokio::spawn(async move {
-            session
-                .create(&key, b"0".to_vec(), CreateMode::Persistent)
-                .await
-                .unwrap();
+            persist(&*session, &key, b"0").await;
             for i in 1..=writes {
                 session
                     .set(&key, i.to_string().into_bytes(), Some(i - 1))
@@ -560,15 +541,9 @@ pub async fn watch_scope(h: &Harness) {
     let key = h.key("scope/x");
     let mut single = s.watch(&key, false).await.unwrap();
     let mut subtree = s.watch(&key, true).await.unwrap();
-    s.create(&key, vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
-    s.create(&format!("{key}/child"), vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
-    s.create(&format!("{key}y"), vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*s, &key, b"").await;
+    persist(&*s, &format!("{key}/child"), b"").await;
+    persist(&*s, &format!("{key}y"), b"").await;
     s.set(&key, b"v".to_vec(), Some(0)).await.unwrap();
     let expected_single = [
         WatchEvent::Created { key: key.clone() },
@@ -597,9 +572,7 @@ pub async fn watch_scope(h: &Harness) {
 pub async fn a_flooded_watcher_gets_a_resync(h: &Harness) {
     let s = h.session().await;
     let root = h.key("flood");
-    s.create(&root, vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*s, &root, b"").await;
     let mut watch = s.watch(&root, true).await.unwrap();
     // Twice what the watch holds, written while nobody reads it, a transaction of 50 at a time.
     let keys = 2 * WATCH_CAPACITY;
@@ -639,9 +612,7 @@ pub async fn a_flooded_watcher_gets_a_resync(h: &Harness) {
     // Still watching: the next change arrives, as its event or (if the backend was still
     // delivering the flood and overflowed again) as another resync whose re-read shows it.
     let last = format!("{root}/after");
-    s.create(&last, vec![], CreateMode::Persistent)
-        .await
-        .unwrap();
+    persist(&*s, &last, b"").await;
     loop {
         match next_event(&mut watch).await.expect("watch open") {
             WatchEvent::Created { key } if key == last => break,
