@@ -208,15 +208,11 @@ impl Controller {
 
     /// Campaigns and leads until `shutdown` becomes true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ClusterError> {
+        let timeout = self.config.session_timeout;
         while !super::stopping(&shutdown) {
             self.status.send_replace(ControllerStatus::Standby);
-            let Some(session) = super::connect(
-                &*self.store,
-                self.config.session_timeout,
-                &mut shutdown,
-                "controller",
-            )
-            .await
+            let Some(session) =
+                super::connect(&*self.store, timeout, &mut shutdown, "controller").await
             else {
                 break;
             };

@@ -276,6 +276,20 @@ impl Sim {
             .map(|l| l.controller)
     }
 
+    /// Cuts `node` off from the coordination store, recording the fault as `what`.
+    fn cut(&self, node: &str, what: String) {
+        self.history.fault(what);
+        self.links[node].cut(&self.coordination);
+    }
+
+    /// Heals `node`'s link to the coordination store, recording the event as `what`; nothing
+    /// follows.
+    fn heal(&self, node: &str, what: String) -> Option<Vec<(Duration, Action)>> {
+        self.history.event(what);
+        self.links[node].heal(&self.coordination);
+        None
+    }
+
     /// Applies an action; returns the actions that end it, with their delays.
     pub(crate) async fn apply(&mut self, action: Action) -> Option<Vec<(Duration, Action)>> {
         let h = self.history.clone();
@@ -317,15 +331,11 @@ impl Sim {
             }
             Action::CutWorker(d) => {
                 let id = self.pick_worker()?;
-                h.fault(format!("worker {id} cut off from coordination for {d:?}"));
-                self.links[&id].cut(&self.coordination);
+                let what = format!("worker {id} cut off from coordination for {d:?}");
+                self.cut(&id, what);
                 Some(vec![(d, Action::HealWorker(id))])
             }
-            Action::HealWorker(id) => {
-                h.event(format!("heal worker {id}"));
-                self.links[&id].heal(&self.coordination);
-                None
-            }
+            Action::HealWorker(id) => self.heal(&id, format!("heal worker {id}")),
             Action::FreezeWorker(d) => {
                 let id = self.pick_worker()?;
                 h.fault(format!("worker {id} frozen for {d:?}"));
@@ -406,15 +416,11 @@ impl Sim {
             }
             Action::CutController(d) => {
                 let name = self.leader().await?;
-                h.fault(format!("leading controller {name} cut off for {d:?}"));
-                self.links[&name].cut(&self.coordination);
+                let what = format!("leading controller {name} cut off for {d:?}");
+                self.cut(&name, what);
                 Some(vec![(d, Action::HealController(name))])
             }
-            Action::HealController(name) => {
-                h.event(format!("heal controller {name}"));
-                self.links[&name].heal(&self.coordination);
-                None
-            }
+            Action::HealController(name) => self.heal(&name, format!("heal controller {name}")),
             Action::LateControllerWrite(d) => {
                 let name = self.leader().await?;
                 if self.links[&name].is_cut() {

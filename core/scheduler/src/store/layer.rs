@@ -260,9 +260,10 @@ impl<L: Layer, S: Schedules + ?Sized + 'static> Schedules for Layered<L, S> {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Schedule>, StoreError> {
+        let call = Call::Schedules { after, limit };
         let sent = after.map(str::to_owned);
         let start = move |s: Arc<S>| async move { s.schedules(sent.as_deref(), limit).await };
-        self.forward(Call::Schedules { after, limit }, start).await
+        self.forward(call, start).await
     }
 
     async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten, StoreError> {
