@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use rota_client::Client;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The default `coordination.session_timeout_ms` of a started cluster's processes.
@@ -49,6 +50,8 @@ enum Kind {
 
 /// The processes and servers of a throwaway production cluster.
 struct Production {
+    /// The task store's server and database (its URL), when its statements are counted.
+    database: Option<(Arc<rota_test_harness::Postgres>, String)>,
     workers: Vec<(String, Proc)>,
     api: Proc,
     _controller: Proc,
@@ -168,16 +171,25 @@ impl Cluster {
 
     /// A throwaway production cluster: the coordination store and a PostgreSQL with its
     /// default (durable) settings, then `rota init`, a controller, the API and `workers`
-    /// workers as separate processes, all with the default configuration.
+    /// workers as separate processes, all with the default configuration. With `statements`,
+    /// PostgreSQL also counts what each statement costs (`pg_stat_statements`).
     pub async fn production(
         rota: &Path,
         coordination: CoordinationKind,
         workers: usize,
+        statements: bool,
     ) -> anyhow::Result<Self> {
         let mut servers: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
         eprintln!("starting PostgreSQL and {coordination:?} from the installed binaries ...");
-        let pg = tokio::task::spawn_blocking(rota_test_harness::durable_postgres).await?;
+        let pg = Arc::new(
+            tokio::task::spawn_blocking(move || match statements {
+                true => rota_test_harness::durable_postgres_with_statements(),
+                false => rota_test_harness::durable_postgres(),
+            })
+            .await?,
+        );
         let url = pg.fresh_database();
+        let database = statements.then(|| (pg.clone(), url.clone()));
         servers.push(Box::new(pg));
         let (backend, endpoint) = match coordination {
             CoordinationKind::Zookeeper => (
@@ -222,11 +234,17 @@ impl Cluster {
         let this = Self {
             client: Client::new(&api)?,
             description: format!(
-                "production: {backend} + PostgreSQL (default settings), 1 controller, 1 API, \
-                 {workers} workers, one process each"
+                "production: {backend} + PostgreSQL (default settings{}), 1 controller, 1 API, \
+                 {workers} workers, one process each",
+                if statements {
+                    ", pg_stat_statements preloaded"
+                } else {
+                    ""
+                }
             ),
             session_timeout: SESSION_TIMEOUT,
             kind: Kind::Production(Production {
+                database,
                 workers: worker_procs,
                 api: api_proc,
                 _controller: controller,
@@ -270,6 +288,20 @@ impl Cluster {
             Kind::Dev { dir, .. } => format!(" (its log in {})", dir.display()),
             Kind::Remote => String::new(),
         }
+    }
+
+    /// The rows `sql` returns in the task store's database, one line each, columns separated
+    /// by `|` (a production target started with its statements counted only).
+    pub async fn query(&self, sql: &str) -> anyhow::Result<String> {
+        let Kind::Production(Production {
+            database: Some((pg, url)),
+            ..
+        }) = &self.kind
+        else {
+            bail!("only a production target started to count statements has a database to ask");
+        };
+        let (pg, url, sql) = (pg.clone(), url.clone(), sql.to_owned());
+        Ok(tokio::task::spawn_blocking(move || pg.query(&url, &sql)).await?)
     }
 
     /// The ids of the worker processes this target can kill (none for dev or a remote cluster).

@@ -14,6 +14,7 @@
 //! memory of the processes.
 
 mod cluster;
+mod cost;
 mod plot;
 mod progress;
 mod report;
@@ -38,6 +39,10 @@ pub enum Scenario {
     Latency,
     /// SIGKILL of a worker process under load (production only).
     Failover,
+    /// What one task costs the database (WAL, blocks dirtied) by statement: its insert, claim
+    /// and completion, over a burn-down of the first `--tasks` size (production only, not by
+    /// default: its PostgreSQL preloads `pg_stat_statements`).
+    Cost,
 }
 
 /// Measure insert, burn-down, start lag, failover and memory on a throwaway cluster (or a
@@ -125,6 +130,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.workers == Some(0) {
         bail!("--workers must be at least 1");
     }
+    let cost = args.scenarios.contains(&Scenario::Cost);
+    if cost && (args.url.is_some() || args.target != Target::Production) {
+        bail!("the cost scenario reads the task store's statistics: use --target production");
+    }
     let mut cluster = match &args.url {
         Some(url) => Cluster::remote(url).await?,
         None => {
@@ -132,7 +141,8 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             match args.target {
                 Target::Dev => Cluster::dev(&rota, args.workers.unwrap_or(3)).await?,
                 Target::Production => {
-                    Cluster::production(&rota, args.coordination, args.workers.unwrap_or(2)).await?
+                    let workers = args.workers.unwrap_or(2);
+                    Cluster::production(&rota, args.coordination, workers, cost).await?
                 }
             }
         }
@@ -180,6 +190,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (figure, sorted) = scenarios::latency(&cluster, &name, args.rate, args.seconds).await?;
         report.push(figure);
         lags = sorted;
+    }
+    if cost {
+        let name = format!("bench-{run_id}-cost");
+        let n = args.tasks[0];
+        report.extend(cost::cost(&cluster, &name, n, args.clients).await?);
     }
     if scenarios.contains(&Scenario::Failover) {
         let name = format!("bench-{run_id}-failover");

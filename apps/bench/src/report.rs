@@ -72,6 +72,11 @@ impl Report {
         self.figures.push(figure);
     }
 
+    /// Adds figures, in order.
+    pub fn extend(&mut self, figures: impl IntoIterator<Item = Figure>) {
+        self.figures.extend(figures);
+    }
+
     /// Prints the table on standard output.
     pub fn print(&self) {
         println!("\n{}\n", self.description);

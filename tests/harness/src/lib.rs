@@ -156,16 +156,23 @@ pub fn durable_postgres() -> Postgres {
     start_postgres(true)
 }
 
+/// [`durable_postgres`] that also keeps statistics of every statement (`pg_stat_statements`
+/// preloaded; a database still needs `CREATE EXTENSION pg_stat_statements`): for measuring what
+/// a workload costs the database, statement by statement.
+pub fn durable_postgres_with_statements() -> Postgres {
+    start_postgres_with_settings(true, "-c shared_preload_libraries=pg_stat_statements", None)
+}
+
 /// A PostgreSQL server of its own that accepts TCP connections only over TLS, with the
 /// certificate and key of `pki` (local socket connections, for the harness's own tools, stay
 /// open).
 #[cfg(feature = "tls")]
 pub fn tls_postgres(pki: &tls::Pki) -> Postgres {
-    start_postgres_with(false, Some(pki))
+    start_postgres_with_settings(false, "", Some(pki))
 }
 
 fn start_postgres(durable: bool) -> Postgres {
-    start_postgres_with(durable, None)
+    start_postgres_with_settings(durable, "", None)
 }
 
 #[cfg(not(feature = "tls"))]
@@ -203,7 +210,9 @@ fn initdb(bin: &Path, dir: &Path, as_postgres: bool) -> PathBuf {
     data
 }
 
-fn start_postgres_with(durable: bool, pki: PkiRef<'_>) -> Postgres {
+/// A new server: `durable` as a production database runs, else without fsync; `extra`
+/// settings (`-c name=value ...`) on top; over TLS with `pki`'s certificate, if given.
+fn start_postgres_with_settings(durable: bool, extra: &str, pki: PkiRef<'_>) -> Postgres {
     let bin = postgres_bin();
     let as_postgres = is_root();
     let dir = temp_dir("postgres");
@@ -212,10 +221,12 @@ fn start_postgres_with(durable: bool, pki: PkiRef<'_>) -> Postgres {
     let port = free_port();
     #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let mut settings = if durable {
-        String::new()
+        extra.to_owned()
     } else {
-        "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
-            .to_owned()
+        format!(
+            "-c fsync=off -c full_page_writes=off -c synchronous_commit=off \
+             -c max_connections=200 {extra}"
+        )
     };
     #[cfg(feature = "tls")]
     if let Some(pki) = pki {
@@ -338,6 +349,26 @@ impl Postgres {
     /// URL of database `name` as the superuser `rota`.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://rota@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The rows `sql` returns in the database at `url` (one of this server's), one line each,
+    /// columns separated by `|`.
+    pub fn query(&self, url: &str, sql: &str) -> String {
+        let mut psql = Command::new(self.bin.join("psql"));
+        psql.args([
+            "-X",
+            "-A",
+            "-t",
+            "-F",
+            "|",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ]);
+        output_of(&mut psql, "psql")
     }
 
     /// A new, empty database; its URL.
