@@ -72,6 +72,7 @@ fn every_scenario_runs_on_dev() {
     let report = bench(&["--tasks", "500", "--rate", "200", "--seconds", "2"]);
     assert!(number(&report, "insert 500", "tasks/s") > 0.0);
     assert!(number(&report, "burn-down 500", "tasks/s") > 0.0);
+    assert!(number(&report, "burn-down 500", "tasks/s by stopwatch") > 0.0);
     let lag = &figure(&report, "latency")["values"];
     assert!(lag["p50 ms"].as_f64().unwrap() <= lag["max ms"].as_f64().unwrap());
     assert!(number(&report, "peak RSS", "MB") > 1.0);
