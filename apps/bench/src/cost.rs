@@ -26,8 +26,11 @@ FROM (SELECT *, CASE
       WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())) s
 GROUP BY class ORDER BY class";
 
-/// The task table's tuples written so far: inserted, updated, of which HOT, deleted.
-const TUPLES: &str = "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del \
+/// The task table's tuples written so far (inserted, updated, of which HOT, deleted), its
+/// autovacuum and autoanalyze runs, and the server's checkpoints.
+const TUPLES: &str = "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, autovacuum_count, \
+                      autoanalyze_count, \
+                      (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter) \
                       FROM pg_stat_user_tables WHERE relname = 'rota_tasks'";
 
 /// How long PostgreSQL may hold back its cumulative statistics (WAL, tables) before its
@@ -98,6 +101,9 @@ pub async fn cost(
             .value("rows inserted/task", delta(0))
             .value("rows updated/task", delta(1))
             .value("of which HOT/task", delta(2))
+            .value("autovacuums", tuples[4] - tuples_before[4])
+            .value("autoanalyzes", tuples[5] - tuples_before[5])
+            .value("checkpoints", tuples[6] - tuples_before[6])
             .note(format!(
                 "pg_stat_wal and the task table's counts, read {} s after the last completion: \
                  autovacuum and checkpoints included",
