@@ -175,6 +175,7 @@ async fn wait_for_backlog(client: &Client, label: String, n: usize) -> anyhow::R
     let progress = Progress::new(label, n);
     let mut last = (u64::MAX, Instant::now());
     let mut previous: Option<(u64, Instant)> = None;
+    let mut pace: Option<f64> = None; // tasks a second, at the last count that went down
     loop {
         let backlog = client.backlog().await.context("GET /tasks/backlog")?;
         let (read_at, live) = (Instant::now(), backlog.pending + backlog.running);
@@ -189,14 +190,16 @@ async fn wait_for_backlog(client: &Client, label: String, n: usize) -> anyhow::R
             bail!("the backlog has stayed at {live} tasks for a minute");
         }
         // Counting is not free on the store: poll every half second, and more often as the
-        // end nears (a quarter of the time left at the pace since the last count, at least
-        // 10 ms), so that the moment it reads zero is a stopwatch's to within a few percent.
-        let mut pause = Duration::from_millis(500);
+        // end nears (a quarter of the time left at the last pace seen, at least 10 ms; a tail
+        // that stands still keeps the pace it had), so that the moment it reads zero is a
+        // stopwatch's to within a few percent.
         if let Some((before, at)) = previous.filter(|(before, _)| *before > live) {
-            let pace = (before - live) as f64 / read_at.duration_since(at).as_secs_f64();
-            let left = Duration::from_secs_f64(live as f64 / pace / 4.0);
-            pause = pause.min(left).max(Duration::from_millis(10));
+            pace = Some((before - live) as f64 / read_at.duration_since(at).as_secs_f64());
         }
+        let left = pace.map_or(Duration::MAX, |pace| {
+            Duration::try_from_secs_f64(live as f64 / pace / 4.0).unwrap_or(Duration::MAX)
+        });
+        let pause = left.clamp(Duration::from_millis(10), Duration::from_millis(500));
         previous = Some((live, read_at));
         tokio::time::sleep(pause).await;
     }
