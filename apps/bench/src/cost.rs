@@ -14,8 +14,8 @@ use std::time::Duration;
 /// The classes of statements, by the text PostgreSQL normalised; a statement with no WAL is a
 /// read.
 const BY_CLASS: &str = "
-SELECT class, sum(calls), sum(rows), sum(wal_records), sum(wal_fpi), sum(wal_bytes),
-       sum(shared_blks_dirtied), sum(shared_blks_written)
+SELECT class, sum(wal_bytes), sum(wal_records), sum(wal_fpi), sum(shared_blks_dirtied),
+       sum(calls)
 FROM (SELECT *, CASE
         WHEN wal_records = 0 THEN 'reads'
         WHEN query LIKE '%INSERT INTO rota_tasks%' THEN 'insert'
@@ -26,9 +26,9 @@ FROM (SELECT *, CASE
       WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())) s
 GROUP BY class ORDER BY class";
 
-/// The task table's tuples written so far (inserted, updated, of which HOT, deleted), its
-/// autovacuum and autoanalyze runs, and the server's checkpoints.
-const TUPLES: &str = "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, autovacuum_count, \
+/// The task table's tuples written so far (inserted, updated, of which HOT), its autovacuum and
+/// autoanalyze runs, and the server's checkpoints.
+const TUPLES: &str = "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, autovacuum_count, \
                       autoanalyze_count, \
                       (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter) \
                       FROM pg_stat_user_tables WHERE relname = 'rota_tasks'";
@@ -62,34 +62,31 @@ pub async fn cost(
     );
     let tuples = numbers(&cluster.query(TUPLES).await?);
     let per_task = |v: f64| v / n as f64;
+    // A class's sums, in BY_CLASS's order, as a figure per task.
+    let writes = |name: &str, sums: &[f64]| {
+        let per = |i: usize| per_task(sums[i]);
+        Figure::new(format!("cost: {name}"))
+            .value("WAL B/task", per(0))
+            .value("WAL records/task", per(1))
+            .value("FPI/task", per(2))
+            .value("blocks dirtied/task", per(3))
+            .value("statements/1k tasks", per(4) * 1000.0)
+    };
     let mut figures = Vec::new();
-    let mut writes = [0.0; 5];
+    let mut all = [0.0; 5];
     for line in classes.lines().filter(|l| !l.trim().is_empty()) {
         let (class, rest) = line.split_once('|').context("a class and its sums")?;
         if class == "reads" {
             continue;
         }
-        let v = numbers(rest);
-        let (calls, records, fpi, bytes, dirtied) = (v[0], v[2], v[3], v[4], v[5]);
-        for (sum, x) in writes.iter_mut().zip([records, fpi, bytes, dirtied, calls]) {
-            *sum += x;
+        let sums = numbers(rest);
+        for (total, x) in all.iter_mut().zip(&sums) {
+            *total += x;
         }
-        figures.push(
-            Figure::new(format!("cost: {class}"))
-                .value("WAL B/task", per_task(bytes))
-                .value("WAL records/task", per_task(records))
-                .value("FPI/task", per_task(fpi))
-                .value("blocks dirtied/task", per_task(dirtied))
-                .value("statements/1k tasks", per_task(calls) * 1000.0),
-        );
+        figures.push(writes(class, &sums));
     }
     figures.push(
-        Figure::new("cost: every write of rota's")
-            .value("WAL B/task", per_task(writes[2]))
-            .value("WAL records/task", per_task(writes[0]))
-            .value("FPI/task", per_task(writes[1]))
-            .value("blocks dirtied/task", per_task(writes[3]))
-            .value("statements/1k tasks", per_task(writes[4]) * 1000.0)
+        writes("every write of rota's", &all)
             .note("pg_stat_statements, over the insert and the burn-down"),
     );
     let delta = |i: usize| per_task(tuples[i] - tuples_before[i]);
@@ -101,9 +98,9 @@ pub async fn cost(
             .value("rows inserted/task", delta(0))
             .value("rows updated/task", delta(1))
             .value("of which HOT/task", delta(2))
-            .value("autovacuums", tuples[4] - tuples_before[4])
-            .value("autoanalyzes", tuples[5] - tuples_before[5])
-            .value("checkpoints", tuples[6] - tuples_before[6])
+            .value("autovacuums", tuples[3] - tuples_before[3])
+            .value("autoanalyzes", tuples[4] - tuples_before[4])
+            .value("checkpoints", tuples[5] - tuples_before[5])
             .note(format!(
                 "pg_stat_wal and the task table's counts, read {} s after the last completion: \
                  autovacuum and checkpoints included",

@@ -53,8 +53,8 @@ fn print<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Says that a cluster action is done (whatever its answer was).
-fn done<T>(command: &AdminCommand, _answer: T) {
+/// Says that a cluster action is done.
+fn done(command: &AdminCommand) {
     match command {
         AdminCommand::Enable(id, true) => println!("instance {id} enabled"),
         AdminCommand::Enable(id, false) => println!("instance {id} disabled"),
@@ -69,10 +69,17 @@ pub async fn through_api(client: &Client, command: AdminCommand) -> anyhow::Resu
     match command {
         AdminCommand::Status => print(&client.cluster().await?)?,
         AdminCommand::Enable(ref id, enabled) => {
-            done(&command, client.set_instance_enabled(id, enabled).await?)
+            client.set_instance_enabled(id, enabled).await?;
+            done(&command);
         }
-        AdminCommand::Maintenance(on) => done(&command, client.set_maintenance(on).await?),
-        AdminCommand::Rebalance => done(&command, client.rebalance().await?),
+        AdminCommand::Maintenance(on) => {
+            client.set_maintenance(on).await?;
+            done(&command);
+        }
+        AdminCommand::Rebalance => {
+            client.rebalance().await?;
+            done(&command);
+        }
         AdminCommand::Schedules(command) => match command {
             ScheduleCommand::List => print(&client.all_schedules().await?)?,
             ScheduleCommand::Show(name) => print(&client.schedule(&name).await?)?,
@@ -145,15 +152,18 @@ pub async fn direct(config: &Config, command: AdminCommand) -> anyhow::Result<()
             .await?;
             print(&status)?;
         }
-        AdminCommand::Enable(ref id, enabled) => done(
-            &command,
-            admin.set_enabled(&InstanceId::new(id), enabled).await?,
-        ),
-        AdminCommand::Maintenance(on) => done(&command, admin.set_maintenance(on).await?),
-        AdminCommand::Rebalance => done(
-            &command,
-            admin.request_rebalance(rota_cluster::now_ms()).await?,
-        ),
+        AdminCommand::Enable(ref id, enabled) => {
+            admin.set_enabled(&InstanceId::new(id), enabled).await?;
+            done(&command);
+        }
+        AdminCommand::Maintenance(on) => {
+            admin.set_maintenance(on).await?;
+            done(&command);
+        }
+        AdminCommand::Rebalance => {
+            admin.request_rebalance(rota_cluster::now_ms()).await?;
+            done(&command);
+        }
         AdminCommand::Schedules(_) => unreachable!("handled above"),
     }
     let _ = session.close().await;
