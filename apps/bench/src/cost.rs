@@ -15,11 +15,11 @@ use std::time::Duration;
 /// read.
 const BY_CLASS: &str = "
 SELECT class, sum(wal_bytes), sum(wal_records), sum(wal_fpi), sum(shared_blks_dirtied),
-       sum(calls)
+       sum(calls), sum(total_exec_time)
 FROM (SELECT *, CASE
         WHEN wal_records = 0 THEN 'reads'
         WHEN query LIKE '%INSERT INTO rota_tasks%' THEN 'insert'
-        WHEN query LIKE '%SET status = ''RUNNING''%' THEN 'claim'
+        WHEN query LIKE '%SET status = ''RUNNING''%' OR query LIKE '%rota_claim(%' THEN 'claim'
         WHEN query LIKE '%AS c(id, epoch, outcome%' THEN 'completion'
         ELSE 'other writes' END AS class
       FROM pg_stat_statements
@@ -71,15 +71,22 @@ pub async fn cost(
             .value("FPI/task", per(2))
             .value("blocks dirtied/task", per(3))
             .value("statements/1k tasks", per(4) * 1000.0)
+            .value("database ms/1k tasks", per(5) * 1000.0)
     };
     let mut figures = Vec::new();
-    let mut all = [0.0; 5];
+    let mut all = [0.0; 6];
     for line in classes.lines().filter(|l| !l.trim().is_empty()) {
         let (class, rest) = line.split_once('|').context("a class and its sums")?;
+        let sums = numbers(rest);
         if class == "reads" {
+            let per = |i: usize| per_task(sums[i]) * 1000.0;
+            figures.push(
+                Figure::new("cost: reads")
+                    .value("statements/1k tasks", per(4))
+                    .value("database ms/1k tasks", per(5)),
+            );
             continue;
         }
-        let sums = numbers(rest);
         for (total, x) in all.iter_mut().zip(&sums) {
             *total += x;
         }

@@ -1,6 +1,12 @@
 //! The worker's fenced path ([`Execution`]) and upkeep ([`Upkeep`]): each call one statement
 //! where it matters, fenced by a join with the partition's owner row (locked `FOR SHARE`, so an
 //! ownership change waits for a claim in progress and then takes back what it claimed).
+//!
+//! Claims are recorded per batch (`rota_claims`, see `sql/claims.sql`): a claim inserts one row
+//! per partition naming the tasks it took and writes no task row; the completion writes the
+//! task once, settling it and recording the claim as settled on it (`last_claim`); a claim
+//! taken back (ownership moved, lease expired) is deleted, and the tasks it still held are
+//! settled by the take-back rule in the same statement.
 
 use crate::{PostgresTaskStore, backend, task_from};
 use rota_model::Epoch;
@@ -11,6 +17,22 @@ use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::HashMap;
 use tokio::sync::broadcast;
+
+/// The statement that follows a `lost` CTE (claim rows just deleted, with `id`, `epoch`, `tasks`
+/// and `at`, the time of the take-back): every task a lost claim still held is taken back by the
+/// shared rule ([`rota_scheduler::store::rules::take_back`]), its attempt counted, with
+/// `$reason` as the last error of one out of attempts.
+macro_rules! take_back {
+    ($reason:literal) => {
+        concat!(
+            " UPDATE rota_tasks t SET ",
+            rota_scheduler::take_back_sql!("t.", attempts = "(t.attempts + 1)", $reason, "lost.at"),
+            ", epoch = lost.epoch, last_claim = lost.id \
+             FROM lost CROSS JOIN LATERAL unnest(lost.tasks) AS m(id) \
+             WHERE t.id = m.id AND t.status = 'PENDING' AND coalesce(t.last_claim, 0) < lost.id"
+        )
+    };
+}
 
 /// The partitions of a claim that the statement's `owned` CTE did not find still owned.
 fn refused(partitions: &[Claim], owned: &[i32]) -> Vec<u32> {
@@ -64,14 +86,10 @@ impl Execution for PostgresTaskStore {
             .await
             .map_err(backend)?;
         let requeued = sqlx::query(concat!(
-            "UPDATE rota_tasks SET ",
-            rota_scheduler::take_back_sql!(
-                "",
-                "claim lost: the partition moved to another worker",
-                "$4"
-            ),
-            " WHERE partition = $1 AND status = 'RUNNING' \
-               AND (owner IS DISTINCT FROM $2 OR epoch IS DISTINCT FROM $3)"
+            "WITH lost AS (DELETE FROM rota_claims \
+               WHERE partition = $1 AND (owner <> $2 OR epoch <> $3) \
+               RETURNING id, epoch, tasks, $4::bigint AS at)",
+            take_back!("claim lost: the partition moved to another worker")
         ))
         .bind(partition as i32)
         .bind(owner.as_str())
@@ -84,45 +102,21 @@ impl Execution for PostgresTaskStore {
         let (owner, partitions, now) = (&claim.owner, &claim.partitions, claim.now);
         let (limit, lease_ms) = (claim.limit, claim.lease_ms);
         let (parts, epochs) = claim_arrays(partitions);
-        // One statement, one round trip: the fence, the pick, the update and the next due time.
-        // Each owned partition gives its first `limit` due tasks from its own index range (so the
-        // cost never depends on other partitions' backlog or on finished tasks); the union is
-        // cut to the `limit` earliest. Rows are picked without locks and updated only if still
-        // PENDING, so a concurrent cancel wins cleanly.
-        let rows = sqlx::query(concat!(
-            owned!(6),
-            ", picked AS ( \
-               SELECT x.id, owned.epoch FROM owned CROSS JOIN now CROSS JOIN LATERAL ( \
-                 SELECT id, scheduled_at FROM rota_tasks \
-                 WHERE partition = owned.partition AND status = 'PENDING' \
-                   AND scheduled_at <= now.ms \
-                 ORDER BY scheduled_at, id LIMIT $4) x \
-               ORDER BY x.scheduled_at, x.id LIMIT $4), \
-             claimed AS ( \
-               UPDATE rota_tasks t SET status = 'RUNNING', owner = $1, epoch = picked.epoch, \
-                 attempts = t.attempts + 1, started_at = now.ms, lease_until = now.ms + $5 \
-               FROM picked, now WHERE t.id = picked.id AND t.status = 'PENDING' \
-               RETURNING ",
-            columns!(t),
-            "), next AS ( \
-               SELECT min(n.scheduled_at) AS at FROM owned CROSS JOIN now CROSS JOIN LATERAL ( \
-                 SELECT scheduled_at FROM rota_tasks \
-                 WHERE partition = owned.partition AND status = 'PENDING' \
-                   AND scheduled_at > now.ms \
-                 ORDER BY scheduled_at, id LIMIT 1) n) \
-             SELECT (SELECT array_agg(partition) FROM owned) AS owned_partitions, \
-                    (SELECT at FROM next) AS next_due, c.* \
-             FROM (SELECT 1) one LEFT JOIN claimed c ON true"
-        ))
-        .bind(owner.as_str())
-        .bind(&parts)
-        .bind(&epochs)
-        .bind(limit as i64)
-        .bind(lease_ms)
-        .bind(self.clock(now))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        // One call, one round trip: the function (`sql/claims.sql`) locks the partitions, then
+        // fences, picks, records the claim rows and tells the next due time in one query. Each
+        // owned partition gives its first `limit` due tasks that no live claim holds, from its
+        // own index range (so the cost never depends on other partitions' backlog or on
+        // finished tasks); the union is cut to the `limit` earliest.
+        let rows = sqlx::query("SELECT * FROM rota_claim($1, $2, $3, $4, $5, $6)")
+            .bind(owner.as_str())
+            .bind(&parts)
+            .bind(&epochs)
+            .bind(limit as i64)
+            .bind(lease_ms)
+            .bind(self.clock(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         let first = rows.first().ok_or_else(|| {
             StoreError::Backend("the claim returned no row (expected at least one)".into())
         })?;
@@ -174,27 +168,49 @@ impl Execution for PostgresTaskStore {
         // with the task row, found by the task's own partition, misled the planner: given the
         // arrays' real length it scanned every RUNNING row once per completion, 15-26 ms for
         // 250 completions with 500 tasks running, where the lookups take 2 ms.)
+        //
+        // The claim is found by the task's partition, owner and epoch among the claim rows
+        // naming the task; settling records it on the task (`last_claim`: a take-back that
+        // got there first has recorded it, and the completion is refused) and takes the task
+        // out of the claim's row, in the same statement. A row left with no task is deleted
+        // (two statements that empty one row at once each leave the other's tasks: the next
+        // claim clears it).
         let rows = sqlx::query(concat!(
             "WITH now AS (SELECT ",
             now!(6),
-            " AS ms) \
-             UPDATE rota_tasks t SET ",
+            " AS ms), done AS ( \
+               UPDATE rota_tasks t SET ",
             rota_scheduler::settle_sql!(
                 t = "t.",
+                attempts = "(t.attempts + 1)",
                 outcome = "c.outcome",
                 error = "c.error",
                 retry_at = "c.retry_at",
-                started_at = "c.started_at",
+                started_at = "COALESCE(c.started_at, k.claimed_at)",
                 now = "now.ms"
             ),
-            " FROM now, rota_partition_owners o, \
+            ", epoch = k.epoch, last_claim = k.id \
+               FROM now, rota_partition_owners o, rota_claims k, \
                UNNEST($2::bigint[], $3::bigint[], $4::smallint[], $5::text[], $7::bigint[], \
                       $8::bigint[], $9::int[]) \
                AS c(id, epoch, outcome, error, retry_at, started_at, partition) \
-             WHERE t.id = c.id AND t.partition = c.partition AND t.status = 'RUNNING' \
-               AND t.owner = $1 AND t.epoch = c.epoch \
+             WHERE t.id = c.id AND t.partition = c.partition AND t.status = 'PENDING' \
+               AND k.partition = c.partition AND k.owner = $1 AND k.epoch = c.epoch \
+               AND t.id = ANY(k.tasks) AND coalesce(t.last_claim, 0) < k.id \
                AND o.partition = c.partition AND o.owner = $1 AND o.epoch = c.epoch \
-             RETURNING t.id, t.status"
+             RETURNING t.id, t.status, k.id AS claim), \
+             left_over AS ( \
+               SELECT k.id, ARRAY(SELECT unnest(k.tasks) \
+                                  EXCEPT SELECT d.id FROM done d WHERE d.claim = k.id) AS tasks \
+               FROM rota_claims k WHERE k.id IN (SELECT claim FROM done)), \
+             shrunk AS ( \
+               UPDATE rota_claims k SET tasks = ARRAY(SELECT unnest(k.tasks) \
+                 EXCEPT SELECT d.id FROM done d WHERE d.claim = k.id) \
+               FROM left_over l WHERE k.id = l.id AND cardinality(l.tasks) > 0), \
+             emptied AS ( \
+               DELETE FROM rota_claims k USING left_over l \
+               WHERE k.id = l.id AND cardinality(l.tasks) = 0) \
+             SELECT id, status FROM done"
         ))
         .bind(owner.as_str())
         .bind(&ids)
@@ -222,13 +238,14 @@ impl Execution for PostgresTaskStore {
         let (owner, partitions) = (&renewal.owner, &renewal.partitions);
         let (now, lease_ms) = (renewal.now, renewal.lease_ms);
         let (parts, epochs) = claim_arrays(partitions);
-        // One statement, fenced like the claim, on the clock the claim used.
+        // One statement, fenced like the claim, on the clock the claim used: the owner's claim
+        // rows of the partitions it still holds get the new lease.
         let row = sqlx::query(concat!(
             owned!(5),
             ", renewed AS ( \
-               UPDATE rota_tasks t SET lease_until = now.ms + $4 FROM owned, now \
-               WHERE t.partition = owned.partition AND t.epoch = owned.epoch \
-                 AND t.status = 'RUNNING' AND t.owner = $1 RETURNING 1) \
+               UPDATE rota_claims k SET lease_until = now.ms + $4 FROM owned, now \
+               WHERE k.partition = owned.partition AND k.epoch = owned.epoch \
+                 AND k.owner = $1 RETURNING 1) \
              SELECT (SELECT array_agg(partition) FROM owned) AS owned_partitions, \
                     (SELECT count(*) FROM renewed) AS renewed"
         ))
@@ -252,15 +269,10 @@ impl Execution for PostgresTaskStore {
         let (parts, epochs) = claim_arrays(partitions);
         Ok(sqlx::query(concat!(
             owned!(4),
-            " UPDATE rota_tasks t SET ",
-            rota_scheduler::take_back_sql!(
-                "t.",
-                "lease expired: the worker neither finished nor renewed it",
-                "now.ms"
-            ),
-            " FROM owned, now \
-             WHERE t.partition = owned.partition AND t.status = 'RUNNING' \
-               AND t.lease_until < now.ms"
+            ", lost AS (DELETE FROM rota_claims k USING owned, now \
+               WHERE k.partition = owned.partition AND k.lease_until < now.ms \
+               RETURNING k.id, k.epoch, k.tasks, now.ms AS at)",
+            take_back!("lease expired: the worker neither finished nor renewed it")
         ))
         .bind(owner.as_str())
         .bind(&parts)
@@ -306,9 +318,8 @@ impl Upkeep for PostgresTaskStore {
             .await
             .map_err(backend)?;
         let requeued = sqlx::query(concat!(
-            "UPDATE rota_tasks SET ",
-            rota_scheduler::take_back_sql!("", "claim lost: the cluster restarted", "$1"),
-            " WHERE status = 'RUNNING'"
+            "WITH lost AS (DELETE FROM rota_claims RETURNING id, epoch, tasks, $1::bigint AS at)",
+            take_back!("claim lost: the cluster restarted")
         ))
         .bind(now);
         commit_counting(tx, requeued).await

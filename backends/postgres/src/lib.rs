@@ -117,10 +117,11 @@ macro_rules! owned {
     };
 }
 
-/// `SELECT` of every task column `FROM rota_tasks`, then `$rest` (a literal: the condition).
+/// `SELECT` of every task column as clients see it (`rota_tasks_seen`: a task a live claim names
+/// is RUNNING), then `$rest` (a literal: the condition).
 macro_rules! select_tasks {
     ($rest:literal) => {
-        concat!("SELECT ", columns!(), " FROM rota_tasks ", $rest)
+        concat!("SELECT ", columns!(), " FROM rota_tasks_seen ", $rest)
     };
 }
 

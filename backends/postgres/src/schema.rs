@@ -57,6 +57,8 @@ CREATE INDEX rota_tasks_failed ON rota_tasks (id) WHERE status IN ('FAILED', 'CA
 ALTER TABLE rota_tasks ALTER COLUMN payload TYPE JSON USING payload::json;
 "#,
     schedules::MIGRATION,
+    // Claims recorded per batch, apart from the task rows (the claim no longer writes them).
+    include_str!("sql/claims.sql"),
 ];
 
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, cluster: &str) -> Result<(), StoreError> {

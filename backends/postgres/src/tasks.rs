@@ -155,31 +155,29 @@ impl Tasks for PostgresTaskStore {
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
         let limit = filter.limit.max(1);
         // The status is written into the statement (a closed set of literals), so the planner
-        // can use the partial indexes: RUNNING tasks are found by their index and sorted (`id
-        // + 0` keeps the planner from walking the primary key past every finished task),
-        // FAILED and CANCELLED by theirs in id order; COMPLETED and PENDING walk the primary
-        // key (the cost grows with the ids passed over; see docs/performance.md).
+        // can use the partial indexes: RUNNING tasks are the live claims' (looked up by id from
+        // the claim rows), FAILED and CANCELLED are found by their index in id order; COMPLETED
+        // and PENDING walk the primary key (the cost grows with the ids passed over; see
+        // docs/performance.md). A task a live claim names is stored PENDING and seen RUNNING.
         let by_status = match filter.status {
             None => "",
-            Some(TaskStatus::Pending) => " AND status = 'PENDING'",
-            Some(TaskStatus::Running) => " AND status = 'RUNNING'",
-            Some(TaskStatus::Completed) => " AND status = 'COMPLETED'",
-            Some(TaskStatus::Failed) => " AND status = 'FAILED'",
-            Some(TaskStatus::Cancelled) => " AND status = 'CANCELLED'",
+            Some(TaskStatus::Pending) => " AND stored_status = 'PENDING' AND status = 'PENDING'",
+            Some(TaskStatus::Running) => {
+                " AND id = ANY(ARRAY(SELECT unnest(tasks) FROM rota_claims)) \
+                  AND status = 'RUNNING'"
+            }
+            Some(TaskStatus::Completed) => " AND stored_status = 'COMPLETED'",
+            Some(TaskStatus::Failed) => " AND stored_status = 'FAILED'",
+            Some(TaskStatus::Cancelled) => " AND stored_status = 'CANCELLED'",
         };
         let by_name = if filter.name.is_some() {
             " AND name = $3"
         } else {
             " AND $3::text IS NULL"
         };
-        let order = if filter.status == Some(TaskStatus::Running) {
-            "id + 0"
-        } else {
-            "id"
-        };
         let sql = format!(
-            select_tasks!("WHERE id > $1{}{} ORDER BY {} LIMIT $2"),
-            by_status, by_name, order
+            select_tasks!("WHERE id > $1{}{} ORDER BY id LIMIT $2"),
+            by_status, by_name
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(filter.after.unwrap_or(0))
@@ -194,9 +192,25 @@ impl Tasks for PostgresTaskStore {
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
         let now = self.now(now).await?;
         let mut tx = self.begin().await?;
+        // Under the partition's claim lock (see `rota_claim`): a claim in progress finishes
+        // first and the cancel sees its claim row, or the claim waits and sees the cancel.
+        let partition: Option<i32> = sqlx::query_scalar(
+            "SELECT t.partition FROM rota_tasks t CROSS JOIN LATERAL \
+               (SELECT pg_advisory_xact_lock(hashtext(current_schema()), t.partition)) l \
+             WHERE t.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if partition.is_none() {
+            return Ok(CancelOutcome::NotFound);
+        }
         let cancelled = sqlx::query(concat!(
-            "UPDATE rota_tasks SET status = 'CANCELLED', finished_at = $2 \
-             WHERE id = $1 AND status = 'PENDING' RETURNING ",
+            "UPDATE rota_tasks t SET status = 'CANCELLED', finished_at = $2 \
+             WHERE id = $1 AND status = 'PENDING' AND NOT EXISTS (SELECT 1 FROM rota_claims k \
+               WHERE k.partition = t.partition AND t.id = ANY(k.tasks)) \
+             RETURNING ",
             columns!()
         ))
         .bind(id)
@@ -223,9 +237,13 @@ impl Tasks for PostgresTaskStore {
     }
 
     async fn backlog(&self) -> Result<Backlog, StoreError> {
+        // The tasks in flight are what the claim rows name; the pending count is of the task
+        // rows stored PENDING, which include them.
         let (pending, running): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM rota_tasks WHERE status = 'PENDING'), \
-                    (SELECT count(*) FROM rota_tasks WHERE status = 'RUNNING')",
+            "WITH running AS (SELECT coalesce(sum(cardinality(tasks)), 0)::bigint AS n \
+               FROM rota_claims) \
+             SELECT (SELECT count(*) FROM rota_tasks WHERE status = 'PENDING') - running.n, \
+                    running.n FROM running",
         )
         .fetch_one(&self.pool)
         .await

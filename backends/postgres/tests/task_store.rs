@@ -200,10 +200,15 @@ async fn tables_of_an_unscoped_earlier_version_are_adopted() {
             .id
     };
     // Lay the tables out as a rota from before schemas per cluster did: in `public`, and
-    // without the tables of later migrations (schedules).
+    // without what later migrations made (schedules, claims per batch).
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::raw_sql(
-        "DROP TABLE rota_test.rota_schedules; DELETE FROM rota_test.rota_schema WHERE version > 4; \
+        "DROP TABLE rota_test.rota_schedules; DROP VIEW rota_test.rota_tasks_seen; \
+         DROP FUNCTION rota_test.rota_claim; DROP TABLE rota_test.rota_claims; \
+         ALTER TABLE rota_test.rota_tasks DROP COLUMN last_claim; \
+         CREATE INDEX rota_tasks_running ON rota_test.rota_tasks (partition) \
+           WHERE status = 'RUNNING'; \
+         DELETE FROM rota_test.rota_schema WHERE version > 4; \
          ALTER TABLE rota_test.rota_tasks SET SCHEMA public; \
          ALTER TABLE rota_test.rota_partition_owners SET SCHEMA public; \
          ALTER TABLE rota_test.rota_schema SET SCHEMA public; DROP SCHEMA rota_test",

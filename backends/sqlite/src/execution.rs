@@ -38,7 +38,7 @@ macro_rules! take_back {
     ($why:literal, $now:literal, $filter:literal) => {
         concat!(
             "UPDATE tasks SET ",
-            rota_scheduler::take_back_sql!("", $why, $now),
+            rota_scheduler::take_back_sql!("", attempts = "attempts", $why, $now),
             " WHERE ",
             $filter
         )
@@ -172,6 +172,7 @@ impl Execution for SqliteTaskStore {
                         "UPDATE tasks SET ",
                         rota_scheduler::settle_sql!(
                             t = "",
+                            attempts = "attempts",
                             outcome = "?6",
                             error = "?7",
                             retry_at = "?8",

@@ -92,14 +92,16 @@ pub fn take_back(task: &mut Task, reason: &str, now: Millis) -> TaskStatus {
 }
 
 /// [`settle`] as the SQL `SET` clause of an `UPDATE` of a task row. `$t` prefixes the task's
-/// columns (`""` or `"t."`); the completion's values are SQL expressions: `$outcome` (as
-/// [`CompletionOutcome::code`]), `$error`, `$retry_at`, `$started_at`, and `$now` is the SQL of
-/// "now" (bound parameters, or the columns of a joined row). Expands to a string literal, for
-/// `concat!`.
+/// columns (`""` or `"t."`); `$attempts` is the SQL of the task's attempts counting the one that
+/// ends (a store that counts the attempt at the claim passes its column; one that records claims
+/// apart from the task rows, its column plus one); the completion's values are SQL expressions:
+/// `$outcome` (as [`CompletionOutcome::code`]), `$error`, `$retry_at`, `$started_at`, and `$now`
+/// is the SQL of "now" (bound parameters, or the columns of a joined row). Expands to a string
+/// literal, for `concat!`.
 #[macro_export]
 macro_rules! settle_sql {
-    (t = $t:literal, outcome = $o:literal, error = $e:literal, retry_at = $r:literal,
-     started_at = $s:literal, now = $now:literal) => {
+    (t = $t:literal, attempts = $a:literal, outcome = $o:literal, error = $e:literal,
+     retry_at = $r:literal, started_at = $s:literal, now = $now:literal) => {
         concat!(
             "status = CASE WHEN ",
             $o,
@@ -108,22 +110,22 @@ macro_rules! settle_sql {
             " = 3 OR (",
             $o,
             " = 1 AND ",
-            $t,
-            "attempts >= ",
+            $a,
+            " >= ",
             $t,
             "max_attempts) THEN 'FAILED' ELSE 'PENDING' END, ",
             "attempts = CASE WHEN ",
             $o,
             " = 2 THEN ",
-            $t,
-            "attempts - 1 ELSE ",
-            $t,
-            "attempts END, ",
+            $a,
+            " - 1 ELSE ",
+            $a,
+            " END, ",
             "scheduled_at = CASE WHEN ",
             $o,
             " = 1 AND ",
-            $t,
-            "attempts < ",
+            $a,
+            " < ",
             $t,
             "max_attempts ",
             "THEN ",
@@ -136,8 +138,8 @@ macro_rules! settle_sql {
             " IN (0, 3) OR (",
             $o,
             " = 1 AND ",
-            $t,
-            "attempts >= ",
+            $a,
+            " >= ",
             $t,
             "max_attempts) THEN ",
             $now,
@@ -162,20 +164,21 @@ macro_rules! settle_sql {
 }
 
 /// [`take_back`] as the SQL `SET` clause of an `UPDATE` of task rows: `$t` prefixes the
-/// columns (`""` or `"t."`), `$reason` is the last error of a task out of attempts, `$now` the
-/// SQL of "now". Expands to a string literal, for `concat!`.
+/// columns (`""` or `"t."`), `$attempts` is the SQL of the attempts counting the lost one (as in
+/// [`settle_sql!`]; recorded as the task's attempts), `$reason` is the last error of a task out
+/// of attempts, `$now` the SQL of "now". Expands to a string literal, for `concat!`.
 #[macro_export]
 macro_rules! take_back_sql {
-    ($t:literal, $reason:literal, $now:literal) => {
+    ($t:literal, attempts = $a:literal, $reason:literal, $now:literal) => {
         concat!(
             "status = CASE WHEN ",
-            $t,
-            "attempts >= ",
+            $a,
+            " >= ",
             $t,
             "max_attempts THEN 'FAILED' ELSE 'PENDING' END, ",
             "last_error = CASE WHEN ",
-            $t,
-            "attempts >= ",
+            $a,
+            " >= ",
             $t,
             "max_attempts THEN '",
             $reason,
@@ -183,13 +186,15 @@ macro_rules! take_back_sql {
             $t,
             "last_error END, ",
             "finished_at = CASE WHEN ",
-            $t,
-            "attempts >= ",
+            $a,
+            " >= ",
             $t,
             "max_attempts THEN ",
             $now,
             " ELSE NULL END, ",
-            "owner = NULL, lease_until = NULL"
+            "attempts = ",
+            $a,
+            ", owner = NULL, lease_until = NULL"
         )
     };
 }
