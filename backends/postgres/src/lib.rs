@@ -117,11 +117,18 @@ macro_rules! owned {
     };
 }
 
-/// `SELECT` of every task column as clients see it (`rota_tasks_seen`: a task a live claim names
-/// is RUNNING), then `$rest` (a literal: the condition).
+/// `SELECT` of every task column `FROM rota_tasks`, then `$rest` (a literal: the condition). A
+/// task a live claim holds is stored PENDING: [`seen`] shows it as clients see it.
 macro_rules! select_tasks {
     ($rest:literal) => {
-        concat!("SELECT ", columns!(), " FROM rota_tasks_seen ", $rest)
+        concat!("SELECT ", columns!(), " FROM rota_tasks ", $rest)
+    };
+}
+
+/// Every task a live claim holds (a subquery: `id NOT IN` it, or `ANY(ARRAY` of it).
+macro_rules! held {
+    () => {
+        "(SELECT unnest(tasks) FROM rota_claims)"
     };
 }
 
@@ -240,6 +247,56 @@ fn tasks_from(rows: &[PgRow]) -> Result<Vec<Task>, StoreError> {
         .map_err(backend)
 }
 
+/// Tasks as clients see them: a task stored PENDING that a live claim holds is RUNNING under the
+/// claim's owner and epoch, its attempt counted, its start and lease the claim's (the claim
+/// writes no task row; see `sql/claims.sql`). One query, only when a task is stored PENDING.
+async fn seen<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    mut tasks: Vec<Task>,
+) -> Result<Vec<Task>, StoreError> {
+    let pending: Vec<(i64, i32)> = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Pending)
+        .map(|t| (t.id, t.partition as i32))
+        .collect();
+    if pending.is_empty() {
+        return Ok(tasks);
+    }
+    let (ids, partitions): (Vec<i64>, Vec<i32>) = pending.into_iter().unzip();
+    let rows = sqlx::query(
+        "SELECT m.id, k.owner, k.epoch, k.lease_until, k.claimed_at \
+         FROM rota_claims k CROSS JOIN LATERAL unnest(k.tasks) AS m(id) \
+         WHERE k.partition = ANY($2) AND m.id = ANY($1)",
+    )
+    .bind(&ids)
+    .bind(&partitions)
+    .fetch_all(db)
+    .await
+    .map_err(backend)?;
+    let mut held = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.try_get("id").map_err(backend)?;
+        held.insert(id, row);
+    }
+    for task in tasks.iter_mut() {
+        let Some(claim) = held
+            .get(&task.id)
+            .filter(|_| task.status == TaskStatus::Pending)
+        else {
+            continue;
+        };
+        task.status = TaskStatus::Running;
+        task.attempts += 1;
+        task.owner = Some(InstanceId::new(
+            claim.try_get::<String, _>("owner").map_err(backend)?,
+        ));
+        task.epoch = Some(claim.try_get::<i64, _>("epoch").map_err(backend)? as Epoch);
+        task.lease_until = Some(claim.try_get("lease_until").map_err(backend)?);
+        task.started_at = Some(claim.try_get("claimed_at").map_err(backend)?);
+    }
+    Ok(tasks)
+}
+
 impl PostgresTaskStore {
     /// Connects, migrates the cluster's schema, and starts listening for inserts. Due times,
     /// claim and finish times are taken from the database's clock, so workers with skewed
@@ -338,7 +395,7 @@ impl PostgresTaskStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        tasks_from(&rows)
+        seen(&self.pool, tasks_from(&rows)?).await
     }
 
     /// "Now": the database's clock, or the caller's (one round trip; the hot paths use

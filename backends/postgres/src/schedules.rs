@@ -3,7 +3,7 @@
 //! partition's owner row locked `FOR SHARE` for the fence (an ownership change waits for the
 //! firing, then sees its tasks), and the fired ticks' tasks inserted by their idempotency keys.
 
-use crate::{PostgresTaskStore, backend, task_from};
+use crate::{PostgresTaskStore, backend, seen, task_from};
 use rota_scheduler::DueSchedulesQuery;
 use rota_scheduler::schedule::{Run, Schedule, ScheduleDef};
 use rota_scheduler::{
@@ -209,7 +209,9 @@ async fn insert_one(
         .fetch_one(&mut *tx)
         .await
         .map_err(backend)?;
-    Ok((task_from(&row).map_err(backend)?, false))
+    let existing = task_from(&row).map_err(backend)?;
+    let existing = seen(&mut *tx, vec![existing]).await?;
+    Ok((existing.into_iter().next().expect("one task"), false))
 }
 
 /// Deletes a schedule at `revision`.

@@ -1,7 +1,7 @@
 //! Tasks as clients see them ([`Tasks`]): the bulk insert (ids reserved from the sequence,
 //! partitions computed, one `INSERT ... SELECT FROM UNNEST(...)`), reads, lists, cancel, count.
 
-use crate::{PostgresTaskStore, backend, task_from, tasks_from};
+use crate::{PostgresTaskStore, backend, seen, task_from, tasks_from};
 use rota_scheduler::InsertTasks;
 use rota_scheduler::{
     Backlog, CancelOutcome, ListFilter, Millis, NewTask, Page, StoreError, Task, TaskId,
@@ -142,7 +142,8 @@ impl Tasks for PostgresTaskStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        row.as_ref().map(task_from).transpose().map_err(backend)
+        let task = row.as_ref().map(task_from).transpose().map_err(backend)?;
+        Ok(seen(&self.pool, task.into_iter().collect()).await?.pop())
     }
 
     async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
@@ -161,14 +162,13 @@ impl Tasks for PostgresTaskStore {
         // docs/performance.md). A task a live claim names is stored PENDING and seen RUNNING.
         let by_status = match filter.status {
             None => "",
-            Some(TaskStatus::Pending) => " AND stored_status = 'PENDING' AND status = 'PENDING'",
+            Some(TaskStatus::Pending) => concat!(" AND status = 'PENDING' AND id NOT IN ", held!()),
             Some(TaskStatus::Running) => {
-                " AND id = ANY(ARRAY(SELECT unnest(tasks) FROM rota_claims)) \
-                  AND status = 'RUNNING'"
+                concat!(" AND status = 'PENDING' AND id = ANY(ARRAY", held!(), ")")
             }
-            Some(TaskStatus::Completed) => " AND stored_status = 'COMPLETED'",
-            Some(TaskStatus::Failed) => " AND stored_status = 'FAILED'",
-            Some(TaskStatus::Cancelled) => " AND stored_status = 'CANCELLED'",
+            Some(TaskStatus::Completed) => " AND status = 'COMPLETED'",
+            Some(TaskStatus::Failed) => " AND status = 'FAILED'",
+            Some(TaskStatus::Cancelled) => " AND status = 'CANCELLED'",
         };
         let by_name = if filter.name.is_some() {
             " AND name = $3"
@@ -186,7 +186,8 @@ impl Tasks for PostgresTaskStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(Page::from_fetched(tasks_from(&rows)?, limit))
+        let tasks = seen(&self.pool, tasks_from(&rows)?).await?;
+        Ok(Page::from_fetched(tasks, limit))
     }
 
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<CancelOutcome, StoreError> {
@@ -227,7 +228,11 @@ impl Tasks for PostgresTaskStore {
                     .await
                     .map_err(backend)?;
                 match row {
-                    Some(row) => CancelOutcome::Conflict(task_from(&row).map_err(backend)?),
+                    Some(row) => {
+                        let task = task_from(&row).map_err(backend)?;
+                        let seen = seen(&mut *tx, vec![task]).await?;
+                        CancelOutcome::Conflict(seen.into_iter().next().expect("one task"))
+                    }
                     None => CancelOutcome::NotFound,
                 }
             }

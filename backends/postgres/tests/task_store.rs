@@ -203,7 +203,7 @@ async fn tables_of_an_unscoped_earlier_version_are_adopted() {
     // without what later migrations made (schedules, claims per batch).
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::raw_sql(
-        "DROP TABLE rota_test.rota_schedules; DROP VIEW rota_test.rota_tasks_seen; \
+        "DROP TABLE rota_test.rota_schedules; \
          DROP FUNCTION rota_test.rota_claim; DROP TABLE rota_test.rota_claims; \
          ALTER TABLE rota_test.rota_tasks DROP COLUMN last_claim; \
          CREATE INDEX rota_tasks_running ON rota_test.rota_tasks (partition) \

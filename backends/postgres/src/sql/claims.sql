@@ -26,22 +26,6 @@ UPDATE rota_tasks SET status = 'PENDING', attempts = attempts - 1, owner = NULL,
     lease_until = NULL WHERE status = 'RUNNING';
 DROP INDEX rota_tasks_running;
 
--- The tasks as clients see them: a task a live claim names is RUNNING under the claim's owner
--- and epoch, its attempt counted, its lease and start the claim's.
-CREATE VIEW rota_tasks_seen AS
-SELECT t.id, t.name, t.payload, t.handler, t.partition_key, t.partition,
-       CASE WHEN k.id IS NULL THEN t.status ELSE 'RUNNING' END AS status,
-       t.scheduled_at,
-       t.attempts + CASE WHEN k.id IS NULL THEN 0 ELSE 1 END AS attempts,
-       t.max_attempts, t.last_error, k.owner, coalesce(k.epoch, t.epoch) AS epoch,
-       k.lease_until, t.idempotency_key, t.created_at,
-       CASE WHEN k.id IS NULL THEN t.started_at ELSE k.claimed_at END AS started_at,
-       t.finished_at, t.status AS stored_status
-FROM rota_tasks t LEFT JOIN LATERAL (
-    SELECT k.id, k.owner, k.epoch, k.lease_until, k.claimed_at FROM rota_claims k
-    WHERE t.status = 'PENDING' AND k.partition = t.partition AND t.id = ANY(k.tasks)
-    LIMIT 1) k ON true;
-
 -- The claim: up to `p_limit` due tasks of the partitions `p_owner` still holds at the given
 -- epochs, in due order, recorded as one claim row per partition. A function, so that its query
 -- takes its snapshot after the partitions' locks are granted (a statement's snapshot is taken
@@ -73,9 +57,11 @@ BEGIN
         JOIN unnest(p_partitions, p_epochs) AS c(partition, epoch)
           ON c.partition = o.partition AND c.epoch = o.epoch
         WHERE o.owner = p_owner FOR SHARE OF o),
-    picked AS (
-        SELECT x.*, owned.epoch AS claim_epoch FROM owned CROSS JOIN LATERAL (
-            SELECT t.* FROM rota_tasks t
+    -- Narrow rows through the pick (the id and due time, from the index's range of each
+    -- partition), the whole task only for those picked.
+    heads AS (
+        SELECT x.id, x.scheduled_at, owned.epoch AS claim_epoch FROM owned CROSS JOIN LATERAL (
+            SELECT t.id, t.scheduled_at FROM rota_tasks t
             WHERE t.partition = owned.partition AND t.status = 'PENDING'
               AND t.scheduled_at <= v_now
               -- Not held by a live claim: one hashed set of every task the partitions' claims
@@ -84,6 +70,8 @@ BEGIN
                                WHERE k.partition = ANY(p_partitions))
             ORDER BY t.scheduled_at, t.id LIMIT p_limit) x
         ORDER BY x.scheduled_at, x.id LIMIT p_limit),
+    picked AS (
+        SELECT t.*, f.claim_epoch FROM heads f JOIN rota_tasks t ON t.id = f.id),
     batch AS (
         INSERT INTO rota_claims (partition, owner, epoch, claimed_at, lease_until, tasks)
         SELECT picked.partition, p_owner, picked.claim_epoch, v_now, v_now + p_lease,

@@ -174,9 +174,10 @@ impl<R> Book<R> {
     }
 
     /// How many tasks to claim now, if a claim is worth a store call: enough to fill every
-    /// slot and the prefetch (the starts of the last second, at most twice a batch), less what
-    /// is claimed already, at most a batch; worth it when a slot would otherwise stay idle, or
-    /// half the capacity is free. `busy` is the slots in use.
+    /// slot and the prefetch (a second's starts at the recent rate, at most twice a batch), less what
+    /// is claimed already (queued, running, and finished ones whose completion is not written,
+    /// less a batch of the latter), at most a batch; worth it when a slot would otherwise stay
+    /// idle, or half the capacity is free. `busy` is the slots in use.
     pub fn claim_size(
         &mut self,
         concurrency: usize,
@@ -185,16 +186,24 @@ impl<R> Book<R> {
         now: Millis,
     ) -> Option<usize> {
         let capacity = concurrency + self.prefetch(batch, now);
-        let want = capacity.saturating_sub(self.outstanding).min(batch);
+        // Finished tasks whose completions are being written count up to a batch of them as
+        // settled: a completion write in flight must not halve the next claim, but a store
+        // that falls behind on completions still slows claiming.
+        let writing = self.outstanding.saturating_sub(self.queue.len() + busy);
+        let held = self.outstanding - writing.min(batch);
+        let want = capacity.saturating_sub(held).min(batch);
         let worth = self.queue.len() + busy < concurrency || want * 2 >= capacity;
         (want > 0 && worth).then_some(want)
     }
 
-    /// How many tasks to hold claimed beyond the free slots: the starts of the last second, at
-    /// most two batches.
+    /// How many tasks to hold claimed beyond the free slots: a second's starts at the rate of
+    /// the last window or two, at most two batches. (Measured over short windows, so that a
+    /// backlog found by an idle worker is claimed in full batches within milliseconds, not
+    /// after a second of small claims; long tasks start slowly and are claimed as slowly.)
     fn prefetch(&mut self, batch: usize, now: Millis) -> usize {
         self.starts.roll(now);
-        self.starts.previous.max(self.starts.current).min(2 * batch)
+        let per_window = self.starts.previous.max(self.starts.current);
+        (per_window * (1_000 / StartRate::WINDOW) as usize).min(2 * batch)
     }
 
     /// Takes from the queue, in order, a task for each of `free` slots, and every task that
@@ -278,25 +287,28 @@ impl<R> Book<R> {
     }
 }
 
-/// Starts counted per second, for the prefetch target.
+/// Starts counted per window of [`StartRate::WINDOW`], for the prefetch target.
 #[derive(Debug, Default)]
 struct StartRate {
-    /// Start of the current second (`None` before the first roll).
-    second: Option<Millis>,
+    /// Start of the current window (`None` before the first roll).
+    window: Option<Millis>,
     current: usize,
     previous: usize,
 }
 
 impl StartRate {
+    /// The window, in milliseconds (divides a second).
+    const WINDOW: Millis = 100;
+
     fn roll(&mut self, now: Millis) {
-        let second = *self.second.get_or_insert(now);
-        let elapsed = now - second;
-        if elapsed >= 2_000 {
+        let window = *self.window.get_or_insert(now);
+        let elapsed = now - window;
+        if elapsed >= 2 * Self::WINDOW {
             (self.previous, self.current) = (0, 0);
-            self.second = Some(now);
-        } else if elapsed >= 1_000 {
+            self.window = Some(now);
+        } else if elapsed >= Self::WINDOW {
             (self.previous, self.current) = (self.current, 0);
-            self.second = Some(second + 1_000);
+            self.window = Some(window + Self::WINDOW);
         }
     }
 }
@@ -398,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn claims_fill_the_slots_and_prefetch_what_started_in_the_last_second() {
+    fn claims_fill_the_slots_and_prefetch_a_second_of_starts_at_the_recent_rate() {
         let mut book = Book::<()>::default();
         book.gain(0, 1);
         // Idle: enough for every slot.
@@ -406,17 +418,18 @@ mod tests {
         book.claimed((0..16).map(|id| task(id, 0)).collect(), 0);
         // Everything claimed and nothing started: not worth a call.
         assert_eq!(book.claim_size(16, 256, 0, 0), None);
-        // 200 starts this second raise the target to the slots and 200 more.
+        // 20 starts in this window of 100 ms raise the target to the slots and 200 more.
         for id in 0..16 {
             book.take_startable(1, 1_000, 10);
             book.settle([0]);
             book.claimed(vec![task(100 + id, 0)], 10);
         }
-        book.starts.current = 200;
-        let size = book.claim_size(16, 256, 16, 500).unwrap();
+        book.starts.current = 20;
+        let size = book.claim_size(16, 256, 16, 50).unwrap();
         assert_eq!(size, 16 + 200 - book.outstanding());
-        // The rate is forgotten after two idle seconds.
-        assert_eq!(book.prefetch(256, 3_000), 0);
+        // Held through the next window, forgotten after two idle ones.
+        assert_eq!(book.prefetch(256, 150), 200);
+        assert_eq!(book.prefetch(256, 400), 0);
     }
 
     #[test]

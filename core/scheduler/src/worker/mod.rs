@@ -16,9 +16,9 @@
 //!   due the loop sleeps until the next due time, a new insert into an owned partition, a change
 //!   of ownership, or free capacity, whichever comes first (the idle backstop, `max_idle`, only
 //!   bounds the wait), never a fixed tick.
-//! - **Prefetch**: besides a task for every free slot, a claim takes up to as many tasks as the
-//!   worker started in the last second (at most `batch`), kept in a local queue until a slot
-//!   frees. Short tasks so travel in large batches (a store round trip per few hundred tasks,
+//! - **Prefetch**: besides a task for every free slot, the worker holds up to a second's starts
+//!   at the rate of its last 100-200 ms (at most two batches; a claim takes at most `batch`),
+//!   kept in a local queue until a slot frees. Short tasks so travel in large batches (a store round trip per few hundred tasks,
 //!   not per slot); long ones are claimed no faster than they start. Queued tasks are leased and
 //!   renewed like running ones; when their partition leaves (or the worker stops) they are
 //!   released at once, PENDING again with the attempt not counted. Each task's recorded start
