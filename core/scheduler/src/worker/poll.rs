@@ -99,15 +99,18 @@ impl Inner {
     /// the session is confirmed, or given back when it grows too old or its partition goes.
     pub(super) fn start_queued(self: &Arc<Self>, done: &mpsc::Sender<Completion>) {
         let max_age = self.max_queue_age().as_millis() as Millis;
-        let free = if self.session_in_doubt() {
-            0
-        } else {
-            self.permits.available_permits()
-        };
+        let in_doubt = self.session_in_doubt();
         let mut book = self.book();
         if book.queued() == 0 {
             return;
         }
+        // Counted under the book's lock, where every slot is taken: callers that run at once
+        // (the poll loop, tasks that just ended) each see only the slots still free.
+        let free = if in_doubt {
+            0
+        } else {
+            self.permits.available_permits()
+        };
         let found = book.take_startable(free, max_age, self.mono_ms());
         // Started under the book's lock, so that a step-down sees each task in one place.
         for task in found.start {
@@ -154,6 +157,9 @@ impl Inner {
             let completion = inner.execute(&task).await;
             guard.sent = done.send(completion).await.is_ok();
             drop(guard);
+            // The slot just freed takes the next queued task at once, rather than when the
+            // poll loop next looks (it may be waiting on a claim).
+            inner.start_queued(&done);
         });
         (handle.abort_handle(), interrupted)
     }
