@@ -1,5 +1,13 @@
 //! An in-memory [`TaskStore`]: for tests and embedders that need no durability. Passes the same
 //! conformance suite as SQLite and PostgreSQL.
+//!
+//! Claims are recorded per batch, as PostgreSQL records them (`rota-postgres`, `sql/claims.sql`),
+//! so that the simulator, which runs on this store, exercises that design: a claim is a row
+//! naming the tasks it took and has not settled yet; a claimed task's own row is not written
+//! (it stays PENDING, its attempt not yet counted) until its completion settles it and takes it
+//! out of the claim; a claim taken back (the partition moved, the lease ran out) is deleted and
+//! the tasks it still named are taken back with their attempt counted. A task a claim holds is
+//! shown RUNNING under the claim's owner and epoch ([`Inner::seen`]).
 
 use rota_model::{Epoch, InstanceId};
 use rota_scheduler::schedule::Schedule;
@@ -28,12 +36,25 @@ struct Inner {
     tasks: BTreeMap<TaskId, Task>,
     keys: BTreeMap<String, TaskId>,
     owners: BTreeMap<u32, (InstanceId, Epoch)>,
-    /// PENDING tasks by partition, in due order.
+    /// Tasks stored PENDING (held by a claim or not) by partition, in due order.
     due: BTreeMap<u32, BTreeSet<(Millis, TaskId)>>,
-    /// RUNNING tasks by partition.
-    running: BTreeMap<u32, BTreeSet<TaskId>>,
+    /// Live claims by id, in the order they were made.
+    claims: BTreeMap<u64, ClaimRow>,
+    /// The live claim holding each task it names (an index of `claims`).
+    held: BTreeMap<TaskId, u64>,
+    next_claim: u64,
     next_id: TaskId,
     schedules: BTreeMap<String, Schedule>,
+}
+
+/// One claim: the tasks of one partition it took and has not settled yet.
+struct ClaimRow {
+    partition: u32,
+    owner: InstanceId,
+    epoch: Epoch,
+    claimed_at: Millis,
+    lease_until: Millis,
+    tasks: BTreeSet<TaskId>,
 }
 
 impl Default for MemoryTaskStore {
@@ -119,42 +140,63 @@ impl Inner {
             .is_some_and(|(o, e)| o == owner && *e == claim.epoch)
     }
 
-    /// Moves a task to `status`, keeping the indexes right.
+    /// Moves a task to `status`, keeping the due index right.
     fn set_status(&mut self, id: TaskId, status: TaskStatus) {
         let task = self.tasks.get_mut(&id).expect("indexed task exists");
         let p = task.partition;
-        match task.status {
-            TaskStatus::Pending => {
-                self.due
-                    .entry(p)
-                    .or_default()
-                    .remove(&(task.scheduled_at, id));
-            }
-            TaskStatus::Running => {
-                self.running.entry(p).or_default().remove(&id);
-            }
-            _ => {}
+        if task.status == TaskStatus::Pending {
+            let due = self.due.entry(p).or_default();
+            due.remove(&(task.scheduled_at, id));
         }
         task.status = status;
-        match status {
-            TaskStatus::Pending => {
-                self.due
-                    .entry(p)
-                    .or_default()
-                    .insert((task.scheduled_at, id));
-            }
-            TaskStatus::Running => {
-                self.running.entry(p).or_default().insert(id);
-            }
-            _ => {}
+        if status == TaskStatus::Pending {
+            let due = self.due.entry(p).or_default();
+            due.insert((task.scheduled_at, id));
         }
     }
 
-    /// Takes back a claim that will not complete ([`rules::take_back`]).
-    fn requeue(&mut self, id: TaskId, now: Millis, reason: &str) {
-        let task = self.tasks.get_mut(&id).expect("exists");
-        let status = rules::take_back(task, reason, now);
-        self.set_status(id, status);
+    /// A task as clients see it: RUNNING under its claim if one holds it.
+    fn seen(&self, task: &Task) -> Task {
+        let mut task = task.clone();
+        if let Some(claim) = self.held.get(&task.id).map(|k| &self.claims[k]) {
+            task.status = TaskStatus::Running;
+            task.attempts += 1;
+            task.owner = Some(claim.owner.clone());
+            task.epoch = Some(claim.epoch);
+            task.lease_until = Some(claim.lease_until);
+            task.started_at = Some(claim.claimed_at);
+        }
+        task
+    }
+
+    /// Deletes the claims `ids` and takes back ([`rules::take_back`]) every task they still
+    /// hold, its attempt counted; how many.
+    fn take_back(&mut self, ids: Vec<u64>, now: Millis, reason: &str) -> u64 {
+        let mut taken = 0;
+        for id in ids {
+            let Some(claim) = self.claims.remove(&id) else {
+                continue;
+            };
+            for task in claim.tasks {
+                self.held.remove(&task);
+                let t = self.tasks.get_mut(&task).expect("a claimed task exists");
+                t.attempts += 1;
+                t.epoch = Some(claim.epoch);
+                let status = rules::take_back(t, reason, now);
+                self.set_status(task, status);
+                taken += 1;
+            }
+        }
+        taken
+    }
+
+    /// The claims of `partition` that `keep` does not keep.
+    fn claims_of(&self, partition: u32, keep: impl Fn(&ClaimRow) -> bool) -> Vec<u64> {
+        self.claims
+            .iter()
+            .filter(|(_, c)| c.partition == partition && !keep(c))
+            .map(|(&id, _)| id)
+            .collect()
     }
 }
 
@@ -171,7 +213,8 @@ impl Tasks for MemoryTaskStore {
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        Ok(self.lock().tasks.get(&id).cloned())
+        let inner = self.lock();
+        Ok(inner.tasks.get(&id).map(|t| inner.seen(t)))
     }
 
     async fn by_idempotency_keys(&self, keys: &[String]) -> Result<Vec<Task>, StoreError> {
@@ -179,7 +222,7 @@ impl Tasks for MemoryTaskStore {
         Ok(keys
             .iter()
             .filter_map(|k| inner.keys.get(k))
-            .filter_map(|id| inner.tasks.get(id).cloned())
+            .filter_map(|id| inner.tasks.get(id).map(|t| inner.seen(t)))
             .collect())
     }
 
@@ -190,11 +233,10 @@ impl Tasks for MemoryTaskStore {
         let tasks: Vec<Task> = inner
             .tasks
             .range(start..)
-            .map(|(_, t)| t)
+            .map(|(_, t)| inner.seen(t))
             .filter(|t| filter.status.is_none_or(|s| t.status == s))
             .filter(|t| filter.name.as_ref().is_none_or(|n| &t.name == n))
             .take(limit + 1)
-            .cloned()
             .collect();
         Ok(Page::from_fetched(tasks, limit))
     }
@@ -204,8 +246,8 @@ impl Tasks for MemoryTaskStore {
         let Some(task) = inner.tasks.get(&id) else {
             return Ok(CancelOutcome::NotFound);
         };
-        if task.status != TaskStatus::Pending {
-            return Ok(CancelOutcome::Conflict(task.clone()));
+        if task.status != TaskStatus::Pending || inner.held.contains_key(&id) {
+            return Ok(CancelOutcome::Conflict(inner.seen(task)));
         }
         inner.set_status(id, TaskStatus::Cancelled);
         let task = inner.tasks.get_mut(&id).expect("exists");
@@ -215,9 +257,11 @@ impl Tasks for MemoryTaskStore {
 
     async fn backlog(&self) -> Result<Backlog, StoreError> {
         let inner = self.lock();
+        let stored: u64 = inner.due.values().map(|d| d.len() as u64).sum();
+        let running = inner.held.len() as u64;
         Ok(Backlog {
-            pending: inner.due.values().map(|d| d.len() as u64).sum(),
-            running: inner.running.values().map(|r| r.len() as u64).sum(),
+            pending: stored - running,
+            running,
         })
     }
 }
@@ -231,21 +275,12 @@ impl Execution for MemoryTaskStore {
         let holder = inner.owners.get(&partition);
         grant.check(holder.map(|(o, e)| (o.as_str(), *e)))?;
         inner.owners.insert(partition, (owner.clone(), epoch));
-        let stale: Vec<TaskId> = inner
-            .running
-            .get(&partition)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|id| {
-                let t = &inner.tasks[id];
-                t.owner.as_ref() != Some(owner) || t.epoch != Some(epoch)
-            })
-            .collect();
-        for &id in &stale {
-            inner.requeue(id, now, "claim lost: the partition moved to another worker");
-        }
-        Ok(stale.len() as u64)
+        let lost = inner.claims_of(partition, |c| &c.owner == owner && c.epoch == epoch);
+        Ok(inner.take_back(
+            lost,
+            now,
+            "claim lost: the partition moved to another worker",
+        ))
     }
 
     async fn claim(&self, claim: ClaimTasks) -> Result<Claimed, StoreError> {
@@ -260,29 +295,60 @@ impl Execution for MemoryTaskStore {
                 refused.push(claim.partition);
             }
         }
-        // Candidates: the first `limit` due tasks of each partition.
-        let mut candidates: Vec<(Millis, TaskId, Epoch)> = Vec::new();
+        // Candidates: the first `limit` due tasks of each partition that no live claim holds.
+        let ignore_held = rota_cluster::teeth::get().claim_ignores_held_tasks;
+        let mut candidates: Vec<(Millis, TaskId, Claim)> = Vec::new();
         for claim in &valid {
             let due = inner.due.get(&claim.partition).into_iter().flatten();
             candidates.extend(
                 due.take_while(|(at, _)| *at <= now)
+                    .filter(|(_, id)| ignore_held || !inner.held.contains_key(id))
                     .take(limit)
-                    .map(|&(at, id)| (at, id, claim.epoch)),
+                    .map(|&(at, id)| (at, id, *claim)),
             );
         }
-        candidates.sort_unstable();
+        candidates.sort_unstable_by_key(|&(at, id, _)| (at, id));
         candidates.truncate(limit);
-        let mut tasks = Vec::with_capacity(candidates.len());
-        for (_, id, epoch) in candidates {
-            inner.set_status(id, TaskStatus::Running);
-            let t = inner.tasks.get_mut(&id).expect("exists");
-            t.owner = Some(owner.clone());
-            t.epoch = Some(epoch);
-            t.attempts += 1;
-            t.started_at = Some(now);
-            t.lease_until = Some(now + lease_ms);
-            tasks.push(t.clone());
+        // One claim row per partition.
+        let mut rows: BTreeMap<u32, u64> = BTreeMap::new();
+        for &(_, id, claim) in &candidates {
+            let row = match rows.get(&claim.partition) {
+                Some(&row) => row,
+                None => {
+                    inner.next_claim += 1;
+                    let row = inner.next_claim;
+                    inner.claims.insert(
+                        row,
+                        ClaimRow {
+                            partition: claim.partition,
+                            owner: owner.clone(),
+                            epoch: claim.epoch,
+                            claimed_at: now,
+                            lease_until: now + lease_ms,
+                            tasks: BTreeSet::new(),
+                        },
+                    );
+                    rows.insert(claim.partition, row);
+                    row
+                }
+            };
+            // (With the broken guarantee, a task already held moves to this claim.)
+            if let Some(before) = inner.held.insert(id, row) {
+                if let Some(c) = inner.claims.get_mut(&before) {
+                    c.tasks.remove(&id);
+                }
+            }
+            inner
+                .claims
+                .get_mut(&row)
+                .expect("made above")
+                .tasks
+                .insert(id);
         }
+        let tasks = candidates
+            .iter()
+            .map(|(_, id, _)| inner.seen(&inner.tasks[id]))
+            .collect();
         let next_due = valid
             .iter()
             .filter_map(|c| {
@@ -302,26 +368,44 @@ impl Execution for MemoryTaskStore {
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(ends.completions.len());
         for c in &ends.completions {
-            let Some(t) = inner.tasks.get(&c.id) else {
+            // The claim holding the task, if it is this owner's at this epoch, names the
+            // task's partition, and the partition is still held by it at that epoch.
+            let holder = inner.tasks.get(&c.id).and_then(|t| {
+                let row = *inner.held.get(&c.id)?;
+                let k = &inner.claims[&row];
+                let current = if rota_cluster::teeth::get().skip_completion_fence {
+                    true
+                } else {
+                    t.partition == c.partition
+                        && k.partition == c.partition
+                        && &k.owner == owner
+                        && k.epoch == c.epoch
+                        && inner.owns(owner, &Claim::new(c.partition, c.epoch))
+                };
+                current.then_some(row)
+            });
+            let Some(row) = holder else {
                 out.push(None);
                 continue;
             };
-            let claim = Claim::new(t.partition, c.epoch);
-            let current = if rota_cluster::teeth::get().skip_completion_fence {
-                t.status == TaskStatus::Running
-            } else {
-                t.status == TaskStatus::Running
-                    && t.partition == c.partition
-                    && t.owner.as_ref() == Some(owner)
-                    && t.epoch == Some(c.epoch)
-                    && inner.owns(owner, &claim)
-            };
-            if !current {
-                out.push(None);
-                continue;
+            // Settled as the task was claimed (its attempt counted), then stored.
+            let mut task = inner.seen(&inner.tasks[&c.id]);
+            let status = rules::settle(&mut task, c, ends.now);
+            inner.held.remove(&c.id);
+            let claim = inner.claims.get_mut(&row).expect("held by it");
+            claim.tasks.remove(&c.id);
+            if claim.tasks.is_empty() {
+                inner.claims.remove(&row);
             }
-            let status = rules::settle(inner.tasks.get_mut(&c.id).expect("exists"), c, ends.now);
-            inner.set_status(c.id, status);
+            // Out of the due index as stored (PENDING), back in at its new time if PENDING again.
+            task.status = status;
+            let was_due = inner.tasks[&c.id].scheduled_at;
+            let due = inner.due.entry(task.partition).or_default();
+            due.remove(&(was_due, c.id));
+            if status == TaskStatus::Pending {
+                due.insert((task.scheduled_at, c.id));
+            }
+            inner.tasks.insert(c.id, task);
             out.push(Some(status));
         }
         Ok(out)
@@ -330,7 +414,6 @@ impl Execution for MemoryTaskStore {
     async fn renew(&self, renewal: RenewLeases) -> Result<Vec<u32>, StoreError> {
         let (owner, partitions) = (&renewal.owner, &renewal.partitions);
         let (now, lease_ms) = (renewal.now, renewal.lease_ms);
-        let lease_until = now + lease_ms;
         let mut inner = self.lock();
         let mut refused = Vec::new();
         for claim in partitions {
@@ -338,17 +421,9 @@ impl Execution for MemoryTaskStore {
                 refused.push(claim.partition);
                 continue;
             }
-            let ids: Vec<TaskId> = inner
-                .running
-                .get(&claim.partition)
-                .into_iter()
-                .flatten()
-                .copied()
-                .collect();
-            for id in ids {
-                let t = inner.tasks.get_mut(&id).expect("exists");
-                if t.owner.as_ref() == Some(owner) && t.epoch == Some(claim.epoch) {
-                    t.lease_until = Some(lease_until);
+            for k in inner.claims.values_mut() {
+                if k.partition == claim.partition && &k.owner == owner && k.epoch == claim.epoch {
+                    k.lease_until = now + lease_ms;
                 }
             }
         }
@@ -358,20 +433,15 @@ impl Execution for MemoryTaskStore {
     async fn requeue_expired(&self, expired: RequeueExpired) -> Result<u64, StoreError> {
         let (owner, partitions, now) = (&expired.owner, &expired.partitions, expired.now);
         let mut inner = self.lock();
-        let mut expired = Vec::new();
+        let mut lost = Vec::new();
         for claim in partitions.iter().filter(|c| inner.owns(owner, c)) {
-            let running = inner.running.get(&claim.partition).into_iter().flatten();
-            expired
-                .extend(running.filter(|id| inner.tasks[*id].lease_until.is_some_and(|l| l < now)));
+            lost.extend(inner.claims_of(claim.partition, |k| k.lease_until >= now));
         }
-        for &id in &expired {
-            inner.requeue(
-                id,
-                now,
-                "lease expired: the worker neither finished nor renewed it",
-            );
-        }
-        Ok(expired.len() as u64)
+        Ok(inner.take_back(
+            lost,
+            now,
+            "lease expired: the worker neither finished nor renewed it",
+        ))
     }
 
     fn inserted(&self) -> broadcast::Receiver<u32> {
@@ -474,10 +544,7 @@ impl Upkeep for MemoryTaskStore {
     async fn reset_after_restart(&self, now: Millis) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         inner.owners.clear();
-        let running: Vec<TaskId> = inner.running.values().flatten().copied().collect();
-        for &id in &running {
-            inner.requeue(id, now, "claim lost: the cluster restarted");
-        }
-        Ok(running.len() as u64)
+        let all = inner.claims.keys().copied().collect();
+        Ok(inner.take_back(all, now, "claim lost: the cluster restarted"))
     }
 }

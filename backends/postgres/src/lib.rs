@@ -5,10 +5,12 @@
 //! - **insert** reserves ids from the sequence, computes partitions, and inserts the whole batch
 //!   with one `INSERT ... SELECT FROM UNNEST(...)`; idempotency keys are unique in the table
 //!   (`ON CONFLICT DO NOTHING`, then the originals are read back);
-//! - **claim** is one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)` joined with the
-//!   partition-ownership fence (owner rows locked `FOR SHARE`, so an ownership change waits for
-//!   claims in progress and then requeues them);
-//! - **completion** is one `UPDATE ... FROM UNNEST(...)` for the whole batch, fenced the same way;
+//! - **claim** is one call of the `rota_claim` function: the partitions' claim lock, then one
+//!   query that fences (owner rows locked `FOR SHARE`, so an ownership change waits for claims
+//!   in progress and then takes back what they claimed), picks the due tasks no live claim
+//!   holds, and records one claim row per partition naming them: no task row is written;
+//! - **completion** is one `UPDATE ... FROM UNNEST(...)` for the whole batch, fenced by the
+//!   owner row and the claim row naming each task, which it takes the task out of;
 //! - a partial index covers the pending due tasks per partition;
 //! - after every insert commits, the partitions it filled are announced with
 //!   `NOTIFY rota_tasks_<cluster>, '<partition>,<partition>...'`, by one background task per store that

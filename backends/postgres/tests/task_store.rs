@@ -279,3 +279,58 @@ async fn a_cluster_name_postgres_cannot_hold_is_refused() {
         .expect("refused");
     assert!(err.to_string().contains("at most 58"), "{err}");
 }
+
+#[tokio::test]
+async fn claims_made_before_claims_per_batch_are_kept_across_the_upgrade() {
+    use rota_model::InstanceId;
+    use rota_scheduler::conformance::calls::{ended, ends};
+    use rota_scheduler::{CompletionOutcome, TaskStatus};
+    let url = rota_test_harness::postgres().fresh_database();
+    let owner = InstanceId::new("w1");
+    let id = {
+        let store = PostgresTaskStore::connect_with_caller_clock(&url, &settings())
+            .await
+            .unwrap();
+        store.acquire(grant(0, &owner, 1, 0)).await.unwrap();
+        store
+            .insert(inserting(vec![new_task("old")], 1, 0))
+            .await
+            .unwrap()[0]
+            .0
+            .id
+    };
+    // The task as an earlier rota left it: marked RUNNING in its row, its attempt counted.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP FUNCTION rota_test.rota_claim; DROP TABLE rota_test.rota_claims; \
+         ALTER TABLE rota_test.rota_tasks DROP COLUMN last_claim; \
+         CREATE INDEX rota_tasks_running ON rota_test.rota_tasks (partition) \
+           WHERE status = 'RUNNING'; \
+         UPDATE rota_test.rota_tasks SET status = 'RUNNING', owner = 'w1', epoch = 1, \
+           attempts = 1, started_at = 5, lease_until = 30000 WHERE id = {id}; \
+         DELETE FROM rota_test.rota_schema WHERE version > 5"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = PostgresTaskStore::connect_with_caller_clock(&url, &settings())
+        .await
+        .unwrap();
+    // Still running under its claim, its attempt counted once.
+    let seen = store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (seen.status, seen.owner.as_ref(), seen.epoch, seen.attempts),
+        (TaskStatus::Running, Some(&owner), Some(1), 1)
+    );
+    assert_eq!(seen.lease_until, Some(30000));
+    let backlog = store.backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.running), (0, 1));
+    // Its worker's completion is accepted, once.
+    let done = ended(id, 0, 1, CompletionOutcome::Succeeded);
+    let applied = store.complete(&ends(&owner, &[done.clone()], 40)).await;
+    assert_eq!(applied.unwrap(), [Some(TaskStatus::Completed)]);
+    let again = store.complete(&ends(&owner, &[done], 41)).await;
+    assert_eq!(again.unwrap(), [None]);
+    let finished = store.get(id).await.unwrap().unwrap();
+    assert_eq!((finished.attempts, finished.started_at), (1, Some(5)));
+}

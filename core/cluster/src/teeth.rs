@@ -9,9 +9,12 @@
 /// Which guarantees are broken. All off by default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Teeth {
-    /// The memory task store applies a completion to any RUNNING task, without checking the
-    /// claim's owner and epoch against the partition's.
+    /// The memory task store applies a completion to any task a claim holds, without checking
+    /// the claim's owner and epoch against the partition's.
     pub skip_completion_fence: bool,
+    /// The memory task store's claim takes due tasks that a live claim already holds (the
+    /// claims per batch no longer exclude what is in flight).
+    pub claim_ignores_held_tasks: bool,
     /// A participant whose session is suspended keeps its replicas (and its worker its tasks)
     /// instead of stepping down before the session can expire.
     pub suspended_keeps_partitions: bool,
@@ -23,6 +26,7 @@ pub struct Teeth {
 thread_local! {
     static TEETH: std::cell::Cell<Teeth> = const { std::cell::Cell::new(Teeth {
         skip_completion_fence: false,
+        claim_ignores_held_tasks: false,
         suspended_keeps_partitions: false,
         unfenced_controller_writes: false,
     }) };
@@ -39,6 +43,7 @@ pub fn get() -> Teeth {
 pub const fn get() -> Teeth {
     Teeth {
         skip_completion_fence: false,
+        claim_ignores_held_tasks: false,
         suspended_keeps_partitions: false,
         unfenced_controller_writes: false,
     }

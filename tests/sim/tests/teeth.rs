@@ -64,6 +64,18 @@ fn a_completion_without_its_fence_is_caught() {
 }
 
 #[test]
+fn a_claim_that_takes_tasks_already_claimed_is_caught() {
+    assert_caught(
+        "claims per batch ignore the tasks in flight",
+        Teeth {
+            claim_ignores_held_tasks: true,
+            ..Teeth::default()
+        },
+        "while it runs on",
+    );
+}
+
+#[test]
 fn a_suspended_participant_keeping_its_partitions_is_caught() {
     assert_caught(
         "suspended participant keeps its partitions",

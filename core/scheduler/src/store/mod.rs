@@ -19,7 +19,9 @@
 //! - **Claims** take due tasks (PENDING with `scheduled_at <= now`) in due order
 //!   (`scheduled_at`, then id) across all the given partitions, mark them RUNNING under the
 //!   claimant's owner and epoch, count the attempt and set the lease. No task is ever claimed
-//!   twice under live claims. A claim's cost depends on the number of tasks it takes and of
+//!   twice under live claims. (A store may record a claim apart from the task rows, one record
+//!   per batch, and count the attempt on the row when the claim ends: what any call sees is the
+//!   same. See `docs/architecture.md`, "Claims per batch".) A claim's cost depends on the number of tasks it takes and of
 //!   partitions it names, never on the size of the backlog or of the finished history.
 //! - **Expired leases** are not claimed directly: [`Execution::requeue_expired`] takes them
 //!   back on its own schedule, so that the claim's query reads only pending tasks.
