@@ -327,7 +327,9 @@ async fn claims_made_before_claims_per_batch_are_kept_across_the_upgrade() {
     assert_eq!((backlog.pending, backlog.running), (0, 1));
     // Its worker's completion is accepted, once.
     let done = ended(id, 0, 1, CompletionOutcome::Succeeded);
-    let applied = store.complete(&ends(&owner, &[done.clone()], 40)).await;
+    let applied = store
+        .complete(&ends(&owner, std::slice::from_ref(&done), 40))
+        .await;
     assert_eq!(applied.unwrap(), [Some(TaskStatus::Completed)]);
     let again = store.complete(&ends(&owner, &[done], 41)).await;
     assert_eq!(again.unwrap(), [None]);
