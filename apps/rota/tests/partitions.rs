@@ -131,8 +131,12 @@ async fn client(
     }
 }
 
-/// Triggers recording every applied status change of a task and every change of a partition's
-/// owner, each with the partition's grant at that instant, in the store's own order.
+/// Triggers recording every applied claim, end of a claim (completion, release, take-back) and
+/// change of a partition's owner, each with the partition's grant at that instant, in the
+/// store's own order. Claims are recorded per batch (a row of `rota_claims` naming its tasks;
+/// no task row is written): each claim row becomes one PENDING -> RUNNING change per task, and
+/// a task row written with a new `last_claim` ends that claim (RUNNING -> its new status, under
+/// the claim's owner and epoch, kept in `rota_test_claims` since the claim row may be gone).
 const HISTORY: &str = r#"
 CREATE TABLE rota_test_history (
     seq         BIGSERIAL PRIMARY KEY,
@@ -148,17 +152,35 @@ CREATE TABLE rota_test_history (
     grant_owner TEXT,
     grant_epoch BIGINT
 );
+CREATE TABLE rota_test_claims (id BIGINT PRIMARY KEY, owner TEXT NOT NULL, epoch BIGINT NOT NULL);
+CREATE FUNCTION rota_test_claimed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO rota_test_claims VALUES (NEW.id, NEW.owner, NEW.epoch);
+    INSERT INTO rota_test_history (task, partition, old_status, new_status, new_owner,
+        new_epoch, grant_owner, grant_epoch)
+    SELECT m.id, NEW.partition, 'PENDING', 'RUNNING', NEW.owner, NEW.epoch, o.owner, o.epoch
+    FROM unnest(NEW.tasks) AS m(id)
+    LEFT JOIN rota_partition_owners o ON o.partition = NEW.partition;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER rota_test_claimed AFTER INSERT ON rota_claims FOR EACH ROW
+    EXECUTE FUNCTION rota_test_claimed();
 CREATE FUNCTION rota_test_task_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ended BOOLEAN := OLD.last_claim IS DISTINCT FROM NEW.last_claim;
 BEGIN
     INSERT INTO rota_test_history (task, partition, old_status, new_status, old_owner,
         old_epoch, new_owner, new_epoch, grant_owner, grant_epoch)
-    SELECT NEW.id, NEW.partition, OLD.status, NEW.status, OLD.owner, OLD.epoch, NEW.owner,
-        NEW.epoch, o.owner, o.epoch
-    FROM (SELECT 1) one LEFT JOIN rota_partition_owners o ON o.partition = NEW.partition;
+    SELECT NEW.id, NEW.partition, CASE WHEN ended THEN 'RUNNING' ELSE OLD.status END,
+        NEW.status, k.owner, k.epoch, NULL, NEW.epoch, o.owner, o.epoch
+    FROM (SELECT 1) one
+    LEFT JOIN rota_partition_owners o ON o.partition = NEW.partition
+    LEFT JOIN rota_test_claims k ON ended AND k.id = NEW.last_claim;
     RETURN NULL;
 END $$;
 CREATE TRIGGER rota_test_task_changed AFTER UPDATE ON rota_tasks FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION rota_test_task_changed();
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.last_claim IS DISTINCT FROM NEW.last_claim)
+    EXECUTE FUNCTION rota_test_task_changed();
 CREATE FUNCTION rota_test_granted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO rota_test_history (partition, new_owner, new_epoch, grant_owner, grant_epoch)
@@ -266,6 +288,7 @@ impl Cluster {
         let waiting: Vec<(i32, i64)> = sqlx::query_as(
             "SELECT partition, count(*) FROM rota_tasks WHERE status = 'PENDING' \
              AND scheduled_at < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $1 \
+             AND id NOT IN (SELECT unnest(tasks) FROM rota_claims) \
              GROUP BY partition ORDER BY partition",
         )
         .bind(LATE_MS)
