@@ -102,7 +102,7 @@ impl Execution for PostgresTaskStore {
         let (owner, partitions, now) = (&claim.owner, &claim.partitions, claim.now);
         let (limit, lease_ms) = (claim.limit, claim.lease_ms);
         let (parts, epochs) = claim_arrays(partitions);
-        // One call, one round trip: the function (`sql/claims.sql`) locks the partitions, then
+        // One call, one round trip: the function (`sql/functions.sql`) locks the partitions, then
         // fences, picks, records the claim rows and tells the next due time in one query. Each
         // owned partition gives its first `limit` due tasks that no live claim holds, from its
         // own index range (so the cost never depends on other partitions' backlog or on
@@ -173,8 +173,8 @@ impl Execution for PostgresTaskStore {
         // naming the task; settling records it on the task (`last_claim`: a take-back that
         // got there first has recorded it, and the completion is refused) and takes the task
         // out of the claim's row, in the same statement. A row left with no task is deleted
-        // (two statements that empty one row at once each leave the other's tasks: the next
-        // claim clears it).
+        // (two statements that empty one row at once each leave the other's task in it: the
+        // next renewal clears it).
         let rows = sqlx::query(concat!(
             "WITH now AS (SELECT ",
             now!(6),
@@ -261,6 +261,18 @@ impl Execution for PostgresTaskStore {
             .try_get::<Option<Vec<i32>>, _>("owned_partitions")
             .map_err(backend)?
             .unwrap_or_default();
+        // A claim row emptied by two completion statements at once (each saw the other's task
+        // still in it; the worker writes a partition's completions one batch at a time, so only
+        // its rare direct writes can race) is cleared here.
+        sqlx::query(
+            "DELETE FROM rota_claims WHERE owner = $1 AND partition = ANY($2) \
+               AND cardinality(tasks) = 0",
+        )
+        .bind(owner.as_str())
+        .bind(&owned)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(refused(partitions, &owned))
     }
 

@@ -61,6 +61,9 @@ ALTER TABLE rota_tasks ALTER COLUMN payload TYPE JSON USING payload::json;
     include_str!("sql/claims.sql"),
 ];
 
+/// The store's functions (the claim), replaced on every connect: see the file's head.
+const FUNCTIONS: &str = include_str!("sql/functions.sql");
+
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, cluster: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(backend)?;
     // One migrator at a time, across processes and clusters; a migration may take longer than
@@ -102,6 +105,10 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str, cluster: &str) -> Resul
             .await
             .map_err(backend)?;
     }
+    sqlx::raw_sql(FUNCTIONS)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
     tx.commit().await.map_err(backend)
 }
 

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-/// Completion writes in flight at once, each for its own share of the partitions (a
-/// partition's completions always go by the same write, so two writes never wait on one
-/// another in the store): while one commits, the next is on its way.
-const WRITERS: u32 = 2;
+/// Completion writers, each for its own share of the partitions (a partition's completions
+/// always go by the same writer, so two writes never wait on one another in the store). One:
+/// with two, a 100,000-task burn-down ran up to a tenth faster, but under a steady 2,000 tasks/s
+/// each wrote half-size batches, twice the statements, and the start-due lag rose by 15%
+/// (docs/performance.md, issue 23).
+const WRITERS: u32 = 1;
 
 /// Sends completions to the store in batches, up to [`WRITERS`] writes at once. A write that
 /// fails for a reason that may pass (the store unreachable) is tried again, with a growing
