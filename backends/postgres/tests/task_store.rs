@@ -128,6 +128,12 @@ const BEFORE_CLAIMS_PER_BATCH: &str = "DROP FUNCTION rota_test.rota_claim; \
      CREATE INDEX rota_tasks_running ON rota_test.rota_tasks (partition) \
        WHERE status = 'RUNNING';";
 
+/// Inserts a task named "old" (on partition 0 of 1); its id.
+async fn old_task(store: &PostgresTaskStore) -> i64 {
+    let inserted = store.insert(inserting(vec![new_task("old")], 1, 0)).await;
+    inserted.unwrap()[0].0.id
+}
+
 fn new_task(name: &str) -> rota_scheduler::NewTask {
     rota_scheduler::NewTask {
         name: name.into(),
@@ -196,15 +202,7 @@ async fn clusters_sharing_a_database_do_not_see_each_other() {
 #[tokio::test]
 async fn tables_of_an_unscoped_earlier_version_are_adopted() {
     let url = rota_test_harness::postgres().fresh_database();
-    let id = {
-        let store = PostgresTaskStore::connect(&url, &settings()).await.unwrap();
-        store
-            .insert(inserting(vec![new_task("old")], 1, 0))
-            .await
-            .unwrap()[0]
-            .0
-            .id
-    };
+    let id = old_task(&PostgresTaskStore::connect(&url, &settings()).await.unwrap()).await;
     // Lay the tables out as a rota from before schemas per cluster did: in `public`, and
     // without what later migrations made (schedules, claims per batch).
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
@@ -294,12 +292,7 @@ async fn claims_made_before_claims_per_batch_are_kept_across_the_upgrade() {
             .await
             .unwrap();
         store.acquire(grant(0, &owner, 1, 0)).await.unwrap();
-        store
-            .insert(inserting(vec![new_task("old")], 1, 0))
-            .await
-            .unwrap()[0]
-            .0
-            .id
+        old_task(&store).await
     };
     // The task as an earlier rota left it: marked RUNNING in its row, its attempt counted.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
