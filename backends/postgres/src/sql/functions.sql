@@ -18,6 +18,12 @@ LANGUAGE plpgsql VOLATILE AS $fn$
 #variable_conflict use_column
 DECLARE
     v_now bigint := coalesce(p_now, (extract(epoch FROM clock_timestamp()) * 1000)::bigint);
+    -- Each partition offers at most twice its even share of the batch: the union stays in due
+    -- order while the partitions' backlogs are alike, and a claim reads at most two batches'
+    -- rows, however many partitions it spans. A partition that filled its share says so
+    -- (the next due time is now), and the next claim comes at once.
+    v_share bigint := least(p_limit,
+        (2 * p_limit + cardinality(p_partitions) - 1) / greatest(cardinality(p_partitions), 1));
 BEGIN
     -- One claim at a time per partition, and none while a client changes one of its pending
     -- tasks (a cancel takes the same lock): the key is the cluster's schema and the partition.
@@ -32,7 +38,8 @@ BEGIN
     -- Narrow rows through the pick (the id and due time, from the index's range of each
     -- partition), the whole task only for those picked.
     heads AS (
-        SELECT x.id, x.scheduled_at, owned.epoch AS claim_epoch FROM owned CROSS JOIN LATERAL (
+        SELECT x.id, x.scheduled_at, owned.partition AS part, owned.epoch AS claim_epoch
+        FROM owned CROSS JOIN LATERAL (
             SELECT t.id, t.scheduled_at FROM rota_tasks t
             WHERE t.partition = owned.partition AND t.status = 'PENDING'
               AND t.scheduled_at <= v_now
@@ -40,7 +47,7 @@ BEGIN
               -- hold, built once per call.
               AND t.id NOT IN (SELECT unnest(k.tasks) FROM rota_claims k
                                WHERE k.partition = ANY(p_partitions))
-            ORDER BY t.scheduled_at, t.id LIMIT p_limit) x
+            ORDER BY t.scheduled_at, t.id LIMIT v_share) x
         ORDER BY x.scheduled_at, x.id LIMIT p_limit),
     picked AS (
         SELECT t.*, f.claim_epoch FROM heads f JOIN rota_tasks t ON t.id = f.id),
@@ -56,7 +63,9 @@ BEGIN
             WHERE t.partition = owned.partition AND t.status = 'PENDING'
               AND t.scheduled_at > v_now
             ORDER BY t.scheduled_at, t.id LIMIT 1) n)
-    SELECT (SELECT array_agg(owned.partition) FROM owned), (SELECT next.at FROM next),
+    SELECT (SELECT array_agg(owned.partition) FROM owned),
+           CASE WHEN EXISTS (SELECT 1 FROM heads GROUP BY heads.part HAVING count(*) >= v_share)
+                THEN v_now ELSE (SELECT next.at FROM next) END,
            t.id, t.name, t.payload, t.handler, t.partition_key, t.partition, 'RUNNING'::text,
            t.scheduled_at, t.attempts + 1, t.max_attempts, t.last_error, p_owner,
            t.claim_epoch, v_now + p_lease, t.idempotency_key, t.created_at, v_now,

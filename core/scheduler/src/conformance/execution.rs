@@ -77,6 +77,48 @@ pub async fn claim_in_due_order(store: Arc<dyn TaskStore>) {
     assert_eq!((empty.tasks.len(), empty.next_due), (0, None));
 }
 
+/// A claim that leaves due tasks behind says so: either it took its whole limit, or its next
+/// due time is not after `now` (a store may cut each partition's part of a claim). Claiming
+/// until nothing is due takes every due task once.
+pub async fn claims_cut_short_say_more_is_due(store: Arc<dyn TaskStore>) {
+    let owner = InstanceId::new("w1");
+    // One partition with a backlog, the others with little.
+    let mut due = Vec::new();
+    for p in 0..PARTITIONS {
+        for i in 0..if p == 0 { 12 } else { 2 } {
+            due.push(task(&format!("p{p}-{i}"), NOW - 100 + i, Some(&key_for(p))));
+        }
+    }
+    let count = due.len();
+    due.push(task("future", NOW + 60_000, Some(&key_for(0))));
+    let ids = insert(&*store, due, NOW).await;
+    own_all(&*store, &owner, 1).await;
+    let mut taken = std::collections::BTreeSet::new();
+    for round in 0.. {
+        assert!(
+            round < count,
+            "{round} claims of 8 did not take {count} due tasks"
+        );
+        let claimed = claim(&*store, &owner, &all(1), NOW, 8, 30_000).await;
+        for t in &claimed.tasks {
+            assert!(taken.insert(t.id), "task {} claimed twice", t.id);
+        }
+        if taken.len() == count {
+            break;
+        }
+        assert!(
+            claimed.tasks.len() == 8 || claimed.next_due.is_some_and(|at| at <= NOW),
+            "claim {round} took {} of 8 and said the next is due at {:?}, with {} due left",
+            claimed.tasks.len(),
+            claimed.next_due,
+            count - taken.len()
+        );
+    }
+    assert!(!taken.contains(&ids[count]), "the future task was claimed");
+    let rest = claim(&*store, &owner, &all(1), NOW, 8, 30_000).await;
+    assert_eq!((rest.tasks.len(), rest.next_due), (0, Some(NOW + 60_000)));
+}
+
 /// Batch completion: success, retry, and failure once attempts are used up.
 pub async fn batch_completion_and_retries(store: Arc<dyn TaskStore>) {
     let owner = InstanceId::new("w1");

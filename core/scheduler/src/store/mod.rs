@@ -194,7 +194,9 @@ pub struct Claimed {
     /// Partitions whose owner or epoch is no longer the claimant's: nothing was claimed there.
     pub refused: Vec<u32>,
     /// The earliest due time of a PENDING task in the claimed partitions that is not due yet
-    /// (`None`: none is waiting). Tasks already due may remain when the limit cut the claim.
+    /// (`None`: none is waiting). Tasks already due may remain when the limit cut the claim; a
+    /// store that also cuts each partition's part (to bound what one claim reads) returns a
+    /// time not after `now` when it did, so that the caller claims again at once.
     pub next_due: Option<Millis>,
 }
 

@@ -177,7 +177,7 @@ impl<R> Book<R> {
     /// slot and the prefetch (a second's starts at the recent rate, at most twice a batch), less what
     /// is claimed already (queued, running, and finished ones whose completion is not written,
     /// less a batch of the latter), at most a batch; worth it when a slot would otherwise stay
-    /// idle, or half the capacity is free. `busy` is the slots in use.
+    /// idle, or half the capacity (at most two batches) is free. `busy` is the slots in use.
     pub fn claim_size(
         &mut self,
         concurrency: usize,
@@ -192,7 +192,11 @@ impl<R> Book<R> {
         let writing = self.outstanding.saturating_sub(self.queue.len() + busy);
         let held = self.outstanding - writing.min(batch);
         let want = capacity.saturating_sub(held).min(batch);
-        let worth = self.queue.len() + busy < concurrency || want * 2 >= capacity;
+        // Half the capacity free, or a whole batch: at a high rate the capacity exceeds two
+        // batches, and a worker that waited for half of it would claim only once its queue ran
+        // dry, its slots idle for the claim's round trip; it claims the next batch while it
+        // still runs the last one.
+        let worth = self.queue.len() + busy < concurrency || want * 2 >= capacity.min(2 * batch);
         (want > 0 && worth).then_some(want)
     }
 
@@ -427,6 +431,14 @@ mod tests {
         book.starts.current = 20;
         let size = book.claim_size(16, 256, 16, 50).unwrap();
         assert_eq!(size, 16 + 200 - book.outstanding());
+        // At a high rate, the next batch is claimed while the last one still runs.
+        book.starts.current = 1_000;
+        book.claimed((1_000..1_256).map(|id| task(id, 0)).collect(), 50);
+        let held = book.outstanding();
+        assert_eq!(book.claim_size(16, 256, 16, 50), Some(256), "held {held}");
+        book.claimed((2_000..2_256).map(|id| task(id, 0)).collect(), 50);
+        assert_eq!(book.claim_size(16, 256, 16, 50), None);
+        book.starts.current = 20;
         // Held through the next window, forgotten after two idle ones.
         assert_eq!(book.prefetch(256, 150), 200);
         assert_eq!(book.prefetch(256, 400), 0);

@@ -44,6 +44,7 @@ pub(super) async fn run(
                 Ok(claimed) => {
                     inner.drop_partitions(&claimed.refused);
                     let full = claimed.tasks.len() == want;
+                    tracing::debug!(want, claimed = claimed.tasks.len(), busy, "claim");
                     for t in &claimed.tasks {
                         inner.handler_metrics(t).claimed.inc();
                     }
@@ -71,6 +72,13 @@ pub(super) async fn run(
                 // Under a stream of single inserts, gather a few before claiming: one claim
                 // (one commit) for several tasks, for a lag of at most this pause.
                 tokio::time::sleep(inner.config.gather).await;
+                // The claim that follows sees every insert notified so far (a notification
+                // comes after its insert committed): one claim answers them all, rather than
+                // one claim per notification (a batch insert notifies each of its partitions).
+                while !matches!(
+                    inserted.try_recv(),
+                    Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+                ) {}
             }
             _ = shutdown.changed() => {}
         }
