@@ -157,6 +157,7 @@ async fn a_repeat_after_a_failed_attempt_returns_the_original_task() {
         now: NOW,
         limit: 1,
         lease_ms: 30_000,
+        resume_after: Default::default(),
     };
     let claimed = tasks.claim(claim).await.unwrap();
     assert_eq!(claimed.tasks.len(), 1);

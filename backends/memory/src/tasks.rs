@@ -13,8 +13,8 @@ use rota_model::{Epoch, InstanceId};
 use rota_scheduler::schedule::Schedule;
 use rota_scheduler::store::rules;
 use rota_scheduler::{
-    AcquirePartition, ClaimTasks, CompleteTasks, DueSchedulesQuery, InsertTasks, RenewLeases,
-    RequeueExpired,
+    AcquirePartition, ClaimTasks, CompleteTasks, DueSchedulesQuery, InsertTasks, Inserted,
+    RenewLeases, RequeueExpired,
 };
 use rota_scheduler::{
     Backlog, CancelOutcome, Claim, Claimed, DueSchedules, Execution, ListFilter, Millis, NewTask,
@@ -22,13 +22,14 @@ use rota_scheduler::{
     Upkeep, partition_for,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
 /// The in-memory task store.
 pub struct MemoryTaskStore {
     inner: Mutex<Inner>,
-    inserted: broadcast::Sender<u32>,
+    inserted: broadcast::Sender<Inserted>,
 }
 
 #[derive(Default)]
@@ -76,23 +77,22 @@ impl MemoryTaskStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn announce(&self, partitions: BTreeSet<u32>) {
-        for p in partitions {
-            let _ = self.inserted.send(p);
+    fn announce(&self, inserted: Vec<Inserted>) {
+        for n in inserted {
+            let _ = self.inserted.send(n);
         }
     }
 }
 
 impl Inner {
-    /// Inserts tasks (validated), returning them and the partitions that received new ones.
+    /// Inserts tasks (validated), returning them and what to announce.
     fn insert_tasks(
         &mut self,
         tasks: Vec<NewTask>,
         partitions: u32,
         now: Millis,
-    ) -> (Vec<(Task, bool)>, BTreeSet<u32>) {
+    ) -> (Vec<(Task, bool)>, Vec<Inserted>) {
         let mut out = Vec::with_capacity(tasks.len());
-        let mut notify = BTreeSet::new();
         for t in tasks {
             if let Some(existing) = t.idempotency_key.as_ref().and_then(|k| self.keys.get(k)) {
                 out.push((self.tasks[existing].clone(), false));
@@ -127,10 +127,10 @@ impl Inner {
                 .entry(task.partition)
                 .or_default()
                 .insert((task.scheduled_at, id));
-            notify.insert(task.partition);
             out.push((task.clone(), true));
             self.tasks.insert(id, task);
         }
+        let notify = Inserted::of(out.iter().filter(|(_, new)| *new).map(|(t, _)| t));
         (out, notify)
     }
 
@@ -285,7 +285,7 @@ impl Execution for MemoryTaskStore {
 
     async fn claim(&self, claim: ClaimTasks) -> Result<Claimed, StoreError> {
         let (owner, partitions, now) = (&claim.owner, &claim.partitions, claim.now);
-        let (limit, lease_ms) = (claim.limit, claim.lease_ms);
+        let (limit, lease_ms, resume_after) = (claim.limit, claim.lease_ms, &claim.resume_after);
         let mut inner = self.lock();
         let (mut valid, mut refused) = (Vec::new(), Vec::new());
         for claim in partitions {
@@ -299,7 +299,16 @@ impl Execution for MemoryTaskStore {
         let ignore_held = rota_cluster::teeth::get().claim_ignores_held_tasks;
         let mut candidates: Vec<(Millis, TaskId, Claim)> = Vec::new();
         for claim in &valid {
-            let due = inner.due.get(&claim.partition).into_iter().flatten();
+            // After the claimant's resume point, if it gave one.
+            let from = match resume_after.get(&claim.partition) {
+                Some(&after) => Bound::Excluded(after),
+                None => Bound::Unbounded,
+            };
+            let due = inner
+                .due
+                .get(&claim.partition)
+                .into_iter()
+                .flat_map(|due| due.range((from, Bound::Unbounded)));
             candidates.extend(
                 due.take_while(|(at, _)| *at <= now)
                     .filter(|(_, id)| ignore_held || !inner.held.contains_key(id))
@@ -444,7 +453,7 @@ impl Execution for MemoryTaskStore {
         ))
     }
 
-    fn inserted(&self) -> broadcast::Receiver<u32> {
+    fn inserted(&self) -> broadcast::Receiver<Inserted> {
         self.inserted.subscribe()
     }
 }

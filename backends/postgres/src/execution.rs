@@ -102,18 +102,24 @@ impl Execution for PostgresTaskStore {
         let (owner, partitions, now) = (&claim.owner, &claim.partitions, claim.now);
         let (limit, lease_ms) = (claim.limit, claim.lease_ms);
         let (parts, epochs) = claim_arrays(partitions);
+        let (after_at, after_id): (Vec<Option<i64>>, Vec<Option<i64>>) = partitions
+            .iter()
+            .map(|c| claim.resume_after.get(&c.partition).copied().unzip())
+            .unzip();
         // One call, one round trip: the function (`sql/functions.sql`) locks the partitions, then
         // fences, picks, records the claim rows and tells the next due time in one query. Each
         // owned partition gives its first `limit` due tasks that no live claim holds, from its
-        // own index range (so the cost never depends on other partitions' backlog or on
-        // finished tasks); the union is cut to the `limit` earliest.
-        let rows = sqlx::query("SELECT * FROM rota_claim($1, $2, $3, $4, $5, $6)")
+        // own index range after its resume point (so the cost depends neither on other
+        // partitions' backlog nor on finished tasks); the union is cut to the `limit` earliest.
+        let rows = sqlx::query("SELECT * FROM rota_claim($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(owner.as_str())
             .bind(&parts)
             .bind(&epochs)
             .bind(limit as i64)
             .bind(lease_ms)
             .bind(self.clock(now))
+            .bind(&after_at)
+            .bind(&after_id)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
@@ -296,7 +302,7 @@ impl Execution for PostgresTaskStore {
         .rows_affected())
     }
 
-    fn inserted(&self) -> broadcast::Receiver<u32> {
+    fn inserted(&self) -> broadcast::Receiver<rota_scheduler::Inserted> {
         self.inserted.subscribe()
     }
 }

@@ -161,7 +161,7 @@ pub struct PostgresTaskStore {
     pool: PgPool,
     /// Compare due times with the database's clock (production) rather than the caller's.
     database_clock: bool,
-    inserted: broadcast::Sender<u32>,
+    inserted: broadcast::Sender<rota_scheduler::Inserted>,
     listener: tokio::task::JoinHandle<()>,
     /// Partitions to announce, gathered for the notifier task (a set: bounded by the
     /// partition count however far the notifier falls behind).

@@ -12,7 +12,6 @@ use rota_scheduler::{
 };
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
-use std::collections::BTreeSet;
 
 /// The schedules table (a migration).
 pub const MIGRATION: &str = r#"
@@ -278,15 +277,9 @@ impl Schedules for PostgresTaskStore {
         let written = self::write(&mut tx, self.clock(write.now), write).await?;
         if let ScheduleWritten::Written(tasks) = &written {
             tx.commit().await.map_err(backend)?;
-            let notified: BTreeSet<u32> = tasks
-                .iter()
-                .filter(|(_, created)| *created)
-                .map(|(t, _)| t.partition)
-                .collect();
-            for &p in &notified {
-                let _ = self.inserted.send(p);
-            }
-            self.announce.add(notified);
+            let created = tasks.iter().filter(|(_, created)| *created);
+            let notified = rota_scheduler::Inserted::of(created.map(|(t, _)| t));
+            self.announce.add(&self.inserted, notified);
         }
         Ok(written)
     }

@@ -2,11 +2,11 @@
 //! partitions computed, one `INSERT ... SELECT FROM UNNEST(...)`), reads, lists, cancel, count.
 
 use crate::{PostgresTaskStore, backend, seen, task_from, tasks_from};
-use rota_scheduler::InsertTasks;
 use rota_scheduler::{
     Backlog, CancelOutcome, ListFilter, Millis, NewTask, Page, StoreError, Task, TaskId,
     TaskStatus, Tasks, partition_for,
 };
+use rota_scheduler::{InsertTasks, Inserted};
 use sqlx::AssertSqlSafe;
 use std::collections::{BTreeSet, HashMap};
 
@@ -103,7 +103,7 @@ impl Tasks for PostgresTaskStore {
                 by_key.insert(t.idempotency_key.clone().expect("selected by key"), t);
             }
         }
-        let notified: BTreeSet<u32> = created.values().map(|t| t.partition).collect();
+        let notified = Inserted::of(created.values());
 
         let mut out = Vec::with_capacity(tasks.len());
         let mut fresh_ids = fresh
@@ -129,10 +129,7 @@ impl Tasks for PostgresTaskStore {
                 .ok_or_else(|| StoreError::Backend(format!("idempotency key {key} vanished")))?;
             out.push((task, false));
         }
-        for &p in &notified {
-            let _ = self.inserted.send(p);
-        }
-        self.announce.add(notified);
+        self.announce.add(&self.inserted, notified);
         Ok(out)
     }
 

@@ -51,7 +51,7 @@ async fn inserts_wake_other_processes_through_notify() {
         let task = rota_scheduler::NewTask {
             name: "wake".into(),
             payload: serde_json::Value::Null,
-            scheduled_at: 0,
+            scheduled_at: 42,
             partition_key: Some("k".into()),
             max_attempts: 1,
             handler: None,
@@ -62,7 +62,11 @@ async fn inserts_wake_other_processes_through_notify() {
             .partition;
         match tokio::time::timeout(std::time::Duration::from_millis(200), woken.recv()).await {
             Ok(Ok(got)) => {
-                assert_eq!(got, p);
+                let expected = rota_scheduler::Inserted {
+                    partition: p,
+                    earliest_due: 42,
+                };
+                assert_eq!(got, expected);
                 break;
             }
             _ => assert!(

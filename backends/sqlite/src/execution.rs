@@ -269,7 +269,7 @@ impl Execution for SqliteTaskStore {
         .await
     }
 
-    fn inserted(&self) -> broadcast::Receiver<u32> {
+    fn inserted(&self) -> broadcast::Receiver<rota_scheduler::Inserted> {
         self.inserted.subscribe()
     }
 }

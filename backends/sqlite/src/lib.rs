@@ -17,7 +17,7 @@ mod schema;
 mod tasks;
 
 use rota_model::{Epoch, InstanceId};
-use rota_scheduler::{StoreError, Task, TaskId, TaskStatus};
+use rota_scheduler::{Inserted, StoreError, Task, TaskId, TaskStatus};
 use rusqlite::{Connection, OptionalExtension, Row};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ const COLUMNS: &str = "id, name, payload, handler, partition_key, partition, sta
 /// The SQLite task store.
 pub struct SqliteTaskStore {
     conn: Arc<Mutex<Connection>>,
-    inserted: broadcast::Sender<u32>,
+    inserted: broadcast::Sender<Inserted>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -95,15 +95,9 @@ impl SqliteTaskStore {
 
     /// Wakes the workers of the partitions that received new tasks.
     fn announce(&self, results: &[(Task, bool)]) {
-        let mut partitions: Vec<u32> = results
-            .iter()
-            .filter(|(_, created)| *created)
-            .map(|(t, _)| t.partition)
-            .collect();
-        partitions.sort_unstable();
-        partitions.dedup();
-        for p in partitions {
-            let _ = self.inserted.send(p);
+        let created = results.iter().filter(|(_, created)| *created);
+        for n in Inserted::of(created.map(|(t, _)| t)) {
+            let _ = self.inserted.send(n);
         }
     }
 

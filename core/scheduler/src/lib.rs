@@ -33,7 +33,7 @@ pub mod prelude {
 pub use store::{
     AcquirePartition, Backlog, CancelOutcome, Claim, ClaimTasks, Claimed, CompleteTasks,
     Completion, CompletionOutcome, Deadlined, DueSchedules, DueSchedulesQuery, ErrorKind,
-    Execution, InsertTasks, ListFilter, Page, RenewLeases, RequeueExpired, ScheduleWrite,
+    Execution, InsertTasks, Inserted, ListFilter, Page, RenewLeases, RequeueExpired, ScheduleWrite,
     ScheduleWritten, Schedules, StoreError, TaskStore, Tasks, Upkeep,
 };
 

@@ -41,6 +41,7 @@ pub fn claiming(
         now,
         limit,
         lease_ms,
+        resume_after: Default::default(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Conformance cases of [`Execution`](crate::Execution) and [`Upkeep`](crate::Upkeep): claims in
 //! due order, completions and retries, fencing, leases, releases, a restart, the purge.
 
+use super::calls::claiming;
 use super::*;
 use crate::store::{Claim, Completion, CompletionOutcome, TaskStore};
 use crate::{Task, TaskStatus};
@@ -117,6 +118,42 @@ pub async fn claims_cut_short_say_more_is_due(store: Arc<dyn TaskStore>) {
     assert!(!taken.contains(&ids[count]), "the future task was claimed");
     let rest = claim(&*store, &owner, &all(1), NOW, 8, 30_000).await;
     assert_eq!((rest.tasks.len(), rest.next_due), (0, Some(NOW + 60_000)));
+}
+
+/// A claim may resume each partition's scan after the point its caller gives (it never needs
+/// to): what lies after the point is claimed in due order, and a claim without a point still
+/// finds every due task the points stepped over.
+pub async fn claims_resume_after_their_points(store: Arc<dyn TaskStore>) {
+    let owner = InstanceId::new("w1");
+    let k0 = key_for(0);
+    let due = (0..6).map(|i| task(&format!("t{i}"), NOW - 100 + i, Some(&k0)));
+    let ids = insert(&*store, due.collect(), NOW).await;
+    own_all(&*store, &owner, 1).await;
+    let names = |tasks: &[Task]| tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    let first = claim(&*store, &owner, &all(1), NOW, 2, 30_000).await;
+    assert_eq!(names(&first.tasks), ["t0", "t1"]);
+    // Resuming after t1 takes the next two.
+    let mut resuming = claiming(&owner, &all(1), NOW, 2, 30_000);
+    resuming.resume_after.insert(0, (NOW - 99, ids[1]));
+    let next = store.claim(resuming.clone()).await.unwrap();
+    assert_eq!(names(&next.tasks), ["t2", "t3"]);
+    // A point past t4 (still due and unclaimed) may step over it, never takes it twice.
+    resuming.resume_after.insert(0, (NOW - 96, ids[4]));
+    resuming.limit = 10;
+    let past = store.claim(resuming).await.unwrap();
+    let past = names(&past.tasks);
+    assert!(past == ["t5"] || past == ["t4", "t5"], "{past:?}");
+    // Without a point, the claim finds what was stepped over.
+    let rest = claim(&*store, &owner, &all(1), NOW, 10, 30_000).await;
+    let mut all_names: Vec<_> = [
+        names(&first.tasks),
+        names(&next.tasks),
+        past,
+        names(&rest.tasks),
+    ]
+    .concat();
+    all_names.sort();
+    assert_eq!(all_names, ["t0", "t1", "t2", "t3", "t4", "t5"]);
 }
 
 /// Batch completion: success, retry, and failure once attempts are used up.

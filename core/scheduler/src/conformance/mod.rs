@@ -160,6 +160,7 @@ macro_rules! task_store_conformance {
     ($store:path) => {
         $crate::task_store_conformance!(@cases $store;
             insert_and_get, idempotency_keys, claim_in_due_order, claims_cut_short_say_more_is_due,
+            claims_resume_after_their_points,
             batch_completion_and_retries,
             failures_given_up_and_retried_later, fencing, leases, release_and_start_times, cancel_racing_claims, pagination, insert_notifications,
             reset_after_restart, purge_finished, unstorable_text_is_refused,

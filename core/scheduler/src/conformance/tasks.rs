@@ -313,10 +313,18 @@ pub async fn unstorable_text_is_refused(store: Arc<dyn TaskStore>) {
     assert!(stored.tasks.is_empty(), "{:?}", stored.tasks);
 }
 
-/// Inserts are announced per partition.
+/// Inserts are announced per partition, with the earliest due time among them.
 pub async fn insert_notifications(store: Arc<dyn TaskStore>) {
     let mut inserted = store.inserted();
     let k3 = key_for(3);
-    insert(&*store, vec![task("n", NOW, Some(&k3))], NOW).await;
-    assert_eq!(inserted.try_recv().ok(), Some(3));
+    let batch = vec![
+        task("later", NOW + 10, Some(&k3)),
+        task("n", NOW, Some(&k3)),
+    ];
+    insert(&*store, batch, NOW).await;
+    let expected = crate::Inserted {
+        partition: 3,
+        earliest_due: NOW,
+    };
+    assert_eq!(inserted.try_recv().ok(), Some(expected));
 }

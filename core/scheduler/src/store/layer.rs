@@ -242,7 +242,7 @@ impl<L: Layer, S: Execution + ?Sized + 'static> Execution for Layered<L, S> {
         self.forward(Call::RequeueExpired(&expired), start).await
     }
 
-    fn inserted(&self) -> broadcast::Receiver<u32> {
+    fn inserted(&self) -> broadcast::Receiver<super::Inserted> {
         self.inner.inserted()
     }
 }

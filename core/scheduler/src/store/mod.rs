@@ -58,6 +58,7 @@ use super::schedule::Schedule;
 use super::{Millis, NewTask, Task, TaskId, TaskStatus};
 use async_trait::async_trait;
 use rota_model::{Epoch, InstanceId};
+use std::collections::BTreeMap;
 use tokio::sync::broadcast;
 
 /// An owned partition, with the epoch it was granted with.
@@ -328,9 +329,37 @@ pub trait Execution: Send + Sync {
     /// back.
     async fn requeue_expired(&self, expired: RequeueExpired) -> Result<u64, StoreError>;
 
-    /// Partitions that received new tasks, as they are inserted (best effort: a receiver that
-    /// lags sees `Lagged` and should poll).
-    fn inserted(&self) -> broadcast::Receiver<u32>;
+    /// Partitions that received new tasks, as they are inserted, with the earliest due time
+    /// among them (best effort: a receiver that lags sees `Lagged` and should poll).
+    fn inserted(&self) -> broadcast::Receiver<Inserted>;
+}
+
+/// New tasks in a partition ([`Execution::inserted`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inserted {
+    /// The partition.
+    pub partition: u32,
+    /// The earliest due time among them; `Millis::MIN` when not known (a notification from
+    /// an earlier build).
+    pub earliest_due: Millis,
+}
+
+impl Inserted {
+    /// One notification per partition of `created` tasks, with its earliest due time.
+    pub fn of<'a>(created: impl IntoIterator<Item = &'a Task>) -> Vec<Inserted> {
+        let mut earliest: BTreeMap<u32, Millis> = BTreeMap::new();
+        for t in created {
+            let at = earliest.entry(t.partition).or_insert(t.scheduled_at);
+            *at = (*at).min(t.scheduled_at);
+        }
+        earliest
+            .into_iter()
+            .map(|(partition, earliest_due)| Inserted {
+                partition,
+                earliest_due,
+            })
+            .collect()
+    }
 }
 
 /// Recurring schedules, by name.

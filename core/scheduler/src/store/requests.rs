@@ -4,8 +4,9 @@
 //! insert by its size, so that its batch moves to the store uncopied).
 
 use super::{Claim, Completion, StoreError};
-use crate::{Millis, NewTask};
+use crate::{Millis, NewTask, TaskId};
 use rota_model::{Epoch, InstanceId};
+use std::collections::BTreeMap;
 
 /// [`super::Tasks::insert`]: a batch of new tasks, inserted all or none.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,12 @@ pub struct ClaimTasks {
     pub limit: usize,
     /// The lease: a claim neither completed nor renewed by `now + lease_ms` is taken back.
     pub lease_ms: i64,
+    /// Where each listed partition's scan may resume: the claimant has claimed every due task
+    /// of the partition ordered (by due time, then id) at or before this key, except those a
+    /// live claim holds, and knows of no task that became due there since. A hint that lets a
+    /// store step over the finished tasks a burn-down leaves in its due index; a store may
+    /// ignore it (it is never needed for correctness, only for speed).
+    pub resume_after: BTreeMap<u32, (Millis, TaskId)>,
 }
 
 /// [`super::Execution::complete`]: the ends of attempts claimed by `owner`.

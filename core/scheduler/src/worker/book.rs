@@ -16,6 +16,7 @@
 //! - `unsettled[p]` is at least the number of `p`'s queued and running tasks (finished tasks
 //!   whose completion is not yet written count too).
 
+use super::resume::Resume;
 use crate::store::Claim;
 use crate::{Millis, Task, TaskId};
 use rota_model::Epoch;
@@ -46,6 +47,8 @@ pub(crate) struct Book<R> {
     outstanding: usize,
     /// Tasks started in the current and the previous second.
     starts: StartRate,
+    /// Where each owned partition's next claim may resume.
+    pub resume: Resume,
 }
 
 impl<R> Default for Book<R> {
@@ -58,6 +61,7 @@ impl<R> Default for Book<R> {
             unsettled: BTreeMap::new(),
             outstanding: 0,
             starts: StartRate::default(),
+            resume: Resume::default(),
         }
     }
 }
@@ -95,6 +99,8 @@ impl<R> Book<R> {
     /// Records `partition` as owned at `epoch`; `true` if it was not owned before.
     pub fn gain(&mut self, partition: u32, epoch: Epoch) -> bool {
         self.leaving.remove(&partition);
+        // Gained, or held under a new epoch: the acquisition may have taken tasks back.
+        self.resume.forget(partition);
         self.owned.insert(partition, epoch).is_none()
     }
 
@@ -105,6 +111,7 @@ impl<R> Book<R> {
     pub fn give_up(&mut self, partition: u32) -> (bool, Vec<Task>) {
         let was_owned = self.owned.remove(&partition).is_some();
         self.leaving.insert(partition);
+        self.resume.forget(partition);
         (was_owned, self.unqueue(partition))
     }
 
@@ -123,6 +130,7 @@ impl<R> Book<R> {
             .filter(|p| self.owned.remove(p).is_some())
             .collect();
         for &p in partitions {
+            self.resume.forget(p);
             let gone = self.unqueue(p);
             self.settle(gone.iter().map(|t| t.partition));
         }
@@ -318,11 +326,11 @@ impl StartRate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::TaskStatus;
 
-    fn task(id: TaskId, partition: u32) -> Task {
+    pub(crate) fn task(id: TaskId, partition: u32) -> Task {
         Task {
             id,
             name: "t".into(),

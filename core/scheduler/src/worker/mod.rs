@@ -48,6 +48,7 @@ mod ownership;
 mod poll;
 mod purge;
 mod renew;
+mod resume;
 
 pub use handlers::{HandlerError, Handlers, LogHandler, NoopHandler, TaskHandler};
 

@@ -6,7 +6,7 @@
 
 use super::{HandlerError, Inner, Running};
 use crate::metrics::{seconds, timed};
-use crate::store::{ClaimTasks, CompleteTasks, Completion, CompletionOutcome};
+use crate::store::{ClaimTasks, CompleteTasks, Completion, CompletionOutcome, Inserted};
 use crate::{Millis, Task, TaskId};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,10 +26,11 @@ pub(super) async fn run(
         inner.start_queued(done);
         let mut wait_until: Option<Millis> = None;
         let busy = concurrency - inner.permits.available_permits();
-        let (claims, want) = {
+        let (claims, want, (resume_after, generation)) = {
             let mut book = inner.book();
-            let want = book.claim_size(concurrency, inner.config.batch, busy, inner.mono_ms());
-            (book.claims(), want)
+            let now = inner.mono_ms();
+            let want = book.claim_size(concurrency, inner.config.batch, busy, now);
+            (book.claims(), want, book.resume.points(now))
         };
         if let (false, Some(want), false) = (claims.is_empty(), want, inner.session_in_doubt()) {
             let claim = ClaimTasks {
@@ -38,6 +39,7 @@ pub(super) async fn run(
                 now: (inner.now)(),
                 limit: want,
                 lease_ms: inner.config.lease.as_millis() as i64,
+                resume_after,
             };
             let result = timed(&inner.metrics.claim_duration, inner.store.claim(claim)).await;
             match result {
@@ -48,7 +50,10 @@ pub(super) async fn run(
                     for t in &claimed.tasks {
                         inner.handler_metrics(t).claimed.inc();
                     }
-                    inner.book().claimed(claimed.tasks, inner.mono_ms());
+                    let mut book = inner.book();
+                    book.resume.claimed(generation, &claimed.tasks);
+                    book.claimed(claimed.tasks, inner.mono_ms());
+                    drop(book);
                     if full {
                         continue; // More may be due right now.
                     }
@@ -75,10 +80,15 @@ pub(super) async fn run(
                 // The claim that follows sees every insert notified so far (a notification
                 // comes after its insert committed): one claim answers them all, rather than
                 // one claim per notification (a batch insert notifies each of its partitions).
-                while !matches!(
-                    inserted.try_recv(),
-                    Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
-                ) {}
+                loop {
+                    match inserted.try_recv() {
+                        Ok(n) => inner.book().resume.due_at(n.partition, n.earliest_due),
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            inner.book().resume.forget_all(inner.mono_ms());
+                        }
+                        Err(_) => break,
+                    }
+                }
             }
             _ = shutdown.changed() => {}
         }
@@ -173,15 +183,20 @@ impl Inner {
     }
 
     /// Waits for a new task in an owned partition (or for lost notifications).
-    async fn insert_into_owned(&self, inserted: &mut broadcast::Receiver<u32>) {
+    async fn insert_into_owned(&self, inserted: &mut broadcast::Receiver<Inserted>) {
         loop {
             match inserted.recv().await {
-                Ok(p) => {
-                    if self.book().owns(p) {
+                Ok(n) => {
+                    let mut book = self.book();
+                    book.resume.due_at(n.partition, n.earliest_due);
+                    if book.owns(n.partition) {
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.book().resume.forget_all(self.mono_ms());
+                    return;
+                }
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
@@ -268,7 +283,14 @@ impl Inner {
                 .collect(),
             now: (self.now)(),
         };
-        match self.store.complete(&released).await {
+        let result = self.store.complete(&released).await;
+        {
+            let mut book = self.book();
+            for t in &tasks {
+                book.resume.due_at(t.partition, t.scheduled_at);
+            }
+        }
+        match result {
             Ok(_) => info!(
                 count = tasks.len(),
                 "released claimed tasks that had not started"
