@@ -33,10 +33,11 @@ pub(super) async fn run(
             (book.claims(), want, book.resume.points(now))
         };
         if let (false, Some(want), false) = (claims.is_empty(), want, inner.session_in_doubt()) {
+            let claimed_at = (inner.now)();
             let claim = ClaimTasks {
                 owner: inner.config.id.clone(),
                 partitions: claims,
-                now: (inner.now)(),
+                now: claimed_at,
                 limit: want,
                 lease_ms: inner.config.lease.as_millis() as i64,
                 resume_after,
@@ -51,7 +52,7 @@ pub(super) async fn run(
                         inner.handler_metrics(t).claimed.inc();
                     }
                     let mut book = inner.book();
-                    book.resume.claimed(generation, &claimed.tasks);
+                    book.resume.claimed(generation, &claimed.tasks, claimed_at);
                     book.claimed(claimed.tasks, inner.mono_ms());
                     drop(book);
                     if full {
