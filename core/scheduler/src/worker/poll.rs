@@ -26,14 +26,14 @@ pub(super) async fn run(
         inner.start_queued(done);
         let mut wait_until: Option<Millis> = None;
         let busy = concurrency - inner.permits.available_permits();
-        let (claims, want, (resume_after, generation)) = {
+        let (claims, want) = {
             let mut book = inner.book();
-            let now = inner.mono_ms();
-            let want = book.claim_size(concurrency, inner.config.batch, busy, now);
-            (book.claims(), want, book.resume.points(now))
+            let want = book.claim_size(concurrency, inner.config.batch, busy, inner.mono_ms());
+            (book.claims(), want)
         };
         if let (false, Some(want), false) = (claims.is_empty(), want, inner.session_in_doubt()) {
             let claimed_at = (inner.now)();
+            let (resume_after, generation) = inner.book().resume.points(claimed_at);
             let claim = ClaimTasks {
                 owner: inner.config.id.clone(),
                 partitions: claims,
@@ -85,7 +85,7 @@ pub(super) async fn run(
                     match inserted.try_recv() {
                         Ok(n) => inner.book().resume.due_at(n.partition, n.earliest_due),
                         Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                            inner.book().resume.forget_all(inner.mono_ms());
+                            inner.book().resume.forget_all();
                         }
                         Err(_) => break,
                     }
@@ -195,7 +195,7 @@ impl Inner {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.book().resume.forget_all(self.mono_ms());
+                    self.book().resume.forget_all();
                     return;
                 }
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,

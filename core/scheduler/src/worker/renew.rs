@@ -54,7 +54,7 @@ pub(super) async fn leases(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool
                     requeued = n,
                     "requeued claims whose lease ran out without a completion"
                 );
-                inner.book().resume.forget_all(inner.mono_ms());
+                inner.book().resume.forget_all();
                 inner.wake.notify_one();
             }
             Err(e) => warn!(error = %e, "requeueing expired leases failed"),

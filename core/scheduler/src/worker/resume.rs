@@ -11,8 +11,9 @@
 //! notified with an earlier (or equal) due time, a task this worker gives back or retries; and
 //! it is forgotten where that place is not known: expired claims taken back, a notification lost, a
 //! partition gained or lost, a task released by its completion; and, as a backstop for any way
-//! not foreseen here, every [`LIFETIME_MS`] (the worker's idle poll, the backstop for lost
-//! notifications, has the same bound). A claim sent before such a moment does not move the
+//! not foreseen here, when it is [`LIFETIME_MS`] old (the worker's idle poll, the backstop for
+//! lost notifications, has the same bound), one partition a claim, so that the claims that scan
+//! a whole partition again are spread out rather than all at once. A claim sent before such a moment does not move the
 //! point when it returns (its answer may predate the task that moved it): each move back starts
 //! a new generation.
 //!
@@ -33,23 +34,39 @@ pub(crate) const LIFETIME_MS: Millis = 5_000;
 /// anyway, and steps over at most a second of finished tasks.
 pub(crate) const SETTLING_MS: Millis = 1_000;
 
-/// The resume points of the owned partitions. Times are the caller's monotonic milliseconds.
+/// The resume points of the owned partitions. Times are wall-clock milliseconds, as due times
+/// are (a clock that jumps only makes a point live longer or shorter).
 #[derive(Debug, Default)]
 pub(crate) struct Resume {
-    points: BTreeMap<u32, (Millis, TaskId)>,
-    /// Counts the forgettings.
+    points: BTreeMap<u32, Point>,
+    /// Counts the moves back and the forgettings.
     generation: u64,
-    /// When every point was last forgotten.
-    since: Millis,
+}
+
+/// One partition's point.
+#[derive(Debug)]
+struct Point {
+    /// The key (due time, id) the scan resumes after.
+    after: (Millis, TaskId),
+    /// When it was first set, after the partition was last scanned from its start.
+    born: Millis,
 }
 
 impl Resume {
-    /// The points to send with a claim, and the generation to hand back with its answer.
+    /// The points to send with a claim at `now`, and the generation to hand back with its
+    /// answer. The oldest point past its lifetime, if any, is forgotten first.
     pub fn points(&mut self, now: Millis) -> (BTreeMap<u32, (Millis, TaskId)>, u64) {
-        if now - self.since >= LIFETIME_MS {
-            self.forget_all(now);
+        let expired = self
+            .points
+            .iter()
+            .filter(|(_, point)| now - point.born >= LIFETIME_MS)
+            .min_by_key(|(_, point)| point.born)
+            .map(|(&partition, _)| partition);
+        if let Some(partition) = expired {
+            self.forget(partition);
         }
-        (self.points.clone(), self.generation)
+        let points = self.points.iter().map(|(&p, point)| (p, point.after));
+        (points.collect(), self.generation)
     }
 
     /// A claim of generation `generation`, at `claimed_at` (wall-clock milliseconds, as due
@@ -64,8 +81,11 @@ impl Resume {
         let settled = (claimed_at - SETTLING_MS, TaskId::MAX);
         for t in tasks {
             let key = (t.scheduled_at, t.id).min(settled);
-            let point = self.points.entry(t.partition).or_insert(key);
-            *point = (*point).max(key);
+            let point = self.points.entry(t.partition).or_insert(Point {
+                after: key,
+                born: claimed_at,
+            });
+            point.after = point.after.max(key);
         }
     }
 
@@ -76,9 +96,9 @@ impl Resume {
         let Some(point) = self.points.get_mut(&partition) else {
             return;
         };
-        if at <= point.0 {
+        if at <= point.after.0 {
             match at.checked_sub(1) {
-                Some(before) => *point = (before, TaskId::MAX),
+                Some(before) => point.after = (before, TaskId::MAX),
                 None => {
                     self.points.remove(&partition);
                 }
@@ -94,10 +114,9 @@ impl Resume {
     }
 
     /// Forgets every point.
-    pub fn forget_all(&mut self, now: Millis) {
+    pub fn forget_all(&mut self) {
         self.points.clear();
         self.generation += 1;
-        self.since = now;
     }
 }
 
@@ -158,11 +177,12 @@ mod tests {
     }
 
     #[test]
-    fn points_live_at_most_their_lifetime() {
+    fn points_live_at_most_their_lifetime_and_are_forgotten_one_a_claim() {
         let mut r = Resume::default();
         let (_, generation) = r.points(0);
-        r.claimed(generation, &[task(0, 10, 5)], LATER);
-        assert_eq!(r.points(LIFETIME_MS - 1).0.len(), 1);
-        assert!(r.points(LIFETIME_MS).0.is_empty());
+        r.claimed(generation, &[task(0, 10, 5), task(1, 10, 6)], LATER);
+        assert_eq!(r.points(LATER + LIFETIME_MS - 1).0.len(), 2);
+        assert_eq!(r.points(LATER + LIFETIME_MS).0.len(), 1);
+        assert!(r.points(LATER + LIFETIME_MS).0.is_empty());
     }
 }
