@@ -12,10 +12,10 @@ settings for short jobs (100 jobs a fetch, a fetch every 10 ms, NOTIFY on), and 
 their start until no job is left to run (the jobs polled every 20 ms, as the database counts
 them). Prints one JSON line. Needs root (PostgreSQL runs as the postgres user).
 """
-import json, os, subprocess, sys, tempfile, time, shutil
+import os, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from graphile_worker import CACHE, psql, start_postgres  # noqa: E402
+from graphile_worker import CACHE, drain, psql, report, start_postgres, stop  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LEFT = "SELECT count(*) FROM apalis.jobs WHERE job_type = 'noop' AND status <> 'Done'"
@@ -45,25 +45,12 @@ def main():
         psql(url, "SELECT count(apalis.push_job('noop', '{}'::json)) "
                   f"FROM generate_series(1, {n})")
         insert_s = time.time() - t0
-        t0 = time.time()
         workers = [subprocess.Popen([peer, "work", url, "24"], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL) for _ in range(k)]
-        deadline = t0 + 600
-        while int(psql(url, LEFT) or -1) != 0:
-            if time.time() > deadline or any(w.poll() is not None for w in workers):
-                raise SystemExit("apalis did not finish its jobs")
-            time.sleep(0.02)
-        exec_s = time.time() - t0
-        print(json.dumps({"peer": "apalis 0.7 (PostgreSQL storage)", "n": n, "processes": k,
-                          "insert_per_s": round(n / insert_s), "exec_per_s": round(n / exec_s),
-                          "left": 0}))
+        exec_s = drain(url, LEFT, workers, "apalis")
+        report("apalis 0.7 (PostgreSQL storage)", n, k, insert_s, exec_s)
     finally:
-        for w in workers:
-            w.kill()
-            w.wait()
-        os.killpg(pg.pid, 15)
-        pg.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop(workers, pg, tmp)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,37 @@ def install(package, marker):
     return node
 
 
+def drain(url, left_sql, workers, peer):
+    """Seconds from now until `left_sql` counts no job left, polled every 20 ms; fails if a
+    worker exits or ten minutes pass."""
+    t0 = time.time()
+    while int(psql(url, left_sql) or -1) != 0:
+        if time.time() > t0 + 600 or any(w.poll() is not None for w in workers):
+            raise SystemExit(f"{peer} did not finish its jobs")
+        time.sleep(0.02)
+    return time.time() - t0
+
+
+def report(peer, n, k, insert_s, exec_s):
+    """The one JSON line a peer's script prints."""
+    print(json.dumps({"peer": peer, "n": n, "processes": k, "insert_per_s": round(n / insert_s),
+                      "exec_per_s": round(n / exec_s), "left": 0}))
+
+
+def stop(workers, pg, tmp):
+    """Stops the workers (SIGTERM, then SIGKILL after 10 s) and the throwaway PostgreSQL."""
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        try:
+            w.wait(10)
+        except subprocess.TimeoutExpired:
+            w.kill()
+    os.killpg(pg.pid, 15)
+    pg.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_peer():
     node = install("graphile-worker@0.18", "graphile-worker/dist/cli.js")
     gw = os.path.join(CACHE, "node_modules/graphile-worker/dist/cli.js")

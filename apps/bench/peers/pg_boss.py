@@ -12,10 +12,10 @@ continuously while batches come back full, NOTIFY on, 0.5 s polling otherwise), 
 them from their start until no job is left to run (the backlog polled every 20 ms, as the
 database counts it). Prints one JSON line. Needs root (PostgreSQL runs as the postgres user).
 """
-import json, os, subprocess, sys, tempfile, time, shutil
+import json, os, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from graphile_worker import CACHE, install, psql, start_postgres  # noqa: E402
+from graphile_worker import CACHE, drain, install, report, start_postgres, stop  # noqa: E402
 
 SCRIPT = r"""
 import { PgBoss } from 'pg-boss';
@@ -67,30 +67,13 @@ def main():
         subprocess.run([node, script, "insert", url, str(n)], cwd=CACHE, check=True,
                        capture_output=True)
         insert_s = time.time() - t0
-        t0 = time.time()
         workers = [subprocess.Popen([node, script, "work", url], cwd=CACHE,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for _ in range(k)]
-        deadline = t0 + 600
-        while int(psql(url, LEFT) or -1) != 0:
-            if time.time() > deadline or any(w.poll() is not None for w in workers):
-                raise SystemExit("pg-boss did not finish its jobs")
-            time.sleep(0.02)
-        exec_s = time.time() - t0
-        print(json.dumps({"peer": f"pg-boss {version}", "n": n, "processes": k,
-                          "insert_per_s": round(n / insert_s), "exec_per_s": round(n / exec_s),
-                          "left": 0}))
+        exec_s = drain(url, LEFT, workers, "pg-boss")
+        report(f"pg-boss {version}", n, k, insert_s, exec_s)
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            try:
-                w.wait(10)
-            except subprocess.TimeoutExpired:
-                w.kill()
-        os.killpg(pg.pid, 15)
-        pg.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop(workers, pg, tmp)
 
 
 if __name__ == "__main__":
