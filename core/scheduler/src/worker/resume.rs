@@ -8,14 +8,14 @@
 //! A resume point is only ever a shortcut. The invariant: every due task of the partition
 //! ordered before its point was claimed by this worker (or is held by a live claim). So a point
 //! moves back to just before any task that may have become pending before it: an insert
-//! notified with an earlier (or equal) due time, a task this worker gives back or retries; and
-//! it is forgotten where that place is not known: expired claims taken back, a notification lost, a
-//! partition gained or lost, a task released by its completion; and, as a backstop for any way
-//! not foreseen here, when it is [`LIFETIME_MS`] old (the worker's idle poll, the backstop for
-//! lost notifications, has the same bound), one partition a claim, so that the claims that scan
-//! a whole partition again are spread out rather than all at once. A claim sent before such a moment does not move the
-//! point when it returns (its answer may predate the task that moved it): each move back starts
-//! a new generation.
+//! notified with an earlier (or equal) due time, a task this worker gives back or retries. It
+//! is forgotten where that place is not known: expired claims taken back, a notification lost,
+//! a partition gained or lost, a task released by its completion; and, as a backstop for any
+//! way not foreseen here, when it is [`LIFETIME_MS`] old (the worker's idle poll, the backstop
+//! for lost notifications, has the same bound), one partition a claim, so that the claims that
+//! scan a whole partition again are spread out rather than all at once. A claim sent before
+//! such a moment does not move the point when it returns (its answer may predate the task that
+//! moved it): each move back starts a new generation.
 //!
 //! [`ClaimTasks::resume_after`]: crate::ClaimTasks::resume_after
 
