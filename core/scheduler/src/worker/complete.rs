@@ -119,20 +119,7 @@ async fn write(inner: &Arc<Inner>, completions: Vec<Completion>) -> Vec<Completi
             }
         }
     }
-    {
-        // Retried and released tasks are pending again, maybe before where the next claim
-        // of their partition would resume.
-        let mut book = inner.book();
-        for c in &ends.completions {
-            match c.outcome {
-                CompletionOutcome::Failed { retry_at, .. } => {
-                    book.resume.due_at(c.partition, retry_at)
-                }
-                CompletionOutcome::Released => book.resume.forget(c.partition),
-                _ => {}
-            }
-        }
-    }
+    inner.book().resume.ended(&ends.completions);
     inner.settled(ends.completions.iter().map(|c| c.partition));
     ends.completions
 }
@@ -163,5 +150,6 @@ impl Inner {
         if let Err(e) = self.store.complete(&interrupted).await {
             warn!(error = %e, "reporting interrupted tasks failed; their leases will expire");
         }
+        self.book().resume.ended(&interrupted.completions);
     }
 }

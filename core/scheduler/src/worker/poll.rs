@@ -83,9 +83,9 @@ pub(super) async fn run(
                 // one claim per notification (a batch insert notifies each of its partitions).
                 loop {
                     match inserted.try_recv() {
-                        Ok(n) => inner.book().resume.due_at(n.partition, n.earliest_due),
+                        Ok(n) => inner.book().resume.inserted(Some(n)),
                         Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                            inner.book().resume.forget_all();
+                            inner.book().resume.inserted(None);
                         }
                         Err(_) => break,
                     }
@@ -189,13 +189,13 @@ impl Inner {
             match inserted.recv().await {
                 Ok(n) => {
                     let mut book = self.book();
-                    book.resume.due_at(n.partition, n.earliest_due);
+                    book.resume.inserted(Some(n));
                     if book.owns(n.partition) {
                         return;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.book().resume.forget_all();
+                    self.book().resume.inserted(None);
                     return;
                 }
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,

@@ -19,6 +19,7 @@
 //!
 //! [`ClaimTasks::resume_after`]: crate::ClaimTasks::resume_after
 
+use crate::store::{Completion, CompletionOutcome, Inserted};
 use crate::{Millis, Task, TaskId};
 use std::collections::BTreeMap;
 
@@ -104,6 +105,26 @@ impl Resume {
                 }
             }
             self.generation += 1;
+        }
+    }
+
+    /// An insert notification, or `None` for notifications lost (the receiver lagged).
+    pub fn inserted(&mut self, notification: Option<Inserted>) {
+        match notification {
+            Some(n) => self.due_at(n.partition, n.earliest_due),
+            None => self.forget_all(),
+        }
+    }
+
+    /// Attempts whose ends were written: the retried and the released tasks are pending again,
+    /// maybe before where the next claim of their partition would resume.
+    pub fn ended(&mut self, completions: &[Completion]) {
+        for c in completions {
+            match c.outcome {
+                CompletionOutcome::Failed { retry_at, .. } => self.due_at(c.partition, retry_at),
+                CompletionOutcome::Released => self.forget(c.partition),
+                CompletionOutcome::Succeeded | CompletionOutcome::Abandoned { .. } => {}
+            }
         }
     }
 
