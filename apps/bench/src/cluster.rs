@@ -92,6 +92,15 @@ fn free_port() -> u16 {
     rota_test_harness::free_port()
 }
 
+/// Whether a production cluster's process logs outlive it (`--keep-logs`).
+pub static KEEP_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// The processes' log filter: `RUST_LOG` of the benchmark's environment, else warnings only
+/// (a busy worker's debug log would cost time the figures should not include).
+fn log_level() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned())
+}
+
 /// Starts `rota <role>` with `vars`, its output in `logs/<role>[-<id>].log`.
 fn spawn(
     rota: &Path,
@@ -138,7 +147,7 @@ impl Cluster {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ],
-            &[("RUST_LOG", "warn".to_owned())],
+            &[("RUST_LOG", log_level())],
             None,
         )?);
         let this = Self {
@@ -210,7 +219,7 @@ impl Cluster {
             ("ROTA_STORAGE__BACKEND", "postgres".to_owned()),
             ("ROTA_STORAGE__URL", url),
             ("ROTA_API__LISTEN", api.clone()),
-            ("RUST_LOG", "warn".to_owned()),
+            ("RUST_LOG", log_level()),
         ];
         let mut init = spawn(rota, &logs, &["init"], &vars, None)?;
         let status = tokio::task::spawn_blocking(move || init.wait()).await??;
@@ -360,7 +369,11 @@ impl Cluster {
             Kind::Production(p) => {
                 let logs = p.logs.clone();
                 drop(p);
-                let _ = std::fs::remove_dir_all(logs);
+                if KEEP_LOGS.get().copied().unwrap_or(false) {
+                    eprintln!("the processes' logs are kept in {}", logs.display());
+                } else {
+                    let _ = std::fs::remove_dir_all(logs);
+                }
             }
             Kind::Remote => {}
         }

@@ -12,6 +12,10 @@
 //! steady rate of single creates due when sent: start - due percentiles), `failover` (SIGKILL of
 //! a worker process under load: time until its partitions' due tasks start again) and the peak
 //! memory of the processes.
+//!
+//! The started processes log at `RUST_LOG` of the benchmark's environment (default: warnings
+//! only); with `--keep-logs`, a production cluster's logs are kept and their directory printed
+//! at the end.
 
 mod cluster;
 mod cost;
@@ -89,6 +93,10 @@ pub struct BenchArgs {
     /// (`burn-down.svg`, `latency.svg`).
     #[arg(long)]
     pub plots: Option<PathBuf>,
+    /// Keep a started production cluster's process logs (their directory is printed at the
+    /// end); their level is `RUST_LOG`'s, warnings only by default.
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 fn main() -> ExitCode {
@@ -134,6 +142,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if cost && (args.url.is_some() || args.target != Target::Production) {
         bail!("the cost scenario reads the task store's statistics: use --target production");
     }
+    let _ = cluster::KEEP_LOGS.set(args.keep_logs);
     let mut cluster = match &args.url {
         Some(url) => Cluster::remote(url).await?,
         None => {
