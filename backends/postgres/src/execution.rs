@@ -143,6 +143,13 @@ impl Execution for PostgresTaskStore {
             }
         }
         tasks.sort_by_key(|t| (t.scheduled_at, t.id));
+        // One claim row per partition that gave tasks.
+        let rows = tasks
+            .iter()
+            .map(|t| t.partition)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        self.claim_vacuum.made(rows as u64, &self.pool);
         Ok(Claimed {
             tasks,
             refused,

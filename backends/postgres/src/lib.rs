@@ -155,6 +155,7 @@ mod notify;
 mod schedules;
 mod schema;
 mod tasks;
+mod vacuum;
 
 /// The PostgreSQL task store.
 pub struct PostgresTaskStore {
@@ -167,6 +168,8 @@ pub struct PostgresTaskStore {
     /// partition count however far the notifier falls behind).
     announce: Arc<Announcements>,
     notifier: tokio::task::JoinHandle<()>,
+    /// Vacuums the claim table as claims add up (see [`vacuum`]).
+    claim_vacuum: vacuum::ClaimVacuum,
 }
 
 impl Drop for PostgresTaskStore {
@@ -383,6 +386,7 @@ impl PostgresTaskStore {
             listener,
             announce,
             notifier,
+            claim_vacuum: vacuum::ClaimVacuum::default(),
         })
     }
 

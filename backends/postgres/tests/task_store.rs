@@ -332,3 +332,59 @@ async fn claims_made_before_claims_per_batch_are_kept_across_the_upgrade() {
     let finished = store.get(id).await.unwrap().unwrap();
     assert_eq!((finished.attempts, finished.started_at), (1, Some(5)));
 }
+
+/// The store vacuums the claim table itself as its claim rows add up (autovacuum comes about
+/// once a minute; meanwhile the rows deleted as claims settle would keep their space, and the
+/// completion, which scans the table, would slow down with it).
+#[tokio::test]
+async fn the_claim_table_is_vacuumed_as_claims_add_up() {
+    use rota_model::InstanceId;
+    use rota_scheduler::conformance::calls::{ended, ends};
+    use rota_scheduler::{Claim, CompletionOutcome};
+    let url = rota_test_harness::postgres().fresh_database();
+    let store = PostgresTaskStore::connect_with_caller_clock(&url, &settings())
+        .await
+        .unwrap();
+    let owner = InstanceId::new("w1");
+    store.acquire(grant(0, &owner, 1, 0)).await.unwrap();
+    let tasks = (0..1_000)
+        .map(|i| rota_scheduler::NewTask {
+            idempotency_key: None,
+            ..new_task(&format!("t{i}"))
+        })
+        .collect();
+    store.insert(inserting(tasks, 1, 0)).await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let vacuums = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT vacuum_count FROM pg_stat_user_tables \
+             WHERE schemaname = 'rota_test' AND relname = 'rota_claims'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n
+    };
+    assert_eq!(vacuums().await, 0, "no vacuum before the claims");
+    // A thousand claims of one task each: a thousand claim rows, each deleted as its task ends.
+    let claim = [Claim::new(0, 1)];
+    for now in 1..=1_000 {
+        let claimed = store
+            .claim(claiming(&owner, &claim, now, 1, 30_000))
+            .await
+            .unwrap();
+        let [task] = claimed.tasks.as_slice() else {
+            panic!("claim {now} took {} tasks, not 1", claimed.tasks.len());
+        };
+        let done = ended(task.id, 0, 1, CompletionOutcome::Succeeded);
+        store.complete(&ends(&owner, &[done], now)).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while vacuums().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the claim table was not vacuumed within 20 s of its 1,000th claim row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -341,7 +341,7 @@ impl Default for WorkerSection {
         Self {
             id: None,
             concurrency: 16,
-            batch: 256,
+            batch: 512,
             lease_ms: 30_000,
             task_timeout_ms: 30_000,
             drain_timeout_ms: None,

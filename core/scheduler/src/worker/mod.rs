@@ -110,14 +110,14 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// Defaults: 16 at once, batches of 256, 30 s leases and task timeout, 5 s backstop, 3 s
+    /// Defaults: 16 at once, batches of 512, 30 s leases and task timeout, 5 s backstop, 3 s
     /// to step down, a drain of the task timeout and 2 s more (every task reaches its own
     /// timeout first), 2 ms of gathering, 12 partitions, schedules looked for every second.
     pub fn new(id: InstanceId) -> Self {
         Self {
             id,
             concurrency: 16,
-            batch: 256,
+            batch: 512,
             lease: Duration::from_secs(30),
             task_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),

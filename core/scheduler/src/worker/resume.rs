@@ -33,7 +33,7 @@ pub(crate) const LIFETIME_MS: Millis = 5_000;
 /// comes tens of milliseconds after the commit (measured: start-due lag p99 33 ms without
 /// points, 70 ms with points that waited for it). Behind this margin the next claim finds it
 /// anyway, and steps over at most a second of finished tasks.
-pub(crate) const SETTLING_MS: Millis = 1_000;
+pub(crate) const SETTLING_MS: Millis = 250;
 
 /// The resume points of the owned partitions. Times are wall-clock milliseconds, as due times
 /// are (a clock that jumps only makes a point live longer or shorter).
