@@ -32,7 +32,9 @@ pub(crate) const LIFETIME_MS: Millis = 5_000;
 /// commit after a claim took later ones; its notification would move the point back, but it
 /// comes tens of milliseconds after the commit (measured: start-due lag p99 33 ms without
 /// points, 70 ms with points that waited for it). Behind this margin the next claim finds it
-/// anyway, and steps over at most a second of finished tasks.
+/// anyway, and steps over the tasks finished in it: a quarter of a second's (a whole second's,
+/// as it first was, made each claim of a backlog's first second, and each claim at a steady
+/// rate after a large burn-down, step over four times as many; see docs/performance.md).
 pub(crate) const SETTLING_MS: Millis = 250;
 
 /// The resume points of the owned partitions. Times are wall-clock milliseconds, as due times
