@@ -195,8 +195,18 @@ mod tests {
     fn a_point_stays_before_the_tasks_still_settling() {
         let mut r = Resume::default();
         let (_, generation) = r.points(0);
-        r.claimed(generation, &[task(0, 10, 5), task(0, 500, 6)], 1_200);
-        assert_eq!(r.points(1).0.get(&0), Some(&(200, TaskId::MAX)));
+        // Claimed at 1,200: the tasks due after 1,200 - SETTLING_MS may still be committing.
+        let at = 1_200;
+        r.claimed(generation, &[task(0, 10, 5), task(0, at - 50, 6)], at);
+        assert_eq!(
+            r.points(1).0.get(&0),
+            Some(&(at - SETTLING_MS, TaskId::MAX))
+        );
+        // A point before that margin is the last task's own.
+        let mut r = Resume::default();
+        let (_, generation) = r.points(0);
+        r.claimed(generation, &[task(0, 10, 5)], at);
+        assert_eq!(r.points(1).0.get(&0), Some(&(10, 5)));
     }
 
     #[test]
