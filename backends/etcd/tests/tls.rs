@@ -14,9 +14,20 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Removes a directory when dropped (the test's certificates, also when the test fails).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_over_tls_with_a_client_certificate_work_and_others_are_refused() {
     let dir = std::env::temp_dir().join(format!("rota-etcd-tls-{}", std::process::id()));
+    // Dropped last: the certificates go once the server has stopped.
+    let _cleanup = RemoveOnDrop(dir.clone());
     let pki = Pki::generate(&dir);
     let server = rota_test_harness::tls_etcd(&pki);
     let read = |p: &std::path::Path| std::fs::read(p).unwrap();
