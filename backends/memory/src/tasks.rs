@@ -100,26 +100,8 @@ impl Inner {
             }
             self.next_id += 1;
             let id = self.next_id;
-            let task = Task {
-                id,
-                partition: partition_for(t.partition_key.as_deref(), id, partitions),
-                name: t.name,
-                payload: t.payload,
-                handler: t.handler,
-                partition_key: t.partition_key,
-                status: TaskStatus::Pending,
-                scheduled_at: t.scheduled_at,
-                attempts: 0,
-                max_attempts: t.max_attempts,
-                last_error: None,
-                owner: None,
-                epoch: None,
-                lease_until: None,
-                idempotency_key: t.idempotency_key,
-                created_at: now,
-                started_at: None,
-                finished_at: None,
-            };
+            let partition = partition_for(t.partition_key.as_deref(), id, partitions);
+            let task = t.into_pending(id, partition, now);
             if let Some(key) = &task.idempotency_key {
                 self.keys.insert(key.clone(), id);
             }

@@ -11,6 +11,7 @@
 //! it is refused (give each cluster a file of its own), so two clusters never share tasks or
 //! partition owners by accident.
 
+mod due;
 mod execution;
 mod schedules;
 mod schema;

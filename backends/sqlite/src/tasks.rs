@@ -36,12 +36,11 @@ pub(crate) fn insert_in(
             )
             .map_err(backend)?;
         let mut insert = tx
-            .prepare_cached(&format!(
+            .prepare_cached(
                 "INSERT INTO tasks (id, name, payload, handler, partition_key, \
                  partition, status, scheduled_at, max_attempts, idempotency_key, \
-                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7, ?8, ?9, ?10) \
-                 RETURNING {COLUMNS}"
-            ))
+                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7, ?8, ?9, ?10)",
+            )
             .map_err(backend)?;
         for t in tasks {
             if let Some(key) = &t.idempotency_key {
@@ -56,23 +55,21 @@ pub(crate) fn insert_in(
             }
             next_id += 1;
             let partition = partition_for(t.partition_key.as_deref(), next_id, partitions);
-            let task = insert
-                .query_row(
-                    params![
-                        next_id,
-                        t.name,
-                        t.payload.to_string(),
-                        t.handler,
-                        t.partition_key,
-                        partition,
-                        t.scheduled_at,
-                        t.max_attempts,
-                        t.idempotency_key,
-                        now
-                    ],
-                    task_from,
-                )
+            insert
+                .execute(params![
+                    next_id,
+                    t.name,
+                    t.payload.to_string(),
+                    t.handler,
+                    t.partition_key,
+                    partition,
+                    t.scheduled_at,
+                    t.max_attempts,
+                    t.idempotency_key,
+                    now
+                ])
                 .map_err(backend)?;
+            let task = t.into_pending(next_id, partition, now);
             out.push((task, true));
         }
     }

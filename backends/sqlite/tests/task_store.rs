@@ -69,3 +69,49 @@ async fn a_file_of_another_cluster_is_refused() {
         "{err}"
     );
 }
+
+/// SQLite's claim merges the partitions' due ranges a page at a time: over backlogs of many
+/// pages in every partition, with due times interleaved across partitions, each claim takes
+/// exactly the earliest due tasks of all (by due time, then id), and every task once.
+#[tokio::test]
+async fn a_claim_merges_the_partitions_in_exact_due_order() {
+    use rota_model::InstanceId;
+    use rota_scheduler::conformance::calls::{claiming, grant};
+    use rota_scheduler::{Claim, Execution};
+    let store = SqliteTaskStore::open_in_memory().unwrap();
+    let partitions = 4;
+    // 300 tasks; task i's due time repeats every 7, so ties are broken by id across partitions.
+    let tasks = (0..300)
+        .map(|i| NewTask {
+            name: format!("t{i}"),
+            payload: serde_json::Value::Null,
+            scheduled_at: 1_000 + (i * 37) % 7 * 10,
+            partition_key: None,
+            max_attempts: 1,
+            handler: None,
+            idempotency_key: None,
+        })
+        .collect();
+    let inserted = store.insert(inserting(tasks, partitions, 0)).await.unwrap();
+    let mut expected: Vec<_> = inserted
+        .iter()
+        .map(|(t, _)| (t.scheduled_at, t.id))
+        .collect();
+    expected.sort_unstable();
+    let owner = InstanceId::new("w1");
+    for p in 0..partitions {
+        store.acquire(grant(p, &owner, 1, 0)).await.unwrap();
+    }
+    let claims: Vec<_> = (0..partitions).map(|p| Claim::new(p, 1)).collect();
+    let mut taken = Vec::new();
+    // Claims of 70 (pages of 17 per partition), then whatever is left.
+    while taken.len() < expected.len() {
+        let claimed = store
+            .claim(claiming(&owner, &claims, 2_000, 70, 30_000))
+            .await
+            .unwrap();
+        assert!(!claimed.tasks.is_empty(), "due tasks left unclaimed");
+        taken.extend(claimed.tasks.iter().map(|t| (t.scheduled_at, t.id)));
+    }
+    assert_eq!(taken, expected);
+}

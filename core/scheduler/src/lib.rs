@@ -143,6 +143,31 @@ impl NewTask {
         }
         storable_json("payload", &self.payload)
     }
+
+    /// The task as stored when it is created with `id` in `partition` at `now`: PENDING, no
+    /// attempt yet. A store that writes these fields needs not read them back.
+    pub fn into_pending(self, id: TaskId, partition: u32, now: Millis) -> Task {
+        Task {
+            id,
+            partition,
+            name: self.name,
+            payload: self.payload,
+            handler: self.handler,
+            partition_key: self.partition_key,
+            status: TaskStatus::Pending,
+            scheduled_at: self.scheduled_at,
+            attempts: 0,
+            max_attempts: self.max_attempts,
+            last_error: None,
+            owner: None,
+            epoch: None,
+            lease_until: None,
+            idempotency_key: self.idempotency_key,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
 }
 
 /// Refuses text that some store cannot hold: PostgreSQL stores no NUL character (U+0000) in
