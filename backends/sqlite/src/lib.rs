@@ -11,6 +11,7 @@
 //! it is refused (give each cluster a file of its own), so two clusters never share tasks or
 //! partition owners by accident.
 
+mod checkpoint;
 mod due;
 mod execution;
 mod schedules;
@@ -32,6 +33,8 @@ const COLUMNS: &str = "id, name, payload, handler, partition_key, partition, sta
 pub struct SqliteTaskStore {
     conn: Arc<Mutex<Connection>>,
     inserted: broadcast::Sender<Inserted>,
+    /// Wakes the checkpointer after a call (a file's store; none in memory).
+    checkpoints: Option<checkpoint::Checkpointer>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -50,7 +53,11 @@ impl SqliteTaskStore {
         let path = path.as_ref();
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        let store = Self::with_connection(conn)?;
+        let mut store = Self::with_connection(conn)?;
+        store.checkpoints = Some(checkpoint::Checkpointer::start(
+            path,
+            &store.conn.lock().unwrap_or_else(|e| e.into_inner()),
+        )?);
         {
             let conn = store.conn.lock().unwrap_or_else(|e| e.into_inner());
             let holder: Option<String> = conn
@@ -91,6 +98,7 @@ impl SqliteTaskStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             inserted: broadcast::channel(1024).0,
+            checkpoints: None,
         })
     }
 
@@ -108,12 +116,16 @@ impl SqliteTaskStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut conn)
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
+        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?;
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.wake();
+        }
+        result
     }
 }
 

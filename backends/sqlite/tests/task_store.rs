@@ -115,3 +115,36 @@ async fn a_claim_merges_the_partitions_in_exact_due_order() {
     }
     assert_eq!(taken, expected);
 }
+
+/// The store's checkpointer copies the write-ahead log into the database file soon after
+/// writes, well before the log reaches the size at which a commit would do it itself.
+#[tokio::test]
+async fn the_log_is_checkpointed_in_the_background() {
+    let path = temp_db("checkpoint");
+    let store = SqliteTaskStore::open(&path, "test").unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    let tasks = (0..2_000)
+        .map(|i| NewTask {
+            name: format!("t{i}"),
+            payload: serde_json::json!({"some": "payload to fill pages with"}),
+            scheduled_at: 5,
+            partition_key: None,
+            max_attempts: 3,
+            handler: None,
+            idempotency_key: None,
+        })
+        .collect();
+    store.insert(inserting(tasks, 12, 1)).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = std::fs::metadata(&path).unwrap().len();
+        if now > before + 50 * 4096 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {now} bytes (from {before}): the log was not checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
