@@ -177,9 +177,11 @@ impl Execution for SqliteTaskStore {
                         .map_err(backend)?;
                     out.push(if applied == 0 {
                         None
-                    } else {
+                    } else if c.outcome.depends_on_attempts() {
                         let s: String = status.query_row([c.id], |r| r.get(0)).map_err(backend)?;
                         TaskStatus::parse(&s)
+                    } else {
+                        Some(c.outcome.settled_status(false))
                     });
                 }
             }

@@ -33,6 +33,24 @@ impl CompletionOutcome {
         }
     }
 
+    /// The status this outcome leaves its task in ([`settle`]'s rule), given whether the attempt
+    /// that ends was the task's last; only a failure that may be retried depends on that
+    /// ([`CompletionOutcome::depends_on_attempts`]).
+    pub fn settled_status(&self, out_of_attempts: bool) -> TaskStatus {
+        match self {
+            CompletionOutcome::Succeeded => TaskStatus::Completed,
+            CompletionOutcome::Failed { .. } if out_of_attempts => TaskStatus::Failed,
+            CompletionOutcome::Abandoned { .. } => TaskStatus::Failed,
+            CompletionOutcome::Failed { .. } | CompletionOutcome::Released => TaskStatus::Pending,
+        }
+    }
+
+    /// Whether [`CompletionOutcome::settled_status`] depends on the task's attempts: a store
+    /// that applies the rule in SQL needs not read back the status of the other outcomes.
+    pub fn depends_on_attempts(&self) -> bool {
+        matches!(self, CompletionOutcome::Failed { .. })
+    }
+
     /// When a failed attempt runs again (0 for the other outcomes), as `c.retry_at`.
     pub fn retry_at(&self) -> Millis {
         match self {
@@ -48,13 +66,7 @@ impl CompletionOutcome {
 /// PENDING again at once with the attempt not counted. The claim's owner and lease are cleared;
 /// the start recorded is the handler's, when the completion knows it.
 pub fn settle(task: &mut Task, c: &Completion, now: Millis) -> TaskStatus {
-    let out_of_attempts = task.attempts >= task.max_attempts;
-    let status = match &c.outcome {
-        CompletionOutcome::Succeeded => TaskStatus::Completed,
-        CompletionOutcome::Failed { .. } if out_of_attempts => TaskStatus::Failed,
-        CompletionOutcome::Abandoned { .. } => TaskStatus::Failed,
-        CompletionOutcome::Failed { .. } | CompletionOutcome::Released => TaskStatus::Pending,
-    };
+    let status = c.outcome.settled_status(task.attempts >= task.max_attempts);
     task.owner = None;
     task.lease_until = None;
     if c.outcome == CompletionOutcome::Released {
