@@ -39,12 +39,14 @@ impl Tasks for PostgresTaskStore {
         let ids: Vec<i64> = if fresh.is_empty() {
             Vec::new()
         } else {
+            // One row (an array), not one per id: a thousand rows cost this process more
+            // than the database's work for them.
             sqlx::query_scalar(
-                "SELECT nextval(pg_get_serial_sequence('rota_tasks', 'id')) \
+                "SELECT array_agg(nextval(pg_get_serial_sequence('rota_tasks', 'id'))) \
                  FROM generate_series(1, $1)",
             )
             .bind(fresh.len() as i64)
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(backend)?
         };
@@ -56,11 +58,14 @@ impl Tasks for PostgresTaskStore {
                 partition_for(tasks[i].partition_key.as_deref(), id, partitions),
             );
         }
-        let rows = if fresh.is_empty() {
-            Vec::new()
+        // Only the ids written (a key taken meanwhile writes none) and their creation time come
+        // back, as two arrays in one row: the rest is what was sent, and reading it back (or a
+        // row per task) cost the database and this process more than the insert's own work.
+        let (written, created_at): (Vec<i64>, Vec<i64>) = if fresh.is_empty() {
+            (Vec::new(), Vec::new())
         } else {
-            sqlx::query(concat!(
-                "INSERT INTO rota_tasks (id, name, payload, handler, partition_key, partition, \
+            sqlx::query_as(concat!(
+                "WITH written AS (INSERT INTO rota_tasks (id, name, payload, handler, partition_key, partition, \
                    status, scheduled_at, max_attempts, idempotency_key, created_at) \
                  SELECT id, name, payload::json, handler, partition_key, partition, 'PENDING', \
                    scheduled_at, max_attempts, idempotency_key, ",
@@ -71,8 +76,9 @@ impl Tasks for PostgresTaskStore {
                           max_attempts, idempotency_key, ord) \
                  ORDER BY ord \
                  ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-                 RETURNING ",
-                columns!()
+                 RETURNING id, created_at) \
+                 SELECT COALESCE(array_agg(id), '{}'), COALESCE(array_agg(created_at), '{}') \
+                 FROM written"
             ))
             .bind(&columns.id)
             .bind(&columns.name)
@@ -85,12 +91,22 @@ impl Tasks for PostgresTaskStore {
             .bind(&columns.idempotency_key)
             .bind(&columns.ord)
             .bind(self.clock(now))
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(backend)?
         };
-        let mut created: HashMap<i64, Task> =
-            tasks_from(&rows)?.into_iter().map(|t| (t.id, t)).collect();
+        let index_of: HashMap<i64, usize> =
+            ids.iter().zip(&fresh).map(|(&id, &i)| (id, i)).collect();
+        let mut created: HashMap<i64, Task> = HashMap::with_capacity(written.len());
+        for (id, created_at) in written.into_iter().zip(created_at) {
+            let t = index_of.get(&id).map(|&i| &tasks[i]).ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "the insert returned id {id}, which it was not given"
+                ))
+            })?;
+            let partition = partition_for(t.partition_key.as_deref(), id, partitions);
+            created.insert(id, t.clone().into_pending(id, partition, created_at));
+        }
         // A concurrent insert may have taken a key between our read and write: read it back.
         let lost: Vec<String> = fresh
             .iter()
