@@ -104,6 +104,13 @@ impl<R> Book<R> {
         self.owned.insert(partition, epoch).is_none()
     }
 
+    /// Whether `partition` is held, or has claims not yet settled, under another epoch than
+    /// `epoch`: what a grant under `epoch` must let go before it acquires.
+    pub fn held_under_another_epoch(&self, partition: u32, epoch: Epoch) -> bool {
+        let owned = self.owned.get(&partition);
+        owned != Some(&epoch) && (owned.is_some() || self.unsettled(partition) > 0)
+    }
+
     /// Starts giving `partition` up: no longer owned (so nothing more is claimed from it), but
     /// held until [`Book::left`], so its completions are still retried. Returns whether it was
     /// owned and its queued tasks, taken out of the queue (to be given back; they stay
@@ -226,8 +233,11 @@ impl<R> Book<R> {
     pub fn take_startable(&mut self, free: usize, max_age: Millis, now: Millis) -> Startable {
         let mut found = Startable::default();
         while let Some(queued) = self.queue.pop_front() {
-            let owned = self.owned.contains_key(&queued.task.partition);
-            if !owned || now - queued.claimed_at > max_age {
+            // Owned under the epoch it was claimed at: a claim that returns after its partition
+            // was granted again under a new epoch was taken back by that grant's acquisition
+            // (and may be claimed again under it), so it must not start.
+            let owned = self.owned.get(&queued.task.partition).copied();
+            if owned.is_none() || owned != queued.task.epoch || now - queued.claimed_at > max_age {
                 found.stale.push(queued.task);
                 continue;
             }
@@ -369,8 +379,8 @@ pub(crate) mod tests {
     #[test]
     fn a_claim_is_counted_until_it_settles_and_then_the_partition_has_drained() {
         let mut book = Book::<()>::default();
-        assert!(book.gain(3, 7));
-        assert!(!book.gain(3, 7));
+        assert!(book.gain(3, 1));
+        assert!(!book.gain(3, 1));
         book.claimed(vec![task(1, 3), task(2, 3)], 0);
         check(&book);
         let found = book.take_startable(1, 1_000, 10);
@@ -387,6 +397,36 @@ pub(crate) mod tests {
         assert_eq!((book.unsettled(3), book.outstanding()), (0, 0));
         book.left(3);
         assert!(!book.holds(3));
+        check(&book);
+    }
+
+    /// A claim sent under one epoch that returns after its partition was granted again under a
+    /// new one: the new grant's acquisition took its tasks back (and may claim them again), so
+    /// they are given back, never started; and a grant under a new epoch is told to let the
+    /// old epoch's claims go first.
+    #[test]
+    fn claims_of_an_older_epoch_never_start_and_are_let_go_before_a_new_grant() {
+        let mut book = Book::<()>::default();
+        book.gain(0, 1);
+        assert!(!book.held_under_another_epoch(0, 1));
+        assert!(book.held_under_another_epoch(0, 2), "owned under epoch 1");
+        assert!(!book.held_under_another_epoch(5, 2), "not held at all");
+        book.gain(0, 2);
+        book.claimed(vec![task(1, 0)], 0);
+        let found = book.take_startable(5, 1_000, 10);
+        assert!(
+            found.start.is_empty(),
+            "a task claimed under epoch 1 started under epoch 2"
+        );
+        assert_eq!(found.stale.iter().map(|t| t.id).collect::<Vec<_>>(), [1]);
+        book.give_up(0);
+        assert!(
+            book.held_under_another_epoch(0, 3),
+            "a claim still unsettled after the step-down"
+        );
+        book.settle([0]);
+        book.left(0);
+        assert!(!book.held_under_another_epoch(0, 3));
         check(&book);
     }
 

@@ -33,6 +33,18 @@ impl TransitionHandler for Ownership {
         let (top, was_top) = (t.to == t.top, t.from == t.top);
         let inner = &self.inner;
         if top {
+            // Granted again under a new epoch while still holding the partition under an older
+            // one (its grant renewed without a step-down here): the acquisition below takes
+            // back every claim not of the new epoch, so what runs under the old one is let go
+            // first, as at a step-down, or it would be claimed again while it still runs.
+            if inner.book().held_under_another_epoch(t.partition, t.epoch) {
+                info!(
+                    partition = t.partition,
+                    epoch = t.epoch,
+                    "granted again under a new epoch: letting the old epoch's claims go first"
+                );
+                inner.let_go(t).await;
+            }
             let requeued = inner.acquire(t.partition, t.epoch).await?;
             if requeued > 0 {
                 info!(
@@ -46,23 +58,7 @@ impl TransitionHandler for Ownership {
             inner.wake.notify_one();
             inner.clock_wake.notify_one();
         } else if was_top {
-            // Held (leaving) while no longer owned, so completions in flight are still retried.
-            let (was_owned, queued) = inner.book().give_up(t.partition);
-            if was_owned {
-                inner.metrics.partitions_owned.dec();
-            }
-            let deadline = t
-                .deadline
-                .unwrap_or_else(|| tokio::time::Instant::now() + inner.config.drain_timeout);
-            // The release settles its tasks whenever the store answers; the drain waits for
-            // that no longer than for anything else.
-            let releasing = {
-                let inner = inner.clone();
-                tokio::spawn(async move { inner.release(queued).await })
-            };
-            let _ = tokio::time::timeout_at(deadline, releasing).await;
-            inner.drain(t.partition, deadline).await;
-            inner.book().left(t.partition);
+            inner.let_go(t).await;
         }
         Ok(())
     }
@@ -86,6 +82,28 @@ impl TransitionHandler for Ownership {
 }
 
 impl Inner {
+    /// Gives the transition's partition up: no more claims, its queued tasks given back, its
+    /// running ones drained (until the transition's deadline, or the drain timeout).
+    async fn let_go(self: &Arc<Self>, t: &TransitionRequest) {
+        // Held (leaving) while no longer owned, so completions in flight are still retried.
+        let (was_owned, queued) = self.book().give_up(t.partition);
+        if was_owned {
+            self.metrics.partitions_owned.dec();
+        }
+        let deadline = t
+            .deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + self.config.drain_timeout);
+        // The release settles its tasks whenever the store answers; the drain waits for
+        // that no longer than for anything else.
+        let releasing = {
+            let inner = self.clone();
+            tokio::spawn(async move { inner.release(queued).await })
+        };
+        let _ = tokio::time::timeout_at(deadline, releasing).await;
+        self.drain(t.partition, deadline).await;
+        self.book().left(t.partition);
+    }
+
     /// Records this worker as the partition's owner at `epoch`. A failure that may pass (the
     /// store unreachable or slow) is tried again with a growing pause, since a transition that
     /// failed would leave the replica in ERROR, until the session can no longer be relied on
