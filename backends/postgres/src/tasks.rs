@@ -95,23 +95,12 @@ impl Tasks for PostgresTaskStore {
             .await
             .map_err(backend)?
         };
-        let index_of: HashMap<i64, usize> =
-            ids.iter().zip(&fresh).map(|(&id, &i)| (id, i)).collect();
-        let mut created: HashMap<i64, Task> = HashMap::with_capacity(written.len());
-        for (id, created_at) in written.into_iter().zip(created_at) {
-            let t = index_of.get(&id).map(|&i| &tasks[i]).ok_or_else(|| {
-                StoreError::Backend(format!(
-                    "the insert returned id {id}, which it was not given"
-                ))
-            })?;
-            let partition = partition_for(t.partition_key.as_deref(), id, partitions);
-            created.insert(id, t.clone().into_pending(id, partition, created_at));
-        }
+        let mut written: HashMap<i64, Millis> = written.into_iter().zip(created_at).collect();
         // A concurrent insert may have taken a key between our read and write: read it back.
         let lost: Vec<String> = fresh
             .iter()
             .zip(&ids)
-            .filter(|(_, id)| !created.contains_key(id))
+            .filter(|(_, id)| !written.contains_key(id))
             .filter_map(|(&i, _)| tasks[i].idempotency_key.clone())
             .collect();
         if !lost.is_empty() {
@@ -119,16 +108,20 @@ impl Tasks for PostgresTaskStore {
                 by_key.insert(t.idempotency_key.clone().expect("selected by key"), t);
             }
         }
-        let notified = Inserted::of(created.values());
 
         let mut out = Vec::with_capacity(tasks.len());
-        let mut fresh_ids = fresh
+        // Each new task's id and partition, as sent, by its place in the batch.
+        let mut fresh_at: HashMap<usize, (i64, u32)> = fresh
             .iter()
-            .zip(&ids)
-            .map(|(&i, &id)| (i, id))
-            .collect::<HashMap<_, _>>();
+            .zip(columns.id.iter().zip(&columns.partition))
+            .map(|(&i, (&id, &partition))| (i, (id, partition as u32)))
+            .collect();
         for (i, t) in tasks.iter().enumerate() {
-            if let Some(task) = fresh_ids.remove(&i).and_then(|id| created.remove(&id)) {
+            let created = fresh_at.remove(&i).and_then(|(id, partition)| {
+                let at = written.remove(&id)?;
+                Some(t.clone().into_pending(id, partition, at))
+            });
+            if let Some(task) = created {
                 if let Some(k) = &task.idempotency_key {
                     by_key.insert(k.clone(), task.clone());
                 }
@@ -145,6 +138,7 @@ impl Tasks for PostgresTaskStore {
                 .ok_or_else(|| StoreError::Backend(format!("idempotency key {key} vanished")))?;
             out.push((task, false));
         }
+        let notified = Inserted::of(out.iter().filter(|(_, new)| *new).map(|(t, _)| t));
         self.announce.add(&self.inserted, notified);
         Ok(out)
     }
